@@ -1,0 +1,120 @@
+"""The FCN head: score layers, skip fusion, learned upsampling and crops derived from geometry."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from fcnseg.models.geometry import AffineMap, crop_offset, layer_map, path_map
+from fcnseg.models.layers import ChannelScale, bilinear_upsampler, crop_like
+
+
+def output_channels(layers: nn.Sequential) -> int:
+    """Channels of the last convolution in ``layers``: the width of the blob it ends with."""
+    for layer in reversed(list(layers)):
+        if isinstance(layer, nn.Conv2d):
+            return layer.out_channels
+    raise ValueError("no convolution found: cannot tell the number of channels")
+
+
+class FCN(nn.Module):
+    """A fully convolutional net: backbone, ``score_fr``, and skips fused coarse to fine.
+
+    With ``skips=()`` this is FCN-32s; ``("pool4",)`` gives FCN-16s and
+    ``("pool4", "pool3")`` FCN-8s. Each skip is upsampled 2x (``upscore2``,
+    ``upscore_pool4``), scored by a 1x1 convolution (``score_pool4``), cropped to
+    align and summed; the last upsampling (``upscore``, ``upscore16``,
+    ``upscore8``) returns to the input's resolution and is cropped to exactly its
+    height and width. Every crop offset comes from the layers' geometry.
+
+    (N, in_channels, H, W) -> (N, num_classes, H, W) for any H, W >= 1.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Sequential,
+        num_classes: int,
+        skips: Sequence[str] = (),
+        skip_scales: Sequence[float] | None = None,
+        final_kernel: int | None = None,
+        frozen_upsampling: str = "final",
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        if frozen_upsampling not in ("final", "all", "none"):
+            raise ValueError(f"frozen_upsampling must be final, all or none: {frozen_upsampling}")
+        if skip_scales is not None and len(skip_scales) != len(skips):
+            raise ValueError(f"one scale per skip needed: {skips} vs {skip_scales}")
+        names = [name for name, _ in backbone.named_children()]
+        for tap in skips:
+            if tap not in names:
+                raise ValueError(f"skip {tap!r} is not a layer of the backbone ({names})")
+        self.num_classes = num_classes
+        self.in_channels = next(m for m in backbone.modules() if isinstance(m, nn.Conv2d)).in_channels
+        self.skips = tuple(skips)
+        self.backbone = backbone
+        self.score_fr = nn.Conv2d(output_channels(backbone), num_classes, 1)
+        nn.init.zeros_(self.score_fr.weight)
+        nn.init.zeros_(self.score_fr.bias)
+
+        coarse = path_map(backbone)  # score_fr is 1x1: same positions as fc7
+        self._fusions: list[tuple[str, str, int]] = []
+        upsample_name = "upscore2"
+        for i, tap in enumerate(skips):
+            tap_layers = backbone[: names.index(tap) + 1]
+            tap_map = path_map(tap_layers)
+            factor = coarse.scale / tap_map.scale
+            if factor != 2:
+                raise ValueError(f"skip {tap} must have half the stride of the blob above it")
+            upsample = bilinear_upsampler(num_classes, 2, frozen=frozen_upsampling == "all")
+            self.add_module(upsample_name, upsample)
+            score = nn.Conv2d(output_channels(tap_layers), num_classes, 1)
+            nn.init.zeros_(score.weight)
+            nn.init.zeros_(score.bias)
+            if skip_scales is not None:
+                self.add_module(f"scale_{tap}", ChannelScale(score.in_channels, skip_scales[i]))
+            self.add_module(f"score_{tap}", score)
+            coarse = coarse.then(layer_map(upsample))
+            offset = crop_offset(coarse, tap_map, what=f"score_{tap}")
+            self._fusions.append((upsample_name, tap, offset))
+            upsample_name = f"upscore_{tap}"
+
+        stride = int(coarse.scale)
+        self.final_name = "upscore" if not skips else f"upscore{stride}"
+        final = bilinear_upsampler(num_classes, stride, final_kernel, frozen=frozen_upsampling != "none")
+        self.add_module(self.final_name, final)
+        self.output_offset = crop_offset(AffineMap(), coarse.then(layer_map(final)), what="score")
+
+    @property
+    def skip_offsets(self) -> dict[str, int]:
+        """Crop offset of each skip's score map, e.g. {"pool4": 5, "pool3": 9} for VGG16."""
+        return {tap: offset for _, tap, offset in self._fusions}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        height, width = x.shape[-2:]
+        taps: dict[str, torch.Tensor] = {}
+        h = x
+        for name, layer in self.backbone.named_children():
+            h = layer(h)
+            if name in self.skips:
+                taps[name] = h
+        h = self.score_fr(h)
+        for upsample_name, tap, offset in self._fusions:
+            h = getattr(self, upsample_name)(h)
+            skip = taps[tap]
+            if hasattr(self, f"scale_{tap}"):
+                skip = getattr(self, f"scale_{tap}")(skip)
+            skip = getattr(self, f"score_{tap}")(skip)
+            h = h + crop_like(skip, offset, h.shape[-2], h.shape[-1])
+        h = getattr(self, self.final_name)(h)
+        return crop_like(h, self.output_offset, height, width)
+
+    def freeze_backbone(self) -> FCN:
+        """Train only the score layers (the paper's FCN-32s-fixed)."""
+        self.backbone.requires_grad_(False)
+        return self

@@ -1,0 +1,93 @@
+"""Coordinate geometry of layers: where an output position sits in the input.
+
+Every layer maps an output coordinate to the centre of its window in its input,
+``x_in = a * x_out + b``. Composing these maps along a path gives the position of
+any blob in image coordinates, and from that the crop offsets that align summed
+blobs and the final score map with the input. Deriving offsets this way, instead
+of tabling them, gives a new backbone correct alignment by construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from fractions import Fraction
+
+from torch import nn
+
+from fcnseg.models.layers import ChannelScale
+
+ELEMENTWISE = (
+    nn.ReLU,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.LocalResponseNorm,
+    nn.BatchNorm2d,
+    nn.Identity,
+    ChannelScale,
+)
+
+
+def _pair(value: int | tuple[int, ...]) -> int:
+    """Our nets are square in every kernel, stride and padding; refuse anything else."""
+    if isinstance(value, tuple):
+        if len(set(value)) != 1:
+            raise ValueError(f"geometry needs square kernels, strides and padding, got {value}")
+        return int(value[0])
+    return int(value)
+
+
+@dataclass(frozen=True)
+class AffineMap:
+    """``x_outer = scale * x_inner + shift``, exact rational arithmetic."""
+
+    scale: Fraction = Fraction(1)
+    shift: Fraction = Fraction(0)
+
+    def then(self, inner: AffineMap) -> AffineMap:
+        """The map of a deeper blob: apply ``inner`` first, then this one."""
+        return AffineMap(self.scale * inner.scale, self.scale * inner.shift + self.shift)
+
+
+def layer_map(layer: nn.Module) -> AffineMap:
+    """The affine map from a layer's output coordinates to its input's.
+
+    Convolution and pooling (kernel k, stride s, padding p, dilation d): a = s,
+    b = d(k - 1)/2 - p. Transposed convolution: the inverse of the convolution
+    with the same k, s, p. Element-wise layers: identity.
+    """
+    if isinstance(layer, nn.ConvTranspose2d):
+        k, s, p = _pair(layer.kernel_size), _pair(layer.stride), _pair(layer.padding)
+        d = _pair(layer.dilation)
+        return AffineMap(Fraction(1, s), -(Fraction(d * (k - 1), 2) - p) / s)
+    if isinstance(layer, nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d):
+        k, s, p = _pair(layer.kernel_size), _pair(layer.stride), _pair(layer.padding)
+        d = _pair(getattr(layer, "dilation", 1))
+        return AffineMap(Fraction(s), Fraction(d * (k - 1), 2) - p)
+    if isinstance(layer, nn.Sequential):
+        return path_map(layer)
+    if isinstance(layer, ELEMENTWISE):
+        return AffineMap()
+    raise TypeError(f"no geometry known for layer {type(layer).__name__}")
+
+
+def path_map(layers: Iterable[nn.Module]) -> AffineMap:
+    """Compose the maps of layers applied in order: blob coordinates -> input coordinates."""
+    total = AffineMap()
+    for layer in layers:
+        total = total.then(layer_map(layer))
+    return total
+
+
+def crop_offset(reference: AffineMap, cropped: AffineMap, what: str = "blob") -> int:
+    """Offset at which to crop ``cropped`` so that it aligns with ``reference``.
+
+    Both maps send blob coordinates to input coordinates with equal scale; cropping
+    at offset c means ``cropped[c + y]`` sits where ``reference[y]`` sits.
+    """
+    if reference.scale != cropped.scale:
+        raise ValueError(f"cannot align {what}: strides differ ({cropped.scale} vs {reference.scale})")
+    offset = (reference.shift - cropped.shift) / cropped.scale
+    if offset.denominator != 1 or offset < 0:
+        raise ValueError(f"cannot align {what}: crop offset {offset} is not a non-negative integer")
+    return int(offset)

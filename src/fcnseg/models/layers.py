@@ -1,0 +1,62 @@
+"""Layers FCN adds to a classifier: bilinear upsampling, fixed channel scaling, cropping."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def bilinear_kernel(channels: int, kernel_size: int) -> torch.Tensor:
+    """Weights that make a transposed convolution upsample bilinearly, channel by channel.
+
+    (channels, channels, k, k): class c maps only to class c, so classes never mix.
+    Odd and even kernels both work; the factor is ``(k + 1) // 2``.
+    """
+    factor = (kernel_size + 1) // 2
+    center = factor - 1 if kernel_size % 2 == 1 else factor - 0.5
+    taps = 1 - (torch.arange(kernel_size, dtype=torch.float64) - center).abs() / factor
+    filt = (taps[:, None] * taps[None, :]).to(torch.float32)
+    weight = torch.zeros(channels, channels, kernel_size, kernel_size)
+    weight[range(channels), range(channels)] = filt
+    return weight
+
+
+def bilinear_upsampler(
+    channels: int, factor: int, kernel_size: int | None = None, frozen: bool = False
+) -> nn.ConvTranspose2d:
+    """A transposed convolution with output stride ``factor``, initialised to bilinear.
+
+    The kernel is ``2 * factor`` unless given (FCN-AlexNet uses 63 for 32x).
+    ``frozen`` keeps it fixed, as the paper does for the final upsampling.
+    """
+    kernel_size = kernel_size or 2 * factor
+    layer = nn.ConvTranspose2d(channels, channels, kernel_size, stride=factor, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(bilinear_kernel(channels, kernel_size))
+    layer.weight.requires_grad_(not frozen)
+    return layer
+
+
+class ChannelScale(nn.Module):
+    """Multiply every channel by a fixed factor (Caffe's Scale layer with lr 0).
+
+    FCN-8s at-once scales pool4 by 0.01 and pool3 by 0.0001 before scoring them, so
+    that the skips start small relative to the coarse scores.
+    """
+
+    def __init__(self, channels: int, value: float) -> None:
+        super().__init__()
+        self.register_buffer("weight", torch.full((channels,), float(value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight.view(1, -1, 1, 1)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.numel()}, value={self.weight[0].item():g}"
+
+
+def crop_like(x: torch.Tensor, offset: int, height: int, width: int) -> torch.Tensor:
+    """(N, C, h, w) -> (N, C, height, width), starting at ``offset`` in both axes."""
+    if x.shape[-2] < offset + height or x.shape[-1] < offset + width:
+        raise ValueError(f"cannot crop {tuple(x.shape[-2:])} at offset {offset} to {(height, width)}")
+    return x[:, :, offset : offset + height, offset : offset + width]

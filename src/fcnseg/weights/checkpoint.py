@@ -1,0 +1,88 @@
+"""fcnseg's own checkpoint: weights with everything needed to use them, written atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fcnseg.models.fcn import FCN
+from fcnseg.models.registry import build_model
+
+FORMAT = "fcnseg"
+VERSION = 1
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, flushed, then renamed over it.
+
+    A crash or a full disk leaves either the old file or the new one, never a torn one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def checkpoint_dict(model: FCN) -> dict[str, Any]:
+    """The saved form of a model: build arguments, metadata and weights."""
+    if not hasattr(model, "config"):
+        raise ValueError("model was not made by fcnseg.build_model: its architecture is unknown")
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": dict(model.config),
+        "meta": dict(getattr(model, "meta", {})),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+
+
+def save_checkpoint(model: FCN, path: str | os.PathLike) -> Path:
+    """Write ``model`` with its architecture, class names and preprocessing to ``path``."""
+    return atomic_save(checkpoint_dict(model), path)
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint dict safely (``weights_only=True``), with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:
+        raise ValueError(f"{path} is not a readable fcnseg checkpoint ({error})") from error
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an fcnseg checkpoint (no '{FORMAT}' format tag)")
+    if data.get("version", 0) > VERSION:
+        raise ValueError(f"{path} has checkpoint version {data['version']}; this fcnseg reads {VERSION}")
+    return data
+
+
+def model_from_checkpoint(data: dict[str, Any], source: str) -> FCN:
+    """Rebuild the net a checkpoint describes and load its weights strictly."""
+    model = build_model(**data["config"])
+    missing, unexpected = model.load_state_dict(data["state_dict"], strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{source}: weights do not match architecture {data['config']['arch']}: "
+            f"missing {missing}, unexpected {unexpected}"
+        )
+    model.meta = dict(data.get("meta", {}))
+    return model
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> FCN:
+    """The model saved at ``path``, in eval mode, with ``model.meta`` restored."""
+    return model_from_checkpoint(read_checkpoint(path, map_location), str(path)).eval()

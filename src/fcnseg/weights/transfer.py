@@ -1,0 +1,78 @@
+"""Copy named weight arrays into a model strictly: every layer filled, every array used, shapes checked."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class WeightsMismatchError(ValueError):
+    """A weight file does not fit the net: missing, extra or mis-shaped layers."""
+
+
+def named_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Layers that hold weights, by their Caffe name (``conv1_1``, ``fc6``, ``score_fr``, ...)."""
+    layers = {}
+    for name, module in model.named_modules():
+        if any(True for _ in module.parameters(recurse=False)) or any(
+            True for _ in module.buffers(recurse=False)
+        ):
+            layers[name.rsplit(".", 1)[-1]] = module
+    return layers
+
+
+def _tensors_of(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Weight then bias, as Caffe stores a layer's blobs."""
+    tensors = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
+    return sorted(tensors, key=lambda item: item[0] != "weight")
+
+
+def copy_into(
+    model: nn.Module,
+    arrays: Mapping[str, list[np.ndarray | torch.Tensor]],
+    source: str,
+    reshape: bool = False,
+) -> None:
+    """Fill ``model``'s layers from ``{layer name: [weight, bias]}``; all or nothing.
+
+    ``reshape`` accepts an array of another shape with the same number of
+    elements: legacy Caffe 4-D biases, and fully connected weights that become
+    convolutions (convolutionalization).
+    """
+    layers = named_layers(model)
+    problems = []
+    missing = sorted(set(layers) - set(arrays))
+    extra = sorted(set(arrays) - set(layers))
+    if missing:
+        problems.append(f"layers missing from the file: {', '.join(missing)}")
+    if extra:
+        problems.append(f"layers in the file that the net does not have: {', '.join(extra)}")
+    staged = []
+    for name in sorted(set(layers) & set(arrays)):
+        targets = _tensors_of(layers[name])
+        blobs = arrays[name]
+        if len(blobs) != len(targets):
+            problems.append(
+                f"layer {name}: the file has {len(blobs)} arrays, the net expects "
+                f"{len(targets)} ({', '.join(n for n, _ in targets)})"
+            )
+            continue
+        for (kind, target), blob in zip(targets, blobs, strict=True):
+            value = torch.as_tensor(np.asarray(blob), dtype=target.dtype)
+            if value.shape != target.shape:
+                if not (reshape and value.numel() == target.numel()):
+                    problems.append(
+                        f"layer {name} {kind}: expected shape {tuple(target.shape)}, "
+                        f"file has {tuple(value.shape)}"
+                    )
+                    continue
+                value = value.reshape(target.shape)
+            staged.append((target, value))
+    if problems:
+        raise WeightsMismatchError(f"{source} does not fit this net:\n  " + "\n  ".join(problems))
+    with torch.no_grad():
+        for target, value in staged:
+            target.copy_(value)
