@@ -44,6 +44,10 @@ class AffineMap:
     scale: Fraction = Fraction(1)
     shift: Fraction = Fraction(0)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", Fraction(self.scale))
+        object.__setattr__(self, "shift", Fraction(self.shift))
+
     def then(self, inner: AffineMap) -> AffineMap:
         """The map of a deeper blob: apply ``inner`` first, then this one."""
         return AffineMap(self.scale * inner.scale, self.scale * inner.shift + self.shift)
