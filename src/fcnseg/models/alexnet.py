@@ -6,6 +6,7 @@ from collections import OrderedDict
 
 from torch import nn
 
+ALEXNET_CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 ALEXNET_WIDTHS = (96, 256, 384, 384, 256, 4096)
 """Output channels of conv1 .. conv5, then of fc6 and fc7 (Caffe's bvlc_alexnet)."""
 

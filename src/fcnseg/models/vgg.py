@@ -10,6 +10,10 @@ VGG16_WIDTHS = (64, 128, 256, 512, 512, 4096)
 """Output channels of conv1_x .. conv5_x, then of fc6 and fc7."""
 
 _CONVS_PER_STAGE = (2, 2, 3, 3, 3)
+VGG16_CONVS = tuple(
+    f"conv{stage}_{i}" for stage, n in enumerate(_CONVS_PER_STAGE, start=1) for i in range(1, n + 1)
+)
+"""The 13 convolutions in order; the first of each stage sets its width."""
 
 
 def vgg16_backbone(

@@ -30,17 +30,33 @@ def _tensors_of(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return sorted(tensors, key=lambda item: item[0] != "weight")
 
 
+def _strip_leading_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
+    shape = tuple(shape)
+    while shape and shape[0] == 1:
+        shape = shape[1:]
+    return shape
+
+
+def _reshape_allowed(shape: torch.Size, target: torch.Size, mode: str) -> bool:
+    if mode == "numel":
+        return shape.numel() == target.numel()
+    if mode == "legacy":
+        return _strip_leading_ones(shape) == _strip_leading_ones(target)
+    return False
+
+
 def copy_into(
     model: nn.Module,
     arrays: Mapping[str, list[np.ndarray | torch.Tensor]],
     source: str,
-    reshape: bool = False,
+    reshape: str = "exact",
 ) -> None:
     """Fill ``model``'s layers from ``{layer name: [weight, bias]}``; all or nothing.
 
-    ``reshape`` accepts an array of another shape with the same number of
-    elements: legacy Caffe 4-D biases, and fully connected weights that become
-    convolutions (convolutionalization).
+    ``reshape="legacy"`` also accepts shapes that differ only by leading ones
+    (legacy Caffe files store a bias as 1x1x1xN); ``"numel"`` accepts any shape
+    with the same number of elements, for fully connected weights that become
+    convolutions.
     """
     layers = named_layers(model)
     problems = []
@@ -63,7 +79,7 @@ def copy_into(
         for (kind, target), blob in zip(targets, blobs, strict=True):
             value = torch.as_tensor(np.asarray(blob), dtype=target.dtype)
             if value.shape != target.shape:
-                if not (reshape and value.numel() == target.numel()):
+                if not _reshape_allowed(value.shape, target.shape, reshape):
                     problems.append(
                         f"layer {name} {kind}: expected shape {tuple(target.shape)}, "
                         f"file has {tuple(value.shape)}"

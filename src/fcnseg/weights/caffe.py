@@ -1,0 +1,73 @@
+"""Original Caffe FCN models (``.caffemodel``) into our nets, by layer name, without Caffe."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from fcnseg.models.alexnet import ALEXNET_CONVS
+from fcnseg.models.fcn import FCN
+from fcnseg.models.registry import build_model
+from fcnseg.models.vgg import VGG16_CONVS
+from fcnseg.weights.caffe_format import CaffeLayer, read_caffemodel
+from fcnseg.weights.transfer import WeightsMismatchError, copy_into
+
+VGG16_STAGE_FIRSTS = tuple(name for name in VGG16_CONVS if name.endswith("_1"))
+
+
+def learned_blobs(layers: list[CaffeLayer]) -> dict[str, list[np.ndarray]]:
+    """``{layer name: blobs}`` for the layers that carry weights."""
+    return {layer.name: layer.blobs for layer in layers if layer.blobs}
+
+
+def infer_arch(blobs: dict[str, list[np.ndarray]], source: str) -> str:
+    """Which FCN a Caffe model holds, from the names of its learned layers."""
+    if "conv1_1" in blobs:
+        if "score_pool3" in blobs:
+            return "fcn8s-atonce" if "scale_pool3" in blobs else "fcn8s"
+        return "fcn16s" if "score_pool4" in blobs else "fcn32s"
+    if "conv1" in blobs and "score_fr" in blobs:
+        return "fcn-alexnet"
+    raise WeightsMismatchError(
+        f"{source}: not an FCN model: found layers {', '.join(list(blobs)[:12])}; "
+        "expected conv1_1 (VGG16) or conv1 (AlexNet) and score_fr"
+    )
+
+
+def infer_build_args(blobs: dict[str, list[np.ndarray]], arch: str, source: str) -> dict:
+    """Widths, classes, input channels and groups of the net the blobs were made for."""
+    convs = ALEXNET_CONVS if arch == "fcn-alexnet" else VGG16_STAGE_FIRSTS
+    needed = [*convs, "fc6"] + (["score_fr"] if "score_fr" in blobs else [])
+    missing = [name for name in needed if name not in blobs]
+    if missing:
+        raise WeightsMismatchError(f"{source}: {arch} needs layers that the file lacks: {', '.join(missing)}")
+    widths = [int(blobs[name][0].shape[0]) for name in (*convs, "fc6")]
+    args: dict = {"arch": arch, "widths": widths, "in_channels": int(blobs[convs[0]][0].shape[1])}
+    if "score_fr" in blobs:
+        args["num_classes"] = int(blobs["score_fr"][0].shape[0])
+    if arch == "fcn-alexnet":
+        args["groups"] = widths[0] // int(blobs["conv2"][0].shape[1])
+    return args
+
+
+def load_caffe_fcn(path: str | os.PathLike, arch: str | None = None, **build_options) -> FCN:
+    """An FCN with the weights of a Caffe FCN model; the net's shape comes from the file.
+
+    The architecture, the widths and the class count are read off the blob shapes
+    (``arch`` is checked against the file when given). Every learned layer must
+    match: a missing, extra or mis-shaped layer raises ``WeightsMismatchError``
+    naming the file, the layer and both shapes. The result uses Caffe's
+    preprocessing ("caffe": BGR, 0-255, mean subtracted).
+    """
+    path = Path(path)
+    blobs = learned_blobs(read_caffemodel(path))
+    found = infer_arch(blobs, str(path))
+    if arch is not None and arch != found and not (arch == "fcn32s-fixed" and found == "fcn32s"):
+        raise WeightsMismatchError(f"{path}: --arch {arch} given, but the file holds an {found} model")
+    args = infer_build_args(blobs, arch or found, str(path))
+    model = build_model(**args, **build_options)
+    copy_into(model, blobs, source=str(path), reshape="legacy")
+    model.meta = {"preprocess": "caffe", "source": path.name}
+    return model.eval()

@@ -1,0 +1,114 @@
+"""ImageNet classifiers into FCN backbones: how training starts, as in the paper.
+
+Two sources: torchvision-format state dicts (``features.N.weight``,
+``classifier.N.weight``) and the Caffe classifiers the paper started from
+(VGG_ILSVRC_16_layers, bvlc_alexnet). fc6 and fc7 are fully connected there and
+become convolutions here by reshaping their weights (convolutionalization);
+the ImageNet classifier fc8 is dropped, and the score layers start at zero.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fcnseg.models.alexnet import ALEXNET_CONVS
+from fcnseg.models.fcn import FCN
+from fcnseg.models.registry import build_model
+from fcnseg.models.vgg import VGG16_CONVS
+from fcnseg.weights.caffe import infer_build_args, learned_blobs
+from fcnseg.weights.caffe_format import read_caffemodel
+from fcnseg.weights.transfer import WeightsMismatchError, copy_into
+
+
+def _conv_names(arch: str) -> tuple[str, ...]:
+    return ALEXNET_CONVS if arch == "fcn-alexnet" else VGG16_CONVS
+
+
+def _convolutionalize_fc(arrays: dict[str, list], model: FCN, source: str) -> None:
+    """Reshape fc6/fc7 (out, in) weights into the (out, C, k, k) convolutions of ``model``."""
+    for name in ("fc6", "fc7"):
+        conv = getattr(model.backbone, name)
+        weight = np.asarray(arrays[name][0])
+        weight = weight.reshape(weight.shape[-2:]) if weight.ndim == 4 else weight
+        if weight.ndim != 2 or weight.shape[1] != conv.weight[0].numel():
+            raise WeightsMismatchError(
+                f"{source}: layer {name} has weight {tuple(weight.shape)}; a fully connected layer "
+                f"over {tuple(conv.weight.shape[1:])} needs ({conv.out_channels}, {conv.weight[0].numel()})"
+            )
+        arrays[name] = [weight.reshape(conv.weight.shape), *arrays[name][1:]]
+
+
+def torchvision_layers(state_dict: dict[str, torch.Tensor], arch: str, source: str) -> dict[str, list]:
+    """Rename a torchvision VGG16/AlexNet state dict to Caffe layer names (fc8 dropped)."""
+    if any("running_mean" in key for key in state_dict):
+        raise WeightsMismatchError(f"{source}: batch-normalised VGG is not an FCN backbone; use plain VGG16")
+    pattern = re.compile(r"^(features|classifier)\.(\d+)\.(weight|bias)$")
+    unexpected = [k for k in state_dict if not pattern.match(k)]
+    if unexpected:
+        raise WeightsMismatchError(
+            f"{source}: unexpected keys for a torchvision classifier: {', '.join(unexpected[:10])}"
+        )
+    groups: dict[tuple[str, int], list] = {}
+    for key in sorted(state_dict, key=lambda k: (k.split(".")[0], int(k.split(".")[1]), k.endswith("bias"))):
+        part, index, _ = pattern.match(key).groups()
+        groups.setdefault((part, int(index)), []).append(state_dict[key])
+    convs = [v for (part, _), v in groups.items() if part == "features"]
+    linears = [v for (part, _), v in groups.items() if part == "classifier"]
+    names = _conv_names(arch)
+    if len(convs) != len(names) or len(linears) not in (2, 3):
+        raise WeightsMismatchError(
+            f"{source}: expected {len(names)} convolutions and 3 linear layers for {arch}, "
+            f"found {len(convs)} and {len(linears)}"
+        )
+    return dict(zip((*names, "fc6", "fc7"), convs + linears[:2], strict=True))
+
+
+def fcn_from_imagenet(
+    arch: str,
+    weights: str | os.PathLike | dict[str, torch.Tensor],
+    num_classes: int = 21,
+    **options,
+) -> FCN:
+    """An FCN whose backbone holds ImageNet classifier weights, ready for training.
+
+    ``weights`` is a torchvision-format state dict (or a file holding one) or a
+    Caffe ``.caffemodel`` classifier. The backbone widths are read off the
+    weights; torchvision's AlexNet is single-tower without LRN, so the FCN-AlexNet
+    built for it is too. ``model.meta["preprocess"]`` records the matching input
+    preprocessing: "imagenet" for torchvision, "caffe" for Caffe.
+    """
+    source = str(weights) if not isinstance(weights, dict) else "state dict"
+    is_caffe = not isinstance(weights, dict) and Path(weights).suffix == ".caffemodel"
+    if is_caffe:
+        arrays = learned_blobs(read_caffemodel(weights))
+        arrays.pop("fc8", None)
+        preprocess = "caffe"
+    else:
+        state = weights if isinstance(weights, dict) else _read_state_dict(Path(weights))
+        arrays = torchvision_layers(state, arch, source)
+        preprocess = "imagenet"
+    args = infer_build_args(arrays, arch, source)
+    if arch == "fcn-alexnet":
+        options.setdefault("lrn", is_caffe)
+    model = build_model(**args, num_classes=num_classes, **options)
+    _convolutionalize_fc(arrays, model, source)
+    copy_into(model.backbone, arrays, source=source, reshape="legacy")
+    model.meta = {"preprocess": preprocess, "source": Path(source).name}
+    return model
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise WeightsMismatchError(f"{path}: not a readable torch state dict ({error})") from error
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsMismatchError(f"{path}: expected a state dict of tensors")
+    return state
