@@ -4,6 +4,8 @@ from fcnseg.data.preprocess import preprocess
 from fcnseg.models import ARCHITECTURES, FCN, build_model, convolutionalize
 from fcnseg.train.metrics import confusion_matrix, scores
 from fcnseg.weights.checkpoint import load_checkpoint, save_checkpoint
+from fcnseg.weights.imagenet import fcn_from_imagenet
+from fcnseg.weights.load import load
 
 __version__ = "0.1.0"
 
@@ -13,6 +15,8 @@ __all__ = [
     "build_model",
     "confusion_matrix",
     "convolutionalize",
+    "fcn_from_imagenet",
+    "load",
     "load_checkpoint",
     "preprocess",
     "save_checkpoint",

@@ -71,3 +71,9 @@ def load_caffe_fcn(path: str | os.PathLike, arch: str | None = None, **build_opt
     copy_into(model, blobs, source=str(path), reshape="legacy")
     model.meta = {"preprocess": "caffe", "source": path.name}
     return model.eval()
+
+
+def load_caffe_weights(model: FCN, path: str | os.PathLike) -> FCN:
+    """Fill a net you built yourself from a Caffe model; all layers must fit, or nothing changes."""
+    copy_into(model, learned_blobs(read_caffemodel(path)), source=str(path), reshape="legacy")
+    return model

@@ -73,12 +73,20 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def model_from_checkpoint(data: dict[str, Any], source: str) -> FCN:
     """Rebuild the net a checkpoint describes and load its weights strictly."""
     model = build_model(**data["config"])
-    missing, unexpected = model.load_state_dict(data["state_dict"], strict=False)
-    if missing or unexpected:
+    state = data["state_dict"]
+    expected = model.state_dict()
+    problems = [f"missing {k}" for k in expected if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in expected]
+    problems += [
+        f"{k}: expected shape {tuple(expected[k].shape)}, file has {tuple(v.shape)}"
+        for k, v in state.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    if problems:
         raise ValueError(
-            f"{source}: weights do not match architecture {data['config']['arch']}: "
-            f"missing {missing}, unexpected {unexpected}"
+            f"{source}: weights do not fit architecture {data['config']['arch']}:\n  " + "\n  ".join(problems)
         )
+    model.load_state_dict(state)
     model.meta = dict(data.get("meta", {}))
     return model
 

@@ -34,7 +34,6 @@ def _convolutionalize_fc(arrays: dict[str, list], model: FCN, source: str) -> No
     for name in ("fc6", "fc7"):
         conv = getattr(model.backbone, name)
         weight = np.asarray(arrays[name][0])
-        weight = weight.reshape(weight.shape[-2:]) if weight.ndim == 4 else weight
         if weight.ndim != 2 or weight.shape[1] != conv.weight[0].numel():
             raise WeightsMismatchError(
                 f"{source}: layer {name} has weight {tuple(weight.shape)}; a fully connected layer "
@@ -87,6 +86,9 @@ def fcn_from_imagenet(
     if is_caffe:
         arrays = learned_blobs(read_caffemodel(weights))
         arrays.pop("fc8", None)
+        for name in ("fc6", "fc7"):  # legacy files store (out, in) as 1x1xoutxin
+            if name in arrays and arrays[name][0].ndim == 4 and arrays[name][0].shape[:2] == (1, 1):
+                arrays[name][0] = arrays[name][0].reshape(arrays[name][0].shape[2:])
         preprocess = "caffe"
     else:
         state = weights if isinstance(weights, dict) else _read_state_dict(Path(weights))

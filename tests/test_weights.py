@@ -1,0 +1,236 @@
+"""Weight import and checkpoints: torchvision and Caffe classifiers, bad files, atomic saves."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import fcnseg
+from fcnseg.weights import checkpoint
+from fcnseg.weights.caffe import load_caffe_fcn, load_caffe_weights
+from fcnseg.weights.caffe_format import CaffeLayer, read_caffemodel, write_caffemodel
+from fcnseg.weights.transfer import WeightsMismatchError
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "caffe"
+TINY_VGG = (4, 8, 16, 32, 32, 32)
+
+
+class TorchvisionStyle(nn.Module):
+    """The module layout of torchvision's classifiers, so its state dict has their keys."""
+
+    def __init__(self, features: nn.Sequential, pool: int, classifier: nn.Sequential) -> None:
+        super().__init__()
+        self.features, self.avgpool, self.classifier = features, nn.AdaptiveAvgPool2d(pool), classifier
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def torchvision_vgg16(widths=(8, 16, 16, 32, 32), fc=64) -> TorchvisionStyle:
+    layers, c = [], 3
+    for width, repeats in zip(widths, (2, 2, 3, 3, 3), strict=True):
+        for _ in range(repeats):
+            layers += [nn.Conv2d(c, width, 3, padding=1), nn.ReLU(inplace=True)]
+            c = width
+        layers.append(nn.MaxPool2d(2, 2))
+    head = [
+        nn.Linear(c * 49, fc),
+        nn.ReLU(True),
+        nn.Dropout(),
+        nn.Linear(fc, fc),
+        nn.ReLU(True),
+        nn.Dropout(),
+    ]
+    return TorchvisionStyle(nn.Sequential(*layers), 7, nn.Sequential(*head, nn.Linear(fc, 1000)))
+
+
+def torchvision_alexnet() -> TorchvisionStyle:
+    """torchvision's AlexNet, with its real shapes."""
+    features = nn.Sequential(
+        nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(True),
+        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(True),
+        nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(True), nn.MaxPool2d(3, 2),
+    )  # fmt: skip
+    classifier = nn.Sequential(
+        nn.Dropout(), nn.Linear(9216, 4096), nn.ReLU(True), nn.Dropout(), nn.Linear(4096, 4096), nn.ReLU(True),
+        nn.Linear(4096, 1000),
+    )  # fmt: skip
+    return TorchvisionStyle(features, 6, classifier)
+
+
+def fc7_of(model: fcnseg.FCN, x: torch.Tensor, first: str) -> torch.Tensor:
+    """fc7 of our backbone with the classifier's own input padding, to compare at 224x224."""
+    getattr(model.backbone, first).padding = (1, 1) if first == "conv1_1" else (2, 2)
+    return model.backbone(x)
+
+
+@pytest.mark.parametrize("arch", ["fcn32s", "fcn8s"])
+def test_torchvision_vgg16_becomes_the_fcn_backbone(arch, tmp_path):
+    torch.manual_seed(0)
+    classifier = torchvision_vgg16().eval()
+    path = tmp_path / "vgg16.pth"
+    torch.save(classifier.state_dict(), path)
+    model = fcnseg.fcn_from_imagenet(arch, path, num_classes=5).eval()
+    assert model.config["widths"] == [8, 16, 16, 32, 32, 64]
+    assert model.meta["preprocess"] == "imagenet"
+    assert torch.equal(model.backbone.fc6.weight, classifier.classifier[0].weight.reshape(64, 32, 7, 7))
+    assert torch.all(model.score_fr.weight == 0)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        expected = classifier.classifier[:5](torch.flatten(classifier.features(x), 1))
+        ours = fc7_of(model, x, "conv1_1")
+    assert ours.shape == (1, 64, 1, 1)
+    assert torch.allclose(ours.flatten(), expected.flatten(), rtol=1e-4, atol=1e-5)
+
+
+def test_torchvision_alexnet_with_its_real_shapes():
+    torch.manual_seed(0)
+    classifier = torchvision_alexnet().eval()
+    model = fcnseg.fcn_from_imagenet("fcn-alexnet", classifier.state_dict(), num_classes=21).eval()
+    assert model.config["widths"] == [64, 192, 384, 256, 256, 4096]
+    assert model.config["groups"] == 1 and model.config["lrn"] is False
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        expected = classifier.classifier[:6](torch.flatten(classifier.features(x), 1))
+        ours = fc7_of(model, x, "conv1")
+    assert torch.allclose(ours.flatten(), expected.flatten(), rtol=1e-4, atol=1e-4)
+
+
+def test_torchvision_state_dict_with_unexpected_keys_is_refused():
+    state = torchvision_vgg16().state_dict()
+    state["features.0.extra"] = torch.zeros(1)
+    with pytest.raises(WeightsMismatchError, match="unexpected keys.*features.0.extra"):
+        fcnseg.fcn_from_imagenet("fcn8s", state)
+    bn = torchvision_vgg16().state_dict() | {"features.1.running_mean": torch.zeros(8)}
+    with pytest.raises(WeightsMismatchError, match="batch-normalised"):
+        fcnseg.fcn_from_imagenet("fcn8s", bn)
+
+
+@pytest.mark.parametrize("legacy_v1", [False, True])
+def test_caffe_imagenet_classifier_with_inner_product_fc6(tmp_path, legacy_v1):
+    rng = np.random.default_rng(0)
+    layers, c = [], 3
+    names = fcnseg.models.vgg.VGG16_CONVS
+    for name in names:
+        width = {"1": 4, "2": 8, "3": 8, "4": 16, "5": 16}[name[4]]
+        w = rng.standard_normal((width, c, 3, 3)).astype(np.float32)
+        layers.append(CaffeLayer(name, "Convolution", [w, rng.standard_normal(width).astype(np.float32)], {}))
+        c = width
+    for name, shape in (("fc6", (32, 16 * 49)), ("fc7", (32, 32)), ("fc8", (1000, 32))):
+        w = rng.standard_normal(shape).astype(np.float32)
+        layers.append(CaffeLayer(name, "InnerProduct", [w, np.zeros(shape[0], np.float32)], {}))
+    path = tmp_path / "VGG_ILSVRC_16_layers.caffemodel"
+    write_caffemodel(path, layers, legacy_v1=legacy_v1)
+    model = fcnseg.fcn_from_imagenet("fcn16s", path, num_classes=3)
+    assert model.meta["preprocess"] == "caffe"
+    assert np.array_equal(
+        model.backbone.fc6.weight.detach().numpy(), layers[13].blobs[0].reshape(32, 16, 7, 7)
+    )
+    assert np.array_equal(model.backbone.conv5_3.bias.detach().numpy(), layers[12].blobs[1])
+
+
+def _fixture_layers(name="fcn8s"):
+    return read_caffemodel(FIXTURES / f"{name}.caffemodel")
+
+
+def test_caffe_model_missing_a_layer(tmp_path):
+    path = tmp_path / "broken.caffemodel"
+    write_caffemodel(path, [layer for layer in _fixture_layers() if layer.name != "score_pool3"])
+    with pytest.raises(WeightsMismatchError, match="broken.caffemodel"):
+        load_caffe_fcn(path, "fcn8s")  # the file now looks like a 16s: refused for --arch fcn8s
+    with pytest.raises(
+        WeightsMismatchError, match="layers in the file that the net does not have: upscore8, upscore_pool4"
+    ):
+        load_caffe_fcn(path)
+
+
+def test_caffe_model_with_a_misshaped_or_extra_layer(tmp_path):
+    layers = _fixture_layers()
+    conv = next(layer for layer in layers if layer.name == "conv3_2")
+    conv.blobs[0] = conv.blobs[0][:, :8]
+    layers.append(CaffeLayer("fc8", "InnerProduct", [np.zeros((2, 2), np.float32)], {}))
+    path = tmp_path / "odd.caffemodel"
+    write_caffemodel(path, layers)
+    with pytest.raises(WeightsMismatchError) as error:
+        load_caffe_fcn(path)
+    message = str(error.value)
+    assert "odd.caffemodel" in message and "fc8" in message
+    assert "conv3_2 weight: expected shape (16, 16, 3, 3), file has (16, 8, 3, 3)" in message
+
+
+def test_wrong_class_count_leaves_the_model_untouched():
+    model = fcnseg.build_model("fcn8s", 5, widths=(4, 8, 16, 32, 32, 64))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(WeightsMismatchError, match=r"score_fr weight: expected shape \(5, 64, 1, 1\)"):
+        load_caffe_weights(model, FIXTURES / "fcn8s.caffemodel")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_truncated_caffe_model(tmp_path):
+    path = tmp_path / "half.caffemodel"
+    path.write_bytes((FIXTURES / "fcn32s.caffemodel").read_bytes()[:100_000])
+    with pytest.raises(ValueError, match="half.caffemodel"):
+        fcnseg.load(path)
+
+
+def test_checkpoint_round_trip_keeps_architecture_classes_and_preprocessing(tmp_path):
+    model = load_caffe_fcn(FIXTURES / "fcn16s.caffemodel")
+    model.meta["class_names"] = [f"c{i}" for i in range(21)]
+    path = fcnseg.save_checkpoint(model, tmp_path / "m.pt")
+    loaded = fcnseg.load(path)
+    assert loaded.config == model.config and loaded.meta == model.meta
+    assert not loaded.training
+    x = torch.randn(1, 3, 45, 61)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == "fcnseg" and raw["config"]["arch"] == "fcn16s"
+
+
+def test_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    model = fcnseg.build_model("fcn32s", 3, widths=TINY_VGG)
+    path = fcnseg.save_checkpoint(model, tmp_path / "m.pt")
+    good = path.read_bytes()
+
+    def disk_full(obj, f):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        fcnseg.save_checkpoint(model, path)
+    assert path.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+
+
+def test_bad_checkpoints_name_the_file(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ValueError, match="junk.pt"):
+        fcnseg.load(junk)
+    plain = tmp_path / "plain.pt"
+    torch.save({"a": torch.zeros(1)}, plain)
+    with pytest.raises(ValueError, match="plain.pt is not an fcnseg checkpoint"):
+        fcnseg.load(plain)
+    model = fcnseg.build_model("fcn32s", 3, widths=TINY_VGG)
+    data = checkpoint.checkpoint_dict(model)
+    data["state_dict"]["score_fr.weight"] = torch.zeros(4, 32, 1, 1)
+    data["state_dict"]["surprise"] = torch.zeros(1)
+    torch.save(data, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=r"bad.pt(.|\n)*unexpected surprise(.|\n)*score_fr.weight: expected"):
+        fcnseg.load(tmp_path / "bad.pt")
+    with pytest.raises(FileNotFoundError):
+        fcnseg.load(tmp_path / "absent.pt")
+
+
+def test_load_checks_the_expected_arch(tmp_path):
+    shutil.copy(FIXTURES / "fcn32s.caffemodel", tmp_path / "weights.bin")
+    assert fcnseg.load(tmp_path / "weights.bin").config["arch"] == "fcn32s"  # recognised without suffix
+    path = fcnseg.save_checkpoint(fcnseg.build_model("fcn32s", 3, widths=TINY_VGG), tmp_path / "m.pt")
+    with pytest.raises(ValueError, match="holds an fcn32s model, not fcn8s"):
+        fcnseg.load(path, arch="fcn8s")
