@@ -1,0 +1,90 @@
+"""The base every data set shares: a list of (image, label) files read and checked on access,
+and helpers to read split lists and find missing files up front."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from fcnseg.data.images import check_pair, read_image, read_label
+
+__all__ = ["IGNORE_INDEX", "SegmentationDataset", "read_id_list", "require_files", "validate_label"]
+
+IGNORE_INDEX = 255
+"""The label of pixels that carry no class (object boundaries in VOC, unlabelled pixels)."""
+
+
+def validate_label(label: np.ndarray, num_classes: int, path: str | Path) -> None:
+    """Raise ``ValueError`` if ``label`` holds ids outside [0, num_classes) other than 255."""
+    bad = (label < 0) | ((label >= num_classes) & (label != IGNORE_INDEX))
+    if bad.any():
+        values = np.unique(label[bad])
+        shown = ", ".join(map(str, values[:20])) + (" ..." if len(values) > 20 else "")
+        raise ValueError(
+            f"{path}: label values {shown} are not class ids for num_classes={num_classes} "
+            f"(valid: 0..{num_classes - 1}, and {IGNORE_INDEX} = ignore)"
+        )
+
+
+def read_id_list(path: Path) -> list[str]:
+    """The ids of a split file, one per line (blank lines skipped); a missing file says which
+    splits the same folder does have."""
+    if not path.is_file():
+        found = sorted(p.stem for p in path.parent.glob("*.txt")) if path.parent.is_dir() else []
+        raise FileNotFoundError(
+            f"split list {path} not found; splits in {path.parent}: {', '.join(found) or 'none'}"
+        )
+    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+
+
+def require_files(paths: Iterable[Path], listed_in: str | Path) -> None:
+    """Fail at construction, not mid-epoch, when files named by a split list are missing."""
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        shown = "\n  ".join(missing[:20])
+        more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
+        raise FileNotFoundError(f"{len(missing)} file(s) of {listed_in} are missing:\n  {shown}{more}")
+
+
+class SegmentationDataset(Dataset):
+    """(image, label) pairs of numpy arrays, raw: image (H, W, C) uint8, label (H, W) int64 with
+    255 = ignore. Transforms and the network's preprocessing are the trainer's business.
+
+    Subclasses fill ``files`` with (image path, label path) pairs and override ``load_image`` /
+    ``load_label`` when their files are not plain images and masks.
+    """
+
+    ignore_index = IGNORE_INDEX
+
+    def __init__(self, files: Sequence[tuple[Path, Path]], class_names: Sequence[str]):
+        self.files = [(Path(i), Path(m)) for i, m in files]
+        self.class_names = tuple(class_names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        image, label = self.load_image(index), self.load_label(index)
+        image_path, label_path = self.files[index]
+        check_pair(image, label, image_path, label_path)
+        self.check_label(label, label_path)
+        return image, label
+
+    def load_image(self, index: int) -> np.ndarray:
+        return read_image(self.files[index][0])
+
+    def load_label(self, index: int) -> np.ndarray:
+        return read_label(self.files[index][1])
+
+    def check_label(self, label: np.ndarray, path: Path) -> None:
+        validate_label(label, self.num_classes, path)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self)} images, {self.num_classes} classes)"

@@ -1,0 +1,114 @@
+"""A data set from any folder of images and masks paired by name: the way in for one's own data."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from fcnseg.data.datasets import SegmentationDataset
+
+__all__ = ["IMAGE_SUFFIXES", "MASK_SUFFIXES", "FolderSegmentation"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")  # lossless only: JPEG would alter class ids
+_LISTED = 20
+
+
+class FolderSegmentation(SegmentationDataset):
+    """Images and label masks in two folders, paired by their path without suffix.
+
+    Layout::
+
+        root/classes.txt          optional: one class name per line, background first
+        root/images/a.jpg         any of .png .jpg .jpeg .bmp .tif .tiff .webp;
+        root/images/sub/b.png     subfolders are fine and mirrored in masks/
+        root/masks/a.png          palette or grayscale PNG of class ids, 255 = ignore
+        root/masks/sub/b.png      (an RGB mask in PASCAL palette colours also works)
+
+    The classes come from ``classes.txt`` if present, else from ``class_names`` or
+    ``num_classes`` (names then default to ``class0``, ``class1``, ...). Every image needs a
+    mask and every mask an image; otherwise one error lists what is unpaired.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        images: str = "images",
+        masks: str = "masks",
+        class_names: Sequence[str] | None = None,
+        num_classes: int | None = None,
+    ):
+        self.root = Path(root)
+        image_dir, mask_dir = self.root / images, self.root / masks
+        for folder in (image_dir, mask_dir):
+            if not folder.is_dir():
+                raise FileNotFoundError(f"{folder} does not exist; expected layout:\n{_LAYOUT}")
+        lossy = sorted(p.name for p in mask_dir.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
+        if lossy:
+            raise ValueError(
+                f"masks in {mask_dir} must be lossless (PNG): JPEG compression changes class ids; "
+                f"found {_listing(lossy)}"
+            )
+        image_files = _by_key(image_dir, IMAGE_SUFFIXES)
+        mask_files = _by_key(mask_dir, MASK_SUFFIXES)
+        if not image_files and not mask_files:
+            raise ValueError(
+                f"no images in {image_dir} ({' '.join(IMAGE_SUFFIXES)}) and no masks in {mask_dir} "
+                f"({' '.join(MASK_SUFFIXES)})"
+            )
+        unpaired = sorted(
+            [str(image_files[k].relative_to(self.root)) for k in image_files.keys() - mask_files.keys()]
+            + [str(mask_files[k].relative_to(self.root)) for k in mask_files.keys() - image_files.keys()]
+        )
+        if unpaired:
+            raise ValueError(
+                f"{len(unpaired)} file(s) in {self.root} have no partner (an image needs a mask "
+                f"of the same name in {masks}/, and a mask an image in {images}/): "
+                f"{_listing(unpaired)}"
+            )
+        files = [(image_files[k], mask_files[k]) for k in sorted(image_files)]
+        super().__init__(files, _class_names(self.root, class_names, num_classes))
+
+
+_LAYOUT = "  root/images/<name>.<jpg|png|...>\n  root/masks/<name>.png\n  root/classes.txt (optional)"
+
+
+def _by_key(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
+    """Files under ``folder`` keyed by their relative path without suffix; two files with one
+    key (a.jpg and a.png) are ambiguous and an error."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() not in suffixes or path.name.startswith(".") or not path.is_file():
+            continue
+        key = path.relative_to(folder).with_suffix("").as_posix()
+        if key in found:
+            raise ValueError(f"{found[key]} and {path} have the same name: which one is meant?")
+        found[key] = path
+    return found
+
+
+def _class_names(root: Path, class_names: Sequence[str] | None, num_classes: int | None) -> tuple[str, ...]:
+    listed = root / "classes.txt"
+    if listed.is_file():
+        names = tuple(line.strip() for line in listed.read_text().splitlines() if line.strip())
+        if class_names is not None and tuple(class_names) != names:
+            raise ValueError(f"class_names {list(class_names)} contradict {listed}: {list(names)}")
+    elif class_names is not None:
+        names = tuple(class_names)
+    elif num_classes is not None:
+        names = tuple(f"class{i}" for i in range(num_classes))
+    else:
+        raise ValueError(
+            f"cannot tell how many classes {root} has: write {listed} (one class name per line, "
+            "background first) or pass class_names= or num_classes="
+        )
+    if num_classes is not None and num_classes != len(names):
+        raise ValueError(f"num_classes={num_classes} but {len(names)} class names: {list(names)}")
+    if not names:
+        raise ValueError(f"the class list of {root} is empty")
+    return names
+
+
+def _listing(names: list[str]) -> str:
+    more = f" ... and {len(names) - _LISTED} more" if len(names) > _LISTED else ""
+    return ", ".join(names[:_LISTED]) + more

@@ -1,0 +1,111 @@
+"""Reading images and label masks from disk robustly: any PIL mode in, one well-defined array out,
+and errors that name the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from fcnseg.data.palette import pascal_palette
+
+__all__ = ["ImageReadError", "check_pair", "read_depth", "read_image", "read_label"]
+
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_INDEX_MODES = ("P", "L", "1", *_SIXTEEN_BIT)
+
+
+class ImageReadError(ValueError):
+    """An image or mask that cannot be decoded or interpreted; the message names the file."""
+
+
+def _open(path: str | Path) -> Image.Image:
+    """Fully decode ``path`` (so truncated files fail here, not later) in its EXIF orientation."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return ImageOps.exif_transpose(im)
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(f"cannot read image {path}: {exc}") from exc
+
+
+def _sixteen_bit_values(im: Image.Image, path: str | Path) -> np.ndarray:
+    values = np.asarray(im).astype(np.int64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise ImageReadError(
+            f"{path}: 32-bit image with values in [{values.min()}, {values.max()}]; "
+            "expected 16-bit values in [0, 65535]"
+        )
+    return values
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image as (H, W, 3) uint8 RGB, upright as a viewer shows it (EXIF orientation).
+
+    Grayscale and palette images are expanded to RGB, alpha is dropped, CMYK converted;
+    16-bit images are scaled from [0, 65535] to [0, 255] (divided by 257) rather than clipped,
+    so a depth or medical image keeps its contrast.
+    """
+    im = _open(path)
+    if im.mode in _SIXTEEN_BIT:
+        gray = np.round(_sixteen_bit_values(im, path) / 257.0).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if im.mode == "F":
+        raise ImageReadError(f"{path}: floating-point images (mode 'F') have no defined 8-bit scale")
+    return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+
+
+def read_depth(path: str | Path) -> np.ndarray:
+    """Read a single-channel 8- or 16-bit image (a depth map) as (H, W) uint16, values unscaled."""
+    im = _open(path)
+    if im.mode not in ("L", *_SIXTEEN_BIT):
+        raise ImageReadError(f"{path}: expected a single-channel 16-bit depth image, got mode {im.mode!r}")
+    return _sixteen_bit_values(im, path).astype(np.uint16)
+
+
+def read_label(path: str | Path) -> np.ndarray:
+    """Read a label mask as (H, W) int64 class ids.
+
+    Palette PNGs give their palette indices (never their colours: that is how PASCAL VOC stores
+    labels), grayscale and 16-bit images their values, and an RGB colour mask is mapped back
+    through the PASCAL palette. Colours that are not in the palette are an error.
+    """
+    im = _open(path)
+    if im.mode in _INDEX_MODES:
+        return np.asarray(im).astype(np.int64)
+    if im.mode in ("RGB", "RGBA"):
+        return _colours_to_ids(np.asarray(im.convert("RGB")), path)
+    raise ImageReadError(
+        f"{path}: label masks must be palette, grayscale or RGB images, got mode {im.mode!r}"
+    )
+
+
+def _colours_to_ids(rgb: np.ndarray, path: str | Path) -> np.ndarray:
+    def code(colours: np.ndarray) -> np.ndarray:
+        colours = colours.astype(np.int64)
+        return (colours[..., 0] << 16) | (colours[..., 1] << 8) | colours[..., 2]
+
+    ids_by_code = {int(c): i for i, c in enumerate(code(pascal_palette(256)))}
+    codes, inverse = np.unique(code(rgb), return_inverse=True)
+    unknown = [int(c) for c in codes if int(c) not in ids_by_code]
+    if unknown:
+        listed = ", ".join(str((c >> 16, (c >> 8) & 255, c & 255)) for c in unknown[:10])
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        raise ImageReadError(
+            f"{path}: RGB mask has {len(unknown)} colour(s) not in the PASCAL palette: "
+            f"{listed}{more}. Save masks as palette or grayscale PNGs of class ids instead."
+        )
+    ids = np.array([ids_by_code[int(c)] for c in codes], dtype=np.int64)
+    return ids[inverse].reshape(rgb.shape[:2])
+
+
+def check_pair(image: np.ndarray, label: np.ndarray, image_path: str | Path, label_path: str | Path) -> None:
+    """Raise ``ValueError`` unless the image (H, W, C) and label (..., H, W) have the same size."""
+    if image.shape[:2] != label.shape[-2:]:
+        (h, w), (lh, lw) = image.shape[:2], label.shape[-2:]
+        raise ValueError(
+            f"image and label sizes differ: {image_path} is {w}x{h} (WxH) but {label_path} is {lw}x{lh}"
+        )

@@ -1,0 +1,227 @@
+"""A small reader for MATLAB v5 MAT-files, enough for the label files of SBD, NYUDv2, SIFT Flow and
+PASCAL-Context, so that scipy is not a dependency."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["MatReadError", "load_mat"]
+
+# Data element types (the "mi" constants of the MAT-file format).
+_MI_DTYPES = {
+    1: "i1",  # miINT8
+    2: "u1",  # miUINT8
+    3: "i2",  # miINT16
+    4: "u2",  # miUINT16
+    5: "i4",  # miINT32
+    6: "u4",  # miUINT32
+    7: "f4",  # miSINGLE
+    9: "f8",  # miDOUBLE
+    12: "i8",  # miINT64
+    13: "u8",  # miUINT64
+    16: "u1",  # miUTF8
+    17: "u2",  # miUTF16
+    18: "u4",  # miUTF32
+}
+_MI_MATRIX, _MI_COMPRESSED, _MI_UTF8 = 14, 15, 16
+
+# Array classes (the "mx" constants); numeric classes map to their numpy type.
+_MX_CELL, _MX_STRUCT, _MX_OBJECT, _MX_CHAR, _MX_SPARSE = 1, 2, 3, 4, 5
+_MX_DTYPES = {
+    6: "f8",
+    7: "f4",
+    8: "i1",
+    9: "u1",
+    10: "i2",
+    11: "u2",
+    12: "i4",
+    13: "u4",
+    14: "i8",
+    15: "u8",
+}
+_FLAG_COMPLEX, _FLAG_LOGICAL = 0x0800, 0x0200
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+class MatReadError(ValueError):
+    """A MAT-file that this reader cannot read; the message names the file."""
+
+
+def load_mat(path: str | Path, variable_names: Iterable[str] | None = None) -> dict[str, Any]:
+    """Read the variables of a MAT v5 file (as written by MATLAB's default ``save``, compressed
+    or not).
+
+    Values keep MATLAB's shapes (a scalar is a (1, 1) array; nothing is squeezed) in MATLAB's
+    column-major element order:
+    numeric -> ndarray of the matching dtype (complex if stored complex), logical -> bool ndarray,
+    char -> ``str`` for a single row, else a list of row strings, cell -> object ndarray,
+    1x1 struct -> dict of fields, struct array -> object ndarray of dicts,
+    sparse -> dense ndarray (float64 or bool).
+
+    ``variable_names`` restricts which variables are decoded; others are skipped unread, so a file
+    with a variable of an unsupported class (objects, tables) still yields the ones asked for.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    endian = _check_header(data, path)
+    wanted = None if variable_names is None else set(variable_names)
+    variables: dict[str, Any] = {}
+    pos = 128
+    while pos + 8 <= len(data):
+        mtype, nbytes, start, pos = _read_tag(data, pos, endian, path)
+        if mtype == _MI_COMPRESSED:
+            try:  # a decompressor object, unlike zlib.decompress, tolerates a missing checksum
+                element = zlib.decompressobj().decompress(data[start : start + nbytes])
+            except zlib.error as exc:
+                raise MatReadError(f"{path}: corrupt compressed variable: {exc}") from exc
+            mtype, nbytes, start, _ = _read_tag(element, 0, endian, path)
+        else:
+            element = data
+        if mtype != _MI_MATRIX:
+            raise MatReadError(f"{path}: expected a matrix element, found data type {mtype}")
+        reader = _MatrixReader(element[start : start + nbytes], endian, path)
+        name = reader.read_header()
+        if name and (wanted is None or name in wanted):
+            variables[name] = reader.read_body(name)
+    return variables
+
+
+def _check_header(data: bytes, path: Path) -> str:
+    """The byte order of a v5 file, or a clear error for anything else (v7.3 above all)."""
+    if data[:10] == b"MATLAB 7.3" or data[512:520] == _HDF5_SIGNATURE:
+        raise MatReadError(
+            f"{path} is a MATLAB v7.3 (HDF5) MAT-file, which fcnseg cannot read. Re-save it as a "
+            f"v7 file, e.g. in MATLAB: s = load('{path.name}'); save('{path.name}', '-struct', "
+            "'s', '-v7')"
+        )
+    if len(data) < 128 or data[126:128] not in (b"IM", b"MI"):
+        raise MatReadError(f"{path} is not a MATLAB v5 MAT-file (v4 and other formats are unsupported)")
+    endian = "<" if data[126:128] == b"IM" else ">"
+    (version,) = struct.unpack(endian + "H", data[124:126])
+    if version != 0x0100:
+        raise MatReadError(f"{path}: unsupported MAT-file version {version:#06x}")
+    return endian
+
+
+def _read_tag(data: bytes, pos: int, endian: str, path: Path) -> tuple[int, int, int, int]:
+    """Parse the data element tag at ``pos``: (type, byte count, data start, next element)."""
+    if pos + 8 > len(data):
+        raise MatReadError(f"{path}: file ends inside a data element (truncated?)")
+    (word,) = struct.unpack_from(endian + "I", data, pos)
+    if word >> 16:  # small data element: type and size share one word, data in the next four
+        return word & 0xFFFF, word >> 16, pos + 4, pos + 8
+    (nbytes,) = struct.unpack_from(endian + "I", data, pos + 4)
+    start = pos + 8
+    if start + nbytes > len(data):
+        raise MatReadError(f"{path}: file ends inside a data element (truncated?)")
+    if word == _MI_COMPRESSED:  # compressed elements are not padded
+        return word, nbytes, start, start + nbytes
+    return word, nbytes, start, start + (nbytes + 7) // 8 * 8
+
+
+class _MatrixReader:
+    """Decodes the sub-elements of one miMATRIX element."""
+
+    def __init__(self, data: bytes, endian: str, path: Path):
+        self.data, self.endian, self.path = data, endian, path
+        self.pos = 0
+
+    def element(self) -> tuple[int, bytes]:
+        mtype, nbytes, start, self.pos = _read_tag(self.data, self.pos, self.endian, self.path)
+        return mtype, self.data[start : start + nbytes]
+
+    def numbers(self) -> np.ndarray:
+        mtype, raw = self.element()
+        if mtype not in _MI_DTYPES:
+            raise MatReadError(f"{self.path}: unexpected data type {mtype} in a matrix")
+        return np.frombuffer(raw, dtype=self.endian + _MI_DTYPES[mtype])
+
+    def read_header(self) -> str:
+        """Read array flags, dimensions and name (returned); the body is read by ``read_body``."""
+        self.flags = int(self.numbers()[0])
+        self.mx_class = self.flags & 0xFF
+        self.dims = tuple(int(d) for d in self.numbers())
+        return self.element()[1].decode("ascii", errors="replace")
+
+    def read_body(self, name: str) -> Any:
+        dims, cls = self.dims, self.mx_class
+        if cls in _MX_DTYPES:
+            return self._numeric(dims, _MX_DTYPES[cls])
+        if cls == _MX_CHAR:
+            return self._char(dims, name)
+        if cls == _MX_CELL:
+            cells = [self._sub_matrix(name) for _ in range(int(np.prod(dims)))]
+            return _object_array(cells, dims)
+        if cls == _MX_STRUCT:
+            return self._struct(dims, name)
+        if cls == _MX_SPARSE:
+            return self._sparse(dims)
+        kind = "an object" if cls == _MX_OBJECT else f"array class {cls}"
+        raise MatReadError(f"{self.path}: variable {name!r} is {kind}, which is not supported")
+
+    def _numeric(self, dims: tuple[int, ...], dtype: str) -> np.ndarray:
+        # MATLAB may store values in a smaller type than their class (doubles as uint8, say).
+        real = self.numbers().astype(dtype)
+        if self.flags & _FLAG_COMPLEX:
+            real = real + 1j * self.numbers().astype(dtype)
+        if self.flags & _FLAG_LOGICAL:
+            real = real.astype(bool)
+        return real.reshape(dims, order="F")
+
+    def _char(self, dims: tuple[int, ...], name: str) -> str | list[str]:
+        mtype, raw = self.element()
+        if mtype == _MI_UTF8:
+            codes = np.array([ord(c) for c in raw.decode("utf-8")], dtype=np.int64)
+        elif mtype in _MI_DTYPES:
+            codes = np.frombuffer(raw, dtype=self.endian + _MI_DTYPES[mtype]).astype(np.int64)
+        else:
+            raise MatReadError(f"{self.path}: char variable {name!r} has data type {mtype}")
+        if len(dims) != 2:
+            raise MatReadError(f"{self.path}: char variable {name!r} has {len(dims)} dimensions")
+        rows = ["".join(map(chr, row)) for row in codes.reshape(dims, order="F")]
+        if len(rows) <= 1:
+            return rows[0] if rows else ""
+        return rows
+
+    def _struct(self, dims: tuple[int, ...], name: str) -> dict[str, Any] | np.ndarray:
+        length = int(self.numbers()[0])
+        raw = self.element()[1]
+        fields = [raw[i : i + length].split(b"\0", 1)[0].decode("ascii") for i in range(0, len(raw), length)]
+        records = [{f: self._sub_matrix(f"{name}.{f}") for f in fields} for _ in range(int(np.prod(dims)))]
+        return records[0] if dims == (1, 1) else _object_array(records, dims)
+
+    def _sparse(self, dims: tuple[int, ...]) -> np.ndarray:
+        rows, col_starts = self.numbers(), self.numbers()
+        values = self.numbers().astype(np.float64)
+        if self.flags & _FLAG_COMPLEX:
+            values = values + 1j * self.numbers()
+        dtype = bool if self.flags & _FLAG_LOGICAL else values.dtype
+        dense = np.zeros(dims, dtype=dtype)
+        nnz = int(col_starts[-1]) if len(col_starts) else 0
+        cols = np.repeat(np.arange(len(col_starts) - 1), np.diff(col_starts.astype(np.int64)))
+        dense[rows[:nnz].astype(np.int64), cols] = values[:nnz]
+        return dense
+
+    def _sub_matrix(self, name: str) -> Any:
+        mtype, raw = self.element()
+        if mtype != _MI_MATRIX:
+            raise MatReadError(f"{self.path}: {name!r} holds data type {mtype}, not a matrix")
+        if not raw:  # MATLAB writes an empty [] as a matrix element with no bytes
+            return np.zeros((0, 0))
+        sub = _MatrixReader(raw, self.endian, self.path)
+        sub.read_header()
+        return sub.read_body(name)
+
+
+def _object_array(items: list[Any], dims: tuple[int, ...]) -> np.ndarray:
+    out = np.empty(len(items), dtype=object)
+    for i, item in enumerate(items):  # item by item: numpy would broadcast equal-shaped arrays
+        out[i] = item
+    return out.reshape(dims, order="F")

@@ -1,0 +1,163 @@
+"""PASCAL VOC and SBD segmentation data sets, and the paper's split: train on SBD train, validate on
+seg11valid (the VOC2011 val images that are not in SBD train)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fcnseg.data.datasets import SegmentationDataset, read_id_list, require_files
+from fcnseg.data.matlab import load_mat
+
+__all__ = [
+    "VOC_CLASSES",
+    "SBDSegmentation",
+    "VOCSegmentation",
+    "find_sbd_dir",
+    "find_voc_dir",
+    "pascal_split",
+    "seg11valid_ids",
+]
+
+VOC_CLASSES = (
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
+
+# seg11valid is defined on the VOC2011 val list; VOC2012's val list extends it with 2012 images.
+_SEG11_LAST_YEAR = 2011
+
+
+def find_voc_dir(root: str | Path, year: str = "2012") -> Path:
+    """The ``VOC<year>`` folder (holding JPEGImages/) under ``root``, wherever the tar put it."""
+    root = Path(root)
+    candidates = [
+        root / "VOCdevkit" / f"VOC{year}",
+        root / "TrainVal" / "VOCdevkit" / f"VOC{year}",  # the VOC2011 tar's layout
+        root / f"VOC{year}",
+        root,
+    ]
+    for candidate in candidates:
+        if (candidate / "JPEGImages").is_dir():
+            return candidate
+    raise FileNotFoundError(
+        f"no PASCAL VOC{year} under {root}: expected {candidates[0]}/JPEGImages "
+        f"(get it with fcnseg.data.download.fetch('voc{year}', '{root}'))"
+    )
+
+
+def find_sbd_dir(root: str | Path) -> Path:
+    """SBD's ``dataset`` folder (holding img/ and cls/) under ``root``."""
+    root = Path(root)
+    candidates = [root / "benchmark_RELEASE" / "dataset", root / "dataset", root]
+    for candidate in candidates:
+        if (candidate / "cls").is_dir():
+            return candidate
+    raise FileNotFoundError(
+        f"no SBD under {root}: expected {candidates[0]}/cls "
+        f"(get it with fcnseg.data.download.fetch('sbd', '{root}'))"
+    )
+
+
+def seg11valid_ids(voc_dir: Path, sbd_dir: Path) -> list[str]:
+    """VOC2011 segmentation val ids (VOC val ids of years up to 2011) minus SBD train ids, in the
+    VOC list's order: 736 images with the real lists."""
+    val = read_id_list(voc_dir / "ImageSets" / "Segmentation" / "val.txt")
+    sbd_train = set(read_id_list(sbd_dir / "train.txt"))
+    return [i for i in val if int(i[:4]) <= _SEG11_LAST_YEAR and i not in sbd_train]
+
+
+class VOCSegmentation(SegmentationDataset):
+    """PASCAL VOC segmentation: 21 classes (background first), 255 marks object boundaries.
+
+    Layout (as the VOC tar extracts under ``root``)::
+
+        root/VOCdevkit/VOC2012/JPEGImages/<id>.jpg
+        root/VOCdevkit/VOC2012/SegmentationClass/<id>.png      palette PNGs of class ids
+        root/VOCdevkit/VOC2012/ImageSets/Segmentation/<split>.txt
+
+    ``split`` is any list in ImageSets/Segmentation (train, val, trainval) or ``"seg11valid"``,
+    the paper's validation set: taken from ``seg11valid.txt`` there if present, else derived from
+    VOC val and SBD's train list (SBD found under ``sbd_root``, default ``root``).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        year: str = "2012",
+        sbd_root: str | Path | None = None,
+    ):
+        self.root = find_voc_dir(root, year)
+        lists = self.root / "ImageSets" / "Segmentation"
+        if split == "seg11valid" and not (lists / "seg11valid.txt").is_file():
+            ids = seg11valid_ids(self.root, find_sbd_dir(sbd_root or root))
+            listed_in = f"seg11valid (from {lists / 'val.txt'} and SBD train.txt)"
+        else:
+            ids = read_id_list(lists / f"{split}.txt")
+            listed_in = lists / f"{split}.txt"
+        files = [
+            (self.root / "JPEGImages" / f"{i}.jpg", self.root / "SegmentationClass" / f"{i}.png") for i in ids
+        ]
+        require_files([p for pair in files for p in pair], listed_in)
+        super().__init__(files, VOC_CLASSES)
+        self.split = split
+
+
+class SBDSegmentation(SegmentationDataset):
+    """The Semantic Boundaries Dataset (Hariharan et al. 2011): VOC images with more masks,
+    same 21 classes. The paper trains on its 8,498-image train split.
+
+    Layout (as benchmark.tgz extracts under ``root``)::
+
+        root/benchmark_RELEASE/dataset/img/<id>.jpg
+        root/benchmark_RELEASE/dataset/cls/<id>.mat   struct GTcls, field Segmentation (uint8)
+        root/benchmark_RELEASE/dataset/{train,val}.txt
+    """
+
+    def __init__(self, root: str | Path, split: str = "train"):
+        self.root = find_sbd_dir(root)
+        ids = read_id_list(self.root / f"{split}.txt")
+        files = [(self.root / "img" / f"{i}.jpg", self.root / "cls" / f"{i}.mat") for i in ids]
+        require_files([p for pair in files for p in pair], self.root / f"{split}.txt")
+        super().__init__(files, VOC_CLASSES)
+        self.split = split
+
+    def load_label(self, index: int) -> np.ndarray:
+        path = self.files[index][1]
+        gt = load_mat(path, ["GTcls"]).get("GTcls")
+        if not isinstance(gt, dict) or "Segmentation" not in gt:
+            raise ValueError(f"{path}: expected a struct GTcls with a field Segmentation")
+        return np.asarray(gt["Segmentation"]).astype(np.int64)
+
+
+def pascal_split(name: str, voc_root: str | Path, sbd_root: str | Path | None = None) -> SegmentationDataset:
+    """A PASCAL split by name, as recipes spell it: ``"sbd-train"``, ``"sbd-val"``,
+    ``"seg11valid"``, or ``"voc-<split>"`` (e.g. ``"voc-val"``) for VOC2012's own lists."""
+    if name.startswith("sbd-"):
+        return SBDSegmentation(sbd_root or voc_root, name.removeprefix("sbd-"))
+    if name == "seg11valid":
+        return VOCSegmentation(voc_root, "seg11valid", sbd_root=sbd_root)
+    if name.startswith("voc-"):
+        return VOCSegmentation(voc_root, name.removeprefix("voc-"))
+    raise ValueError(f"unknown PASCAL split {name!r}: use sbd-train, sbd-val, seg11valid or voc-<split>")
