@@ -42,7 +42,7 @@ def test_crop_offsets_derived_from_geometry_match_the_original_nets(arch, offset
 
 
 def test_geometry_worked_example_vgg16_fcn32s():
-    backbone = fcnseg.build_model("fcn32s").backbone
+    backbone = fcnseg.build_model("fcn32s", widths=TINY_VGG).backbone
     pool5 = path_map(backbone[: list(dict(backbone.named_children())).index("pool5") + 1])
     assert (pool5.scale, pool5.shift) == (32, -83.5)
     score = path_map(backbone)

@@ -1,7 +1,7 @@
 """fcnseg: Fully Convolutional Networks for semantic segmentation, faithful to the original Caffe nets."""
 
 from fcnseg.data.preprocess import preprocess
-from fcnseg.models import ARCHITECTURES, FCN, build_model, convolutionalize
+from fcnseg.models import ARCHITECTURES, FCN, build_model, convolutionalize, rarefy, shift_and_stitch
 from fcnseg.train.metrics import confusion_matrix, scores
 from fcnseg.weights.checkpoint import load_checkpoint, save_checkpoint
 from fcnseg.weights.imagenet import fcn_from_imagenet
@@ -19,6 +19,8 @@ __all__ = [
     "load",
     "load_checkpoint",
     "preprocess",
+    "rarefy",
     "save_checkpoint",
     "scores",
+    "shift_and_stitch",
 ]

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fcnseg.models.alexnet import ALEXNET_WIDTHS, alexnet_backbone
+from fcnseg.models.dense import DILATED_ARCHS, vgg_fcn_dilated
 from fcnseg.models.fcn import FCN
 from fcnseg.models.vgg import VGG16_WIDTHS, vgg16_backbone
 
@@ -39,6 +40,8 @@ ARCHITECTURES: dict[str, Callable[..., FCN]] = {
     "fcn8s": _vgg_fcn(("pool4", "pool3")),
     "fcn8s-atonce": _vgg_fcn(("pool4", "pool3"), AT_ONCE_SCALES),
     "fcn-alexnet": _fcn_alexnet,
+    # section 3: FCN-32s with pool5 (stride 16), then pool4 (stride 8) rarefied away
+    **{name: vgg_fcn_dilated(stride) for stride, name in DILATED_ARCHS.items()},
 }
 
 
