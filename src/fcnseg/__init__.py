@@ -1,6 +1,7 @@
 """fcnseg: Fully Convolutional Networks for semantic segmentation, faithful to the original Caffe nets."""
 
 from fcnseg.data.preprocess import preprocess
+from fcnseg.infer.predict import predict
 from fcnseg.models import ARCHITECTURES, FCN, build_model, convolutionalize, rarefy, shift_and_stitch
 from fcnseg.train.metrics import confusion_matrix, scores
 from fcnseg.weights.checkpoint import load_checkpoint, save_checkpoint
@@ -18,6 +19,7 @@ __all__ = [
     "fcn_from_imagenet",
     "load",
     "load_checkpoint",
+    "predict",
     "preprocess",
     "rarefy",
     "save_checkpoint",

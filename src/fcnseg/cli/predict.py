@@ -1,0 +1,311 @@
+"""``fcnseg predict``: segment files, folders and globs into palette PNGs, overlays and probabilities."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from fcnseg.data.images import read_image
+from fcnseg.infer.overlay import colorize, overlay
+from fcnseg.infer.predict import predict_batch, resolve_device
+from fcnseg.infer.tiling import parse_memory
+from fcnseg.models.fcn import FCN
+from fcnseg.weights.load import load
+
+IMAGE_SUFFIXES = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+"""Files a folder contributes: those whose suffix PIL can open."""
+
+MAX_PENDING_FACTOR = 2
+"""Images waiting for a same-size batch are flushed beyond this many batches' worth."""
+
+
+def collect_inputs(specs: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """Files named by ``specs`` (files, folders, globs), in order, each once; and the problems met.
+
+    A folder contributes its image files (by suffix, hidden files skipped, not
+    recursive). Missing paths, empty matches and unreadable folders are reported,
+    not raised, so that the other inputs still run.
+    """
+    files: list[Path] = []
+    problems: list[str] = []
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir():
+            try:
+                found = sorted(
+                    p
+                    for p in path.iterdir()
+                    if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+                )
+            except OSError as error:
+                problems.append(f"{path}: cannot read folder ({error.strerror or error})")
+                continue
+            if not found:
+                problems.append(f"{path}: folder holds no image files")
+            files += found
+        elif path.exists():
+            files.append(path)
+        elif glob.has_magic(spec):
+            matches = sorted(Path(p) for p in glob.glob(spec) if Path(p).is_file())
+            if not matches:
+                problems.append(f"{spec}: no file matches")
+            files += matches
+        else:
+            problems.append(f"{spec}: no such file or folder")
+    unique = list({p.resolve(): p for p in reversed(files)}.values())[::-1]
+    return unique, problems
+
+
+def output_stems(files: Sequence[Path], suffixes: Sequence[str]) -> list[str]:
+    """A distinct output stem per input, so that no two inputs write the same file.
+
+    The stem is the file's own unless another input shares it (case-insensitively):
+    then it is the path from the clashing files' common folder joined by ``__``
+    (``a/x.jpg``, ``b/x.jpg`` -> ``a__x``, ``b__x``), with the extension added when
+    only that differs (``x_jpg``, ``x_png``). ``suffixes`` are the endings each stem
+    gets (``.png``, ``_overlay.jpg``...); a stem whose outputs are already taken
+    gets ``-2``, ``-3``...
+    """
+    resolved = [f.resolve() for f in files]
+    by_stem: dict[str, list[Path]] = defaultdict(list)
+    for path in resolved:
+        by_stem[path.stem.lower()].append(path)
+    taken: set[str] = set()
+    stems = []
+    for path in resolved:
+        clash = by_stem[path.stem.lower()]
+        stem = path.stem
+        if len(clash) > 1:
+            root = Path(os.path.commonpath([p.parent for p in clash]))
+            stem = "__".join(path.relative_to(root).with_suffix("").parts)
+            if sum(p.with_suffix("") == path.with_suffix("") for p in clash) > 1:
+                stem += "_" + path.suffix.lstrip(".").lower()
+        candidate, n = stem, 1
+        while any((candidate + s).lower() in taken for s in suffixes):
+            n += 1
+            candidate = f"{stem}-{n}"
+        taken.update((candidate + s).lower() for s in suffixes)
+        stems.append(candidate)
+    return stems
+
+
+def _output_suffixes(args: argparse.Namespace) -> list[str]:
+    suffixes = [".png"]
+    if args.overlay:
+        suffixes.append(f"_overlay.{args.overlay_format}")
+    if args.probs:
+        suffixes.append("_probs.npy")
+    return suffixes
+
+
+def _check_no_overwrite(inputs: Sequence[Path], weights: Path, outputs: Sequence[Path]) -> None:
+    protected = {p.resolve() for p in inputs} | {weights.resolve()}
+    clobbered = [str(p) for p in outputs if p.resolve() in protected]
+    if clobbered:
+        raise ValueError(
+            f"--out {outputs[0].parent} would overwrite input file(s) {', '.join(clobbered[:5])}; "
+            "choose another output folder"
+        )
+
+
+def _prepare_out(out: Path) -> None:
+    """Create the output folder and prove it writable before any work is done."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise OSError(f"output folder {out} cannot be written ({error.strerror or error})") from None
+
+
+def _write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write through a temporary file beside ``path``: an interrupted run leaves no torn output."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_outputs(
+    args: argparse.Namespace, stem: str, image: np.ndarray, labels: np.ndarray, probs: np.ndarray | None
+) -> None:
+    out = Path(args.out)
+    _write_atomic(out / f"{stem}.png", lambda f: colorize(labels).save(f, format="PNG"))
+    if args.overlay:
+        shown = Image.fromarray(overlay(image, labels, alpha=args.overlay_alpha))
+        fmt = "JPEG" if args.overlay_format == "jpg" else "PNG"
+        _write_atomic(out / f"{stem}_overlay.{args.overlay_format}", lambda f: shown.save(f, format=fmt))
+    if args.probs:
+        _write_atomic(out / f"{stem}_probs.npy", lambda f: np.save(f, probs.astype(args.probs_dtype)))
+
+
+def _describe(path: Path, error: BaseException) -> str:
+    message = str(error)
+    return message if str(path) in message else f"{path}: {message}"
+
+
+def _segment(
+    args: argparse.Namespace, model: FCN, files: Sequence[Path], stems: Sequence[str], failures: list[str]
+) -> int:
+    """Read, batch by size, segment and write; returns how many images were written."""
+    done = 0
+    pending: dict[tuple[int, int], list[tuple[Path, str, np.ndarray]]] = defaultdict(list)
+    bar = tqdm(total=len(files), unit="img", desc="fcnseg predict", disable=None)
+
+    def segment_group(group: list[tuple[Path, str, np.ndarray]]) -> None:
+        nonlocal done
+        try:
+            labels, probs = predict_batch(
+                model,
+                np.stack([image for _, _, image in group]),
+                return_probs=args.probs,
+                tta_flip=args.tta_flip,
+                tta_scales=args.tta_scales,
+                max_memory=args.max_memory,
+            )
+        except (ValueError, RuntimeError) as error:
+            failures.extend(_describe(path, error) for path, _, _ in group)
+            bar.update(len(group))
+            return
+        for i, (path, stem, image) in enumerate(group):
+            try:
+                _write_outputs(args, stem, image, labels[i], probs[i] if probs is not None else None)
+                done += 1
+            except OSError as error:
+                failures.append(_describe(path, error))
+            bar.update(1)
+
+    for path, stem in zip(files, stems, strict=True):
+        try:
+            image = read_image(path)
+        except (ValueError, OSError) as error:
+            failures.append(_describe(path, error))
+            bar.update(1)
+            continue
+        group = pending[image.shape[:2]]
+        group.append((path, stem, image))
+        if len(group) >= args.batch_size:
+            segment_group(pending.pop(image.shape[:2]))
+        elif sum(map(len, pending.values())) > MAX_PENDING_FACTOR * args.batch_size:
+            segment_group(pending.pop(max(pending, key=lambda size: len(pending[size]))))
+    for size in list(pending):
+        segment_group(pending.pop(size))
+    bar.close()
+    return done
+
+
+def run(args: argparse.Namespace) -> int:
+    weights, out = Path(args.weights), Path(args.out)
+    files, failures = collect_inputs(args.inputs)
+    stems = output_stems(files, _output_suffixes(args))
+    _check_no_overwrite(files, weights, [out / (s + x) for s in stems for x in _output_suffixes(args)])
+    _prepare_out(out)
+    model = load(weights)
+    if model.num_classes > 256:
+        raise ValueError(
+            f"{weights}: model has {model.num_classes} classes but a palette PNG holds at most 256"
+        )
+    model.to(resolve_device(args.device))
+    start = time.perf_counter()
+    done = _segment(args, model, files, stems, failures) if files else 0
+    seconds = time.perf_counter() - start
+    print(f"segmented {done} of {len(files)} images into {out} in {seconds:.1f} s")
+    if failures:
+        print(f"fcnseg predict: {len(failures)} input(s) failed:", file=sys.stderr)
+        for line in failures:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _scales(text: str) -> tuple[float, ...]:
+    try:
+        scales = tuple(float(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 0.75,1,1.25, got {text!r}") from None
+    if any(s <= 0 for s in scales):
+        raise argparse.ArgumentTypeError(f"scales must be positive, got {text!r}")
+    return scales
+
+
+def _memory(text: str) -> int:
+    try:
+        return parse_memory(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _alpha(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"alpha must be in [0, 1], got {text}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="segment images with a trained model",
+        description=(
+            "Segment images: for each input write <stem>.png, a palette PNG of class ids in the "
+            "PASCAL colours, into --out. Images of one size are batched together; larger images "
+            "than --max-memory allows are segmented in overlapping, blended tiles."
+        ),
+    )
+    parser.add_argument("weights", help="fcnseg checkpoint")
+    parser.add_argument("inputs", nargs="+", help="image files, folders (not recursive) or quoted globs")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output folder (created if missing; refused if an output would overwrite an input)",
+    )
+    parser.add_argument(
+        "--overlay", action="store_true", help="also write <stem>_overlay.jpg: colours over the image"
+    )
+    parser.add_argument("--overlay-format", choices=("jpg", "png"), default="jpg")
+    parser.add_argument("--overlay-alpha", type=_alpha, default=0.5, help="colour weight in the overlay")
+    parser.add_argument(
+        "--probs", action="store_true", help="also write <stem>_probs.npy: (C, H, W) softmax probabilities"
+    )
+    parser.add_argument(
+        "--probs-dtype",
+        choices=("float16", "float32"),
+        default="float16",
+        help="float16 (default) halves the files and keeps probabilities to about 3 decimal digits",
+    )
+    parser.add_argument("--tta-flip", action="store_true", help="average with the mirrored image")
+    parser.add_argument(
+        "--tta-scales", type=_scales, default=None, help="average over rescaled copies, e.g. 0.75,1,1.25"
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    parser.add_argument(
+        "--max-memory",
+        type=_memory,
+        default=None,
+        help="activation memory budget, e.g. 4G (default: half the memory available)",
+    )
+    parser.add_argument("--batch-size", type=_positive, default=4, help="images of one size per forward pass")
+    parser.set_defaults(run=run)

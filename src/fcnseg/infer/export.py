@@ -1,0 +1,152 @@
+"""Exporting a model to ONNX and TorchScript with dynamic batch, height and width.
+
+The crops of an FCN (``model.output_offset``, ``model.skip_offsets``) slice by
+the runtime input size (``x.shape``), and both exporters record that as
+``Shape`` -> ``Slice`` rather than as constants, so the exported graph crops
+exactly at every input size, not only the example's.
+
+ONNX: the ``torch.export``-based exporter (torch's default) when ``onnxscript``
+is installed; otherwise the TorchScript-based one (``dynamo=False``), which
+torch deprecates but still ships, needs nothing extra and is much faster.
+Both give the same graph numerically.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import fcnseg
+from fcnseg.data.preprocess import get_preprocessing
+from fcnseg.infer.predict import DEFAULT_PREPROCESS
+from fcnseg.models.fcn import FCN
+
+__all__ = ["export_onnx", "export_torchscript", "onnx_metadata"]
+
+EXAMPLE_SIZE = 64
+"""Side of the example input traced; any size works since every dimension but channels is dynamic."""
+
+LEGACY_OPSET = 17
+
+
+def onnx_metadata(model: FCN) -> dict[str, str]:
+    """What a runtime needs beside the graph: classes, preprocessing, input/output layout.
+
+    Values are strings (ONNX ``metadata_props``); lists and dicts are JSON.
+    """
+    meta: dict[str, Any] = dict(getattr(model, "meta", {}))
+    preprocess = get_preprocessing(meta.get("preprocess", DEFAULT_PREPROCESS))
+    class_names = meta.get("class_names") or [str(i) for i in range(model.num_classes)]
+    return {
+        "fcnseg_version": fcnseg.__version__,
+        "config": json.dumps(getattr(model, "config", {})),
+        "class_names": json.dumps(list(class_names)),
+        "num_classes": str(model.num_classes),
+        "preprocess": preprocess.name,
+        "preprocess_params": json.dumps(
+            {"bgr": preprocess.bgr, "scale": preprocess.scale, "mean": preprocess.mean, "std": preprocess.std}
+        ),
+        "input": "image: (N, 3, H, W) float32, preprocessed as preprocess_params say",
+        "output": "scores: (N, C, H, W) float32 class scores (logits); argmax over C gives labels",
+    }
+
+
+def _replace_atomically(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)`` then rename over ``path``: no torn file on failure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _export_graph(model: FCN, path: Path, dynamo: bool, opset: int | None) -> None:
+    example = torch.zeros(1, model.in_channels, EXAMPLE_SIZE, EXAMPLE_SIZE)
+    names = {"input_names": ["image"], "output_names": ["scores"]}
+    if dynamo:
+        from torch.export import Dim
+
+        dims = {0: Dim("batch"), 2: Dim("height"), 3: Dim("width")}
+        onnx_logger = logging.getLogger("torch.onnx")
+        level = onnx_logger.level
+        onnx_logger.setLevel(logging.ERROR)  # "torchvision is not installed": irrelevant here
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree deprecations
+                torch.onnx.export(
+                    model, (example,), path, dynamo=True, dynamic_shapes=(dims,), external_data=False,
+                    opset_version=opset, verbose=False, **names,
+                )  # fmt: skip
+        finally:
+            onnx_logger.setLevel(level)
+        return
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with warnings.catch_warnings():
+        # the shape checks in forward become constants: expected, they only guard misuse
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model, (example,), path, dynamo=False, opset_version=opset or LEGACY_OPSET,
+            dynamic_axes={"image": axes, "scores": axes}, **names,
+        )  # fmt: skip
+
+
+def export_onnx(
+    model: FCN, path: str | os.PathLike, *, dynamo: bool | None = None, opset: int | None = None
+) -> Path:
+    """Write ``model`` as ONNX: input ``image`` (N, 3, H, W) -> output ``scores`` (N, C, H, W).
+
+    Batch, height and width are dynamic; class names and preprocessing are in the
+    model's ``metadata_props`` (see ``onnx_metadata``). ``dynamo=None`` picks the
+    ``torch.export``-based exporter when ``onnxscript`` is installed, else the
+    TorchScript-based one. The model is put in eval mode on the CPU.
+    """
+    import onnx  # optional: only exporting needs it
+
+    if dynamo is None:
+        dynamo = importlib.util.find_spec("onnxscript") is not None
+    model = model.eval().cpu()
+
+    def write(tmp: Path) -> None:
+        with torch.no_grad():
+            _export_graph(model, tmp, dynamo, opset)
+        graph = onnx.load(tmp)
+        onnx.helper.set_model_props(graph, onnx_metadata(model))
+        onnx.save(graph, tmp)
+
+    return _replace_atomically(Path(path), write)
+
+
+def export_torchscript(model: FCN, path: str | os.PathLike) -> Path:
+    """Write ``model`` traced to TorchScript: (N, 3, H, W) -> (N, C, H, W) for any N, H, W.
+
+    Tracing records the crops as slices by the runtime size, so they stay exact
+    at every size (``torch.jit.script`` cannot compile the head's ``getattr``
+    lookups). ``torch.jit`` is deprecated in torch 2.13 but still loads anywhere
+    libtorch runs. Class names and preprocessing travel as ``meta.json``. The model
+    is put in eval mode on the CPU.
+    """
+    model = model.eval().cpu()
+    example = torch.zeros(1, model.in_channels, EXAMPLE_SIZE, EXAMPLE_SIZE)
+    extra = {"meta.json": json.dumps(onnx_metadata(model))}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks become constants
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit itself: known, see above
+        traced = torch.jit.trace(model, example, check_trace=False)
+        return _replace_atomically(
+            Path(path), lambda tmp: torch.jit.save(traced, str(tmp), _extra_files=extra)
+        )

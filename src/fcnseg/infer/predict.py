@@ -1,0 +1,190 @@
+"""Segmenting images with a trained FCN: preprocessing from the model, batching, tiling and TTA.
+
+Images of one size are stacked into a batch; images of different sizes never
+are. Padding them to a common size would change the scores: an FCN's output
+near a border depends on the zero padding its convolutions see there.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import partial
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from fcnseg.data.images import read_image
+from fcnseg.data.preprocess import preprocess
+from fcnseg.infer.tiling import (
+    BYTES_PER_VALUE,
+    activation_bytes,
+    default_max_memory,
+    plan_tiles,
+    tiled_scores,
+)
+from fcnseg.models.fcn import FCN
+
+__all__ = ["predict", "predict_batch", "resolve_device"]
+
+DEFAULT_PREPROCESS = "caffe"
+"""Used when a model's ``meta`` names no preprocessing: the original Caffe FCN models'."""
+
+
+def _forward(model: FCN, x: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, C, H, W) scores. The one place a faster backend plugs in."""
+    return model(x)
+
+
+def resolve_device(device: str | torch.device | None, model: FCN | None = None) -> torch.device:
+    """``None``: where ``model`` is (CPU without one); ``"auto"``: CUDA when available, else CPU."""
+    if device is None:
+        return next(model.parameters()).device if model is not None else torch.device("cpu")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda requested but CUDA is not available here; use --device cpu or auto")
+    return device
+
+
+@contextmanager
+def _evaluating(model: FCN) -> Iterator[None]:
+    """Eval mode (no dropout) for the duration, then the caller's mode back."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _scores(model: FCN, x: torch.Tensor, budget: int) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, C, H, W): whole images in chunks that fit ``budget``, else tiled."""
+    n, _, height, width = x.shape
+    per_image = activation_bytes(model, height, width)
+    if per_image <= budget:
+        chunk = budget // per_image
+        return torch.cat([_forward(model, x[i : i + chunk]) for i in range(0, n, chunk)])
+    # the blended scores and their weights stay in memory beside the tiles
+    plan = plan_tiles(model, budget - BYTES_PER_VALUE * (model.num_classes + 1) * height * width)
+    forward = partial(_forward, model)
+    return torch.cat([tiled_scores(forward, x[i : i + 1], model.num_classes, plan) for i in range(n)])
+
+
+def _resized(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    if x.shape[-2:] == (height, width):
+        return x
+    shrinking = height < x.shape[-2] or width < x.shape[-1]
+    return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=shrinking)
+
+
+def _tta_probabilities(
+    model: FCN, x: torch.Tensor, flip: bool, scales: Sequence[float], budget: int
+) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, C, H, W): softmax averaged over scales (and mirror images), each
+    resized back to H x W. Resizing the preprocessed input equals resizing the image, since
+    preprocessing is affine per channel."""
+    height, width = x.shape[-2:]
+    total = torch.zeros(x.shape[0], model.num_classes, height, width, device=x.device)
+    budget -= 3 * BYTES_PER_VALUE * total.numel()  # the sum, one view's softmax and its resized copy
+    views = 0
+    for scale in scales:
+        scaled = _resized(x, max(1, round(height * scale)), max(1, round(width * scale)))
+        for mirrored in (False, True) if flip else (False,):
+            inputs = scaled.flip(-1) if mirrored else scaled
+            probs = _scores(model, inputs, budget).softmax(1)
+            probs = probs.flip(-1) if mirrored else probs
+            total += _resized(probs, height, width)
+            views += 1
+    return total.div_(views)
+
+
+def _as_image(image: np.ndarray | Image.Image | str | os.PathLike) -> np.ndarray:
+    """An (H, W, 3) uint8 RGB array from an array, a PIL image or a path (EXIF orientation honoured)."""
+    if isinstance(image, str | os.PathLike):
+        return read_image(image)
+    if isinstance(image, Image.Image):
+        return np.array(image.convert("RGB"))
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got shape {image.shape} {image.dtype}")
+    return image
+
+
+def _label_dtype(num_classes: int) -> type:
+    return np.uint8 if num_classes <= 256 else np.int64
+
+
+@torch.inference_mode()
+def predict_batch(
+    model: FCN,
+    images: np.ndarray,
+    *,
+    return_probs: bool = False,
+    tta_flip: bool = False,
+    tta_scales: Sequence[float] | None = None,
+    device: str | torch.device | None = None,
+    max_memory: int | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(N, H, W, 3) uint8 RGB images of one size -> (N, H, W) labels and (N, C, H, W) probabilities.
+
+    The batch is split into chunks that fit ``max_memory`` (bytes; default half the
+    memory available on the device); an image too large for it alone is segmented
+    in overlapping tiles. Probabilities (float32) are ``None`` unless asked for or
+    implied by test-time augmentation. ``model`` is moved to ``device`` if given.
+    """
+    images = np.asarray(images)
+    if not images.flags.writeable:  # torch warns on read-only arrays, e.g. np.asarray(PIL image)
+        images = images.copy()
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"expected (N, H, W, 3) uint8 RGB images, got shape {images.shape} {images.dtype}")
+    scales = tuple(tta_scales) if tta_scales else (1.0,)
+    if any(s <= 0 for s in scales):
+        raise ValueError(f"TTA scales must be positive, got {scales}")
+    device = resolve_device(device, model)
+    model.to(device)
+    budget = max_memory if max_memory is not None else default_max_memory(device)
+    mode = getattr(model, "meta", {}).get("preprocess", DEFAULT_PREPROCESS)
+    x = preprocess(images, mode).to(device)
+    with _evaluating(model):
+        if return_probs or tta_flip or scales != (1.0,):
+            probs = _tta_probabilities(model, x, tta_flip, scales, budget)
+            labels = probs.argmax(1)
+        else:
+            probs, labels = None, _scores(model, x, budget).argmax(1)
+    labels = labels.cpu().numpy().astype(_label_dtype(model.num_classes))
+    return labels, (probs.cpu().numpy() if probs is not None else None)
+
+
+def predict(
+    model: FCN,
+    image_or_path: np.ndarray | Image.Image | str | os.PathLike,
+    *,
+    return_probs: bool = False,
+    tta_flip: bool = False,
+    tta_scales: Sequence[float] | None = None,
+    device: str | torch.device | None = None,
+    max_memory: int | None = None,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Segment one image: (H, W, 3) uint8 RGB (or a path, or a PIL image) -> (H, W) label map.
+
+    Labels are uint8 when the model has at most 256 classes, else int64. With
+    ``return_probs`` returns ``(labels, probs)``, probs (C, H, W) float32 softmax.
+    ``tta_flip`` adds the mirrored image and ``tta_scales`` (e.g. ``(0.75, 1, 1.25)``)
+    rescaled copies; their probabilities are resized back and averaged.
+    Preprocessing is the one in ``model.meta["preprocess"]`` (``"caffe"`` if unset).
+    """
+    labels, probs = predict_batch(
+        model,
+        _as_image(image_or_path)[None],
+        return_probs=return_probs,
+        tta_flip=tta_flip,
+        tta_scales=tta_scales,
+        device=device,
+        max_memory=max_memory,
+    )
+    return (labels[0], probs[0]) if return_probs else labels[0]

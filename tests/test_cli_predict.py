@@ -1,0 +1,197 @@
+"""``fcnseg predict`` over files, folders and globs: outputs, naming, and every kind of bad input."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import fcnseg
+from fcnseg.cli import main
+from fcnseg.cli import predict as cli_predict
+from fcnseg.data.palette import pascal_palette
+from fcnseg.infer.predict import predict
+
+TINY = (4, 8, 8, 16, 16, 32)
+
+
+def tiny(num_classes: int = 4) -> fcnseg.FCN:
+    torch.manual_seed(0)
+    model = fcnseg.build_model("fcn8s", num_classes, widths=TINY).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("score"):
+                p.normal_(0, 0.5)
+    model.meta = {"class_names": ["bg", "a", "b", "c"][:num_classes], "preprocess": "caffe"}
+    return model
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
+    fcnseg.save_checkpoint(tiny(), path)
+    return path
+
+
+def write(path: Path, height: int, width: int, seed: int = 0, **save) -> np.ndarray:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(image).save(path, **save)
+    return image
+
+
+def test_segments_files_folders_and_globs(weights, tmp_path, capsys):
+    a = write(tmp_path / "in" / "a.png", 30, 40, 1)
+    b = write(tmp_path / "in" / "b.png", 30, 40, 2)
+    c = write(tmp_path / "more" / "c.png", 17, 23, 3)
+    write(tmp_path / "more" / "d.bmp", 17, 23, 4)
+    (tmp_path / "in" / "notes.txt").write_text("not an image, and not picked up from a folder")
+    out = tmp_path / "out"
+    rc = main(["predict", str(weights), str(tmp_path / "in"), str(tmp_path / "more" / "c.png"),
+               str(tmp_path / "more" / "*.bmp"), "--out", str(out), "--overlay", "--probs"])  # fmt: skip
+    assert rc == 0
+    assert "segmented 4 of 4 images" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{s}{x}" for s in "abcd" for x in (".png", "_overlay.jpg", "_probs.npy")
+    )
+    model = tiny()
+    for stem, image in (("a", a), ("b", b), ("c", c)):
+        label_png = Image.open(out / f"{stem}.png")
+        assert label_png.mode == "P"
+        np.testing.assert_array_equal(np.asarray(label_png.getpalette()[:12]), pascal_palette(4).reshape(-1))
+        labels, probs = predict(model, image, return_probs=True)
+        np.testing.assert_array_equal(np.asarray(label_png), labels)
+        saved = np.load(out / f"{stem}_probs.npy")
+        assert saved.dtype == np.float16 and saved.shape == (4, *image.shape[:2])
+        np.testing.assert_allclose(saved, probs, atol=1e-3)
+        assert Image.open(out / f"{stem}_overlay.jpg").size == label_png.size
+
+
+def test_options_reach_the_api(weights, tmp_path):
+    image = write(tmp_path / "x.png", 21, 26)
+    rc = main(["predict", str(weights), str(tmp_path / "x.png"), "--out", str(tmp_path / "out"), "--probs",
+               "--probs-dtype", "float32", "--tta-flip", "--tta-scales", "0.75,1.25", "--device", "cpu",
+               "--max-memory", "1G", "--overlay", "--overlay-format", "png"])  # fmt: skip
+    assert rc == 0
+    labels, probs = predict(tiny(), image, return_probs=True, tta_flip=True, tta_scales=(0.75, 1.25))
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "x.png")), labels)
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "x_probs.npy"), probs)
+    assert (tmp_path / "out" / "x_overlay.png").is_file()
+
+
+def test_same_stems_never_clobber(weights, tmp_path):
+    write(tmp_path / "a" / "x.png", 12, 12, 1)
+    write(tmp_path / "b" / "x.png", 12, 12, 2)
+    write(tmp_path / "a" / "x.jpg", 12, 12, 3)
+    out = tmp_path / "out"
+    assert main(["predict", str(weights), str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a__x_jpg.png", "a__x_png.png", "b__x.png"]
+
+
+def test_output_stems():
+    files = [Path("/d/a/x.jpg"), Path("/d/b/x.jpg"), Path("/d/y.png"), Path("/d/y_overlay.png")]
+    assert cli_predict.output_stems(files, [".png"]) == ["a__x", "b__x", "y", "y_overlay"]
+    # y's overlay and the label of the input y_overlay would both be y_overlay.png
+    assert cli_predict.output_stems(files, [".png", "_overlay.png"]) == ["a__x", "b__x", "y", "y_overlay-2"]
+
+
+def test_bad_and_unusual_images(weights, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "text.jpg").write_text("this is not a JPEG")
+    write(folder / "full.jpg", 64, 64, quality=95)
+    (folder / "truncated.jpg").write_bytes((folder / "full.jpg").read_bytes()[:300])
+    (folder / "full.jpg").unlink()
+    write(folder / "tiny.png", 1, 1)
+    Image.fromarray(np.arange(20 * 30, dtype=np.uint16).reshape(20, 30) * 100).save(folder / "deep.png")
+    Image.fromarray(write(tmp_path / "rgb.png", 16, 18)).convert("CMYK").save(folder / "cmyk.jpg")
+    Image.fromarray(write(tmp_path / "rgb2.png", 15, 19)).convert("P").save(folder / "palette.png")
+    exif = Image.Exif()
+    exif[0x0112] = 8  # a viewer rotates it 90 degrees counter-clockwise
+    write(folder / "rotated.jpg", 10, 25, exif=exif)
+    out = tmp_path / "out"
+    rc = main(["predict", str(weights), str(folder), str(tmp_path / "missing.png"), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert "segmented 5 of 7 images" in captured.out
+    assert "3 input(s) failed" in captured.err
+    for name in ("text.jpg", "truncated.jpg", "missing.png"):
+        assert name in captured.err
+    sizes = {p.stem: Image.open(p).size for p in out.iterdir()}
+    assert sizes == {
+        "tiny": (1, 1),
+        "deep": (30, 20),
+        "cmyk": (18, 16),
+        "palette": (19, 15),
+        "rotated": (10, 25),
+    }
+
+
+def test_refuses_an_out_folder_that_would_overwrite_inputs(weights, tmp_path, capsys):
+    write(tmp_path / "x.png", 12, 12)
+    before = (tmp_path / "x.png").read_bytes()
+    assert main(["predict", str(weights), str(tmp_path / "x.png"), "--out", str(tmp_path)]) == 2
+    assert "would overwrite input file(s)" in capsys.readouterr().err
+    assert (tmp_path / "x.png").read_bytes() == before
+
+
+def test_unwritable_output_folder(weights, tmp_path, capsys):
+    write(tmp_path / "x.png", 12, 12)
+    (tmp_path / "file").write_text("a file where the folder should go")
+    assert (
+        main(["predict", str(weights), str(tmp_path / "x.png"), "--out", str(tmp_path / "file" / "out")]) == 2
+    )
+    assert f"output folder {tmp_path / 'file' / 'out'} cannot be written" in capsys.readouterr().err
+
+
+def test_unreadable_folder_is_reported_and_others_still_run(tmp_path, monkeypatch):
+    write(tmp_path / "ok" / "x.png", 8, 8)
+    (tmp_path / "locked").mkdir()
+    iterdir = Path.iterdir
+
+    def guarded(self):
+        if self.name == "locked":  # chmod cannot stop root, who runs CI
+            raise PermissionError(13, "Permission denied", str(self))
+        return iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", guarded)
+    files, problems = cli_predict.collect_inputs(
+        [str(tmp_path / "locked"), str(tmp_path / "ok"), "nope*.png"]
+    )
+    assert files == [tmp_path / "ok" / "x.png"]
+    assert problems == [
+        f"{tmp_path / 'locked'}: cannot read folder (Permission denied)",
+        "nope*.png: no file matches",
+    ]
+
+
+def test_too_many_classes_for_a_palette(weights, tmp_path, monkeypatch, capsys):
+    model = tiny()
+    model.num_classes = 300
+    monkeypatch.setattr(cli_predict, "_load_model", lambda path: model)
+    write(tmp_path / "x.png", 8, 8)
+    assert main(["predict", str(weights), str(tmp_path / "x.png"), "--out", str(tmp_path / "out")]) == 2
+    assert "has 300 classes but a palette PNG holds at most 256" in capsys.readouterr().err
+
+
+def test_bad_options(weights, tmp_path, capsys):
+    write(tmp_path / "x.png", 8, 8)
+    with pytest.raises(SystemExit):
+        main(["predict", str(weights), str(tmp_path / "x.png"), "--out", "o", "--tta-scales", "1,zero"])
+    assert "expected numbers like 0.75,1,1.25" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["predict", str(weights), str(tmp_path / "x.png"), "--out", "o", "--max-memory", "lots"])
+    assert "cannot read memory size" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        args = [
+            "predict",
+            str(weights),
+            str(tmp_path / "x.png"),
+            "--out",
+            str(tmp_path / "o"),
+            "--device",
+            "cuda",
+        ]
+        assert main(args) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
