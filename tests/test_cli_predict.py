@@ -166,10 +166,8 @@ def test_unreadable_folder_is_reported_and_others_still_run(tmp_path, monkeypatc
     ]
 
 
-def test_too_many_classes_for_a_palette(weights, tmp_path, monkeypatch, capsys):
-    model = tiny()
-    model.num_classes = 300
-    monkeypatch.setattr(cli_predict, "_load_model", lambda path: model)
+def test_too_many_classes_for_a_palette(tmp_path, capsys):
+    weights = fcnseg.save_checkpoint(tiny(300), tmp_path / "many.pt")
     write(tmp_path / "x.png", 8, 8)
     assert main(["predict", str(weights), str(tmp_path / "x.png"), "--out", str(tmp_path / "out")]) == 2
     assert "has 300 classes but a palette PNG holds at most 256" in capsys.readouterr().err
