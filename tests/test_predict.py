@@ -170,3 +170,22 @@ def test_bad_arguments():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
     assert resolve_device(None, model) == torch.device("cpu")
+
+
+def test_cpu_predictions_use_the_fast_twin_and_refresh_it_when_weights_change():
+    from fcnseg.infer import predict as predict_module
+
+    torch.manual_seed(0)
+    model = fcnseg.build_model("fcn8s", 4, widths=(4, 8, 8, 16, 16, 32)).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    x = torch.randn(1, 3, 29, 35)
+    with torch.inference_mode():
+        first = predict_module._forward(model, x)
+        twin = predict_module._FAST_TWINS[model][1]
+        assert (first - model(x)).abs().max() <= 1e-4 * model(x).abs().max()
+        with torch.no_grad():
+            model.score_fr.bias.add_(1.0)
+        second = predict_module._forward(model, x)
+    assert predict_module._FAST_TWINS[model][1] is not twin
+    assert (second - model(x)).abs().max() <= 1e-4 * model(x).abs().max()

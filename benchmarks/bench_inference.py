@@ -1,0 +1,308 @@
+"""Inference speed of fcnseg against torchfcn on the same VGG16 FCN weights: latency, throughput, FLOP/s.
+
+Run from the repository root::
+
+    python benchmarks/bench_inference.py              # 224/500 at batch 1 and 8, 1024 at batch 1 (~15 min)
+    python benchmarks/bench_inference.py --quick      # 224 and 500, batch 1 only
+    python benchmarks/bench_inference.py --extras     # also channels_last, torch.compile, onnxruntime, bf16
+
+Every variant of one (size, batch) cell is timed in turn, round after round, so
+that a busy machine slows all of them alike; the table gives the median and the
+best round. The results go between the ``inference-speed`` markers of
+benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _peers import torchfcn_twin  # noqa: E402
+
+import fcnseg  # noqa: E402
+from fcnseg.infer.fast import optimize  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+BEGIN, END = "<!-- inference-speed -->", "<!-- /inference-speed -->"
+
+
+def seeded_model(arch: str, seed: int = 0) -> nn.Module:
+    """Full-width net with random He-scaled weights: activations neither vanish nor explode."""
+    torch.manual_seed(seed)
+    model = fcnseg.build_model(arch).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                fan_in = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+                module.weight.normal_(0, (2 / fan_in) ** 0.5)
+                module.bias.normal_(0, 0.1)
+            elif isinstance(module, nn.ConvTranspose2d) and module.weight.requires_grad:
+                module.weight.add_(0.01 * torch.randn_like(module.weight))
+    return model
+
+
+def count_flops(model: nn.Module, x: torch.Tensor) -> int:
+    """FLOPs of one forward: 2 x multiply-adds of every (transposed) convolution, from shapes."""
+    total = 0
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        k = module.kernel_size[0] * module.kernel_size[1]
+        if isinstance(module, nn.ConvTranspose2d):
+            total += 2 * inputs[0].numel() * module.out_channels // module.groups * k
+        else:
+            total += 2 * output.numel() * module.in_channels // module.groups * k
+
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)
+    ]
+    with torch.inference_mode():
+        model(x)
+    for handle in handles:
+        handle.remove()
+    return total
+
+
+def best_seconds(fn: Callable[[], object], rounds: int = 5) -> float:
+    fn()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def machine_peak() -> dict[str, float]:
+    """fp32 GFLOP/s of a large matrix product (MKL) and a large 3x3 convolution (oneDNN, prepacked)."""
+    a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
+    mm = 2 * 4096**3 / best_seconds(lambda: torch.mm(a, b)) / 1e9
+    x = torch.randn(1, 256, 128, 128).contiguous(memory_format=torch.channels_last)
+    w, bias = torch.randn(256, 256, 3, 3), torch.randn(256)
+    packed = torch.ops.mkldnn._reorder_convolution_weight(w, [1, 1], [1, 1], [1, 1], 1, list(x.shape))
+
+    def conv() -> torch.Tensor:
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, packed, bias, [1, 1], [1, 1], [1, 1], 1, "none", [], ""
+        )
+
+    with torch.inference_mode():
+        conv_rate = 2 * 256 * 256 * 9 * 128 * 128 / best_seconds(conv) / 1e9
+    return {"mm": mm, "conv": conv_rate}
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|: the agreement measure used throughout."""
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+
+
+def onnx_session(model: nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An onnxruntime session (2 threads, all graph optimisations) for one fixed input shape."""
+    import onnxruntime as ort
+
+    path = Path(tempfile.mkdtemp()) / "model.onnx"
+    torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda t: torch.from_numpy(session.run(None, {session.get_inputs()[0].name: t.numpy()})[0])
+
+
+def time_cell(variants: dict[str, Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor, rounds: int):
+    """Warm each variant up, then time them in turn for ``rounds`` rounds: {name: [seconds]}."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    with torch.inference_mode():
+        for fn in variants.values():
+            fn(x)
+        for _ in range(rounds):
+            for name, fn in variants.items():
+                start = time.perf_counter()
+                fn(x)
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def machine() -> str:
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")), "?"
+    )
+    flags = next((ln for ln in lscpu.splitlines() if ln.startswith("Flags")), "")
+    isa = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "?"
+    return f"{model} ({platform.machine()}, {isa}), {os.cpu_count()} cores"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="fcn8s", choices=["fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce"])
+    parser.add_argument("--sizes", default="224,500,1024", help="square input sizes, comma separated")
+    parser.add_argument("--batch8-max", type=int, default=500, help="largest size also timed at batch 8")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds at batch 1 (batch 8: 3)")
+    parser.add_argument("--quick", action="store_true", help="224 and 500 at batch 1, 3 rounds")
+    parser.add_argument(
+        "--extras", action="store_true", help="also channels_last, compile, onnxruntime, bf16"
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    parser.add_argument("--block", default="measured", help="name of the block of RESULTS.md to fill")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    if args.quick:
+        sizes, args.batch8_max, args.rounds = [s for s in sizes if s <= 500], 0, 3
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
+
+    model = seeded_model(args.arch)
+    twin = torchfcn_twin(model, args.arch)
+    fast = optimize(model)
+    peak = machine_peak()
+    print(f"peak fp32: mm {peak['mm']:.0f} GFLOP/s, conv {peak['conv']:.0f} GFLOP/s", flush=True)
+
+    rows = []
+    notes = []
+    for size in sizes:
+        for batch in (1, 8) if size <= args.batch8_max else (1,):
+            x = torch.randn(batch, 3, size, size) * 60
+            with torch.inference_mode():
+                reference = twin(x[:1])
+                agreement = {
+                    "fcnseg": relative_error(model(x[:1]), reference),
+                    "fcnseg fast": relative_error(fast(x[:1]), reference),
+                }
+            variants: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+                "torchfcn": twin,
+                "fcnseg": model,
+                "fcnseg fast": fast,
+            }
+            if args.extras and batch == 1 and size == 500:
+                twin_cl = torchfcn_twin(model, args.arch).to(memory_format=torch.channels_last)
+                variants["torchfcn channels_last"] = lambda t, m=twin_cl: m(
+                    t.contiguous(memory_format=torch.channels_last)
+                )
+                start = time.perf_counter()
+                compiled = torch.compile(model)
+                with torch.inference_mode():
+                    agreement["fcnseg torch.compile"] = relative_error(compiled(x), reference)
+                notes.append(f"torch.compile: first call (compilation) {time.perf_counter() - start:.0f} s")
+                variants["fcnseg torch.compile"] = compiled
+                ort_run = onnx_session(model, x)
+                agreement["fcnseg onnxruntime"] = relative_error(ort_run(x), reference)
+                variants["fcnseg onnxruntime"] = ort_run
+            if args.extras and batch == 1 and size == min(sizes):
+                fast_bf16 = optimize(model, torch.bfloat16)
+                with torch.inference_mode():
+                    labels = (fast_bf16(x).argmax(1) == reference.argmax(1)).float().mean().item()
+                agreement["fcnseg fast bf16"] = relative_error(fast_bf16(x), reference)
+                notes.append(f"bf16 at {size}: {100 * labels:.2f}% of pixels keep the fp32 label")
+                variants["fcnseg fast bf16"] = fast_bf16
+            flops = {
+                "torchfcn": count_flops(twin, x[:1]),
+                "fcnseg fast": count_flops(fast, x[:1]),
+            }
+            times = time_cell(variants, x, args.rounds if batch == 1 else max(2, args.rounds - 2))
+            base = statistics.median(times["torchfcn"])
+            base_best = min(times["torchfcn"])
+            for name, ts in times.items():
+                med = statistics.median(ts)
+                work = flops["fcnseg fast" if "fast" in name else "torchfcn"] * batch
+                row = {
+                    "size": size,
+                    "batch": batch,
+                    "variant": name,
+                    "median": med,
+                    "best": min(ts),
+                    "img_s": batch / med,
+                    "speedup": base / med,
+                    "speedup_best": base_best / min(ts),
+                    "gflop": work / batch / 1e9,
+                    "rate": work / min(ts) / 1e9,
+                    "err": agreement.get(name, 0.0 if name.startswith("torchfcn") else float("nan")),
+                }
+                rows.append(row)
+                print(
+                    f"{size:5d} b{batch} {name:24s} median {med:7.3f} s best {min(ts):7.3f} s "
+                    f"x{row['speedup']:.2f} (best x{row['speedup_best']:.2f}) "
+                    f"{row['gflop']:.0f} GFLOP/img {row['rate']:.0f} GFLOP/s err {row['err']:.1e}",
+                    flush=True,
+                )
+    load_after = os.getloadavg()[0]
+    again = machine_peak()  # a shared machine: keep the better of two measurements
+    peak = {kind: max(peak[kind], again[kind]) for kind in peak}
+    command = "python benchmarks/bench_inference.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    section = render(rows, peak, notes, command.strip(), (load_before, load_after), args.threads)
+    print(section)
+    if not args.no_write:
+        write_section(section, args.block)
+
+
+def render(rows, peak, notes, command, load, threads) -> str:
+    """The markdown section: setup, then one row per (size, batch, variant)."""
+    lines = [
+        BEGIN,
+        "### Measured: fcnseg vs torchfcn, VGG16 FCN, same random weights",
+        "",
+        f"- command: `{command}`",
+        f"- machine: {machine()}; torch {torch.__version__}, {threads} threads; "
+        f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
+        f"- load average (1 min) before/after: {load[0]:.1f} / {load[1]:.1f} "
+        "(the machine is shared: variants are timed in turn so that load hits them alike)",
+        f"- measured fp32 peak: torch.mm 4096^2 {peak['mm']:.0f} GFLOP/s, "
+        f"3x3 conv 256ch 128^2 (oneDNN) {peak['conv']:.0f} GFLOP/s",
+        "- FLOPs: 2 x multiply-adds of every convolution and transposed convolution, counted with hooks; "
+        "for `fcnseg fast` the work it really does (trimmed canvas)",
+        "- err: max |out - torchfcn| / max |torchfcn|",
+        *(f"- {note}" for note in notes),
+        "",
+        "| size | batch | variant | median s | best s | img/s | x torchfcn (median) | x torchfcn (best) "
+        "| GFLOP/img | GFLOP/s (best) | % conv peak | err |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['size']} | {r['batch']} | {r['variant']} | {r['median']:.3f} | {r['best']:.3f} "
+            f"| {r['img_s']:.2f} | {r['speedup']:.2f} | {r['speedup_best']:.2f} | {r['gflop']:.0f} "
+            f"| {r['rate']:.0f} | {100 * r['rate'] / peak['conv']:.0f}% | {r['err']:.1e} |"
+        )
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def write_section(section: str, block_name: str) -> None:
+    """Put the measured block into our section of RESULTS.md, leaving everything else alone.
+
+    Each run fills its own named block inside the section (``--block``), so that
+    hand-written notes and the other blocks survive a re-run.
+    """
+    begin, end = f"<!-- inference-speed:{block_name} -->", f"<!-- /inference-speed:{block_name} -->"
+    block = begin + "\n" + section.removeprefix(BEGIN + "\n").removesuffix("\n" + END) + "\n" + end
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    elif BEGIN in text and END in text:
+        head, rest = text.split(END, 1)
+        text = head.rstrip("\n") + "\n\n" + block + "\n" + END + rest
+    else:
+        text = text.rstrip("\n") + f"\n\n{BEGIN}\n{block}\n{END}\n"
+    RESULTS.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

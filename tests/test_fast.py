@@ -1,0 +1,116 @@
+"""fcnseg.infer.fast: the trimmed-canvas net must equal the padded net for every input size."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fcnseg import build_model
+from fcnseg.infer.fast import FastFCN, _ConvReLU, optimize
+
+NARROW = {"vgg": (4, 8, 16, 32, 32, 64), "alexnet": (8, 8, 16, 16, 8, 32)}
+SIZES = [(1, 1), (2, 3), (17, 23), (32, 32), (64, 48), (100, 7), (131, 1), (161, 203)]
+
+
+def random_net(arch: str, seed: int = 0, **options) -> nn.Module:
+    """A narrow net with He-scaled random weights everywhere, so every path carries signal."""
+    torch.manual_seed(seed)
+    widths = NARROW["alexnet" if arch == "fcn-alexnet" else "vgg"]
+    model = build_model(arch, widths=widths, **options).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                fan_in = module.weight[0].numel()
+                module.weight.normal_(0, (2 / fan_in) ** 0.5)
+                module.bias.normal_(0, 0.2)
+    return model
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("arch", ["fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce", "fcn-alexnet"])
+def test_equals_padded_net_at_every_size(arch: str) -> None:
+    model = random_net(arch)
+    fast = optimize(model)
+    for height, width in SIZES:
+        x = 60 * torch.randn(2 if height * width < 1000 else 1, 3, height, width)
+        with torch.no_grad():
+            expected = model(x)
+        got = fast(x)
+        assert got.shape == expected.shape == (x.shape[0], 21, height, width)
+        assert relative_error(got, expected) <= 1e-4, (arch, height, width)
+
+
+def test_learned_upsampling_and_single_tower_alexnet() -> None:
+    """Class-mixing deconvolutions keep the dense path; ungrouped AlexNet without LRN works too."""
+    model = random_net("fcn8s", frozen_upsampling="none")
+    with torch.no_grad():
+        for name in ("upscore2", "upscore_pool4", "upscore8"):
+            getattr(model, name).weight.normal_(0, 0.1)
+    alexnet = random_net("fcn-alexnet", groups=1, lrn=False)
+    for net in (model, alexnet):
+        fast = optimize(net)
+        for height, width in [(1, 2), (45, 38)]:
+            x = 60 * torch.randn(1, 3, height, width)
+            with torch.no_grad():
+                assert relative_error(fast(x), net(x)) <= 1e-4
+
+
+def test_canvas_skips_the_padding() -> None:
+    """At 500x500 VGG's first stage runs on 8 zeros of padding instead of 100, and copies back later."""
+    fast = optimize(random_net("fcn8s"))
+    rows, cols = fast.plan(500, 500)
+    assert rows.pad == cols.pad == (8, 8)
+    # Canvas vs full length after pool1 and pool2; after pool3 the runs are too short: back to full.
+    assert {step: len(index) for step, index in rows.reindex.items()} == {3: 269, 6: 151, 10: 88}
+    assert [rows.lengths[step] for step in (3, 6, 10)] == [349, 175, 88]
+    assert all(expand is None or expand.numel() > expand.max() for expand in rows.expand.values())
+
+
+@pytest.mark.parametrize("im2col", [False, True])
+@pytest.mark.parametrize(
+    ("shape", "kernel", "stride", "padding"),
+    [
+        ((1, 6, 9, 9), 7, 1, 0),
+        ((2, 6, 30, 30), 7, 1, 0),
+        ((1, 5, 40, 33), 3, 1, 1),
+        ((1, 3, 50, 50), 11, 4, 3),
+    ],
+)
+def test_fused_convolution_routes_agree(shape, kernel, stride, padding, im2col, monkeypatch) -> None:
+    """oneDNN (packed per input shape), im2col (huge kernels) and 1x1 products all equal conv + ReLU."""
+    if im2col:
+        monkeypatch.setattr(_ConvReLU, "HUGE", 0)
+    torch.manual_seed(1)
+    conv = nn.Conv2d(shape[1], 16, kernel, stride, padding)
+    fused = _ConvReLU(conv, relu=True)
+    fused.pack()
+    assert (fused.matrix is not None) == im2col
+    pointwise = _ConvReLU(nn.Conv2d(16, 8, 1), relu=False)
+    pointwise.pack()
+    for batch in (shape, (3, *shape[1:])):
+        x = torch.randn(batch).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            y = fused(x)
+            assert relative_error(y, F.relu(conv(x))) <= 1e-5
+            assert relative_error(pointwise(y), F.conv2d(y, pointwise.weight, pointwise.bias)) <= 1e-5
+
+
+def test_bfloat16_keeps_most_labels() -> None:
+    model = random_net("fcn8s")
+    x = 60 * torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        expected = model(x)
+    got = optimize(model, torch.bfloat16)(x)
+    assert got.dtype == torch.float32
+    assert (got.argmax(1) == expected.argmax(1)).float().mean() > 0.9
+
+
+def test_rejects_wrong_input() -> None:
+    fast = FastFCN(random_net("fcn32s"))
+    with pytest.raises(ValueError, match="expected input"):
+        fast(torch.zeros(1, 4, 8, 8))
