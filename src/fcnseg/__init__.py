@@ -4,6 +4,7 @@ from fcnseg.data.preprocess import preprocess
 from fcnseg.infer.predict import predict
 from fcnseg.models import ARCHITECTURES, FCN, build_model, convolutionalize, rarefy, shift_and_stitch
 from fcnseg.train.metrics import confusion_matrix, scores
+from fcnseg.train.trainer import TrainConfig
 from fcnseg.weights.checkpoint import load_checkpoint, save_checkpoint
 from fcnseg.weights.imagenet import fcn_from_imagenet
 from fcnseg.weights.load import load
@@ -13,6 +14,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ARCHITECTURES",
     "FCN",
+    "TrainConfig",
     "build_model",
     "confusion_matrix",
     "convolutionalize",

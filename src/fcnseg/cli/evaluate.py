@@ -1,0 +1,82 @@
+"""``fcnseg evaluate``: the paper's four metrics and per-class IU of saved weights on a data set."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from fcnseg.train.metrics import scores
+from fcnseg.train.trainer import DATASETS, evaluate_confusion, open_dataset
+from fcnseg.weights.checkpoint import load_checkpoint
+
+METRIC_NAMES = {
+    "pixel_acc": "pixel acc.",
+    "mean_acc": "mean acc.",
+    "mean_iu": "mean IU",
+    "fw_iu": "f.w. IU",
+}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score saved weights on a labelled data set",
+        description="Pixel accuracy, mean accuracy, mean IU and frequency-weighted IU (percent), "
+        "and the IU of every class, of WEIGHTS on DATA.",
+    )
+    parser.add_argument("weights", help="an fcnseg checkpoint (.pt)")
+    parser.add_argument(
+        "data",
+        help="a folder (images/ and masks/), the root of --dataset, or 'synthetic' for the held-out synthetic set",
+    )
+    parser.add_argument("--dataset", choices=DATASETS, help="data set kind (default: folder, or synthetic)")
+    parser.add_argument("--split", help="split of --dataset (default: the paper's validation split)")
+    parser.add_argument("--images", type=int, default=100, help="synthetic only: how many images")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass (padded)")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    dataset_name = args.dataset or ("synthetic" if args.data == "synthetic" else "folder")
+    dataset = open_dataset(dataset_name, args.data, args.split, num_images=args.images)
+    model = load_checkpoint(args.weights)
+    if model.num_classes != dataset.num_classes:
+        raise ValueError(
+            f"{args.weights} predicts {model.num_classes} classes but {args.data} has {dataset.num_classes}"
+        )
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    confusion = evaluate_confusion(
+        model.to(device),
+        dataset,
+        model.num_classes,
+        preprocess_mode=model.meta.get("preprocess", "caffe"),
+        batch_size=args.batch_size,
+        device=device,
+        progress=True,
+    )
+    metrics = scores(confusion)
+    class_names = list(model.meta.get("class_names") or dataset.class_names)
+    if args.json:
+        print(json.dumps({**metrics, "class_names": class_names}, indent=2))
+    else:
+        print(f"{args.weights} on {args.data} ({len(dataset)} images)")
+        print(format_metrics(metrics, class_names))
+    return 0
+
+
+def format_metrics(metrics: dict[str, Any], class_names: Sequence[str]) -> str:
+    """The four metrics as one table row, then per-class IU, in percent; absent classes show '-'."""
+    header = " | ".join(f"{name:>10}" for name in METRIC_NAMES.values())
+    values = " | ".join(f"{100 * metrics[key]:10.1f}" for key in METRIC_NAMES)
+    width = max(len("class"), *(len(n) for n in class_names))
+    lines = [header, values, "", f"{'class':<{width}}  IU"]
+    for name, iu in zip(class_names, metrics["per_class_iu"], strict=True):
+        lines.append(f"{name:<{width}}  {'-' if math.isnan(iu) else f'{100 * iu:.1f}'}")
+    return "\n".join(lines)

@@ -1,0 +1,157 @@
+"""``fcnseg train``: run a recipe file or flags, on one process or under ``torchrun``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from fcnseg.cli.evaluate import format_metrics
+from fcnseg.train import distributed
+from fcnseg.train.trainer import DATASETS, TrainConfig, Trainer
+from fcnseg.weights.checkpoint import read_checkpoint
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = None
+
+# Flags that map one to one onto TrainConfig fields (dest == field name).
+_FLAGS: list[tuple[str, dict[str, Any]]] = [
+    ("--arch", {"help": "fcn32s, fcn32s-fixed, fcn16s, fcn8s, fcn8s-atonce or fcn-alexnet"}),
+    (
+        "--widths",
+        {"type": lambda s: tuple(int(w) for w in s.split(",")), "help": "narrow VGG16: c1,c2,c3,c4,c5,fc"},
+    ),
+    ("--init", {"help": "checkpoint to start from (staged training: 16s from 32s, 8s from 16s)"}),
+    (
+        "--weight-init",
+        {
+            "choices": ("default", "kaiming"),
+            "help": "kaiming: He init of the backbone, for training from scratch",
+        },
+    ),
+    (
+        "--frozen-upsampling",
+        {"choices": ("final", "all", "none"), "help": "which bilinear upsamplers stay fixed"},
+    ),
+    (
+        "--dataset",
+        {"choices": DATASETS, "help": "data set kind (default: folder with --data, else synthetic)"},
+    ),
+    ("--data", {"help": "data folder: images/ and masks/, or the root of --dataset"}),
+    ("--val-data", {"help": "folder data set: a separate validation folder"}),
+    ("--val-fraction", {"type": float, "help": "folder data set: fraction held out for validation"}),
+    ("--train-split", {"help": "split to train on (default: the paper's)"}),
+    ("--val-split", {"help": "split to validate on (default: the paper's)"}),
+    ("--train-images", {"type": int, "help": "synthetic: number of training images"}),
+    ("--val-images", {"type": int, "help": "synthetic: number of validation images"}),
+    ("--image-size", {"type": int, "nargs": 2, "metavar": ("MIN", "MAX"), "help": "synthetic: side range"}),
+    ("--preprocess", {"choices": ("caffe", "imagenet"), "help": "input preprocessing preset"}),
+    ("--flip", {"action": "store_const", "const": True, "help": "random horizontal flips"}),
+    ("--scale-range", {"type": float, "nargs": 2, "metavar": ("MIN", "MAX"), "help": "random rescaling"}),
+    ("--crop", {"type": int, "help": "random crops of this side, padded with the ignore label"}),
+    ("--loss", {"choices": ("sum", "mean"), "help": "sum: the paper's unnormalised loss; mean: per pixel"}),
+    ("--class-balance", {"action": "store_const", "const": True, "help": "median-frequency class weights"}),
+    (
+        "--loss-keep-prob",
+        {"type": float, "help": "loss sampling: keep each pixel's term with this probability"},
+    ),
+    ("--loss-sampling", {"choices": ("image", "batch"), "help": "one sampling mask per image or per batch"}),
+    (
+        "--loss-sampling-cell",
+        {"type": int, "help": "sample square cells of this side (32: final-layer cells)"},
+    ),
+    ("--optimizer", {"choices": ("sgd", "adam")}),
+    ("--lr", {"type": float, "help": "learning rate (paper: 1e-10 with the summed loss)"}),
+    ("--momentum", {"type": float}),
+    ("--weight-decay", {"type": float}),
+    ("--lr-schedule", {"choices": ("fixed", "poly")}),
+    (
+        "--batch-size",
+        {"type": int, "help": "images per step; different sizes are padded with the ignore label"},
+    ),
+    ("--epochs", {"type": int}),
+    ("--max-steps", {"type": int, "help": "stop after this many steps"}),
+    ("--amp", {"choices": ("off", "bf16", "fp16"), "help": "mixed precision (CUDA only)"}),
+    ("--seed", {"type": int}),
+    ("--val-every", {"type": int, "help": "steps between validations and checkpoints (default: each epoch)"}),
+    ("--val-batch-size", {"type": int}),
+    ("--workers", {"type": int, "help": "DataLoader worker processes"}),
+    ("--device", {"help": "cpu or cuda (default: cuda when available)"}),
+    ("--out", {"help": "run folder: last.pt, best.pt, log.csv, curves.png"}),
+]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train an FCN from a recipe file or flags",
+        description="Train an FCN. Settings come from the defaults (the paper's recipe), then "
+        "--config, then flags. Under torchrun every process trains its share; rank 0 writes.",
+    )
+    parser.add_argument("--config", type=Path, help="a recipe file (TOML, needs Python 3.11+)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last.pt, with its settings"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    for flag, options in _FLAGS:
+        parser.add_argument(flag, default=None, **options)
+    parser.set_defaults(run=run)
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """A recipe file's settings as one flat dict; tables only group keys for the reader."""
+    if tomllib is None:
+        raise ValueError(f"reading {path} needs Python 3.11+ (tomllib); on 3.10 pass the settings as flags")
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"{path}: not valid TOML ({error})") from error
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        for name, item in value.items() if isinstance(value, dict) else [(key, value)]:
+            if name in flat:
+                raise ValueError(f"{path}: setting {name!r} appears twice")
+            flat[name] = item
+    return flat
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults, then the saved run (``--resume``) or ``--config``, then the flags given."""
+    values: dict[str, Any] = {}
+    if args.resume:
+        out = args.out or (load_recipe(args.config).get("out") if args.config else None)
+        if not out:
+            raise ValueError("--resume needs --out (or a --config naming out): the run folder to continue")
+        values.update(read_checkpoint(Path(out) / "last.pt").get("train_config", {}))
+    elif args.config:
+        values.update(load_recipe(args.config))
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    flags = {name: value for name, value in vars(args).items() if name in fields and value is not None}
+    if "data" in flags and "dataset" not in flags and "dataset" not in values:
+        flags["dataset"] = "folder"
+    values.update(flags)
+    if args.quiet:
+        values["progress"] = False
+    return TrainConfig.from_dict(values)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    context = distributed.init_from_env(config.device)
+    try:
+        result = Trainer(config, context=context).fit(resume=args.resume)
+    finally:
+        distributed.shutdown(context)
+    if context.is_main:
+        print(f"trained {config.arch} for {result.steps} steps; run folder {result.out}")
+        if result.best_metrics:
+            names = result.model.meta.get("class_names", [])
+            print(
+                f"best validation (step {result.best_metrics['step']}), written to {result.out / 'best.pt'}:"
+            )
+            print(format_metrics(result.best_metrics, names))
+    return 0

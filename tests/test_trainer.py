@@ -1,0 +1,315 @@
+"""Tests for the trainer: exact resume, safe checkpoints, divergence, staged and fixed training."""
+
+import csv
+import hashlib
+
+import pytest
+import torch
+
+import fcnseg.train.trainer as trainer_module
+import fcnseg.weights.checkpoint as checkpoint_module
+from fcnseg import build_model, load_checkpoint
+from fcnseg.data.preprocess import preprocess
+from fcnseg.train.metrics import confusion_matrix
+from fcnseg.train.trainer import (
+    LOG_COLUMNS,
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    copy_matching_layers,
+    evaluate_confusion,
+    open_dataset,
+    train,
+)
+
+TINY = (4, 8, 8, 16, 16, 32)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One thread: much faster than two when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(tmp_path, name="run", **overrides):
+    """6 synthetic training images of 32-48 px; 3 steps per epoch with batches of 2 padded images."""
+    values = dict(
+        arch="fcn8s",
+        widths=TINY,
+        train_images=6,
+        val_images=3,
+        image_size=(32, 48),
+        loss="mean",
+        lr=0.01,
+        momentum=0.9,
+        batch_size=2,
+        epochs=2,
+        val_every=2,
+        flip=True,
+        scale_range=(0.8, 1.2),
+        loss_keep_prob=0.7,
+        preprocess="imagenet",
+        weight_init="kaiming",
+        progress=False,
+        seed=3,
+        out=str(tmp_path / name),
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def kill_at_call(monkeypatch, call):
+    """Make the ``call``-th loss evaluation raise, as if the process died there."""
+    real = trainer_module.segmentation_loss
+    calls = {"n": 0}
+
+    def loss(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "segmentation_loss", loss)
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    straight = train(tiny_config(tmp_path, "straight"))
+    assert straight.steps == 6
+
+    # Checkpoints fall at steps 2, 4 and 6; dying in step 5 (mid-epoch 2) loses step 5 only.
+    kill_at_call(monkeypatch, 5)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(tmp_path, "killed"))
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["step"] == 4
+    # The resumed process uses a worker process: augmentation must not depend on it.
+    resumed = train(tiny_config(tmp_path, "killed", workers=1), resume=True)
+
+    assert resumed.steps == 6
+    assert_same_state(straight.model.state_dict(), resumed.model.state_dict())
+    saved_a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    saved_b = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
+    for state_a, state_b in zip(
+        saved_a["optimizer"]["state"].values(), saved_b["optimizer"]["state"].values(), strict=True
+    ):
+        assert torch.equal(state_a["momentum_buffer"], state_b["momentum_buffer"])
+    rows = [[r[k] for k in LOG_COLUMNS if k != "seconds"] for r in straight.history]
+    assert rows == [[r[k] for k in LOG_COLUMNS if k != "seconds"] for r in resumed.history]
+
+
+def test_checkpoints_are_safe_loadable_and_complete(tmp_path):
+    result = train(tiny_config(tmp_path))
+    run = tmp_path / "run"
+    data = torch.load(run / "last.pt", weights_only=True)
+    for key in (
+        "format",
+        "config",
+        "meta",
+        "state_dict",
+        "optimizer",
+        "step",
+        "epoch",
+        "rng",
+        "train_config",
+    ):
+        assert key in data
+    assert data["step"] == 6 and data["epoch"] == 2 and data["epoch_step"] == 0
+    assert set(data["rng"][0]) >= {"torch", "numpy", "python"}
+    model = load_checkpoint(run / "best.pt")
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert best["meta"]["metrics"]["mean_iu"] == max(r["mean_iu"] for r in result.history)
+    assert model.meta["class_names"][1] == "disc"
+    assert model.config["widths"] == list(TINY)
+
+    with (run / "log.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [2, 4, 6]
+    assert list(rows[0]) == list(LOG_COLUMNS)
+    assert 0 <= float(rows[-1]["mean_iu"]) <= 1
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_existing_run_is_not_overwritten_and_resume_checks_settings(tmp_path):
+    train(tiny_config(tmp_path, max_steps=2))
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(tiny_config(tmp_path, max_steps=2))
+    with pytest.raises(ValueError, match="lr: 0.01 -> 0.02"):
+        train(tiny_config(tmp_path, max_steps=2, lr=0.02), resume=True)
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path)
+    real = trainer_module.segmentation_loss
+    calls = {"n": 0}
+
+    def loss(*args, **kwargs):
+        calls["n"] += 1
+        value = real(*args, **kwargs)
+        return value * float("nan") if calls["n"] == 3 else value
+
+    monkeypatch.setattr(trainer_module, "segmentation_loss", loss)
+    with pytest.raises(TrainingDiverged, match="at step 3 .*last good checkpoint"):
+        train(config)
+    last = tmp_path / "run" / "last.pt"
+    assert torch.load(last, weights_only=True)["step"] == 2
+    before = digest(last)
+    assert all(torch.isfinite(v).all() for v in load_checkpoint(last).state_dict().values())
+    assert digest(last) == before
+
+
+def test_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def full_disk(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 2:  # step 2 writes last.pt and best.pt; step 4 finds the disk full
+            f.write(b"partial")
+            raise OSError(28, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        train(tiny_config(tmp_path))
+    monkeypatch.undo()
+    run = tmp_path / "run"
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == 2
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "curves.png", "last.pt", "log.csv"]
+    resumed = train(tiny_config(tmp_path), resume=True)
+    assert resumed.steps == 6
+
+
+def test_paper_recipe_is_the_default():
+    config = TrainConfig()
+    assert (config.loss, config.lr, config.momentum, config.weight_decay, config.batch_size) == (
+        "sum",
+        1e-10,
+        0.99,
+        5e-4,
+        1,
+    )
+
+
+def test_caffe_bias_groups(tmp_path):
+    train(tiny_config(tmp_path, max_steps=1, val_every=1, optimizer="sgd", weight_decay=5e-4))
+    groups = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert [(g["lr"], g["weight_decay"]) for g in groups] == [(0.01, 5e-4), (0.02, 0.0)]
+
+
+def test_summed_loss_paper_recipe_trains_with_one_image_batches(tmp_path):
+    config = tiny_config(
+        tmp_path,
+        loss="sum",
+        lr=1e-6,
+        momentum=0.99,
+        batch_size=1,
+        preprocess="caffe",
+        max_steps=4,
+        val_every=4,
+    )
+    result = train(config)
+    assert result.steps == 4
+    assert result.history[-1]["train_loss"] > 100  # summed over every pixel, not averaged
+
+
+def test_fixed_backbone_and_frozen_upsampling_do_not_move(tmp_path):
+    config = tiny_config(tmp_path, arch="fcn32s-fixed", max_steps=2)
+    torch.manual_seed(config.seed)
+    result = train(config)
+    fresh = build_model("fcn32s-fixed", 6, widths=TINY)
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    # The backbone after training equals the backbone as initialised (same seed, same init).
+    torch.manual_seed(config.seed)
+    init = build_model("fcn32s-fixed", 6, widths=TINY)
+    trainer_module._kaiming_init(init)
+    for name, value in init.backbone.state_dict().items():
+        assert torch.equal(saved["state_dict"][f"backbone.{name}"], value), name
+    assert torch.equal(result.model.upscore.weight, fresh.upscore.weight)  # bilinear, frozen
+    assert not torch.equal(result.model.score_fr.weight, torch.zeros_like(result.model.score_fr.weight))
+
+
+def test_staged_training_copies_matching_layers(tmp_path):
+    coarse = train(tiny_config(tmp_path, "fcn32s", arch="fcn32s", max_steps=2)).model
+    config = tiny_config(
+        tmp_path, "fcn16s", arch="fcn16s", max_steps=1, init=str(tmp_path / "fcn32s" / "last.pt")
+    )
+    trainer = Trainer(config)
+    model = trainer._build_model(6, ["c"] * 6, staged=True)
+    for name, value in coarse.state_dict().items():
+        if name.startswith(("backbone.", "score_fr.")):
+            assert torch.equal(model.state_dict()[name], value), name
+    assert torch.count_nonzero(model.score_pool4.weight) == 0  # new layer keeps its zero init
+    assert train(config).steps == 1
+
+
+def test_copy_matching_layers_reports_what_it_copied():
+    source = build_model("fcn16s", 6, widths=TINY)
+    with torch.no_grad():
+        source.score_pool4.weight.fill_(0.5)
+        source.upscore2.weight.fill_(0.25)
+    target = build_model("fcn8s", 6, widths=TINY)
+    copied = copy_matching_layers(target, source.state_dict())
+    assert "score_pool4.weight" in copied and "upscore2.weight" in copied
+    assert "upscore16.weight" not in copied  # 16s's final upsampler has no place in 8s
+    assert torch.equal(target.score_pool4.weight, source.score_pool4.weight)
+    assert torch.equal(target.upscore2.weight, source.upscore2.weight)
+    other = build_model("fcn-alexnet", 6, widths=(4, 8, 8, 8, 8, 16))
+    with pytest.raises(ValueError, match="shares no layer"):
+        copy_matching_layers(build_model("fcn8s", 3, widths=TINY), {"x": torch.zeros(1)})
+    assert "score_fr.bias" in copy_matching_layers(
+        other, build_model("fcn-alexnet", 6, widths=(4, 8, 8, 8, 8, 16)).state_dict()
+    )
+
+
+def test_class_balance_and_amp_on_cpu_train(tmp_path):
+    with pytest.warns(UserWarning, match="needs CUDA"):
+        result = train(tiny_config(tmp_path, class_balance=True, amp="bf16", max_steps=2))
+    assert result.steps == 2
+    assert all(v.dtype == torch.float32 for v in result.model.state_dict().values() if v.is_floating_point())
+
+
+def test_evaluate_confusion_sums_per_image_matrices():
+    model = build_model("fcn8s", 6, widths=TINY)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.score_fr.weight.normal_()
+        model.score_fr.bias.normal_()
+    dataset = open_dataset("synthetic", split="val", num_images=3, image_size=(32, 48))
+    expected = torch.zeros(6, 6, dtype=torch.int64)
+    for image, label in (dataset[i] for i in range(3)):
+        pred = model.eval()(preprocess(image)[None]).argmax(1)[0]
+        expected += confusion_matrix(pred, torch.as_tensor(label), 6)
+    assert torch.equal(evaluate_confusion(model, dataset, 6), expected)
+    assert expected.sum() == sum(dataset[i][1].size for i in range(3))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"loss": "avg"}, "loss must be one of"),
+        ({"lr": 0}, "lr must be positive"),
+        ({"dataset": "folder"}, "needs a data folder"),
+        ({"loss_keep_prob": 0}, "loss_keep_prob"),
+    ],
+)
+def test_bad_settings_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_unknown_recipe_keys_are_errors():
+    with pytest.raises(ValueError, match="unknown training settings: learning_rate"):
+        TrainConfig.from_dict({"learning_rate": 0.1})
