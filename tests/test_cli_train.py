@@ -102,6 +102,18 @@ def test_evaluate_rejects_a_class_count_mismatch(tmp_path, capsys):
     assert "predicts 6 classes" in capsys.readouterr().err
 
 
+def test_evaluate_takes_the_class_count_from_the_model_when_the_folder_has_no_list(tmp_path, capsys):
+    data = write_synthetic_folder(tmp_path / "data", 2, size_range=(32, 32))
+    out = tmp_path / "run"
+    assert (
+        main(["train", "--arch", "fcn32s", *TINY, *SYNTHETIC, *FAST, "--max-steps", "1", "--out", str(out)])
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "last.pt"), str(data), "--json"]) == 0
+    assert 0 <= json.loads(capsys.readouterr().out)["mean_iu"] <= 1
+
+
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="recipe files need tomllib (Python 3.11+)")
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
 def test_recipes_are_valid_configs(recipe):

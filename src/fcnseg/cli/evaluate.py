@@ -12,7 +12,7 @@ import torch
 
 from fcnseg.train.metrics import scores
 from fcnseg.train.trainer import DATASETS, evaluate_confusion, open_dataset
-from fcnseg.weights.checkpoint import load_checkpoint
+from fcnseg.weights.load import load
 
 METRIC_NAMES = {
     "pixel_acc": "pixel acc.",
@@ -29,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Pixel accuracy, mean accuracy, mean IU and frequency-weighted IU (percent), "
         "and the IU of every class, of WEIGHTS on DATA.",
     )
-    parser.add_argument("weights", help="an fcnseg checkpoint (.pt)")
+    parser.add_argument("weights", help="an fcnseg checkpoint (.pt) or a Caffe model")
     parser.add_argument(
         "data",
         help="a folder (images/ and masks/), the root of --dataset, or 'synthetic' for the held-out synthetic set",
@@ -45,8 +45,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     dataset_name = args.dataset or ("synthetic" if args.data == "synthetic" else "folder")
-    dataset = open_dataset(dataset_name, args.data, args.split, num_images=args.images)
-    model = load_checkpoint(args.weights)
+    model = load(args.weights)
+    dataset = open_dataset(
+        dataset_name, args.data, args.split, num_images=args.images, num_classes=model.num_classes
+    )
     if model.num_classes != dataset.num_classes:
         raise ValueError(
             f"{args.weights} predicts {model.num_classes} classes but {args.data} has {dataset.num_classes}"

@@ -236,13 +236,15 @@ def open_dataset(
     *,
     num_images: int = 50,
     image_size: tuple[int, int] = (64, 128),
+    num_classes: int | None = None,
 ) -> Dataset:
     """One split of a data set by name: raw (image, label) numpy pairs with ``class_names``.
 
     ``split`` defaults to the paper's validation split of each data set. For
     ``synthetic``, split "train" is seed 0 and any other split seed 1, so the two
     never share an image; ``num_images`` and ``image_size`` size it. For ``folder``,
-    ``root`` is the whole set and ``split`` is ignored.
+    ``root`` is the whole set and ``split`` is ignored; ``num_classes`` stands in
+    for a missing ``classes.txt``.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
@@ -257,7 +259,8 @@ def open_dataset(
     if name == "folder":
         from fcnseg.data.folder import FolderSegmentation
 
-        return FolderSegmentation(root)
+        has_class_list = (Path(root) / "classes.txt").is_file()
+        return FolderSegmentation(root, num_classes=None if has_class_list else num_classes)
     split = split or _DEFAULT_SPLITS[name][1]
     if name in ("voc", "sbd"):
         from fcnseg.data.voc import pascal_split
