@@ -18,15 +18,6 @@ SYNTHETIC = ["--train-images", "4", "--val-images", "2", "--image-size", "32", "
 FAST = ["--loss", "mean", "--lr", "0.01", "--momentum", "0.9", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: much faster than two when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_train_with_flags_then_resume_for_more_epochs(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "--arch", "fcn16s", *TINY, *SYNTHETIC, *FAST, "--batch-size", "2", "--out", str(out)]

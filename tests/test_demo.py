@@ -4,22 +4,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from fcnseg import load_checkpoint
 from fcnseg.cli import main
 from fcnseg.cli.demo import QUICK_DATA
 from fcnseg.infer.overlay import colorize, overlay
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: much faster than two when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_quick_demo_writes_everything(tmp_path, capsys):

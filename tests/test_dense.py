@@ -23,15 +23,6 @@ from fcnseg.models.geometry import AffineMap, path_map
 TINY_VGG = (4, 8, 8, 8, 8, 8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small convolutions run far faster on one thread than on two busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_net(seed: int) -> nn.Sequential:
     """Convolutions and max-pooling of random kernels, strides, paddings and rounding; stride 4 or 8."""
     rng = random.Random(seed)

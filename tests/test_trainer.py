@@ -25,15 +25,6 @@ from fcnseg.train.trainer import (
 TINY = (4, 8, 8, 16, 16, 32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: much faster than two when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config(tmp_path, name="run", **overrides):
     """6 synthetic training images of 32-48 px; 3 steps per epoch with batches of 2 padded images."""
     values = dict(
