@@ -6,6 +6,7 @@ import hashlib
 import pytest
 import torch
 
+import fcnseg
 import fcnseg.train.trainer as trainer_module
 import fcnseg.weights.checkpoint as checkpoint_module
 from fcnseg import build_model, load_checkpoint
@@ -304,3 +305,22 @@ def test_bad_settings_are_named(kwargs, message):
 def test_unknown_recipe_keys_are_errors():
     with pytest.raises(ValueError, match="unknown training settings: learning_rate"):
         TrainConfig.from_dict({"learning_rate": 0.1})
+
+
+def test_init_made_for_other_preprocessing_warns(tmp_path):
+    source = fcnseg.build_model("fcn32s", 6, widths=TINY)
+    source.meta = {"preprocess": "imagenet"}
+    init = fcnseg.save_checkpoint(source, tmp_path / "init.pt")
+    config = TrainConfig(
+        arch="fcn32s",
+        widths=TINY,
+        init=str(init),
+        max_steps=1,
+        train_images=2,
+        val_images=2,
+        image_size=(32, 32),
+        out=str(tmp_path / "run"),
+        progress=False,
+    )
+    with pytest.warns(UserWarning, match="made for 'imagenet' preprocessing"):
+        train(config)

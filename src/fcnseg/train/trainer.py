@@ -748,7 +748,15 @@ class Trainer:
                 if isinstance(module, nn.Dropout):
                     module.p = config.dropout
         if config.init and staged:
-            copied = copy_matching_layers(model, read_checkpoint(config.init)["state_dict"])
+            initial = read_checkpoint(config.init)
+            expected = initial.get("meta", {}).get("preprocess", config.preprocess)
+            if expected != config.preprocess:
+                warnings.warn(
+                    f"{config.init} was made for {expected!r} preprocessing but this run uses "
+                    f"{config.preprocess!r}; pass --preprocess {expected} unless that is intended",
+                    stacklevel=2,
+                )
+            copied = copy_matching_layers(model, initial["state_dict"])
             layers = {k.rsplit(".", 1)[0] for k in model.state_dict()}
             fresh = sorted(layers - {k.rsplit(".", 1)[0] for k in copied})
             if config.progress and (self.context is None or self.context.is_main):
