@@ -1,14 +1,11 @@
 """Our nets against the blobs the real Caffe computed: every fixture net, both file formats, both sizes."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from fcnseg.weights.caffe import load_caffe_fcn
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "caffe"
 NETS = {  # model file -> blobs file prefix
     "fcn32s": "fcn32s",
     "fcn16s": "fcn16s",
@@ -38,15 +35,15 @@ def forward_with_blobs(model, x: torch.Tensor) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def models():
-    return {name: load_caffe_fcn(FIXTURES / f"{name}.caffemodel") for name in NETS}
+def models(caffe_fixtures):
+    return {name: load_caffe_fcn(caffe_fixtures / f"{name}.caffemodel") for name in NETS}
 
 
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("net", sorted(NETS))
-def test_blobs_match_caffe(models, net, size):
-    x = torch.from_numpy(np.load(FIXTURES / f"input_{size}.npz")["data"])
-    ref = np.load(FIXTURES / f"{NETS[net]}_{size}.npz")
+def test_blobs_match_caffe(caffe_fixtures, models, net, size):
+    x = torch.from_numpy(np.load(caffe_fixtures / f"input_{size}.npz")["data"])
+    ref = np.load(caffe_fixtures / f"{NETS[net]}_{size}.npz")
     with torch.no_grad():
         ours = forward_with_blobs(models[net], x)
     for blob in ("pool3", "pool4", "pool5", "fc7", "score_fr"):

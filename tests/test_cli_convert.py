@@ -1,21 +1,17 @@
 """``fcnseg convert``: the command users run on the published Caffe models."""
 
-from pathlib import Path
-
 import fcnseg
 from fcnseg.cli import main
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "caffe"
 
-
-def test_convert_caffe_writes_a_checkpoint(tmp_path, capsys):
+def test_convert_caffe_writes_a_checkpoint(caffe_fixtures, tmp_path, capsys):
     out = tmp_path / "fcn8s.pt"
     assert (
         main(
             [
                 "convert",
                 "caffe",
-                str(FIXTURES / "fcn8s_v1layers.caffemodel"),
+                str(caffe_fixtures / "fcn8s_v1layers.caffemodel"),
                 "--arch",
                 "fcn8s",
                 "--out",
@@ -30,12 +26,12 @@ def test_convert_caffe_writes_a_checkpoint(tmp_path, capsys):
     assert model.meta["preprocess"] == "caffe"
 
 
-def test_convert_caffe_with_wrong_arch_fails_cleanly(tmp_path, capsys):
+def test_convert_caffe_with_wrong_arch_fails_cleanly(caffe_fixtures, tmp_path, capsys):
     code = main(
         [
             "convert",
             "caffe",
-            str(FIXTURES / "fcn32s.caffemodel"),
+            str(caffe_fixtures / "fcn32s.caffemodel"),
             "--arch",
             "fcn8s",
             "--out",
@@ -47,14 +43,14 @@ def test_convert_caffe_with_wrong_arch_fails_cleanly(tmp_path, capsys):
     assert not (tmp_path / "x.pt").exists()
 
 
-def test_convert_class_names_must_match(tmp_path, capsys):
+def test_convert_class_names_must_match(caffe_fixtures, tmp_path, capsys):
     names = tmp_path / "names.txt"
     names.write_text("a\nb\n")
     code = main(
         [
             "convert",
             "caffe",
-            str(FIXTURES / "fcn32s.caffemodel"),
+            str(caffe_fixtures / "fcn32s.caffemodel"),
             "--out",
             str(tmp_path / "x.pt"),
             "--classes",

@@ -1,7 +1,6 @@
 """Weight import and checkpoints: torchvision and Caffe classifiers, bad files, atomic saves."""
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ from fcnseg.weights.caffe import load_caffe_fcn, load_caffe_weights
 from fcnseg.weights.caffe_format import CaffeLayer, read_caffemodel, write_caffemodel
 from fcnseg.weights.transfer import WeightsMismatchError
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "caffe"
 TINY_VGG = (4, 8, 16, 32, 32, 32)
 
 
@@ -134,13 +132,15 @@ def test_caffe_imagenet_classifier_with_inner_product_fc6(tmp_path, legacy_v1):
     assert np.array_equal(model.backbone.conv5_3.bias.detach().numpy(), layers[12].blobs[1])
 
 
-def _fixture_layers(name="fcn8s"):
-    return read_caffemodel(FIXTURES / f"{name}.caffemodel")
+def _fixture_layers(caffe_fixtures, name="fcn8s"):
+    return read_caffemodel(caffe_fixtures / f"{name}.caffemodel")
 
 
-def test_caffe_model_missing_a_layer(tmp_path):
+def test_caffe_model_missing_a_layer(caffe_fixtures, tmp_path):
     path = tmp_path / "broken.caffemodel"
-    write_caffemodel(path, [layer for layer in _fixture_layers() if layer.name != "score_pool3"])
+    write_caffemodel(
+        path, [layer for layer in _fixture_layers(caffe_fixtures) if layer.name != "score_pool3"]
+    )
     with pytest.raises(WeightsMismatchError, match="broken.caffemodel"):
         load_caffe_fcn(path, "fcn8s")  # the file now looks like a 16s: refused for --arch fcn8s
     with pytest.raises(
@@ -149,8 +149,8 @@ def test_caffe_model_missing_a_layer(tmp_path):
         load_caffe_fcn(path)
 
 
-def test_caffe_model_with_a_misshaped_or_extra_layer(tmp_path):
-    layers = _fixture_layers()
+def test_caffe_model_with_a_misshaped_or_extra_layer(caffe_fixtures, tmp_path):
+    layers = _fixture_layers(caffe_fixtures)
     conv = next(layer for layer in layers if layer.name == "conv3_2")
     conv.blobs[0] = conv.blobs[0][:, :8]
     layers.append(CaffeLayer("fc8", "InnerProduct", [np.zeros((2, 2), np.float32)], {}))
@@ -163,23 +163,23 @@ def test_caffe_model_with_a_misshaped_or_extra_layer(tmp_path):
     assert "conv3_2 weight: expected shape (16, 16, 3, 3), file has (16, 8, 3, 3)" in message
 
 
-def test_wrong_class_count_leaves_the_model_untouched():
+def test_wrong_class_count_leaves_the_model_untouched(caffe_fixtures):
     model = fcnseg.build_model("fcn8s", 5, widths=(4, 8, 16, 32, 32, 64))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(WeightsMismatchError, match=r"score_fr weight: expected shape \(5, 64, 1, 1\)"):
-        load_caffe_weights(model, FIXTURES / "fcn8s.caffemodel")
+        load_caffe_weights(model, caffe_fixtures / "fcn8s.caffemodel")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_truncated_caffe_model(tmp_path):
+def test_truncated_caffe_model(caffe_fixtures, tmp_path):
     path = tmp_path / "half.caffemodel"
-    path.write_bytes((FIXTURES / "fcn32s.caffemodel").read_bytes()[:100_000])
+    path.write_bytes((caffe_fixtures / "fcn32s.caffemodel").read_bytes()[:100_000])
     with pytest.raises(ValueError, match="half.caffemodel"):
         fcnseg.load(path)
 
 
-def test_checkpoint_round_trip_keeps_architecture_classes_and_preprocessing(tmp_path):
-    model = load_caffe_fcn(FIXTURES / "fcn16s.caffemodel")
+def test_checkpoint_round_trip_keeps_architecture_classes_and_preprocessing(caffe_fixtures, tmp_path):
+    model = load_caffe_fcn(caffe_fixtures / "fcn16s.caffemodel")
     model.meta["class_names"] = [f"c{i}" for i in range(21)]
     path = fcnseg.save_checkpoint(model, tmp_path / "m.pt")
     loaded = fcnseg.load(path)
@@ -228,8 +228,8 @@ def test_bad_checkpoints_name_the_file(tmp_path):
         fcnseg.load(tmp_path / "absent.pt")
 
 
-def test_load_checks_the_expected_arch(tmp_path):
-    shutil.copy(FIXTURES / "fcn32s.caffemodel", tmp_path / "weights.bin")
+def test_load_checks_the_expected_arch(caffe_fixtures, tmp_path):
+    shutil.copy(caffe_fixtures / "fcn32s.caffemodel", tmp_path / "weights.bin")
     assert fcnseg.load(tmp_path / "weights.bin").config["arch"] == "fcn32s"  # recognised without suffix
     path = fcnseg.save_checkpoint(fcnseg.build_model("fcn32s", 3, widths=TINY_VGG), tmp_path / "m.pt")
     with pytest.raises(ValueError, match="holds an fcn32s model, not fcn8s"):

@@ -316,7 +316,7 @@ class FastFCN(nn.Module):
         self.dtype = dtype
         self.in_channels = model.in_channels
         self.skips = model.skips
-        self.fusions = list(model._fusions)
+        self.fusions = list(model.fusions)
         self.final_name = model.final_name
         self.output_offset = model.output_offset
         children = [(n, m) for n, m in model.backbone.named_children() if not isinstance(m, nn.Dropout)]

@@ -61,7 +61,8 @@ class FCN(nn.Module):
         nn.init.zeros_(self.score_fr.bias)
 
         coarse = path_map(backbone)  # score_fr is 1x1: same positions as fc7
-        self._fusions: list[tuple[str, str, int]] = []
+        # (upsampling layer, skip tap, crop offset) per fusion, coarse to fine
+        self.fusions: list[tuple[str, str, int]] = []
         upsample_name = "upscore2"
         for i, tap in enumerate(skips):
             tap_layers = backbone[: names.index(tap) + 1]
@@ -79,7 +80,7 @@ class FCN(nn.Module):
             self.add_module(f"score_{tap}", score)
             coarse = coarse.then(layer_map(upsample))
             offset = crop_offset(coarse, tap_map, what=f"score_{tap}")
-            self._fusions.append((upsample_name, tap, offset))
+            self.fusions.append((upsample_name, tap, offset))
             upsample_name = f"upscore_{tap}"
 
         stride = int(coarse.scale)
@@ -91,7 +92,7 @@ class FCN(nn.Module):
     @property
     def skip_offsets(self) -> dict[str, int]:
         """Crop offset of each skip's score map, e.g. {"pool4": 5, "pool3": 9} for VGG16."""
-        return {tap: offset for _, tap, offset in self._fusions}
+        return {tap: offset for _, tap, offset in self.fusions}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -104,7 +105,7 @@ class FCN(nn.Module):
             if name in self.skips:
                 taps[name] = h
         h = self.score_fr(h)
-        for upsample_name, tap, offset in self._fusions:
+        for upsample_name, tap, offset in self.fusions:
             h = getattr(self, upsample_name)(h)
             skip = taps[tap]
             if hasattr(self, f"scale_{tap}"):
