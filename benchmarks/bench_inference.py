@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,12 +30,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _peers import torchfcn_twin  # noqa: E402
+from _results import machine, write_section  # noqa: E402
 
 import fcnseg  # noqa: E402
 from fcnseg.infer.fast import optimize  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-BEGIN, END = "<!-- inference-speed -->", "<!-- /inference-speed -->"
 
 
 def seeded_model(arch: str, seed: int = 0) -> nn.Module:
@@ -137,16 +133,6 @@ def time_cell(variants: dict[str, Callable[[torch.Tensor], torch.Tensor]], x: to
                 fn(x)
                 times[name].append(time.perf_counter() - start)
     return times
-
-
-def machine() -> str:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next(
-        (ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")), "?"
-    )
-    flags = next((ln for ln in lscpu.splitlines() if ln.startswith("Flags")), "")
-    isa = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "?"
-    return f"{model} ({platform.machine()}, {isa}), {os.cpu_count()} cores"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -249,13 +235,12 @@ def main(argv: list[str] | None = None) -> None:
     section = render(rows, peak, notes, command.strip(), (load_before, load_after), args.threads)
     print(section)
     if not args.no_write:
-        write_section(section, args.block)
+        write_section(f"inference-speed:{args.block}", section, inside="inference-speed")
 
 
 def render(rows, peak, notes, command, load, threads) -> str:
     """The markdown section: setup, then one row per (size, batch, variant)."""
     lines = [
-        BEGIN,
         "### Measured: fcnseg vs torchfcn, VGG16 FCN, same random weights",
         "",
         f"- command: `{command}`",
@@ -280,28 +265,7 @@ def render(rows, peak, notes, command, load, threads) -> str:
             f"| {r['img_s']:.2f} | {r['speedup']:.2f} | {r['speedup_best']:.2f} | {r['gflop']:.0f} "
             f"| {r['rate']:.0f} | {100 * r['rate'] / peak['conv']:.0f}% | {r['err']:.1e} |"
         )
-    lines.append(END)
     return "\n".join(lines)
-
-
-def write_section(section: str, block_name: str) -> None:
-    """Put the measured block into our section of RESULTS.md, leaving everything else alone.
-
-    Each run fills its own named block inside the section (``--block``), so that
-    hand-written notes and the other blocks survive a re-run.
-    """
-    begin, end = f"<!-- inference-speed:{block_name} -->", f"<!-- /inference-speed:{block_name} -->"
-    block = begin + "\n" + section.removeprefix(BEGIN + "\n").removesuffix("\n" + END) + "\n" + end
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + block + rest.split(end, 1)[1]
-    elif BEGIN in text and END in text:
-        head, rest = text.split(END, 1)
-        text = head.rstrip("\n") + "\n\n" + block + "\n" + END + rest
-    else:
-        text = text.rstrip("\n") + f"\n\n{BEGIN}\n{block}\n{END}\n"
-    RESULTS.write_text(text)
 
 
 if __name__ == "__main__":

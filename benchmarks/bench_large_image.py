@@ -16,22 +16,19 @@ import argparse
 import json
 import os
 import platform
-import re
 import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from _results import write_section
 
 import fcnseg
 from fcnseg.infer.predict import predict
 from fcnseg.infer.tiling import activation_bytes, default_max_memory, parse_memory, plan_tiles, tile_spans
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
-BEGIN, END = "<!-- large-image -->", "<!-- /large-image -->"
 NARROW = (4, 8, 16, 32, 32, 64)
 CASES = {
     "narrow": (NARROW, None),
@@ -76,9 +73,8 @@ def run_case(name: str, size: int) -> dict:
     }
 
 
-def write_section(rows: list[dict], size: int) -> None:
+def write_results(rows: list[dict], size: int) -> None:
     lines = [
-        BEGIN,
         f"## Large image: one {size}x{size} image, fcn8s, CPU",
         "",
         f"`python benchmarks/bench_large_image.py` on {platform.machine()}, {torch.get_num_threads()} torch "
@@ -95,12 +91,7 @@ def write_section(rows: list[dict], size: int) -> None:
             f"{r['tiles']} | {r['rss_before_mib']:.0f} | {r['peak_mib']:.0f} | {r['seconds']:.1f} | "
             f"{r['load']:.1f} |"
         )
-    lines.append(END)
-    section = "\n".join(lines)
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    RESULTS.write_text(text.rstrip() + "\n")
+    write_section("large-image", "\n".join(lines))
 
 
 def main() -> None:
@@ -122,7 +113,7 @@ def main() -> None:
         )
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
-    write_section(rows, args.size)
+    write_results(rows, args.size)
 
 
 if __name__ == "__main__":

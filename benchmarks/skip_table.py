@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
-import re
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +22,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
+from _results import machine, write_section
 
 from fcnseg.data.synthetic import SyntheticSegmentation
 from fcnseg.train.metrics import scores
@@ -36,11 +34,6 @@ METRICS = (
     ("mean_acc", "mean acc."),
     ("mean_iu", "mean IU"),
     ("fw_iu", "f.w. IU"),
-)
-BEGIN, END = "<!-- skip-table -->", "<!-- /skip-table -->"
-RESULTS = Path(__file__).with_name("RESULTS.md")
-HEADER = (
-    "# Benchmarks\n\nMeasured results of the scripts in `benchmarks/`; each script owns one marked section.\n"
 )
 
 
@@ -110,30 +103,6 @@ def table(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    """CPU model and core count, from lscpu when there is one."""
-    try:
-        info = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = re.search(r"Model name:\s*(.+)", info)
-        cpus = re.search(r"^CPU\(s\):\s*(\d+)", info, re.MULTILINE)
-        name = model.group(1).strip() if model else platform.processor()
-        return f"{name}, {cpus.group(1) if cpus else '?'} CPUs"
-    except (OSError, subprocess.CalledProcessError):
-        return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-
-
-def write_section(text: str, path: Path = RESULTS) -> None:
-    """Replace this script's marked section of RESULTS.md (or append it), leaving the rest alone."""
-    current = path.read_text() if path.is_file() else HEADER
-    section = f"{BEGIN}\n{text.rstrip()}\n{END}"
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        current = head + section + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip() + "\n\n" + section + "\n"
-    path.write_text(current)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     results: dict[str, list[dict]] = {arch: [] for arch in ARCHS}
@@ -169,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(text)
     if not args.dry_run:
-        write_section(text)
+        write_section("skip-table", text)
     return 0
 
 

@@ -7,11 +7,13 @@ from mat_writer import Sparse, Stored, write_mat
 from PIL import Image
 
 from fcnseg.data.context import PascalContextSegmentation
+from fcnseg.data.datasets import InMemory
 from fcnseg.data.folder import FolderSegmentation
 from fcnseg.data.matlab import MatReadError
 from fcnseg.data.nyud import NYUDSegmentation
 from fcnseg.data.palette import pascal_palette
 from fcnseg.data.siftflow import SiftFlowSegmentation
+from fcnseg.data.synthetic import SyntheticSegmentation
 from fcnseg.data.voc import VOC_CLASSES, SBDSegmentation, VOCSegmentation, pascal_split
 
 H, W = 5, 7
@@ -350,3 +352,22 @@ def test_context_class_missing_from_full_list_is_an_error(context):
     _lines(context / "59_labels.txt", ["1: aeroplane", "2: unicorn"])
     with pytest.raises(ValueError, match=r"unicorn.*labels\.txt"):
         PascalContextSegmentation(context, "train")
+
+
+def test_in_memory_reads_each_pair_once_and_keeps_the_class_list():
+    reads = []
+
+    class Counting(SyntheticSegmentation):
+        def __getitem__(self, index):
+            reads.append(index)
+            return super().__getitem__(index)
+
+    source = Counting(3, seed=5, size_range=(16, 20))
+    cached = InMemory(source)
+    assert reads == [0, 1, 2]
+    for _ in range(2):
+        for i in range(len(cached)):
+            image, label = cached[i]
+            np.testing.assert_array_equal(label, SyntheticSegmentation(3, seed=5, size_range=(16, 20))[i][1])
+    assert reads == [0, 1, 2]
+    assert cached.class_names == source.class_names and cached.num_classes == source.num_classes

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from fcnseg.cli.evaluate import format_metrics
+from fcnseg.data.datasets import InMemory
 from fcnseg.data.preprocess import preprocess
 from fcnseg.data.synthetic import CLASS_NAMES, SyntheticSegmentation
 from fcnseg.infer.overlay import overlay, side_by_side
@@ -60,22 +60,6 @@ QUICK_DATA = {"train_images": 16, "val_images": 4, "test_images": 6, "image_size
 _OUTPUTS = ("last.pt", "best.pt", "model.pt", "log.csv", "curves.png", "metrics.json", "overlays")
 
 
-class _InMemory(Dataset):
-    """Pairs generated once, so that every epoch does not pay for drawing them again."""
-
-    class_names = CLASS_NAMES
-    num_classes = len(CLASS_NAMES)
-
-    def __init__(self, source: Dataset, desc: str, progress: bool):
-        self.pairs = [source[i] for i in tqdm(range(len(source)), desc=desc, disable=not progress)]
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, index: int):
-        return self.pairs[index]
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
@@ -109,14 +93,14 @@ def run(args: argparse.Namespace) -> int:
     settings, data = (QUICK, QUICK_DATA) if args.quick else (FULL, FULL_DATA)
     progress = not args.quiet
     size = data["image_size"]
-    train_set = _InMemory(
+    train_set = InMemory(
         SyntheticSegmentation(data["train_images"], seed=0, size_range=size), "generating train set", progress
     )
-    val_set = _InMemory(
+    val_set = InMemory(
         SyntheticSegmentation(data["val_images"], seed=1, size_range=size), "generating val set", progress
     )
     # Seed 2: images neither trained on nor used to pick the best checkpoint.
-    test_set = _InMemory(
+    test_set = InMemory(
         SyntheticSegmentation(data["test_images"], seed=2, size_range=size), "generating test set", progress
     )
 

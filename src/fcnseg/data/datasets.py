@@ -8,10 +8,18 @@ from pathlib import Path
 
 import numpy as np
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from fcnseg.data.images import check_pair, read_image, read_label
 
-__all__ = ["IGNORE_INDEX", "SegmentationDataset", "read_id_list", "require_files", "validate_label"]
+__all__ = [
+    "IGNORE_INDEX",
+    "InMemory",
+    "SegmentationDataset",
+    "read_id_list",
+    "require_files",
+    "validate_label",
+]
 
 IGNORE_INDEX = 255
 """The label of pixels that carry no class (object boundaries in VOC, unlabelled pixels)."""
@@ -88,3 +96,19 @@ class SegmentationDataset(Dataset):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self)} images, {self.num_classes} classes)"
+
+
+class InMemory(Dataset):
+    """Every pair of ``source`` read once and kept, so that epochs do not pay again for
+    generating or decoding them (for data sets that fit in memory, like the synthetic one)."""
+
+    def __init__(self, source: Dataset, desc: str = "loading", progress: bool = False):
+        self.class_names = getattr(source, "class_names", None)
+        self.num_classes = getattr(source, "num_classes", None)
+        self.pairs = [source[i] for i in tqdm(range(len(source)), desc=desc, disable=not progress)]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.pairs[index]

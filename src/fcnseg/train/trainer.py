@@ -202,6 +202,18 @@ class TrainResult:
     steps: int
 
 
+@dataclass
+class _Run:
+    """What a training run carries from step to step and writes into ``last.pt``."""
+
+    model: FCN
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    state: dict[str, float]  # step, epoch, epoch_step, best_mean_iu, seconds
+    history: list[dict[str, float]]
+    best_metrics: dict[str, Any] | None
+
+
 # ----------------------------------------------------------------------------- data
 
 
@@ -624,6 +636,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             _write_log(self.out / "log.csv", history)
         best_metrics = saved.get("best_metrics") if saved is not None else None
+        run = _Run(model, optimizer, scaler, state, history, best_metrics)
 
         dataset = _Samples(train_set, config.preprocess, _augmentation(config), config.seed)
         self._started = time.perf_counter() - state["seconds"]
@@ -678,19 +691,8 @@ class Trainer:
                 finished = state["step"] >= total_steps or out_of_time
                 due = state["step"] % config.val_every == 0 if config.val_every else end_of_epoch
                 if due or finished:
-                    row, best_metrics = self._checkpoint(
-                        model,
-                        optimizer,
-                        scaler,
-                        state,
-                        val_set,
-                        history,
-                        loss_sum,
-                        loss_count,
-                        lr,
-                        steps_per_epoch,
-                        best_metrics,
-                    )
+                    row = self._train_row(state, loss_sum, loss_count, lr, steps_per_epoch)
+                    self._checkpoint(run, val_set, row)
                     loss_sum, loss_count = 0.0, 0
                     bar.set_postfix(loss=f"{value:.4g}", mean_iu=f"{row['mean_iu']:.3f}", refresh=False)
                 if finished:
@@ -698,7 +700,7 @@ class Trainer:
             bar.close()
             if finished:
                 break
-        return TrainResult(model.eval(), history, best_metrics, self.out, state["step"])
+        return TrainResult(model.eval(), history, run.best_metrics, self.out, state["step"])
 
     # ------------------------------------------------------------------ pieces of fit
 
@@ -802,31 +804,22 @@ class Trainer:
             raise ValueError(f"cannot resume {self.last_path} with other settings ({changes})")
         return saved
 
-    def _checkpoint(
-        self,
-        model,
-        optimizer,
-        scaler,
-        state,
-        val_set,
-        history,
-        loss_sum,
-        loss_count,
-        lr,
-        steps_per_epoch,
-        best_metrics,
-    ) -> tuple[dict[str, float], dict[str, Any] | None]:
-        """Validate, log a row, and save ``last.pt`` (and ``best.pt`` when mean IU improved)."""
-        config, context = self.config, self.context
+    def _train_row(self, state, loss_sum, loss_count, lr, steps_per_epoch) -> dict[str, float]:
+        """The log row's training half: where the run is, and the mean loss since the last row."""
         totals = distributed.all_reduce_sum(
-            torch.tensor([loss_sum, float(loss_count)], dtype=torch.float64, device=context.device), context
+            torch.tensor([loss_sum, float(loss_count)], dtype=torch.float64, device=self.context.device),
+            self.context,
         )
-        row = {
+        return {
             "step": state["step"],
             "epoch": round(state["step"] / steps_per_epoch, 4),
             "train_loss": float(totals[0] / totals[1]) if totals[1] else math.nan,
             "lr": lr,
         }
+
+    def _checkpoint(self, run: _Run, val_set: Dataset | None, row: dict[str, float]) -> None:
+        """Validate, complete and log ``row``, and save ``last.pt`` (and ``best.pt`` when mean IU improved)."""
+        config, context, model, state = self.config, self.context, run.model, run.state
         metrics = None
         if val_set is not None and len(val_set):
             confusion = evaluate_confusion(
@@ -847,30 +840,29 @@ class Trainer:
         )
         state["seconds"] = time.perf_counter() - self._started
         row["seconds"] = round(state["seconds"], 2)
-        history.append(row)
+        run.history.append(row)
         rng = distributed.all_gather_objects(_rng_state(), context)
         improved = metrics is not None and metrics["mean_iu"] > state["best_mean_iu"]
         if improved:
             state["best_mean_iu"] = metrics["mean_iu"]
-            best_metrics = {**metrics, "step": state["step"]}
+            run.best_metrics = {**metrics, "step": state["step"]}
         if context.is_main:
             model.meta["metrics"] = metrics
             data = checkpoint_dict(model)
             data.update(
-                optimizer=optimizer.state_dict(),
-                scaler=scaler.state_dict() if scaler.is_enabled() else None,
+                optimizer=run.optimizer.state_dict(),
+                scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None,
                 rng=rng,
                 train_config=config.to_dict(),
-                best_metrics=best_metrics,
+                best_metrics=run.best_metrics,
                 **state,
             )
             atomic_save(data, self.last_path)
             if improved:
                 atomic_save(data, self.best_path)
-            _write_log(self.out / "log.csv", history)
-            plot_curves(history, self.out / "curves.png")
+            _write_log(self.out / "log.csv", run.history)
+            plot_curves(run.history, self.out / "curves.png")
         distributed.barrier(context)
-        return row, best_metrics
 
 
 def train(config: TrainConfig, resume: bool = False, **datasets: Dataset) -> TrainResult:
