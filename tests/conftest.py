@@ -18,4 +18,11 @@ def one_thread():
 @pytest.fixture(scope="session")
 def caffe_fixtures() -> Path:
     """Files written by the real Caffe; ``shared/`` lies beside the clone (see its README.md)."""
-    return Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "caffe"
+    folder = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "caffe"
+    if not folder.is_dir():
+        pytest.fail(
+            f"the Caffe reference files are not in {folder}: the conformance tests need the shared/ "
+            "folder beside this clone",
+            pytrace=False,
+        )
+    return folder
