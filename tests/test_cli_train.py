@@ -1,7 +1,6 @@
 """Tests for ``fcnseg train`` and ``fcnseg evaluate``, and for the recipe files."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -105,7 +104,6 @@ def test_evaluate_takes_the_class_count_from_the_model_when_the_folder_has_no_li
     assert 0 <= json.loads(capsys.readouterr().out)["mean_iu"] <= 1
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="recipe files need tomllib (Python 3.11+)")
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
 def test_recipes_are_valid_configs(recipe):
     values = load_recipe(recipe)

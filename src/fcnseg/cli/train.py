@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,10 @@ from fcnseg.train import distributed
 from fcnseg.train.trainer import DATASETS, TrainConfig, Trainer
 from fcnseg.weights.checkpoint import read_checkpoint
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    tomllib = None
+else:  # the same parser, from PyPI
+    import tomli as tomllib
 
 # Flags that map one to one onto TrainConfig fields (dest == field name).
 _FLAGS: list[tuple[str, dict[str, Any]]] = [
@@ -91,7 +92,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Train an FCN. Settings come from the defaults (the paper's recipe), then "
         "--config, then flags. Under torchrun every process trains its share; rank 0 writes.",
     )
-    parser.add_argument("--config", type=Path, help="a recipe file (TOML, needs Python 3.11+)")
+    parser.add_argument("--config", type=Path, help="a recipe file (TOML)")
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last.pt, with its settings"
     )
@@ -103,8 +104,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
     """A recipe file's settings as one flat dict; tables only group keys for the reader."""
-    if tomllib is None:
-        raise ValueError(f"reading {path} needs Python 3.11+ (tomllib); on 3.10 pass the settings as flags")
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
