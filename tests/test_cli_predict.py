@@ -193,3 +193,15 @@ def test_bad_options(weights, tmp_path, capsys):
         ]
         assert main(args) == 2
         assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_max_megapixels_refuses_larger_images_and_zero_lifts_the_limit(weights, tmp_path, capsys):
+    write(tmp_path / "in" / "big.png", 40, 50)
+    write(tmp_path / "in" / "small.png", 8, 8)
+    args = ["predict", str(weights), str(tmp_path / "in"), "--max-megapixels", "0.001"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 1
+    captured = capsys.readouterr()
+    assert "big.png: 50x40 = 0.002 MP is over the 0.001 MP limit" in captured.err
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["small.png"]
+    assert main([*args[:-1], "0", "--out", str(tmp_path / "b")]) == 0
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["big.png", "small.png"]

@@ -141,3 +141,26 @@ def test_check_pair_names_both_files_and_sizes():
     check_pair(np.zeros((4, 6, 3)), np.zeros((2, 4, 6)), "a.jpg", "a.mat")
     with pytest.raises(ValueError, match=r"a\.jpg is 6x4.*b\.png is 5x4"):
         check_pair(np.zeros((4, 6, 3)), np.zeros((4, 5)), "a.jpg", "b.png")
+
+
+def test_image_over_the_pixel_limit_is_refused_from_its_header(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(path)
+    decoded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self) or None)
+    with pytest.raises(
+        ImageReadError, match=r"big.png: 30x20 = 0.0006 MP is over the 0.000599 MP limit.*--max-megapixels"
+    ):
+        read_image(path, max_pixels=599)
+    assert decoded == []  # refused before any pixel was decoded
+
+
+def test_pil_guard_is_lifted_only_on_request_and_restored(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    Image.fromarray(np.full((20, 30, 3), 7, dtype=np.uint8)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # PIL refuses above 200 pixels
+    with pytest.raises(ImageReadError, match=r"big.png.*decompression bomb.*--max-megapixels"):
+        read_image(path)
+    assert read_image(path, max_pixels=None).shape == (20, 30, 3)
+    assert read_image(path, max_pixels=10**12)[0, 0, 0] == 7
+    assert Image.MAX_IMAGE_PIXELS == 100

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from fcnseg.data.images import read_image
+from fcnseg.data.images import MAX_PIXELS, read_image
 from fcnseg.infer.overlay import colorize, overlay
 from fcnseg.infer.predict import predict_batch, resolve_device
 from fcnseg.infer.tiling import parse_memory
@@ -193,7 +193,7 @@ def _segment(
 
     for path, stem in zip(files, stems, strict=True):
         try:
-            image = read_image(path)
+            image = read_image(path, max_pixels=args.max_megapixels)
         except (ValueError, OSError) as error:
             failures.append(_describe(path, error))
             bar.update(1)
@@ -258,6 +258,14 @@ def _alpha(text: str) -> float:
     return value
 
 
+def _megapixels(text: str) -> int | None:
+    """Megapixels -> a pixel count; 0 means no limit."""
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (no limit) or positive, got {text}")
+    return round(value * 1e6) or None
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -308,4 +316,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="activation memory budget, e.g. 4G (default: half the memory available)",
     )
     parser.add_argument("--batch-size", type=_positive, default=4, help="images of one size per forward pass")
+    parser.add_argument(
+        "--max-megapixels",
+        type=_megapixels,
+        default=MAX_PIXELS,
+        help=f"refuse larger images, a guard against decompression bombs (default {MAX_PIXELS / 1e6:.0f}, "
+        "as PIL; 0 = no limit)",
+    )
     parser.set_defaults(run=run)

@@ -3,6 +3,9 @@ and errors that name the file."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +13,7 @@ from PIL import Image, ImageOps
 
 from fcnseg.data.palette import pascal_palette
 
-__all__ = ["ImageReadError", "check_pair", "read_depth", "read_image", "read_label"]
+__all__ = ["MAX_PIXELS", "ImageReadError", "check_pair", "read_depth", "read_image", "read_label"]
 
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _INDEX_MODES = ("P", "L", "1", *_SIXTEEN_BIT)
@@ -20,15 +23,55 @@ class ImageReadError(ValueError):
     """An image or mask that cannot be decoded or interpreted; the message names the file."""
 
 
-def _open(path: str | Path) -> Image.Image:
-    """Fully decode ``path`` (so truncated files fail here, not later) in its EXIF orientation."""
+MAX_PIXELS = 178_956_970
+"""The largest image read by default: PIL's default decompression-bomb limit (about 179 MP)."""
+
+_PIL_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """Lift PIL's global size guard while a larger limit (or none) is checked here instead."""
+    if max_pixels is not None and max_pixels <= MAX_PIXELS:
+        yield  # PIL's guard (by default the same limit) may stay
+        return
+    with _PIL_GUARD:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _too_large(path: str | Path, width: int, height: int, max_pixels: int) -> ImageReadError:
+    return ImageReadError(
+        f"cannot read image {path}: {width}x{height} = {width * height / 1e6:.3g} MP is over the "
+        f"{max_pixels / 1e6:.3g} MP limit that guards against decompression bombs; for a file you "
+        "trust, raise it (fcnseg predict --max-megapixels)"
+    )
+
+
+def _open(path: str | Path, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
+    """Fully decode ``path`` (so truncated files fail here, not later) in its EXIF orientation.
+
+    An image over ``max_pixels`` (None: no limit) is refused from its header, before
+    anything is decoded.
+    """
     try:
-        with Image.open(path) as im:
+        with _pixel_limit(max_pixels), Image.open(path) as im:
+            width, height = im.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise _too_large(path, width, height, max_pixels)
             im.load()
             return ImageOps.exif_transpose(im)
-    except FileNotFoundError:
+    except (FileNotFoundError, ImageReadError):
         raise
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # PIL's guard, at MAX_PIXELS
+        raise ImageReadError(
+            f"cannot read image {path}: {str(exc).rstrip('.')}; for a file you trust, raise the limit "
+            "(fcnseg predict --max-megapixels)"
+        ) from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageReadError(f"cannot read image {path}: {exc}") from exc
 
 
@@ -42,14 +85,15 @@ def _sixteen_bit_values(im: Image.Image, path: str | Path) -> np.ndarray:
     return values
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, *, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     """Read an image as (H, W, 3) uint8 RGB, upright as a viewer shows it (EXIF orientation).
 
     Grayscale and palette images are expanded to RGB, alpha is dropped, CMYK converted;
     16-bit images are scaled from [0, 65535] to [0, 255] (divided by 257) rather than clipped,
-    so a depth or medical image keeps its contrast.
+    so a depth or medical image keeps its contrast. Images over ``max_pixels`` are refused
+    (None: no limit).
     """
-    im = _open(path)
+    im = _open(path, max_pixels)
     if im.mode in _SIXTEEN_BIT:
         gray = np.round(_sixteen_bit_values(im, path) / 257.0).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
