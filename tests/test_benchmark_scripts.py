@@ -1,0 +1,51 @@
+"""The benchmark scripts' shared pieces, and a smoke run of the section-3 study (writes nothing)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+from _results import write_section  # noqa: E402
+
+
+def test_write_section_replaces_only_its_block(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    path.write_text(
+        "# Benchmarks\n\nnotes\n\n<!-- a -->\nold a\n<!-- /a -->\n\n<!-- b -->\nold b\n<!-- /b -->\n"
+    )
+    write_section("a", "new a", path=path)
+    assert path.read_text() == (
+        "# Benchmarks\n\nnotes\n\n<!-- a -->\nnew a\n<!-- /a -->\n\n<!-- b -->\nold b\n<!-- /b -->\n"
+    )
+    write_section("c", "new c", path=path)
+    assert path.read_text().endswith("<!-- /b -->\n\n<!-- c -->\nnew c\n<!-- /c -->\n")
+
+
+def test_write_section_puts_a_new_block_inside_its_section(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    path.write_text(
+        "<!-- speed -->\nhand-written\n<!-- speed:x -->\nx\n<!-- /speed:x -->\n<!-- /speed -->\ntail\n"
+    )
+    write_section("speed:y", "y", inside="speed", path=path)
+    text = path.read_text()
+    assert text.index("<!-- speed:x -->") < text.index("<!-- speed:y -->") < text.index("<!-- /speed -->")
+    assert "hand-written" in text and text.endswith("<!-- /speed -->\ntail\n")
+    write_section("other:z", "z", inside="other", path=tmp_path / "fresh.md")
+    assert (
+        "<!-- other -->\n<!-- other:z -->\nz\n<!-- /other:z -->\n<!-- /other -->"
+        in (tmp_path / "fresh.md").read_text()
+    )
+
+
+def test_section3_study_quick_run(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "section3_study.py"), "--quick", "--jobs", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    for heading in ("does sampling speed convergence?", "| FCN-32s + shift-and-stitch x4 | 8 | 16 |"):
+        assert heading in done.stdout
