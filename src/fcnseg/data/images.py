@@ -43,14 +43,6 @@ def _pixel_limit(max_pixels: int | None) -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = saved
 
 
-def _too_large(path: str | Path, width: int, height: int, max_pixels: int) -> ImageReadError:
-    return ImageReadError(
-        f"cannot read image {path}: {width}x{height} = {width * height / 1e6:.3g} MP is over the "
-        f"{max_pixels / 1e6:.3g} MP limit that guards against decompression bombs; for a file you "
-        "trust, raise it (fcnseg predict --max-megapixels)"
-    )
-
-
 def _open(path: str | Path, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
     """Fully decode ``path`` (so truncated files fail here, not later) in its EXIF orientation.
 
@@ -61,7 +53,11 @@ def _open(path: str | Path, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
         with _pixel_limit(max_pixels), Image.open(path) as im:
             width, height = im.size
             if max_pixels is not None and width * height > max_pixels:
-                raise _too_large(path, width, height, max_pixels)
+                raise ImageReadError(
+                    f"cannot read image {path}: {width}x{height} = {width * height / 1e6:.3g} MP is over "
+                    f"the {max_pixels / 1e6:.3g} MP limit that guards against decompression bombs; for a "
+                    "file you trust, raise it (fcnseg predict --max-megapixels)"
+                )
             im.load()
             return ImageOps.exif_transpose(im)
     except (FileNotFoundError, ImageReadError):
