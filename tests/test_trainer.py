@@ -324,3 +324,15 @@ def test_init_made_for_other_preprocessing_warns(tmp_path):
     )
     with pytest.warns(UserWarning, match="made for 'imagenet' preprocessing"):
         train(config)
+
+
+def test_channels_last_trains_the_same_net_and_hands_back_the_usual_layout(tmp_path):
+    # Without dropout: its masks are drawn in memory order, so they differ between layouts.
+    plain = Trainer(tiny_config(tmp_path, "plain", dropout=0.0)).fit()
+    nhwc = Trainer(tiny_config(tmp_path, "nhwc", dropout=0.0, channels_last=True)).fit()
+    for (name, a), b in zip(plain.model.state_dict().items(), nhwc.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
+        assert b.is_contiguous(), name
+    assert [r["mean_iu"] for r in nhwc.history] == pytest.approx(
+        [r["mean_iu"] for r in plain.history], abs=0.02
+    )

@@ -70,7 +70,7 @@ _DEFAULT_SPLITS = {
     "context": ("train", "val"),
 }
 # Settings that change the trajectory: resuming with other values would not continue the same run.
-_RESUME_IGNORES = {"epochs", "out", "workers", "progress", "device", "init", "notes"}
+_RESUME_IGNORES = {"epochs", "out", "workers", "progress", "device", "init", "notes", "channels_last"}
 
 
 class TrainingDiverged(ValueError):
@@ -122,6 +122,9 @@ class TrainConfig:
     max_steps: int | None = None
     time_limit: float | None = None  # seconds; stops early (and makes "poly" anneal by time) when reached
     amp: str = "off"
+    # NHWC activations: on CPU 1.2x faster steps for narrow nets, slower for full VGG16. Same math,
+    # but dropout masks are drawn in memory order, so they differ from the default layout's.
+    channels_last: bool = False
     # Running
     seed: int = 0
     val_every: int = 0  # steps between validations; 0 = once per epoch
@@ -599,7 +602,7 @@ class Trainer:
         _seed_everything(config.seed)
         model = self._build_model(num_classes, train_set.class_names, staged=saved is None)
         device = context.device
-        model.to(device)
+        model.to(device, memory_format=self._memory_format)
         if config.amp != "off" and device.type != "cuda":
             warnings.warn(f"mixed precision ({config.amp}) needs CUDA; training in float32", stacklevel=2)
         net = model
@@ -700,15 +703,20 @@ class Trainer:
             bar.close()
             if finished:
                 break
+        model.to(memory_format=torch.contiguous_format)  # the usual layout for whoever uses it next
         return TrainResult(model.eval(), history, run.best_metrics, self.out, state["step"])
 
     # ------------------------------------------------------------------ pieces of fit
+
+    @property
+    def _memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.config.channels_last else torch.contiguous_format
 
     def _train_step(self, net, optimizer, scaler, images, labels, weight, state) -> float:
         """One forward/backward/update; returns the loss, or raises on a non-finite one."""
         config, context = self.config, self.context
         device = context.device
-        images = images.to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True, memory_format=self._memory_format)
         labels = labels.to(device, non_blocking=True)
         with _autocast(device, config.amp):
             scores_ = net(images)
