@@ -79,8 +79,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--threads",
         type=int,
         default=1,
-        help="CPU threads (default 1: a second thread helps a little when the cores are idle and a "
-        "lot of harm when they are shared; in 210 s on 2 idle cores 1 thread made 1,916 steps and "
+        help="CPU threads (default 1: a second thread helps a little when the cores are idle and does "
+        "great harm when they are shared; in 210 s on 2 idle cores 1 thread made 1,916 steps and "
         "2 threads 2,228, and on 2 busy cores 1 thread made 1,440 and 2 threads 85)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
