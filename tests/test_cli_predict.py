@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_nets import tiny_fcn
 
 import fcnseg
 from fcnseg.cli import main
@@ -13,16 +14,9 @@ from fcnseg.cli import predict as cli_predict
 from fcnseg.data.palette import pascal_palette
 from fcnseg.infer.predict import predict
 
-TINY = (4, 8, 8, 16, 16, 32)
-
 
 def tiny(num_classes: int = 4) -> fcnseg.FCN:
-    torch.manual_seed(0)
-    model = fcnseg.build_model("fcn8s", num_classes, widths=TINY).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.startswith("score"):
-                p.normal_(0, 0.5)
+    model = tiny_fcn(num_classes=num_classes)
     model.meta = {"class_names": ["bg", "a", "b", "c"][:num_classes], "preprocess": "caffe"}
     return model
 

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_nets import tiny_fcn
 
 import fcnseg
 from fcnseg.cli import main
@@ -14,18 +15,12 @@ from fcnseg.infer.export import export_onnx, export_torchscript
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-TINY = (4, 8, 8, 16, 16, 32)
 SIZES = [(1, 64, 64), (2, 45, 77)]
 """The example size, and a batch of two at a size that is no multiple of 32 in either axis."""
 
 
 def tiny() -> fcnseg.FCN:
-    torch.manual_seed(0)
-    model = fcnseg.build_model("fcn8s", 3, widths=TINY).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.startswith("score"):
-                p.normal_(0, 0.5)
+    model = tiny_fcn(num_classes=3)
     model.meta = {"class_names": ["background", "cat", "dog"], "preprocess": "caffe"}
     return model
 

@@ -5,23 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tiny_nets import tiny_fcn
 
 import fcnseg
 from fcnseg.data.preprocess import preprocess
 from fcnseg.infer import predict as predict_module
 from fcnseg.infer.predict import predict, predict_batch, resolve_device
-
-TINY = (4, 8, 8, 16, 16, 32)
-
-
-def tiny(num_classes: int = 5, arch: str = "fcn8s") -> fcnseg.FCN:
-    torch.manual_seed(0)
-    model = fcnseg.build_model(arch, num_classes, widths=TINY).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.startswith("score"):  # zero-initialised: make the scores non-trivial
-                p.normal_(0, 0.5)
-    return model
 
 
 def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -34,7 +23,7 @@ def reference_scores(model: fcnseg.FCN, image: np.ndarray) -> torch.Tensor:
 
 
 def test_labels_are_the_argmax_of_the_scores():
-    model, image = tiny(), random_image(37, 50)
+    model, image = tiny_fcn(), random_image(37, 50)
     labels = predict(model, image)
     assert labels.shape == (37, 50) and labels.dtype == np.uint8
     np.testing.assert_array_equal(labels, reference_scores(model, image).argmax(0).numpy())
@@ -42,7 +31,7 @@ def test_labels_are_the_argmax_of_the_scores():
 
 
 def test_probabilities_are_the_softmax():
-    model, image = tiny(), random_image(20, 31)
+    model, image = tiny_fcn(), random_image(20, 31)
     labels, probs = predict(model, image, return_probs=True)
     assert probs.shape == (5, 20, 31) and probs.dtype == np.float32
     np.testing.assert_allclose(probs, reference_scores(model, image).softmax(0).numpy(), atol=1e-6)
@@ -50,7 +39,7 @@ def test_probabilities_are_the_softmax():
 
 
 def test_preprocessing_comes_from_the_model():
-    model, image = tiny(), random_image(16, 16)
+    model, image = tiny_fcn(), random_image(16, 16)
     model.meta = {"preprocess": "imagenet"}
     _, probs = predict(model, image, return_probs=True)
     with torch.no_grad():
@@ -59,7 +48,7 @@ def test_preprocessing_comes_from_the_model():
 
 
 def test_a_batch_equals_images_one_by_one():
-    model = tiny()
+    model = tiny_fcn()
     images = np.stack([random_image(24, 40, seed) for seed in range(3)])
     labels, probs = predict_batch(model, images, return_probs=True)
     for i in range(3):
@@ -70,7 +59,7 @@ def test_a_batch_equals_images_one_by_one():
 
 def test_padding_to_a_common_size_would_change_the_scores():
     """Why images of different sizes are never padded into one batch."""
-    model, image = tiny(), random_image(40, 40)
+    model, image = tiny_fcn(), random_image(40, 40)
     padded = np.zeros((64, 64, 3), np.uint8)
     padded[:40, :40] = image
     inside = reference_scores(model, padded)[:, :40, :40]
@@ -78,7 +67,7 @@ def test_padding_to_a_common_size_would_change_the_scores():
 
 
 def test_flip_tta_is_mirror_equivariant():
-    model, image = tiny(), random_image(24, 33)
+    model, image = tiny_fcn(), random_image(24, 33)
     _, probs = predict(model, image, return_probs=True, tta_flip=True)
     _, mirrored = predict(model, image[:, ::-1].copy(), return_probs=True, tta_flip=True)
     np.testing.assert_allclose(probs, mirrored[:, :, ::-1], atol=1e-6)
@@ -88,7 +77,7 @@ def test_flip_tta_is_mirror_equivariant():
 
 
 def test_scale_tta_averages_resized_probabilities():
-    model, image = tiny(), random_image(30, 42)
+    model, image = tiny_fcn(), random_image(30, 42)
     _, probs = predict(model, image, return_probs=True, tta_scales=(0.5, 1.0))
     x = preprocess(image, "caffe")[None]
     with torch.no_grad():
@@ -101,7 +90,7 @@ def test_scale_tta_averages_resized_probabilities():
 
 
 def test_tta_handles_a_one_pixel_image():
-    model = tiny()
+    model = tiny_fcn()
     labels, probs = predict(
         model, random_image(1, 1), return_probs=True, tta_flip=True, tta_scales=(0.5, 1.5)
     )
@@ -109,7 +98,7 @@ def test_tta_handles_a_one_pixel_image():
 
 
 def test_over_256_classes_give_int64_labels():
-    model = tiny(num_classes=257)
+    model = tiny_fcn(num_classes=257)
     labels = predict(model, random_image(8, 8))
     assert labels.dtype == np.int64 and labels.shape == (8, 8)
 
@@ -120,14 +109,14 @@ def test_a_path_is_read_upright(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # stored sideways: a viewer rotates it 90 degrees clockwise
     Image.fromarray(image).save(path, exif=exif, quality=95)
-    labels = predict(tiny(), path)
+    labels = predict(tiny_fcn(), path)
     assert labels.shape == (30, 20)
     upright = np.asarray(Image.open(path).transpose(Image.Transpose.ROTATE_270).convert("RGB"))
-    np.testing.assert_array_equal(labels, predict(tiny(), upright))
+    np.testing.assert_array_equal(labels, predict(tiny_fcn(), upright))
 
 
 def test_training_mode_is_restored_and_dropout_off():
-    model, image = tiny(), random_image(16, 16)
+    model, image = tiny_fcn(), random_image(16, 16)
     expected = predict(model, image, return_probs=True)[1]
     model.train()
     np.testing.assert_allclose(predict(model, image, return_probs=True)[1], expected, atol=1e-6)
@@ -142,7 +131,7 @@ def test_forward_is_the_single_call_site(monkeypatch):
         return model(x)
 
     monkeypatch.setattr(predict_module, "_forward", forward)
-    predict(tiny(), random_image(10, 12), tta_flip=True)
+    predict(tiny_fcn(), random_image(10, 12), tta_flip=True)
     assert calls == [(1, 3, 10, 12), (1, 3, 10, 12)]
 
 
@@ -154,12 +143,12 @@ def test_runs_under_inference_mode(monkeypatch):
         return model(x)
 
     monkeypatch.setattr(predict_module, "_forward", forward)
-    predict(tiny(), random_image(8, 8))
+    predict(tiny_fcn(), random_image(8, 8))
     assert seen == [True]
 
 
 def test_bad_arguments():
-    model = tiny()
+    model = tiny_fcn()
     with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
         predict(model, np.zeros((8, 8), np.uint8))
     with pytest.raises(ValueError, match="uint8"):

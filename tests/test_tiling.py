@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from tiny_nets import TINY, tiny_fcn
 
 import fcnseg
 from fcnseg.infer import predict as predict_module
@@ -20,22 +21,9 @@ from fcnseg.infer.tiling import (
     tiled_scores,
 )
 
-TINY = (4, 8, 8, 16, 16, 32)
-
-
-def tiny(arch: str = "fcn8s", num_classes: int = 3) -> fcnseg.FCN:
-    torch.manual_seed(0)
-    widths = TINY if arch != "fcn-alexnet" else (8, 8, 8, 8, 8, 16)
-    model = fcnseg.build_model(arch, num_classes, widths=widths).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.startswith("score"):  # zero-initialised: make the scores non-trivial
-                p.normal_(0, 0.5)
-    return model
-
 
 def test_geometry_of_the_paper_nets():
-    vgg, alexnet = fcnseg.build_model("fcn8s", widths=TINY), tiny("fcn-alexnet")
+    vgg, alexnet = fcnseg.build_model("fcn8s", widths=TINY), tiny_fcn("fcn-alexnet", 3)
     assert receptive_field(vgg) == 404 and output_stride(vgg) == 32 and context_margin(vgg) == 288
     assert receptive_field(alexnet) == 355 and output_stride(alexnet) == 32 and context_margin(alexnet) == 256
 
@@ -58,7 +46,7 @@ def test_ramp_is_zero_in_the_margin_then_linear():
 
 @pytest.mark.parametrize("arch", ["fcn8s", "fcn32s", "fcn-alexnet"])
 def test_tiled_scores_equal_whole_image_scores(arch):
-    model = tiny(arch)
+    model = tiny_fcn(arch, 3)
     stride, margin = output_stride(model), context_margin(model)
     plan = TilePlan(tile=2 * margin + 2 * stride + 64, step=stride + 64, margin=margin)
     x = torch.randn(1, 3, 16, 900, generator=torch.Generator().manual_seed(1))
@@ -73,7 +61,7 @@ def test_tiled_scores_equal_whole_image_scores(arch):
 
 def test_tiles_off_the_stride_grid_or_without_margin_do_not_match():
     """Why the plan is what it is: both rules are needed for exact scores."""
-    model = tiny()
+    model = tiny_fcn(num_classes=3)
     x = torch.randn(1, 3, 16, 900, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         whole = model(x)
@@ -85,7 +73,7 @@ def test_tiles_off_the_stride_grid_or_without_margin_do_not_match():
 
 
 def test_plan_tiles_picks_the_largest_tile_that_fits():
-    model = tiny()
+    model = tiny_fcn(num_classes=3)
     budget = 200 * 2**20
     plan = plan_tiles(model, budget)
     assert plan.tile % 32 == 0 and plan.step % 32 == 0 and plan.overlap == 2 * 288 + 32
@@ -104,7 +92,7 @@ def test_activation_estimate_scales_with_batch_and_area():
 
 
 def test_predict_tiles_when_over_budget_with_the_same_labels(monkeypatch):
-    model = tiny()
+    model = tiny_fcn(num_classes=3)
     image = np.random.default_rng(3).integers(0, 256, (768, 768, 3), dtype=np.uint8)
     blended = 4 * (model.num_classes + 1) * 768 * 768  # blended scores and weights
     budget = activation_bytes(model, 704, 704) + blended
