@@ -15,6 +15,7 @@ from fcnseg.data.palette import pascal_palette
 from fcnseg.data.siftflow import SiftFlowSegmentation
 from fcnseg.data.synthetic import SyntheticSegmentation
 from fcnseg.data.voc import VOC_CLASSES, SBDSegmentation, VOCSegmentation, pascal_split
+from fcnseg.train.trainer import open_dataset
 
 H, W = 5, 7
 RNG = np.random.default_rng(0)
@@ -338,6 +339,11 @@ def test_context_maps_full_labels_to_the_task_like_fcn(context):
     assert image.shape == (H, W, 3)
     np.testing.assert_array_equal(label[0], [0, 0, 1, 2, 3, 4, 5])  # accordion -> background
     assert label[1, 0] == 0  # an id beyond labels.txt is background too
+
+
+def test_context_opens_by_name_as_training_does(context):
+    ds = open_dataset("context", str(context), "train")
+    assert isinstance(ds, PascalContextSegmentation) and len(ds) == 1 and ds.num_classes == 6
 
 
 def test_context_accepts_fcn_class_list_with_background(context):

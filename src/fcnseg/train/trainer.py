@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import math
 import os
 import random
@@ -289,11 +290,9 @@ def open_dataset(
         from fcnseg.data.siftflow import SiftFlowSegmentation
 
         return SiftFlowSegmentation(root, split)
-    try:
-        from fcnseg.data.context import ContextSegmentation
-    except ImportError as error:
-        raise ValueError(f"data set {name!r} is not available in this fcnseg ({error})") from error
-    return ContextSegmentation(root, split)
+    from fcnseg.data.context import PascalContextSegmentation
+
+    return PascalContextSegmentation(root, split)
 
 
 def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
@@ -369,13 +368,6 @@ def _augmentation(config: TrainConfig) -> Compose | None:
     if config.crop is not None:
         transforms.append(RandomCrop(config.crop, ignore_index=config.ignore_index))
     return Compose(transforms) if transforms else None
-
-
-def _collate(ignore_index: int):
-    def collate(batch):
-        return pad_collate(batch, ignore_index=ignore_index)
-
-    return collate
 
 
 # ----------------------------------------------------------------------------- model
@@ -498,7 +490,7 @@ def evaluate_confusion(
         _Samples(dataset, preprocess_mode),
         batch_size=batch_size,
         sampler=[(0, i) for i in shard],
-        collate_fn=_collate(ignore_index),
+        collate_fn=functools.partial(pad_collate, ignore_index=ignore_index),
     )
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     was_training = model.training
@@ -654,7 +646,7 @@ class Trainer:
                 batch_size=config.batch_size,
                 sampler=sampler,
                 num_workers=config.workers,
-                collate_fn=_collate(config.ignore_index),
+                collate_fn=functools.partial(pad_collate, ignore_index=config.ignore_index),
                 generator=torch.Generator().manual_seed(config.seed + epoch),
                 pin_memory=device.type == "cuda",
             )
