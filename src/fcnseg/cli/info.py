@@ -10,7 +10,7 @@ from torch import nn
 
 from fcnseg.models.fcn import FCN
 from fcnseg.models.flops import ComputeCost, compute_cost
-from fcnseg.models.geometry import ELEMENTWISE, path_map
+from fcnseg.models.geometry import path_map, receptive_fields
 from fcnseg.models.registry import ARCHITECTURES, build_model
 from fcnseg.weights.checkpoint import read_checkpoint
 
@@ -78,23 +78,10 @@ def describe(
         model = build_model(**config)
     cost = compute_cost(model, size)
     lines = [f"{title}: {model.num_classes} classes, input {'x'.join(map(str, cost.input_shape))}", ""]
-    lines += _layer_table(model, cost, all_layers)
-    lines += [""] + _summary(model, cost)
+    fields = receptive_fields([*model.backbone.named_children(), ("score_fr", model.score_fr)])
+    lines += _layer_table(model, cost, all_layers, fields)
+    lines += [""] + _summary(model, cost, fields)
     return "\n".join(lines)
-
-
-def _receptive_fields(model: FCN) -> dict[str, tuple[int, int]]:
-    """(stride, receptive field) in input pixels of every backbone layer's output, and score_fr's."""
-    fields, stride, field = {}, 1, 1
-    for name, layer in [*model.backbone.named_children(), ("score_fr", model.score_fr)]:
-        if not isinstance(layer, ELEMENTWISE):
-            kernel, step, dilation = (
-                _first(getattr(layer, a)) for a in ("kernel_size", "stride", "dilation")
-            )
-            field += (kernel - 1) * dilation * stride
-            stride *= step
-        fields[name] = (stride, field)
-    return fields
 
 
 def _first(value: int | tuple[int, ...]) -> int:
@@ -115,8 +102,9 @@ def _kind(layer: nn.Module) -> str:
     return type(layer).__name__.lower()
 
 
-def _layer_table(model: FCN, cost: ComputeCost, all_layers: bool) -> list[str]:
-    fields = _receptive_fields(model)
+def _layer_table(
+    model: FCN, cost: ComputeCost, all_layers: bool, fields: dict[str, tuple[int, int]]
+) -> list[str]:
     modules = dict(model.named_modules())
     header = f"{'layer':<16}{'kind':<24}{'output':>16}{'stride':>8}{'field':>7}{'params':>13}{'GMACs':>9}"
     lines = [header, "-" * len(header)]
@@ -136,9 +124,9 @@ def _layer_table(model: FCN, cost: ComputeCost, all_layers: bool) -> list[str]:
     return lines
 
 
-def _summary(model: FCN, cost: ComputeCost) -> list[str]:
+def _summary(model: FCN, cost: ComputeCost, fields: dict[str, tuple[int, int]]) -> list[str]:
     coarse = path_map(model.backbone)
-    stride, field = _receptive_fields(model)["score_fr"]
+    stride, field = fields["score_fr"]
     final = getattr(model, model.final_name)
     offsets = [f"{model.final_name} {model.output_offset}"]
     offsets += [f"score_{tap} {offset}" for tap, offset in model.skip_offsets.items()]

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fcnseg.models.dense import output_stride
 from fcnseg.models.fcn import FCN
-from fcnseg.models.geometry import path_map
+from fcnseg.models.geometry import out_length, receptive_fields
 
 BYTES_PER_VALUE = 4
 """Activations are float32."""
@@ -36,21 +37,6 @@ DEFAULT_MEMORY_FRACTION = 0.5
 """Share of the memory available now that inference may use by default."""
 
 
-def _single(value: int | tuple[int, ...]) -> int:
-    return int(value[0]) if isinstance(value, tuple) else int(value)
-
-
-def _conv_output(size: int, layer: nn.Module) -> int:
-    """Output length of a convolution or pooling layer along one axis (PyTorch's formula)."""
-    k, s, p = _single(layer.kernel_size), _single(layer.stride), _single(layer.padding)
-    d = _single(getattr(layer, "dilation", 1))
-    span = size + 2 * p - d * (k - 1) - 1
-    out = (-(-span // s) if getattr(layer, "ceil_mode", False) else span // s) + 1
-    if getattr(layer, "ceil_mode", False) and (out - 1) * s >= size + p:
-        out -= 1  # the last window must start inside the input or its left padding
-    return max(out, 0)
-
-
 def activation_bytes(model: FCN, height: int, width: int, batch: int = 1) -> int:
     """Estimated peak activation memory of one forward pass on (batch, 3, height, width).
 
@@ -63,13 +49,13 @@ def activation_bytes(model: FCN, height: int, width: int, batch: int = 1) -> int
     peak = c * h * w
     for layer in model.backbone:
         if isinstance(layer, nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d):
-            out_h, out_w = _conv_output(h, layer), _conv_output(w, layer)
+            out_h, out_w = out_length(layer, h, 0), out_length(layer, w, 1)
             out_c = layer.out_channels if isinstance(layer, nn.Conv2d) else c
             peak = max(peak, c * h * w + out_c * out_h * out_w)
             h, w, c = out_h, out_w, out_c
         elif isinstance(layer, nn.LocalResponseNorm):
             peak = max(peak, 2 * c * h * w)
-    stride = int(path_map(model.backbone).scale)
+    stride = output_stride(model)
     up_h, up_w = (h + 1) * stride, (w + 1) * stride
     head = 3 * model.num_classes * up_h * up_w
     return int(batch * BYTES_PER_VALUE * (BACKEND_FACTOR * peak + head))
@@ -77,19 +63,7 @@ def activation_bytes(model: FCN, height: int, width: int, batch: int = 1) -> int
 
 def receptive_field(model: FCN) -> int:
     """Side of the square of input pixels that one coarse score sees (404 for VGG16)."""
-    size, jump = 1, 1
-    for layer in model.backbone:
-        if isinstance(layer, nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d):
-            k, s = _single(layer.kernel_size), _single(layer.stride)
-            d = _single(getattr(layer, "dilation", 1))
-            size += (d * (k - 1)) * jump
-            jump *= s
-    return size
-
-
-def output_stride(model: FCN) -> int:
-    """The backbone's total stride: tiles must start on its multiples to share the pooling grid."""
-    return int(path_map(model.backbone).scale)
+    return list(receptive_fields(model.backbone.named_children()).values())[-1][1]
 
 
 def available_memory(device: torch.device) -> int:

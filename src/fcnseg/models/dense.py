@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fcnseg.models.fcn import FCN
-from fcnseg.models.geometry import ELEMENTWISE, AffineMap, path_map
+from fcnseg.models.geometry import ELEMENTWISE, AffineMap, out_length, path_map, window
 from fcnseg.models.vgg import VGG16_WIDTHS, vgg16_backbone
 
 __all__ = [
@@ -238,37 +238,15 @@ def _exact_interval(layers: list[nn.Module], length: int, axis: int) -> tuple[in
     for layer in layers:
         if isinstance(layer, ELEMENTWISE):
             continue
-        k, s, p, d = _window(layer, axis)
+        k, s, p, d = window(layer, axis)
         if isinstance(layer, nn.MaxPool2d):
             lo, hi = max(lo or 0, 0), min(length if hi is None else hi, length)  # -inf is not zero
-        count = _out_length(layer, length, axis)
+        count = out_length(layer, length, axis)
         # output o reads o*s - p + [0, d(k-1)]: exact when all of it lies in [lo, hi)
         lo = 0 if lo is None else max(0, -(-(lo + p) // s))
         hi = count if hi is None else min(count, (hi - 1 + p - d * (k - 1)) // s + 1)
         length = count
     return (0, length) if lo is None else (lo, max(lo, hi))
-
-
-def _window(layer: nn.Module, axis: int) -> tuple[int, int, int, int]:
-    """Kernel, stride, padding and dilation of a convolution or pooling along ``axis``."""
-    if not isinstance(layer, _STRIDED):
-        raise TypeError(f"no window known for {type(layer).__name__}")
-    attrs = (layer.kernel_size, layer.stride, layer.padding, layer.dilation)
-    return tuple(int(v[axis]) if isinstance(v, tuple) else int(v) for v in attrs)
-
-
-def _out_length(layer: nn.Module, length: int, axis: int) -> int:
-    """Output size along ``axis`` as PyTorch computes it (0 where the window does not fit)."""
-    if isinstance(layer, ELEMENTWISE):
-        return length
-    k, s, p, d = _window(layer, axis)
-    reach = length + 2 * p - d * (k - 1) - 1
-    if reach < 0:
-        return 0
-    if not getattr(layer, "ceil_mode", False):
-        return reach // s + 1
-    count = -(-reach // s) + 1
-    return count - 1 if (count - 1) * s >= length + p else count  # no window may start in the right padding
 
 
 def dilated_fcn(model: FCN, stride: int) -> FCN:
@@ -334,7 +312,7 @@ def _pad_for_any_size(backbone: nn.Sequential, stride: int) -> None:
         offset = -path_map([*layers, upsample]).shift  # upsampled pixel 0 sits at input -offset
         length = 1
         for layer in layers:
-            length = _out_length(layer, length, 0) if length else 0
+            length = out_length(layer, length, 0) if length else 0
         if offset >= 0 and length and (length - 1) * stride + kernel >= offset + 1:
             return
         first.padding = tuple(p + 1 for p in first.padding)

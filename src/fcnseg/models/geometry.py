@@ -28,6 +28,43 @@ ELEMENTWISE = (
 )
 
 
+WINDOWED = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+
+
+def window(layer: nn.Module, axis: int = 0) -> tuple[int, int, int, int]:
+    """Kernel, stride, padding and dilation of a convolution or pooling along ``axis``."""
+    if not isinstance(layer, WINDOWED):
+        raise TypeError(f"no window known for {type(layer).__name__}")
+    attrs = (layer.kernel_size, layer.stride, layer.padding, getattr(layer, "dilation", 1))
+    return tuple(int(v[axis]) if isinstance(v, tuple) else int(v) for v in attrs)
+
+
+def out_length(layer: nn.Module, length: int, axis: int = 0) -> int:
+    """Output size along ``axis`` as PyTorch computes it (0 where the window does not fit)."""
+    if isinstance(layer, ELEMENTWISE):
+        return length
+    k, s, p, d = window(layer, axis)
+    reach = length + 2 * p - d * (k - 1) - 1
+    if reach < 0:
+        return 0
+    if not getattr(layer, "ceil_mode", False):
+        return reach // s + 1
+    count = -(-reach // s) + 1
+    return count - 1 if (count - 1) * s >= length + p else count  # no window may start in the right padding
+
+
+def receptive_fields(layers: Iterable[tuple[str, nn.Module]]) -> dict[str, tuple[int, int]]:
+    """(stride, receptive field side) in input pixels of each named layer's output, in order."""
+    fields, stride, field = {}, 1, 1
+    for name, layer in layers:
+        if not isinstance(layer, ELEMENTWISE):
+            kernel, step, _, dilation = window(layer)
+            field += (kernel - 1) * dilation * stride
+            stride *= step
+        fields[name] = (stride, field)
+    return fields
+
+
 def _pair(value: int | tuple[int, ...]) -> int:
     """Our nets are square in every kernel, stride and padding; refuse anything else."""
     if isinstance(value, tuple):
