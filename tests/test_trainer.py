@@ -336,3 +336,10 @@ def test_channels_last_trains_the_same_net_and_hands_back_the_usual_layout(tmp_p
     assert [r["mean_iu"] for r in nhwc.history] == pytest.approx(
         [r["mean_iu"] for r in plain.history], abs=0.02
     )
+
+
+def test_a_data_folder_without_a_data_set_name_means_folder():
+    assert TrainConfig(data="my-data").dataset == "folder"
+    assert TrainConfig.from_dict({"data": "my-data"}).dataset == "folder"
+    assert TrainConfig().dataset == "synthetic"
+    assert TrainConfig(dataset="voc", data="VOC").dataset == "voc"

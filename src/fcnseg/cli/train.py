@@ -138,8 +138,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         values.update(load_recipe(args.config))
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     flags = {name: value for name, value in vars(args).items() if name in fields and value is not None}
-    if "data" in flags and "dataset" not in flags and "dataset" not in values:
-        flags["dataset"] = "folder"
     values.update(flags)
     if args.quiet:
         values["progress"] = False

@@ -91,7 +91,7 @@ class TrainConfig:
     weight_init: str = "default"  # "kaiming" re-initialises the backbone for training from scratch
     dropout: float | None = None  # overrides fc6/fc7 dropout (VGG's 0.5); 0 learns faster from scratch
     # Data
-    dataset: str = "synthetic"
+    dataset: str | None = None  # None: "folder" when data names a folder, else "synthetic"
     data: str | None = None
     val_data: str | None = None  # folder data set: a second folder, else val_fraction of data
     val_fraction: float = 0.1
@@ -137,6 +137,8 @@ class TrainConfig:
     notes: str = ""  # what the experiment is, kept with the run
 
     def __post_init__(self) -> None:
+        if self.dataset is None:
+            self.dataset = "folder" if self.data else "synthetic"
         if self.widths is not None:
             self.widths = tuple(int(w) for w in self.widths)
         self.image_size = tuple(int(s) for s in self.image_size)
