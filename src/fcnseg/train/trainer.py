@@ -123,7 +123,7 @@ class TrainConfig:
     max_steps: int | None = None
     time_limit: float | None = None  # seconds; stops early (and makes "poly" anneal by time) when reached
     amp: str = "off"
-    # NHWC activations: on CPU 1.2x faster steps for narrow nets, slower for full VGG16. Same math,
+    # NHWC activations: on CPU 1.4-1.6x faster steps for narrow nets, slower for full VGG16. Same math,
     # but dropout masks are drawn in memory order, so they differ from the default layout's.
     channels_last: bool = False
     # Running
