@@ -14,7 +14,6 @@ import importlib.util
 import sys
 import types
 
-import torch
 from torch import nn
 
 
@@ -64,10 +63,3 @@ def torchfcn_twin(model: nn.Module, arch: str) -> nn.Module:
     }
     net.load_state_dict(state, strict=True)
     return net.eval()
-
-
-def copy_to_torchfcn_check(model: nn.Module, twin: nn.Module, x: torch.Tensor) -> float:
-    """max |fcnseg - torchfcn| / max |torchfcn| on ``x``."""
-    with torch.inference_mode():
-        a, b = model(x), twin(x)
-    return float((a - b).abs().max() / b.abs().max())

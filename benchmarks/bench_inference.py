@@ -34,6 +34,7 @@ from _results import machine, write_section  # noqa: E402
 
 import fcnseg  # noqa: E402
 from fcnseg.infer.fast import optimize  # noqa: E402
+from fcnseg.models.flops import compute_cost  # noqa: E402
 
 
 def seeded_model(arch: str, seed: int = 0) -> nn.Module:
@@ -49,30 +50,6 @@ def seeded_model(arch: str, seed: int = 0) -> nn.Module:
             elif isinstance(module, nn.ConvTranspose2d) and module.weight.requires_grad:
                 module.weight.add_(0.01 * torch.randn_like(module.weight))
     return model
-
-
-def count_flops(model: nn.Module, x: torch.Tensor) -> int:
-    """FLOPs of one forward: 2 x multiply-adds of every (transposed) convolution, from shapes."""
-    total = 0
-
-    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        nonlocal total
-        k = module.kernel_size[0] * module.kernel_size[1]
-        if isinstance(module, nn.ConvTranspose2d):
-            total += 2 * inputs[0].numel() * module.out_channels // module.groups * k
-        else:
-            total += 2 * output.numel() * module.in_channels // module.groups * k
-
-    handles = [
-        m.register_forward_hook(hook)
-        for m in model.modules()
-        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)
-    ]
-    with torch.inference_mode():
-        model(x)
-    for handle in handles:
-        handle.remove()
-    return total
 
 
 def best_seconds(fn: Callable[[], object], rounds: int = 5) -> float:
@@ -194,13 +171,14 @@ def main(argv: list[str] | None = None) -> None:
             if args.extras and batch == 1 and size == min(sizes):
                 fast_bf16 = optimize(model, torch.bfloat16)
                 with torch.inference_mode():
-                    labels = (fast_bf16(x).argmax(1) == reference.argmax(1)).float().mean().item()
-                agreement["fcnseg fast bf16"] = relative_error(fast_bf16(x), reference)
+                    out_bf16 = fast_bf16(x)
+                labels = (out_bf16.argmax(1) == reference.argmax(1)).float().mean().item()
+                agreement["fcnseg fast bf16"] = relative_error(out_bf16, reference)
                 notes.append(f"bf16 at {size}: {100 * labels:.2f}% of pixels keep the fp32 label")
                 variants["fcnseg fast bf16"] = fast_bf16
             flops = {
-                "torchfcn": count_flops(twin, x[:1]),
-                "fcnseg fast": count_flops(fast, x[:1]),
+                "torchfcn": 2 * compute_cost(twin, (size, size)).macs,
+                "fcnseg fast": 2 * compute_cost(fast, (size, size)).macs,
             }
             times = time_cell(variants, x, args.rounds if batch == 1 else max(2, args.rounds - 2))
             base = statistics.median(times["torchfcn"])
