@@ -9,9 +9,8 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -22,6 +21,7 @@ from fcnseg.infer.overlay import colorize, overlay
 from fcnseg.infer.predict import predict_batch, resolve_device
 from fcnseg.infer.tiling import parse_memory
 from fcnseg.models.fcn import FCN
+from fcnseg.weights.checkpoint import atomic_write
 from fcnseg.weights.load import load
 
 IMAGE_SUFFIXES = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
@@ -130,29 +130,17 @@ def _prepare_out(out: Path) -> None:
         raise OSError(f"output folder {out} cannot be written ({error.strerror or error})") from None
 
 
-def _write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write through a temporary file beside ``path``: an interrupted run leaves no torn output."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_outputs(
     args: argparse.Namespace, stem: str, image: np.ndarray, labels: np.ndarray, probs: np.ndarray | None
 ) -> None:
     out = Path(args.out)
-    _write_atomic(out / f"{stem}.png", lambda f: colorize(labels).save(f, format="PNG"))
+    atomic_write(out / f"{stem}.png", lambda f: colorize(labels).save(f, format="PNG"))
     if args.overlay:
         shown = Image.fromarray(overlay(image, labels, alpha=args.overlay_alpha))
         fmt = "JPEG" if args.overlay_format == "jpg" else "PNG"
-        _write_atomic(out / f"{stem}_overlay.{args.overlay_format}", lambda f: shown.save(f, format=fmt))
+        atomic_write(out / f"{stem}_overlay.{args.overlay_format}", lambda f: shown.save(f, format=fmt))
     if args.probs:
-        _write_atomic(out / f"{stem}_probs.npy", lambda f: np.save(f, probs.astype(args.probs_dtype)))
+        atomic_write(out / f"{stem}_probs.npy", lambda f: np.save(f, probs.astype(args.probs_dtype)))
 
 
 def _describe(path: Path, error: BaseException) -> str:
