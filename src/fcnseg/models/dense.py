@@ -165,7 +165,12 @@ def rarefy(net: nn.Sequential, layer_name: str) -> nn.Sequential:
     if not isinstance(net, nn.Sequential):
         raise TypeError(f"rarefy takes an nn.Sequential (an FCN's backbone), got {type(net).__name__}")
     rarefied = copy.deepcopy(net)
-    leaves = _leaves(rarefied)
+    _rarefy_in_place(rarefied, layer_name)
+    return rarefied
+
+
+def _rarefy_in_place(net: nn.Sequential, layer_name: str) -> None:
+    leaves = _leaves(net)
     names = [name for name, _ in leaves]
     if layer_name not in names:
         raise ValueError(f"no layer {layer_name!r} in the net ({names})")
@@ -181,7 +186,6 @@ def rarefy(net: nn.Sequential, layer_name: str) -> nn.Sequential:
     target.stride = (1, 1) if isinstance(target, nn.Conv2d) else 1
     for name, layer in leaves[index + 1 :]:
         _spread(layer, factor, name)
-    return rarefied
 
 
 def _spread(layer: nn.Module, factor: int, name: str) -> None:
@@ -268,7 +272,7 @@ def dilated_fcn(model: FCN, stride: int) -> FCN:
         name, layer = strided.pop()
         step = _square(layer.stride, "strides")
         if step > 1 and current // step >= stride:
-            backbone = rarefy(backbone, name)
+            _rarefy_in_place(backbone, name)
             current //= step
     if current != stride:
         raise ValueError(f"output stride {stride} is not reachable by removing whole strides of this net")
