@@ -40,13 +40,17 @@ def get_preprocessing(name: str) -> Preprocessing:
 def preprocess(image: np.ndarray | torch.Tensor, mode: str = "caffe") -> torch.Tensor:
     """(H, W, 3) or (N, H, W, 3) RGB uint8 -> (3, H, W) or (N, 3, H, W) float32 net input."""
     preset = get_preprocessing(mode)
-    x = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
+    # torch.tensor copies while converting, so read-only arrays (np.asarray of a PIL image) are fine
+    x = (
+        image.to(torch.float32)
+        if isinstance(image, torch.Tensor)
+        else torch.tensor(image, dtype=torch.float32)
+    )
     if x.dim() not in (3, 4) or x.shape[-1] != len(preset.mean):
         raise ValueError(
             f"expected an (H, W, {len(preset.mean)}) or (N, H, W, {len(preset.mean)}) image, "
             f"got shape {tuple(x.shape)}"
         )
-    x = x.to(torch.float32)
     if preset.bgr:
         x = x.flip(-1)
     mean = torch.tensor(preset.mean, dtype=torch.float32)

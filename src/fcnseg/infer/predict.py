@@ -159,8 +159,6 @@ def predict_batch(
     implied by test-time augmentation. ``model`` is moved to ``device`` if given.
     """
     images = np.asarray(images)
-    if not images.flags.writeable:  # torch warns on read-only arrays, e.g. np.asarray(PIL image)
-        images = images.copy()
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"expected (N, H, W, 3) uint8 RGB images, got shape {images.shape} {images.dtype}")
     scales = tuple(tta_scales) if tta_scales else (1.0,)
