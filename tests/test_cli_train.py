@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import fcnseg
 from fcnseg.cli import main
 from fcnseg.cli.train import load_recipe
 from fcnseg.data.synthetic import write_synthetic_folder
@@ -118,3 +119,12 @@ def test_recipes_are_valid_configs(recipe):
 def test_there_are_recipes_for_the_papers_nets():
     names = {p.stem.split("_")[0] for p in RECIPES}
     assert {"fcn32s", "fcn32s-fixed", "fcn16s", "fcn8s", "fcn8s-atonce", "fcn-alexnet"} <= names
+
+
+def test_evaluate_on_cuda_without_cuda_says_so(tmp_path, capsys, monkeypatch):
+    weights = fcnseg.save_checkpoint(
+        fcnseg.build_model("fcn32s", 6, widths=(4, 8, 8, 16, 16, 32)), tmp_path / "m.pt"
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["evaluate", str(weights), "synthetic", "--images", "1", "--device", "cuda"]) == 2
+    assert "CUDA is not available here" in capsys.readouterr().err

@@ -8,8 +8,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-
+from fcnseg.infer.predict import resolve_device
 from fcnseg.train.metrics import scores
 from fcnseg.train.trainer import DATASETS, evaluate_confusion, open_dataset
 from fcnseg.weights.load import load
@@ -53,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"{args.weights} predicts {model.num_classes} classes but {args.data} has {dataset.num_classes}"
         )
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device or "auto")
     confusion = evaluate_confusion(
         model.to(device),
         dataset,
