@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from caffe_reference import restore_all
 
 
 @pytest.fixture(autouse=True)
@@ -16,13 +17,6 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
-def caffe_fixtures() -> Path:
-    """Files written by the real Caffe; ``shared/`` lies beside the clone (see its README.md)."""
-    folder = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "caffe"
-    if not folder.is_dir():
-        pytest.fail(
-            f"the Caffe reference files are not in {folder}: the conformance tests need the shared/ "
-            "folder beside this clone",
-            pytrace=False,
-        )
-    return folder
+def caffe_fixtures(tmp_path_factory) -> Path:
+    """A folder of files written by the real Caffe (``fixtures/caffe/README.md``), restored and checked."""
+    return restore_all(tmp_path_factory.mktemp("caffe"))
