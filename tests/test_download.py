@@ -1,4 +1,4 @@
-"""Download, verify and extract on local archives through file:// URLs; never the network."""
+"""Download, verify and extract on local archives through file:// URLs and a local server; never the network."""
 
 import hashlib
 import io
@@ -7,16 +7,18 @@ import time
 import zipfile
 
 import pytest
+from http_server import FileServer
 
-from fcnseg.data import download as dl
-from fcnseg.data.download import (
+from fcnseg import download as dl
+from fcnseg.download import (
     ARCHIVES,
-    Archive,
     ChecksumError,
     DownloadError,
+    RemoteFile,
     download,
     extract,
     fetch,
+    mirrored,
     verify,
 )
 
@@ -58,6 +60,11 @@ def test_checksum_mismatch_leaves_nothing(archive, tmp_path):
     assert list(dest.parent.iterdir()) == []
     with pytest.raises(ChecksumError, match="sha256"):
         download(path.as_uri(), dest, sha256=sha256[::-1], progress=False)
+    sha1 = hashlib.sha1(path.read_bytes()).hexdigest()
+    with pytest.raises(ChecksumError, match=f"sha1 is {sha1}, expected {'1' * 40}"):
+        download(path.as_uri(), dest, sha1="1" * 40, progress=False)
+    assert list(dest.parent.iterdir()) == []
+    assert download(path.as_uri(), dest, sha1=sha1, size=len(path.read_bytes()), progress=False) == dest
 
 
 def test_unknown_checksum_warns(archive, tmp_path):
@@ -132,7 +139,7 @@ def test_extract_rejects_other_files(tmp_path):
 
 def test_fetch_downloads_and_extracts_once(archive, tmp_path, monkeypatch):
     path, md5, _ = archive
-    monkeypatch.setitem(dl.ARCHIVES, "tiny", Archive(path.as_uri(), md5=md5))
+    monkeypatch.setitem(dl.ARCHIVES, "tiny", RemoteFile(path.as_uri(), md5=md5))
     root = tmp_path / "data"
     assert fetch("tiny", root, progress=False) == root
     assert (root / "tiny/a.txt").read_bytes() == b"alpha"
@@ -148,3 +155,33 @@ def test_known_archives_carry_published_checksums():
     assert ARCHIVES["sbd"].md5 == "82b4d87ceb2ed10f6038a1cba92111cb"
     assert ARCHIVES["sbd"].filename == "benchmark.tgz"
     assert ARCHIVES["nyud"].md5 is None and ARCHIVES["nyud"].sha256 is None  # none published
+
+
+def test_mirror_replaces_scheme_and_host(monkeypatch):
+    url = "http://dl.caffe.berkeleyvision.org/models/x.caffemodel?raw=1"
+    monkeypatch.delenv("FCNSEG_MIRROR", raising=False)
+    assert mirrored(url) == url
+    monkeypatch.setenv("FCNSEG_MIRROR", "https://mirror.lan/fcn/")
+    assert mirrored(url) == "https://mirror.lan/fcn/models/x.caffemodel?raw=1"
+
+
+def test_data_archives_download_through_the_mirror(archive, tmp_path, monkeypatch):
+    path, md5, _ = archive
+    server = FileServer()
+    try:
+        server.files["/pascal/VOC/tiny.tgz"] = path.read_bytes()
+        monkeypatch.setenv("FCNSEG_MIRROR", server.url)
+        monkeypatch.setitem(
+            dl.ARCHIVES, "tiny", RemoteFile("http://host.robots.ox.ac.uk/pascal/VOC/tiny.tgz", md5=md5)
+        )
+        fetch("tiny", tmp_path / "data", progress=False)
+        assert (tmp_path / "data/tiny/a.txt").read_bytes() == b"alpha"
+        assert server.hits["/pascal/VOC/tiny.tgz"] == 1
+        del server.files["/pascal/VOC/tiny.tgz"]
+        with pytest.raises(DownloadError, match=f"by hand from {server.url}/pascal/VOC/tiny.tgz"):
+            download(
+                "http://host.robots.ox.ac.uk/pascal/VOC/tiny.tgz", tmp_path / "again.tgz", progress=False
+            )
+        assert not (tmp_path / "again.tgz").exists()
+    finally:
+        server.close()

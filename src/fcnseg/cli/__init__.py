@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("convert", "train", "evaluate", "demo", "info", "predict", "export")
+COMMANDS = ("convert", "train", "evaluate", "demo", "info", "predict", "export", "weights")
 """Sub-command modules of this package; each has ``add_parser(subparsers)`` setting ``run``."""
 
 

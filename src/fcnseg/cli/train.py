@@ -25,7 +25,7 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
         "--widths",
         {"type": lambda s: tuple(int(w) for w in s.split(",")), "help": "narrow VGG16: c1,c2,c3,c4,c5,fc"},
     ),
-    ("--init", {"help": "checkpoint to start from (staged training: 16s from 32s, 8s from 16s)"}),
+    ("--init", {"help": "checkpoint or published name to start from (imagenet, voc-fcn32s, ...)"}),
     (
         "--weight-init",
         {

@@ -28,6 +28,10 @@ PRESETS: dict[str, Preprocessing] = {
     "caffe": Preprocessing("caffe", True, 1.0, (104.00698793, 116.66876762, 122.67891434), (1.0,) * 3),
     # torchvision's ImageNet models: RGB in [0, 1], normalised by the ImageNet mean and std.
     "imagenet": Preprocessing("imagenet", False, 1 / 255, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    # The FCN authors' NYUDv2 models (their nyud_layers.py): colour as BGR minus the NYUD mean pixel;
+    # HHA images in file order minus the HHA mean.
+    "nyud-color": Preprocessing("nyud-color", True, 1.0, (116.190, 97.203, 92.318), (1.0,) * 3),
+    "nyud-hha": Preprocessing("nyud-hha", False, 1.0, (132.431, 94.076, 118.477), (1.0,) * 3),
 }
 
 

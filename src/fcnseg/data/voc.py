@@ -62,7 +62,7 @@ def find_voc_dir(root: str | Path, year: str = "2012") -> Path:
             return candidate
     raise FileNotFoundError(
         f"no PASCAL VOC{year} under {root}: expected {candidates[0]}/JPEGImages "
-        f"(get it with fcnseg.data.download.fetch('voc{year}', '{root}'))"
+        f"(get it with fcnseg.download.fetch('voc{year}', '{root}'))"
     )
 
 
@@ -75,7 +75,7 @@ def find_sbd_dir(root: str | Path) -> Path:
             return candidate
     raise FileNotFoundError(
         f"no SBD under {root}: expected {candidates[0]}/cls "
-        f"(get it with fcnseg.data.download.fetch('sbd', '{root}'))"
+        f"(get it with fcnseg.download.fetch('sbd', '{root}'))"
     )
 
 

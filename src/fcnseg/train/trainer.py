@@ -45,6 +45,7 @@ from fcnseg.train.losses import (
 from fcnseg.train.metrics import confusion_matrix, scores
 from fcnseg.train.plot import plot_curves
 from fcnseg.weights.checkpoint import atomic_save, checkpoint_dict, read_checkpoint
+from fcnseg.weights.hub import resolve
 
 __all__ = [
     "LOG_COLUMNS",
@@ -87,7 +88,7 @@ class TrainConfig:
     arch: str = "fcn8s"
     widths: tuple[int, ...] | None = None
     frozen_upsampling: str = "final"
-    init: str | None = None  # checkpoint to start from (staged training: 16s from 32s, 8s from 16s)
+    init: str | None = None  # checkpoint, or a published name such as "imagenet" (weights.hub.resolve)
     weight_init: str = "default"  # "kaiming" re-initialises the backbone for training from scratch
     dropout: float | None = None  # overrides fc6/fc7 dropout (VGG's 0.5); 0 learns faster from scratch
     # Data
@@ -752,7 +753,8 @@ class Trainer:
                 if isinstance(module, nn.Dropout):
                     module.p = config.dropout
         if config.init and staged:
-            initial = read_checkpoint(config.init)
+            progress = config.progress and (self.context is None or self.context.is_main)
+            initial = read_checkpoint(resolve(config.init, config.arch, config.widths, progress))
             expected = initial.get("meta", {}).get("preprocess", config.preprocess)
             if expected != config.preprocess:
                 warnings.warn(

@@ -8,18 +8,22 @@ from pathlib import Path
 import torch
 
 from fcnseg.models.fcn import FCN
+from fcnseg.weights import hub
 from fcnseg.weights.caffe import load_caffe_fcn
 from fcnseg.weights.checkpoint import load_checkpoint
 
 
 def load(path: str | os.PathLike, arch: str | None = None, map_location: str | torch.device = "cpu") -> FCN:
-    """A ready model (eval mode) from an fcnseg checkpoint or an original Caffe FCN model.
+    """A ready model (eval mode) from an fcnseg checkpoint, an original Caffe FCN model, or a
+    published model by name (``"voc-fcn8s"``; ``fcnseg weights list``), downloaded and converted once.
 
     Caffe models are recognised by their ``.caffemodel`` suffix or, failing that,
     by not being a torch zip archive; ``arch`` is only needed to check a Caffe
     file against what you expect, since the file itself says which net it holds.
     """
     path = Path(path)
+    if hub.is_name(path):
+        path = hub.checkpoint(str(path))
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     with path.open("rb") as f:

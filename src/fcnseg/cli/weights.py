@@ -1,0 +1,80 @@
+"""``fcnseg weights``: the published weights by name, what they are and whether they are cached."""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+
+from fcnseg.models.registry import ARCHITECTURES
+from fcnseg.weights import hub
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("weights", help="published weights by name: list them, fetch one")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="names, nets, classes, data sets, sizes, scores, cache state")
+    listing.set_defaults(run=run_list)
+    get = actions.add_parser("get", help="download, verify and convert one into the cache; print its path")
+    get.add_argument("name", help="a name from 'fcnseg weights list', or imagenet / imagenet-caffe")
+    get.add_argument(
+        "--arch", choices=sorted(ARCHITECTURES), help="for ImageNet classifiers: the net to convert it for"
+    )
+    get.set_defaults(run=run_get)
+
+
+def _size(name: str) -> str:
+    size = hub.download_size(name)
+    if size is None:
+        return "?"
+    value, exact = size
+    return f"{value / 1e6:.1f} MB" if exact else f"~{value / 1e6:.0f} MB"
+
+
+def run_list(args: argparse.Namespace) -> int:
+    columns = ("name", "net", "classes", "data set", "download", "published score", "cached")
+    rows = []
+    for name, weights in hub.WEIGHTS.items():
+        net = f"{weights.arch} (classifier)" if weights.is_classifier else weights.arch
+        cached = "no (cannot load)" if weights.missing else "yes" if hub.is_cached(name) else "no"
+        rows.append(
+            (name, net, str(weights.num_classes), weights.dataset, _size(name), weights.score or "-", cached)
+        )
+    widths = [max(len(row[i]) for row in (columns, *rows)) for i in range(len(columns))]
+    for row in (columns, *rows):
+        cells = [
+            cell.rjust(w) if i == 2 else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        print("  ".join(cells).rstrip())
+    print()
+    print("scores: mean IU on PASCAL VOC (seg11valid, seg12test) as the FCN authors publish them; ImageNet")
+    print("accuracy of the classifiers. ~ sizes are estimates (4 bytes per parameter); others are published.")
+    missing: dict[str, list[str]] = {}
+    for name, weights in hub.WEIGHTS.items():
+        if weights.missing:
+            missing.setdefault(weights.missing, []).append(name)
+    if missing:
+        print("\nnot loadable yet (listed, never downloaded):")
+        for reason, names in missing.items():
+            print(
+                textwrap.fill(
+                    f"{', '.join(names)}: {reason}", 100, initial_indent="  ", subsequent_indent="    "
+                )
+            )
+    print("\n'fcnseg train --init NAME' takes an FCN above, a classifier that fits the net, or")
+    for alias, by_family in hub.INIT_NAMES.items():
+        print(f"  {alias}: {', '.join(f'{name} for {family} nets' for family, name in by_family.items())}")
+    print(f"\ncache: {hub.home()} (set FCNSEG_HOME to move it; FCNSEG_MIRROR to download from a mirror)")
+    return 0
+
+
+def run_get(args: argparse.Namespace) -> int:
+    name = args.name
+    if args.arch is not None:
+        path = hub.resolve(name, arch=args.arch)
+    elif name in hub.WEIGHTS and hub.get(name).is_classifier:
+        path = hub.fetch(name)
+    else:
+        path = hub.checkpoint(name)
+    print(path)
+    return 0

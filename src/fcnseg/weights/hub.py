@@ -1,0 +1,436 @@
+"""Weights by name: the FCN authors' published models and the ImageNet classifiers they started from,
+downloaded once, verified, converted to fcnseg checkpoints and cached under ``$FCNSEG_HOME``.
+
+Cache layout (``home()``)::
+
+    downloads/<original file>            an ImageNet classifier as published, kept to convert it per net
+    downloads/<original file>.sha256     the SHA-256 recorded at first download of a file that has no
+                                         published checksum; later downloads must match it
+    checkpoints/<name>.pt                a published FCN model as an fcnseg checkpoint (the original
+                                         .caffemodel is removed once converted)
+    checkpoints/<classifier>.<arch>.pt   an ImageNet classifier as the backbone of <arch>
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from fcnseg.data.context import CONTEXT_CLASSES
+from fcnseg.data.nyud import NYUD_CLASSES
+from fcnseg.data.voc import VOC_CLASSES
+from fcnseg.download import RemoteFile, download
+from fcnseg.models.alexnet import ALEXNET_WIDTHS
+from fcnseg.models.registry import ARCHITECTURES, build_model
+from fcnseg.models.vgg import VGG16_WIDTHS
+from fcnseg.weights.caffe import load_caffe_fcn
+from fcnseg.weights.checkpoint import save_checkpoint
+from fcnseg.weights.imagenet import fcn_from_imagenet
+
+__all__ = [
+    "INIT_NAMES",
+    "WEIGHTS",
+    "UnknownWeightsError",
+    "UnsupportedWeightsError",
+    "Weights",
+    "checkpoint",
+    "download_size",
+    "fetch",
+    "get",
+    "home",
+    "is_cached",
+    "is_name",
+    "resolve",
+]
+
+
+class UnknownWeightsError(ValueError):
+    """A name that is neither an existing file nor published weights."""
+
+
+class UnsupportedWeightsError(ValueError):
+    """Published weights for a net that fcnseg cannot build (yet)."""
+
+
+@dataclass(frozen=True)
+class Weights:
+    """One set of published weights: the file, what it holds and what fcnseg makes of it."""
+
+    file: RemoteFile
+    arch: str  # the fcnseg architecture it loads as; for an ImageNet classifier "vgg16" or "alexnet"
+    num_classes: int
+    dataset: str
+    preprocess: str
+    widths: tuple[int, ...]
+    options: tuple[tuple[str, object], ...] = ()  # backbone options besides widths (AlexNet's groups, lrn)
+    class_names: tuple[str, ...] | None = None
+    score: str = ""  # as published
+    missing: str = ""  # what fcnseg lacks to build the net; empty when it loads
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.arch in _FAMILY_WIDTHS
+
+    @property
+    def family(self) -> str:
+        return self.arch if self.is_classifier else _family(self.arch)
+
+
+_FAMILY_WIDTHS = {"vgg16": VGG16_WIDTHS, "alexnet": ALEXNET_WIDTHS}
+_FAMILY_FCN = {"vgg16": "fcn32s", "alexnet": "fcn-alexnet"}
+
+
+def _family(arch: str) -> str:
+    return "alexnet" if arch == "fcn-alexnet" else "vgg16"
+
+
+_BVLC = "http://dl.caffe.berkeleyvision.org"
+_VOC = "PASCAL VOC + SBD"
+_TWO_HEADS = (
+    "two score heads on one VGG16 trunk, 33 semantic and 3 geometric classes (score_fr_sem, "
+    "score_fr_geo and their skips); fcnseg's FCN has one head"
+)
+
+
+def _fcn(
+    filename: str,
+    arch: str,
+    num_classes: int,
+    dataset: str,
+    class_names: tuple[str, ...] | None,
+    score: str = "",
+    preprocess: str = "caffe",
+    missing: str = "",
+    **checksums,
+) -> Weights:
+    widths = _FAMILY_WIDTHS[_family(arch)]
+    file = RemoteFile(f"{_BVLC}/{filename}", extract=False, **checksums)
+    return Weights(file, arch, num_classes, dataset, preprocess, widths, (), class_names, score, missing)
+
+
+# The published FCN models: every folder of github.com/shelhamer/fcn.berkeleyvision.org with a
+# caffemodel-url (nyud-fcn32s-color-d has none), scores from its README (mean IU). Checksums only
+# where a source publishes one; the other files get their SHA-256 recorded at first download.
+WEIGHTS: dict[str, Weights] = {
+    "voc-fcn32s": _fcn("fcn32s-heavy-pascal.caffemodel", "fcn32s", 21, _VOC, VOC_CLASSES, "63.6 seg11valid"),
+    "voc-fcn16s": _fcn("fcn16s-heavy-pascal.caffemodel", "fcn16s", 21, _VOC, VOC_CLASSES, "65.0 seg11valid"),
+    "voc-fcn8s": _fcn(
+        "fcn8s-heavy-pascal.caffemodel",
+        "fcn8s",
+        21,
+        _VOC,
+        VOC_CLASSES,
+        "65.5 seg11valid, 67.2 seg12test",
+        # sha1: opencv/opencv_extra testdata/dnn/download_models.py (model 'Fcn');
+        # md5: wkentaro/fcn fcn/data.py download_fcn8s_caffemodel (before commit 9421a40)
+        sha1="c449ea74dd7d83751d1357d6a8c323fcf4038962",
+        md5="c03b2953ebd846c270da1a8e8f200c09",
+    ),
+    "voc-fcn8s-atonce": _fcn(
+        "fcn8s-atonce-pascal.caffemodel", "fcn8s-atonce", 21, _VOC, VOC_CLASSES, "65.4 seg11valid"
+    ),
+    "voc-fcn-alexnet": _fcn(
+        "fcn-alexnet-pascal.caffemodel", "fcn-alexnet", 21, _VOC, VOC_CLASSES, "48.0 seg11valid"
+    ),
+    "nyud-fcn32s-color": _fcn(
+        "nyud-fcn32s-color-heavy.caffemodel", "fcn32s", 40, "NYUDv2", NYUD_CLASSES, preprocess="nyud-color"
+    ),
+    "nyud-fcn32s-hha": _fcn(
+        "nyud-fcn32s-hha-heavy.caffemodel", "fcn32s", 40, "NYUDv2 (HHA)", NYUD_CLASSES, preprocess="nyud-hha"
+    ),
+    "nyud-fcn32s-color-hha": _fcn(
+        "nyud-fcn32s-color-hha-heavy.caffemodel",
+        "fcn32s",
+        40,
+        "NYUDv2 (colour + HHA)",
+        NYUD_CLASSES,
+        missing="late fusion: two VGG16 streams, colour and HHA, whose scores are averaged "
+        "(score_frcolor, score_frhha); fcnseg builds one stream",
+    ),
+    **{
+        f"siftflow-{arch}": _fcn(
+            f"siftflow-{arch}-heavy.caffemodel", arch, 33, "SIFT Flow", None, missing=_TWO_HEADS
+        )
+        for arch in ("fcn32s", "fcn16s", "fcn8s")
+    },
+    **{
+        f"pascalcontext-{arch}": _fcn(
+            f"pascalcontext-{arch}-heavy.caffemodel", arch, 60, "PASCAL-Context", CONTEXT_CLASSES
+        )
+        for arch in ("fcn32s", "fcn16s", "fcn8s")
+    },
+    # ImageNet classifiers. torchvision's file names carry the first 8 hex digits of the SHA-256;
+    # the full digests are those of copies of the same files on huggingface.co (Git LFS / Xet
+    # pointers: xvjiarui/download_cache torch/hub/checkpoints/vgg16-397923af.pth, which also gives
+    # the size; CSWRY/VOSR torch_cache/checkpoints/alexnet-owt-7be5be79.pth), and they begin with
+    # those 8 digits. Scores: torchvision's model docs (acc@1), the VGG gist 211839e7 (dense,
+    # one scale), models/bvlc_alexnet/readme.md of BVLC/caffe (centre crop).
+    "vgg16-torchvision": Weights(
+        RemoteFile(
+            "https://download.pytorch.org/models/vgg16-397923af.pth",
+            sha256="397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0",
+            size=553433881,
+            extract=False,
+        ),
+        "vgg16",
+        1000,
+        "ImageNet",
+        "imagenet",
+        VGG16_WIDTHS,
+        score="71.6 top-1",
+    ),
+    "alexnet-torchvision": Weights(
+        RemoteFile(
+            "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+            sha256="7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02",
+            extract=False,
+        ),
+        "alexnet",
+        1000,
+        "ImageNet",
+        "imagenet",
+        (64, 192, 384, 256, 256, 4096),
+        options=(("groups", 1), ("lrn", False)),
+        score="56.5 top-1",
+    ),
+    "vgg16-caffe": Weights(
+        RemoteFile(
+            "http://www.robots.ox.ac.uk/~vgg/software/very_deep/caffe/VGG_ILSVRC_16_layers.caffemodel",
+            extract=False,
+        ),
+        "vgg16",
+        1000,
+        "ImageNet",
+        "caffe",
+        VGG16_WIDTHS,
+        score="8.1% top-5 error",
+    ),
+    "alexnet-caffe": Weights(
+        # sha1: BVLC/caffe models/bvlc_alexnet/readme.md (also opencv_extra's download_models.py)
+        RemoteFile(
+            f"{_BVLC}/bvlc_alexnet.caffemodel", sha1="9116a64c0fbe4459d18f4bb6b56d647b63920377", extract=False
+        ),
+        "alexnet",
+        1000,
+        "ImageNet",
+        "caffe",
+        ALEXNET_WIDTHS,
+        score="57.1 top-1",
+    ),
+}
+
+INIT_NAMES: dict[str, dict[str, str]] = {
+    # torchvision's VGG16, "imagenet" preprocessing. Its AlexNet is single-tower without LRN and
+    # other widths: it cannot fill fcn-alexnet as fcnseg builds it (Caffe's layout).
+    "imagenet": {"vgg16": "vgg16-torchvision"},
+    # the Caffe classifiers the paper started from, "caffe" preprocessing
+    "imagenet-caffe": {"vgg16": "vgg16-caffe", "alexnet": "alexnet-caffe"},
+}
+"""Initialisations by backbone: ``resolve("imagenet", arch=...)`` picks the classifier for the arch."""
+
+
+def home() -> Path:
+    """The cache folder: ``$FCNSEG_HOME``, else ``$XDG_CACHE_HOME/fcnseg``, else ``~/.cache/fcnseg``."""
+    if os.environ.get("FCNSEG_HOME"):
+        return Path(os.environ["FCNSEG_HOME"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "fcnseg"
+
+
+def get(name: str) -> Weights:
+    """The published weights called ``name``; an unknown name is an error that lists the known ones."""
+    if name not in WEIGHTS:
+        raise UnknownWeightsError(
+            f"unknown weights {name!r}: neither a file nor a published name; known names: "
+            f"{', '.join(WEIGHTS)} (and for initialisation {', '.join(INIT_NAMES)}); see 'fcnseg weights list'"
+        )
+    return WEIGHTS[name]
+
+
+def _loadable(name: str) -> Weights:
+    weights = get(name)
+    if weights.missing:
+        raise UnsupportedWeightsError(
+            f"{name} cannot be loaded: fcnseg does not build this net yet ({weights.missing}); "
+            "nothing was downloaded"
+        )
+    return weights
+
+
+def _original(weights: Weights) -> Path:
+    return home() / "downloads" / weights.file.filename
+
+
+def _checkpoint_path(name: str, arch: str | None = None) -> Path:
+    return home() / "checkpoints" / (f"{name}.{arch}.pt" if arch else f"{name}.pt")
+
+
+def fetch(name: str, progress: bool = True) -> Path:
+    """The original file of ``name`` in the cache, downloaded and verified if it is not there yet.
+
+    Files without a published checksum have their SHA-256 recorded at first download (and size
+    checked where a source gives one); a later download that differs is refused. Nets that
+    fcnseg cannot build are refused before anything is downloaded.
+    """
+    weights = _loadable(name)
+    file, dest = weights.file, _original(weights)
+    published = file.md5 or file.sha1 or file.sha256
+    return download(
+        file.url,
+        dest,
+        md5=file.md5,
+        sha256=file.sha256,
+        sha1=file.sha1,
+        size=file.size,
+        record=None if published else dest.with_name(dest.name + ".sha256"),
+        progress=progress,
+    )
+
+
+def checkpoint(name: str, progress: bool = True) -> Path:
+    """The fcnseg checkpoint of the published FCN model ``name``, converted once and cached.
+
+    The checkpoint carries the model's class names and the preprocessing its weights expect.
+    The original Caffe file is removed after conversion (its SHA-256 record stays).
+    """
+    if name in INIT_NAMES:
+        raise ValueError(
+            f"{name} names ImageNet classifiers that initialise a net, not a segmentation model: "
+            f"fcnseg.weights.hub.resolve({name!r}, arch='fcn8s') or 'fcnseg train --init {name}'"
+        )
+    weights = _loadable(name)
+    if weights.is_classifier:
+        raise ValueError(
+            f"{name} is an ImageNet classifier, not a segmentation model: it initialises a net, "
+            f"e.g. fcnseg.weights.hub.resolve({name!r}, arch='fcn8s') or 'fcnseg train --init {name}'"
+        )
+    out = _checkpoint_path(name)
+    if out.is_file():
+        return out
+    original = fetch(name, progress)
+    _note(progress, f"converting {original.name} -> {out}")
+    model = load_caffe_fcn(original, weights.arch)
+    if model.num_classes != weights.num_classes:
+        raise ValueError(
+            f"{original}: holds {model.num_classes} classes, expected {weights.num_classes} for {name}"
+        )
+    model.meta.update(preprocess=weights.preprocess, weights=name)
+    if weights.class_names is not None:
+        model.meta["class_names"] = list(weights.class_names)
+    save_checkpoint(model, out)
+    original.unlink()
+    return out
+
+
+def _note(progress: bool, message: str) -> None:
+    if progress:
+        tqdm.write(message, file=sys.stderr)
+
+
+def is_cached(name: str) -> bool:
+    """Whether ``name`` is ready without network: the converted model, or the classifier's file."""
+    weights = get(name)
+    return (_original(weights) if weights.is_classifier else _checkpoint_path(name)).is_file()
+
+
+def download_size(name: str) -> tuple[int, bool] | None:
+    """The download's size in bytes and whether it is exact (published) rather than estimated
+    as 4 bytes per float32 parameter of the net; None for nets fcnseg cannot build."""
+    weights = get(name)
+    if weights.file.size is not None:
+        return weights.file.size, True
+    if weights.missing:
+        return None
+    options = dict(weights.options)
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        if weights.is_classifier:
+            net = build_model(_FAMILY_FCN[weights.arch], widths=weights.widths, **options).backbone
+            fc8 = weights.num_classes * (weights.widths[-1] + 1)
+        else:
+            net, fc8 = build_model(weights.arch, weights.num_classes, widths=weights.widths, **options), 0
+    return 4 * (sum(p.numel() for p in net.parameters()) + fc8), False
+
+
+def resolve(
+    name_or_path: str | os.PathLike,
+    arch: str | None = None,
+    widths: tuple[int, ...] | None = None,
+    progress: bool = True,
+) -> Path:
+    """A checkpoint to initialise ``build_model(arch, widths=widths)`` from: a path as it is, or
+    published weights by name, downloaded, verified and converted once (cached).
+
+    Names: a published FCN model (``"voc-fcn32s"``: staged training, fine-tuning), an ImageNet
+    classifier (``"vgg16-caffe"``, converted for ``arch``), or ``"imagenet"`` (torchvision's VGG16,
+    ``"imagenet"`` preprocessing) / ``"imagenet-caffe"`` (the Caffe VGG16 or AlexNet of the paper,
+    ``"caffe"`` preprocessing), which pick the classifier for ``arch``. The weights are checked
+    against the net (backbone, widths, layout) before anything is downloaded. The checkpoint's
+    ``meta["preprocess"]`` names the preprocessing its weights expect.
+    """
+    text = os.fspath(name_or_path)
+    if not is_name(text):
+        return Path(text)
+    if text not in INIT_NAMES:
+        get(text)  # an unknown name raises, listing the known ones
+    if arch is not None and arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
+    if text in INIT_NAMES:
+        if arch is None:
+            raise ValueError(f"{text} picks an ImageNet classifier by architecture: give arch")
+        name = INIT_NAMES[text].get(_family(arch), "")
+        if not name:
+            takers = [alias for alias, by_family in INIT_NAMES.items() if _family(arch) in by_family]
+            raise ValueError(
+                f"{text} has no {_family(arch)} classifier that fits {arch} (torchvision's AlexNet is "
+                f"single-tower without LRN; fcnseg builds Caffe's layout); use {' or '.join(takers)}"
+            )
+    else:
+        name = text
+    weights = _loadable(name)
+    if arch is not None:
+        _check_fits(name, weights, arch, widths)
+    if not weights.is_classifier:
+        return checkpoint(name, progress)
+    if arch is None:
+        raise ValueError(f"{name} is an ImageNet classifier: give the arch to convert it for")
+    out = _checkpoint_path(name, arch)
+    if not out.is_file():
+        original = fetch(name, progress)
+        _note(progress, f"converting {original.name} for {arch} -> {out}")
+        model = fcn_from_imagenet(arch, original)
+        model.meta["weights"] = name
+        save_checkpoint(model, out)
+    return out
+
+
+def is_name(name_or_path: str | os.PathLike) -> bool:
+    """Whether to read ``name_or_path`` as a weights name: a published name, or no existing file
+    and no path-like characters (``/``, ``.``), so that a typo meets the list of known names."""
+    text = os.fspath(name_or_path)
+    if text in WEIGHTS or text in INIT_NAMES:
+        return True
+    return not Path(text).exists() and not any(c in text for c in ("/", os.sep, "."))
+
+
+def _check_fits(name: str, weights: Weights, arch: str, widths: tuple[int, ...] | None) -> None:
+    """Refuse, before any download, weights that cannot fill the net ``build_model(arch, widths)``."""
+    family = _family(arch)
+    if weights.family != family:
+        raise ValueError(f"{name} holds a {weights.family} backbone; {arch} is built on {family}")
+    if weights.options:
+        layout = ", ".join(f"{k}={v}" for k, v in weights.options)
+        raise ValueError(
+            f"{name} fits {arch} only when built with widths {tuple(weights.widths)} and {layout} "
+            "(torchvision's single-tower layout), not the default layout of the net to initialise "
+            "(Caffe's two-tower AlexNet with LRN); use 'imagenet-caffe' (the Caffe AlexNet, preprocess caffe)"
+        )
+    wanted = tuple(widths) if widths is not None else _FAMILY_WIDTHS[family]
+    if wanted != tuple(weights.widths):
+        raise ValueError(
+            f"{name} has widths {tuple(weights.widths)}; a net of widths {wanted} cannot take its weights "
+            "(narrow nets start from scratch, or from a checkpoint of the same widths)"
+        )

@@ -1,0 +1,293 @@
+"""Weights by name: download through FCNSEG_MIRROR from a local server, verify, convert, cache, refuse."""
+
+import hashlib
+import io
+import re
+
+import numpy as np
+import pytest
+import torch
+from http_server import FileServer
+from PIL import Image
+
+import fcnseg
+from fcnseg.cli import main
+from fcnseg.data.voc import VOC_CLASSES
+from fcnseg.download import ChecksumError, DownloadError, RemoteFile
+from fcnseg.models.registry import ARCHITECTURES
+from fcnseg.train.trainer import TrainConfig, Trainer
+from fcnseg.weights import hub
+from fcnseg.weights.caffe import load_caffe_fcn
+from fcnseg.weights.hub import UnknownWeightsError, UnsupportedWeightsError, Weights
+
+FIXTURE_WIDTHS = (4, 8, 16, 32, 32, 64)  # the Caffe-written fcn8s fixture
+CAFFE_URL = "http://dl.caffe.berkeleyvision.org/fcn8s-heavy-pascal.caffemodel"
+CAFFE_PATH = "/fcn8s-heavy-pascal.caffemodel"
+TV_URL = "https://download.pytorch.org/models/vgg16-tiny.pth"
+TV_PATH = "/models/vgg16-tiny.pth"
+
+
+@pytest.fixture
+def server(monkeypatch, tmp_path):
+    """A local server as the mirror of every download, and an empty cache."""
+    files = FileServer()
+    monkeypatch.setenv("FCNSEG_MIRROR", files.url)
+    monkeypatch.setenv("FCNSEG_HOME", str(tmp_path / "home"))
+    yield files
+    files.close()
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """An empty registry to fill with test entries; the real one needs the real files."""
+    weights: dict[str, Weights] = {}
+    monkeypatch.setattr(hub, "WEIGHTS", weights)
+    return weights
+
+
+@pytest.fixture
+def caffe_bytes(caffe_fixtures):
+    return (caffe_fixtures / "fcn8s.caffemodel").read_bytes()
+
+
+def fcn_entry(**file) -> Weights:
+    return Weights(
+        RemoteFile(CAFFE_URL, extract=False, **file),
+        "fcn8s",
+        21,
+        "PASCAL VOC + SBD",
+        "caffe",
+        FIXTURE_WIDTHS,
+        class_names=VOC_CLASSES,
+        score="65.5 seg11valid",
+    )
+
+
+def files_in(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def torchvision_vgg16_state(widths=(4, 8, 16, 32, 32), fc=64) -> dict[str, torch.Tensor]:
+    """A narrow VGG16 with torchvision's keys: features.<index> convolutions, classifier.0/3/6."""
+    generator = torch.Generator().manual_seed(0)
+    state, index, channels = {}, 0, 3
+    for width, repeats in zip(widths, (2, 2, 3, 3, 3), strict=True):
+        for _ in range(repeats):
+            state[f"features.{index}.weight"] = torch.randn(width, channels, 3, 3, generator=generator)
+            state[f"features.{index}.bias"] = torch.randn(width, generator=generator)
+            index, channels = index + 2, width  # convolution, ReLU
+        index += 1  # max pool
+    for index, (out, inp) in zip((0, 3, 6), ((fc, channels * 49), (fc, fc), (1000, fc)), strict=True):
+        state[f"classifier.{index}.weight"] = torch.randn(out, inp, generator=generator)
+        state[f"classifier.{index}.bias"] = torch.randn(out, generator=generator)
+    return state
+
+
+def tv_entry(**file) -> Weights:
+    return Weights(
+        RemoteFile(TV_URL, extract=False, **file), "vgg16", 1000, "ImageNet", "imagenet", FIXTURE_WIDTHS
+    )
+
+
+def test_load_by_name_end_to_end_then_from_the_cache(server, registry, caffe_bytes, caffe_fixtures):
+    server.files[CAFFE_PATH] = caffe_bytes
+    registry["voc-fcn8s"] = fcn_entry(sha1=hashlib.sha1(caffe_bytes).hexdigest())
+    model = fcnseg.load("voc-fcn8s")
+    reference = load_caffe_fcn(caffe_fixtures / "fcn8s.caffemodel")
+    assert model.config["arch"] == "fcn8s" and not model.training
+    for key, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert model.meta["class_names"] == list(VOC_CLASSES) and model.meta["preprocess"] == "caffe"
+    assert model.meta["weights"] == "voc-fcn8s"
+    assert server.hits[CAFFE_PATH] == 1  # the mirror took the path of the original URL
+    home = hub.home()
+    assert files_in(home) == ["checkpoints/voc-fcn8s.pt"]  # the original is gone once converted
+    assert hub.is_cached("voc-fcn8s")
+    server.files.clear()
+    again = fcnseg.load("voc-fcn8s")
+    assert server.hits[CAFFE_PATH] == 1  # no network the second time
+    assert torch.equal(again.score_fr.weight, model.score_fr.weight)
+    image = home.parent / "photo.png"
+    Image.fromarray(np.random.RandomState(0).randint(0, 256, (20, 24, 3), dtype=np.uint8)).save(image)
+    assert main(["predict", "voc-fcn8s", str(image), "--out", str(home.parent / "out")]) == 0
+    assert np.asarray(Image.open(home.parent / "out" / "photo.png")).shape == (20, 24)
+
+
+def test_checksum_mismatch_names_the_file_and_both_sums_and_keeps_nothing(server, registry, caffe_bytes):
+    server.files[CAFFE_PATH] = caffe_bytes
+    registry["voc-fcn8s"] = fcn_entry(sha1="0" * 40)
+    with pytest.raises(ChecksumError) as info:
+        fcnseg.load("voc-fcn8s")
+    message = str(info.value)
+    assert "fcn8s-heavy-pascal.caffemodel" in message and "0" * 40 in message
+    assert hashlib.sha1(caffe_bytes).hexdigest() in message
+    assert files_in(hub.home()) == []
+
+
+@pytest.mark.parametrize("announced", [True, False], ids=["content-length", "no-content-length"])
+def test_size_mismatch_is_refused_and_keeps_nothing(server, registry, caffe_bytes, announced):
+    server.files[CAFFE_PATH] = caffe_bytes
+    if not announced:
+        server.no_length.add(CAFFE_PATH)
+    registry["voc-fcn8s"] = fcn_entry(size=len(caffe_bytes) + 1)
+    with pytest.raises(ChecksumError) as info:
+        fcnseg.load("voc-fcn8s")
+    assert f"{len(caffe_bytes):,}" in str(info.value) and f"{len(caffe_bytes) + 1:,}" in str(info.value)
+    assert "fcn8s-heavy-pascal.caffemodel" in str(info.value)
+    assert files_in(hub.home()) == []
+
+
+def test_interrupted_download_leaves_no_partial_file(server, registry, caffe_bytes):
+    server.files[CAFFE_PATH] = caffe_bytes
+    server.truncate.add(CAFFE_PATH)
+    registry["voc-fcn8s"] = fcn_entry()  # no published sum: only the length can tell
+    with pytest.raises(
+        DownloadError, match=rf"closed after {len(caffe_bytes) // 2:,} of {len(caffe_bytes):,}"
+    ):
+        fcnseg.load("voc-fcn8s")
+    assert files_in(hub.home()) == []
+
+
+def test_sha256_recorded_at_first_download_checks_later_copies(server, registry, caffe_bytes):
+    server.files[CAFFE_PATH] = caffe_bytes
+    registry["voc-fcn8s"] = fcn_entry(size=len(caffe_bytes))  # a pinned size, no published sum
+    with pytest.warns(UserWarning, match="no checksum is published.*recorded"):
+        first = fcnseg.load("voc-fcn8s")
+    record = hub.home() / "downloads" / "fcn8s-heavy-pascal.caffemodel.sha256"
+    digest = hashlib.sha256(caffe_bytes).hexdigest()
+    assert record.read_text() == f"{digest}  fcn8s-heavy-pascal.caffemodel\n"
+    (hub.home() / "checkpoints" / "voc-fcn8s.pt").unlink()
+    changed = bytearray(caffe_bytes)
+    changed[-1] ^= 1  # same size, other content: a different file behind the same URL
+    server.files[CAFFE_PATH] = bytes(changed)
+    with pytest.raises(ChecksumError, match="recorded at its first download") as info:
+        fcnseg.load("voc-fcn8s")
+    assert digest in str(info.value) and hashlib.sha256(changed).hexdigest() in str(info.value)
+    assert files_in(hub.home()) == ["downloads/fcn8s-heavy-pascal.caffemodel.sha256"]
+    server.files[CAFFE_PATH] = caffe_bytes
+    assert torch.equal(fcnseg.load("voc-fcn8s").score_fr.weight, first.score_fr.weight)
+
+
+def test_unknown_name_lists_the_known_names(server, registry, caffe_bytes, capsys):
+    registry["voc-fcn8s"] = fcn_entry()
+    for call in (lambda: fcnseg.load("voc-fcn9s"), lambda: hub.resolve("imagenett", arch="fcn8s")):
+        with pytest.raises(UnknownWeightsError, match="known names: voc-fcn8s"):
+            call()
+    assert main(["weights", "get", "voc-fcn9s"]) == 2
+    assert "voc-fcn9s" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="missing.pt"):  # a path stays a path
+        fcnseg.load("runs/missing.pt")
+    assert sum(server.hits.values()) == 0
+
+
+def test_net_fcnseg_cannot_build_is_refused_before_downloading(server, registry, caffe_bytes):
+    server.files["/siftflow-fcn8s-heavy.caffemodel"] = caffe_bytes
+    registry["siftflow-fcn8s"] = Weights(
+        RemoteFile("http://dl.caffe.berkeleyvision.org/siftflow-fcn8s-heavy.caffemodel"),
+        "fcn8s",
+        33,
+        "SIFT Flow",
+        "caffe",
+        FIXTURE_WIDTHS,
+        missing="two score heads",
+    )
+    with pytest.raises(UnsupportedWeightsError, match="two score heads.*nothing was downloaded"):
+        fcnseg.load("siftflow-fcn8s")
+    assert sum(server.hits.values()) == 0 and files_in(hub.home()) == []
+
+
+def test_weights_list_shows_what_each_is_and_the_cache(server, registry, caffe_bytes, capsys):
+    server.files[CAFFE_PATH] = caffe_bytes
+    registry["voc-fcn8s"] = fcn_entry(sha1=hashlib.sha1(caffe_bytes).hexdigest())
+    registry["vgg16-torchvision"] = tv_entry(size=553_433_881)
+    assert main(["weights", "list"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert rows["voc-fcn8s"][1:4] == ["fcn8s", "21", "PASCAL"] and rows["voc-fcn8s"][-1] == "no"
+    assert "seg11valid" in rows["voc-fcn8s"] and rows["vgg16-torchvision"][-4:-2] == ["553.4", "MB"]
+    assert main(["weights", "get", "voc-fcn8s"]) == 0
+    assert capsys.readouterr().out.strip() == str(hub.home() / "checkpoints" / "voc-fcn8s.pt")
+    assert main(["weights", "list"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^voc-fcn8s .* yes$", out, re.M) and f"cache: {hub.home()}" in out
+
+
+def test_real_weights_list_runs_offline(server, capsys):
+    assert main(["weights", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in hub.WEIGHTS:
+        assert re.search(rf"^{name} ", out, re.M), name
+    assert re.search(r"^siftflow-fcn8s .* no \(cannot load\)$", out, re.M)
+    assert sum(server.hits.values()) == 0
+
+
+def test_real_registry_is_consistent():
+    for name, weights in hub.WEIGHTS.items():
+        assert weights.is_classifier or weights.arch in ARCHITECTURES, name
+        if weights.class_names is not None:
+            assert len(weights.class_names) == weights.num_classes, name
+        if "download.pytorch.org" in weights.file.url:  # torchvision names carry the SHA-256's start
+            prefix = re.search(r"-([0-9a-f]{8})\.pth$", weights.file.url).group(1)
+            assert weights.file.sha256.startswith(prefix), name
+    for by_family in hub.INIT_NAMES.values():
+        assert all(hub.WEIGHTS[name].family == family for family, name in by_family.items())
+    estimate_of_vgg16 = 4 * 138_357_544  # torchvision's parameter count of VGG16
+    assert hub.download_size("vgg16-torchvision") == (553_433_881, True)
+    assert hub.download_size("vgg16-caffe") == (estimate_of_vgg16, False)
+    assert hub.download_size("siftflow-fcn8s") is None
+
+
+def test_init_imagenet_resolves_to_the_converted_classifier(server, registry, monkeypatch):
+    state = torchvision_vgg16_state()
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    server.files[TV_PATH] = buffer.getvalue()
+    registry["vgg16-torchvision"] = tv_entry(sha256=hashlib.sha256(buffer.getvalue()).hexdigest())
+    config = TrainConfig(
+        arch="fcn16s", widths=FIXTURE_WIDTHS, init="imagenet", preprocess="imagenet", progress=False
+    )
+    model = Trainer(config)._build_model(5, list("abcde"), staged=True)
+    assert torch.equal(model.backbone.conv1_1.weight, state["features.0.weight"])
+    assert torch.equal(model.backbone.conv5_3.weight, state["features.28.weight"])
+    assert torch.equal(model.backbone.fc6.weight, state["classifier.0.weight"].reshape(64, 32, 7, 7))
+    assert (
+        hub.resolve("imagenet", "fcn16s", FIXTURE_WIDTHS)
+        == hub.home() / "checkpoints" / "vgg16-torchvision.fcn16s.pt"
+    )
+    assert server.hits[TV_PATH] == 1  # converted once, from the one download
+    assert hub.resolve("imagenet", "fcn8s", FIXTURE_WIDTHS).name == "vgg16-torchvision.fcn8s.pt"
+    assert server.hits[TV_PATH] == 1  # the classifier stays cached for other nets
+    out = hub.home() / "run"
+    args = ["train", "--arch", "fcn8s", "--widths", "4,8,16,32,32,64", "--init", "imagenet"]
+    args += [
+        "--preprocess",
+        "imagenet",
+        "--train-images",
+        "2",
+        "--val-images",
+        "1",
+        "--image-size",
+        "32",
+        "40",
+    ]
+    assert main([*args, "--max-steps", "1", "--lr", "1e-12", "--quiet", "--out", str(out)]) == 0
+    trained = torch.load(out / "last.pt", weights_only=True)["state_dict"]["backbone.conv1_1.weight"]
+    assert torch.allclose(trained, state["features.0.weight"], atol=1e-6)
+
+
+def test_init_names_are_checked_against_the_net_before_downloading(server, capsys):
+    with pytest.raises(ValueError, match="widths"):  # narrow nets cannot take ImageNet weights
+        hub.resolve("imagenet", arch="fcn8s", widths=(4, 8, 16, 32, 32, 64))
+    with pytest.raises(ValueError, match="imagenet-caffe"):  # torchvision's AlexNet is single-tower
+        hub.resolve("imagenet", arch="fcn-alexnet")
+    with pytest.raises(ValueError, match="imagenet-caffe"):
+        hub.resolve("alexnet-torchvision", arch="fcn-alexnet")
+    with pytest.raises(ValueError, match="vgg16 backbone; fcn-alexnet"):
+        hub.resolve("voc-fcn8s", arch="fcn-alexnet")
+    with pytest.raises(UnsupportedWeightsError):
+        hub.resolve("siftflow-fcn16s", arch="fcn16s")
+    args = ["train", "--arch", "fcn8s", "--widths", "4,8,16,32,32,64", "--init", "imagenet", "--quiet"]
+    assert main([*args, "--train-images", "2", "--val-images", "1", "--out", str(hub.home() / "run")]) == 2
+    assert "cannot take its weights" in capsys.readouterr().err
+    assert sum(server.hits.values()) == 0
+    path = hub.home() / "some.pt"
+    assert hub.resolve(path, arch="fcn8s") == path  # files are the caller's to read
