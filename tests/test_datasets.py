@@ -195,15 +195,14 @@ def test_folder_lists_unpaired_files_once(tmp_path):
     assert "orphan.png" not in message  # sorted after the 20 listed
 
 
-def test_folder_errors_for_empty_no_classes_and_jpeg_masks(tmp_path):
+def test_folder_errors_for_empty_and_jpeg_masks(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
     with pytest.raises(ValueError, match="no images"):
         FolderSegmentation(tmp_path, num_classes=2)
     _image(tmp_path / "images" / "a.jpg")
     _mask(tmp_path / "masks" / "a.png", _ids(2, void=False))
-    with pytest.raises(ValueError, match=r"classes\.txt.*num_classes="):
-        FolderSegmentation(tmp_path)
+    assert FolderSegmentation(tmp_path).class_names == ("class0", "class1")  # counted in the mask
     assert FolderSegmentation(tmp_path, num_classes=2).class_names == ("class0", "class1")
     _image(tmp_path / "masks" / "b.jpg")
     with pytest.raises(ValueError, match=r"lossless.*b\.jpg"):

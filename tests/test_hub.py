@@ -15,6 +15,7 @@ from fcnseg.cli import main
 from fcnseg.data.voc import VOC_CLASSES
 from fcnseg.download import ChecksumError, DownloadError, RemoteFile
 from fcnseg.models.registry import ARCHITECTURES
+from fcnseg.train.distributed import Context
 from fcnseg.train.trainer import TrainConfig, Trainer
 from fcnseg.weights import hub
 from fcnseg.weights.caffe import load_caffe_fcn
@@ -245,7 +246,8 @@ def test_init_imagenet_resolves_to_the_converted_classifier(server, registry, mo
     config = TrainConfig(
         arch="fcn16s", widths=FIXTURE_WIDTHS, init="imagenet", preprocess="imagenet", progress=False
     )
-    model = Trainer(config)._build_model(5, list("abcde"), staged=True)
+    trainer = Trainer(config, context=Context())
+    model = trainer._build_model(5, list("abcde"), trainer._initial_weights())
     assert torch.equal(model.backbone.conv1_1.weight, state["features.0.weight"])
     assert torch.equal(model.backbone.conv5_3.weight, state["features.28.weight"])
     assert torch.equal(model.backbone.fc6.weight, state["classifier.0.weight"].reshape(64, 32, 7, 7))

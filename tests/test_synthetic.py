@@ -1,11 +1,14 @@
 """Tests for the synthetic data set, its folder writer and the PASCAL palette."""
 
+import colorsys
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from fcnseg.data.palette import pascal_palette
 from fcnseg.data.synthetic import (
+    CLASS_LOOKS,
     CLASS_NAMES,
     SyntheticSegmentation,
     make_sample,
@@ -74,17 +77,31 @@ def test_every_class_appears_and_background_dominates():
     assert 0.5 < counts[0] / counts.sum() < 0.95
 
 
-def test_colour_alone_does_not_give_the_class():
-    # Over a few images each foreground class shows up in clearly different mean colours.
+def _hues(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hue in degrees and saturation of (N, 3) RGB pixels."""
+    hsv = np.array([colorsys.rgb_to_hsv(*p) for p in pixels / 255.0])
+    return hsv[:, 0] * 360, hsv[:, 1]
+
+
+def test_each_class_has_its_own_look_and_the_clutter_borrows_it():
     dataset = SyntheticSegmentation(40, seed=1)
-    colours = {c: [] for c in range(1, len(CLASS_NAMES))}
+    near, far = {c: 0 for c in CLASS_LOOKS}, {c: 0 for c in CLASS_LOOKS}
+    saturated_background = []
     for i in range(len(dataset)):
         image, label = dataset[i]
         for c in np.unique(label[label > 0]):
-            colours[int(c)].append(image[label == c].mean(axis=0))
-    for class_id, means in colours.items():
-        spread = np.ptp(np.array(means), axis=0).max()
-        assert spread > 100, (CLASS_NAMES[class_id], spread)
+            hue, _ = _hues(np.median(image[label == c], axis=0, keepdims=True))
+            distance = abs((hue[0] - CLASS_LOOKS[int(c)][0] + 180) % 360 - 180)
+            if distance <= 50:
+                near[int(c)] += 1
+            else:
+                far[int(c)] += 1
+        _, saturation = _hues(image[label == 0][::25].astype(np.float64))
+        saturated_background.append((saturation > 0.45).mean())
+    for c in CLASS_LOOKS:  # mostly in its own hue family (occlusion and noise move some)
+        assert near[c] >= 4 * far[c], (CLASS_NAMES[c], near[c], far[c])
+    # Clutter painted in the classes' looks: colour alone does not say "object".
+    assert np.mean(saturated_background) > 0.05
 
 
 def test_write_folder_pairs_images_and_palette_masks(tmp_path):

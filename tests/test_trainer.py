@@ -1,6 +1,7 @@
 """Tests for the trainer: exact resume, safe checkpoints, divergence, staged and fixed training."""
 
 import csv
+import dataclasses
 import hashlib
 
 import pytest
@@ -11,6 +12,7 @@ import fcnseg.train.trainer as trainer_module
 import fcnseg.weights.checkpoint as checkpoint_module
 from fcnseg import build_model, load_checkpoint
 from fcnseg.data.preprocess import preprocess
+from fcnseg.train.distributed import Context
 from fcnseg.train.metrics import confusion_matrix
 from fcnseg.train.trainer import (
     LOG_COLUMNS,
@@ -35,6 +37,7 @@ def tiny_config(tmp_path, name="run", **overrides):
         val_images=3,
         image_size=(32, 48),
         loss="mean",
+        optimizer="sgd",
         lr=0.01,
         momentum=0.9,
         batch_size=2,
@@ -184,19 +187,33 @@ def test_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     assert resumed.steps == 6
 
 
-def test_paper_recipe_is_the_default():
+def test_defaults_learn_and_the_paper_recipe_is_there_by_name():
     config = TrainConfig()
-    assert (config.loss, config.lr, config.momentum, config.weight_decay, config.batch_size) == (
+    assert (config.loss, config.optimizer, config.lr, config.lr_schedule, config.init) == (
+        "mean",
+        "adam",
+        1e-4,
+        "poly",
+        "auto",
+    )
+    paper = TrainConfig.from_dict({"recipe": "paper", "momentum": 0.9})
+    assert (paper.loss, paper.optimizer, paper.lr, paper.weight_decay, paper.batch_size) == (
         "sum",
+        "sgd",
         1e-10,
-        0.99,
         5e-4,
         1,
     )
+    assert paper.caffe_bias and paper.lr_schedule == "fixed" and paper.preprocess == "caffe"
+    assert paper.momentum == 0.9  # keys beside the recipe override it
+    with pytest.raises(ValueError, match="unknown recipe 'caffe'; choose one of fcnseg, paper"):
+        TrainConfig.from_dict({"recipe": "caffe"})
 
 
 def test_caffe_bias_groups(tmp_path):
-    train(tiny_config(tmp_path, max_steps=1, val_every=1, optimizer="sgd", weight_decay=5e-4))
+    train(
+        tiny_config(tmp_path, max_steps=1, val_every=1, optimizer="sgd", weight_decay=5e-4, caffe_bias=True)
+    )
     groups = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["optimizer"]["param_groups"]
     assert [(g["lr"], g["weight_decay"]) for g in groups] == [(0.01, 5e-4), (0.02, 0.0)]
 
@@ -238,8 +255,8 @@ def test_staged_training_copies_matching_layers(tmp_path):
     config = tiny_config(
         tmp_path, "fcn16s", arch="fcn16s", max_steps=1, init=str(tmp_path / "fcn32s" / "last.pt")
     )
-    trainer = Trainer(config)
-    model = trainer._build_model(6, ["c"] * 6, staged=True)
+    trainer = Trainer(config, context=Context())
+    model = trainer._build_model(6, ["c"] * 6, trainer._initial_weights())
     for name, value in coarse.state_dict().items():
         if name.startswith(("backbone.", "score_fr.")):
             assert torch.equal(model.state_dict()[name], value), name
@@ -319,11 +336,19 @@ def test_init_made_for_other_preprocessing_warns(tmp_path):
         train_images=2,
         val_images=2,
         image_size=(32, 32),
+        preprocess="caffe",
         out=str(tmp_path / "run"),
         progress=False,
     )
     with pytest.warns(UserWarning, match="made for 'imagenet' preprocessing"):
         train(config)
+    # Left to "auto", the run takes the preprocessing the initial weights were made for.
+    auto = train(dataclasses.replace(config, preprocess="auto", out=str(tmp_path / "auto")))
+    assert auto.model.meta["preprocess"] == "imagenet"
+    assert (
+        torch.load(tmp_path / "auto" / "last.pt", weights_only=True)["train_config"]["preprocess"]
+        == "imagenet"
+    )
 
 
 def test_channels_last_trains_the_same_net_and_hands_back_the_usual_layout(tmp_path):

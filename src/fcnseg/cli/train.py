@@ -10,7 +10,7 @@ from typing import Any
 
 from fcnseg.cli.evaluate import format_metrics
 from fcnseg.train import distributed
-from fcnseg.train.trainer import DATASETS, TrainConfig, Trainer
+from fcnseg.train.trainer import DATASETS, RECIPES, TrainConfig, Trainer, TrainingInterrupted
 from fcnseg.weights.checkpoint import read_checkpoint
 
 if sys.version_info >= (3, 11):
@@ -25,7 +25,13 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
         "--widths",
         {"type": lambda s: tuple(int(w) for w in s.split(",")), "help": "narrow VGG16: c1,c2,c3,c4,c5,fc"},
     ),
-    ("--init", {"help": "checkpoint or published name to start from (imagenet, voc-fcn32s, ...)"}),
+    (
+        "--init",
+        {
+            "help": "checkpoint or published name to start from (imagenet, voc-fcn32s, ...); "
+            "auto: ImageNet when it can be had, else from scratch; none: from scratch"
+        },
+    ),
     (
         "--weight-init",
         {
@@ -44,12 +50,22 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--data", {"help": "data folder: images/ and masks/, or the root of --dataset"}),
     ("--val-data", {"help": "folder data set: a separate validation folder"}),
     ("--val-fraction", {"type": float, "help": "folder data set: fraction held out for validation"}),
+    (
+        "--num-classes",
+        {"type": int, "help": "folder data set without classes.txt (else counted in the masks)"},
+    ),
     ("--train-split", {"help": "split to train on (default: the paper's)"}),
     ("--val-split", {"help": "split to validate on (default: the paper's)"}),
     ("--train-images", {"type": int, "help": "synthetic: number of training images"}),
     ("--val-images", {"type": int, "help": "synthetic: number of validation images"}),
     ("--image-size", {"type": int, "nargs": 2, "metavar": ("MIN", "MAX"), "help": "synthetic: side range"}),
-    ("--preprocess", {"choices": ("caffe", "imagenet"), "help": "input preprocessing preset"}),
+    (
+        "--preprocess",
+        {
+            "choices": ("auto", "caffe", "imagenet"),
+            "help": "input preprocessing (auto: the initial weights')",
+        },
+    ),
     ("--flip", {"action": "store_const", "const": True, "help": "random horizontal flips"}),
     ("--scale-range", {"type": float, "nargs": 2, "metavar": ("MIN", "MAX"), "help": "random rescaling"}),
     ("--crop", {"type": int, "help": "random crops of this side, padded with the ignore label"}),
@@ -75,6 +91,10 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
     ),
     ("--epochs", {"type": int}),
     ("--max-steps", {"type": int, "help": "stop after this many steps"}),
+    (
+        "--time-limit",
+        {"type": float, "help": "stop after this many seconds (a poly schedule anneals by time)"},
+    ),
     ("--amp", {"choices": ("off", "bf16", "fp16"), "help": "mixed precision (CUDA only)"}),
     (
         "--channels-last",
@@ -86,6 +106,7 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
     ),
     ("--seed", {"type": int}),
     ("--val-every", {"type": int, "help": "steps between validations and checkpoints (default: each epoch)"}),
+    ("--checkpoint-every", {"type": float, "help": "seconds between saves of last.pt between validations"}),
     ("--val-batch-size", {"type": int}),
     ("--workers", {"type": int, "help": "DataLoader worker processes"}),
     ("--device", {"help": "cpu or cuda (default: cuda when available)"}),
@@ -101,6 +122,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--config, then flags. Under torchrun every process trains its share; rank 0 writes.",
     )
     parser.add_argument("--config", type=Path, help="a recipe file (TOML)")
+    parser.add_argument(
+        "--recipe",
+        choices=tuple(RECIPES),
+        help="named starting point for the settings (paper: the original solver, summed loss at lr 1e-10)",
+    )
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last.pt, with its settings"
     )
@@ -136,6 +162,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         values.update(read_checkpoint(Path(out) / "last.pt").get("train_config", {}))
     elif args.config:
         values.update(load_recipe(args.config))
+    if args.recipe:
+        values["recipe"] = args.recipe
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     flags = {name: value for name, value in vars(args).items() if name in fields and value is not None}
     values.update(flags)
@@ -149,6 +177,10 @@ def run(args: argparse.Namespace) -> int:
     context = distributed.init_from_env(config.device)
     try:
         result = Trainer(config, context=context).fit(resume=args.resume)
+    except TrainingInterrupted as stopped:
+        if context.is_main:
+            print(f"fcnseg train: {stopped}", file=sys.stderr)
+        return 128 + stopped.signal_number
     finally:
         distributed.shutdown(context)
     if context.is_main:

@@ -14,6 +14,7 @@ from fcnseg.data.images import check_pair, read_image, read_label
 
 __all__ = [
     "IGNORE_INDEX",
+    "DataError",
     "InMemory",
     "SegmentationDataset",
     "read_id_list",
@@ -23,6 +24,14 @@ __all__ = [
 
 IGNORE_INDEX = 255
 """The label of pixels that carry no class (object boundaries in VOC, unlabelled pixels)."""
+
+
+class DataError(ValueError):
+    """Image/mask pairs that cannot be used; ``problems`` lists every one of them."""
+
+    def __init__(self, message: str, problems: Sequence[str]):
+        super().__init__(message)
+        self.problems = list(problems)
 
 
 def validate_label(label: np.ndarray, num_classes: int, path: str | Path) -> None:
@@ -112,3 +121,32 @@ class InMemory(Dataset):
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         return self.pairs[index]
+
+
+def check_pairs(dataset: SegmentationDataset, progress: bool = False, listed: int = 20) -> np.ndarray:
+    """Read every pair of ``dataset`` once, as training would, and return the pixel count per class.
+
+    Raises one :class:`DataError` naming every pair that cannot be read, has an image and mask of
+    different sizes, or has label values that are not class ids, so that a bad file is found
+    before the first step rather than in the middle of an epoch.
+    """
+    counts = np.zeros(dataset.num_classes, dtype=np.int64)
+    problems = []
+    for index in tqdm(
+        range(len(dataset)), desc="checking images and masks", unit="pair", disable=not progress
+    ):
+        try:
+            _, label = dataset[index]
+        except (ValueError, OSError) as error:
+            problems.append(str(error))
+            continue
+        counts += np.bincount(label[label != IGNORE_INDEX].ravel(), minlength=dataset.num_classes)
+    if problems:
+        shown = "\n  ".join(problems[:listed])
+        more = f"\n  ... and {len(problems) - listed} more" if len(problems) > listed else ""
+        raise DataError(
+            f"{len(problems)} of {len(dataset)} image/mask pairs cannot be used; fix or remove them:"
+            f"\n  {shown}{more}",
+            problems,
+        )
+    return counts

@@ -5,7 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from fcnseg.data.datasets import SegmentationDataset
+import numpy as np
+from tqdm import tqdm
+
+from fcnseg.data.datasets import IGNORE_INDEX, SegmentationDataset
+from fcnseg.data.images import read_label
 
 __all__ = ["IMAGE_SUFFIXES", "MASK_SUFFIXES", "FolderSegmentation"]
 
@@ -26,8 +30,10 @@ class FolderSegmentation(SegmentationDataset):
         root/masks/sub/b.png      (an RGB mask in PASCAL palette colours also works)
 
     The classes come from ``classes.txt`` if present, else from ``class_names`` or
-    ``num_classes`` (names then default to ``class0``, ``class1``, ...). Every image needs a
-    mask and every mask an image; otherwise one error lists what is unpaired.
+    ``num_classes``, else from the masks themselves (the largest id other than 255, plus
+    one); names then default to ``class0``, ``class1``, ... ``classes_from`` says which.
+    Every image needs a mask and every mask an image; otherwise one error lists what is
+    unpaired.
     """
 
     def __init__(
@@ -67,7 +73,8 @@ class FolderSegmentation(SegmentationDataset):
                 f"{_listing(unpaired)}"
             )
         files = [(image_files[k], mask_files[k]) for k in sorted(image_files)]
-        super().__init__(files, _class_names(self.root, class_names, num_classes))
+        names, self.classes_from = _class_names(self.root, class_names, num_classes, [m for _, m in files])
+        super().__init__(files, names)
 
 
 _LAYOUT = "  root/images/<name>.<jpg|png|...>\n  root/masks/<name>.png\n  root/classes.txt (optional)"
@@ -87,26 +94,48 @@ def _by_key(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
     return found
 
 
-def _class_names(root: Path, class_names: Sequence[str] | None, num_classes: int | None) -> tuple[str, ...]:
+def _class_names(
+    root: Path, class_names: Sequence[str] | None, num_classes: int | None, masks: list[Path]
+) -> tuple[tuple[str, ...], str]:
+    """The class names and where they came from: classes.txt, the caller, or the masks."""
     listed = root / "classes.txt"
     if listed.is_file():
-        names = tuple(line.strip() for line in listed.read_text().splitlines() if line.strip())
+        names, source = (
+            tuple(line.strip() for line in listed.read_text().splitlines() if line.strip()),
+            "classes.txt",
+        )
         if class_names is not None and tuple(class_names) != names:
             raise ValueError(f"class_names {list(class_names)} contradict {listed}: {list(names)}")
     elif class_names is not None:
-        names = tuple(class_names)
-    elif num_classes is not None:
-        names = tuple(f"class{i}" for i in range(num_classes))
+        names, source = tuple(class_names), "given"
     else:
-        raise ValueError(
-            f"cannot tell how many classes {root} has: write {listed} (one class name per line, "
-            "background first) or pass class_names= or num_classes="
+        count, source = (
+            (num_classes, "given") if num_classes is not None else (_count_in_masks(masks), "masks")
         )
+        names = tuple(f"class{i}" for i in range(count))
     if num_classes is not None and num_classes != len(names):
         raise ValueError(f"num_classes={num_classes} but {len(names)} class names: {list(names)}")
     if not names:
         raise ValueError(f"the class list of {root} is empty")
-    return names
+    return names, source
+
+
+def _count_in_masks(masks: list[Path]) -> int:
+    """One more than the largest class id in ``masks`` (255 = ignore is not a class).
+
+    Unreadable masks are skipped here: checking every pair is the trainer's first step, and it
+    lists all problems at once.
+    """
+    largest = 0
+    for path in tqdm(masks, desc="counting classes in the masks", unit="mask", disable=len(masks) < 200):
+        try:
+            ids = np.unique(read_label(path))
+        except (ValueError, OSError):
+            continue
+        ids = ids[ids != IGNORE_INDEX]
+        if ids.size:
+            largest = max(largest, int(ids.max()))
+    return largest + 1
 
 
 def _listing(names: list[str]) -> str:

@@ -1,16 +1,17 @@
 """A seeded synthetic segmentation data set: textured shapes on cluttered backgrounds.
 
 It is the built-in data for the demo and the tests: no download, and every image
-is a pure function of its seed. It is built so that a net must learn what FCN is
-about: every class and every background distractor draws its colours and textures
-from one shared palette, so colour alone says nothing about the class; only shape
-does (a ring is a disc with a hole, a bar is a long square). Objects occlude each
-other and run off the border, and distractor blobs sit both behind and in front
-of them, so both context and exact boundaries matter.
+is a pure function of its seed. Like real classes, each class has its own look, a
+family of colours and a preferred texture, and neighbouring families overlap (an
+orange disc and an orange ring look alike). Background clutter includes blobs
+painted in the classes' own looks, so appearance says roughly *what*, while only
+shape and context say exactly *where*: a net must learn both, and its boundaries
+show how fine its output is. Objects occlude each other and run off the border.
 """
 
 from __future__ import annotations
 
+import colorsys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from tqdm import tqdm
 from fcnseg.data.palette import pascal_palette
 
 __all__ = [
+    "CLASS_LOOKS",
     "CLASS_NAMES",
     "DEFAULT_SIZE_RANGE",
     "SyntheticSegmentation",
@@ -32,22 +34,21 @@ __all__ = [
 CLASS_NAMES: tuple[str, ...] = ("background", "disc", "square", "triangle", "ring", "bar")
 DEFAULT_SIZE_RANGE: tuple[int, int] = (64, 128)
 
-# Shared by objects and distractors alike (RGB).
-_PALETTE = np.array(
-    [
-        (220, 40, 40),  # red
-        (40, 170, 60),  # green
-        (50, 80, 220),  # blue
-        (235, 200, 40),  # yellow
-        (40, 200, 210),  # cyan
-        (200, 60, 200),  # magenta
-        (240, 140, 30),  # orange
-        (235, 235, 235),  # white
-        (35, 35, 35),  # black
-        (140, 90, 50),  # brown
-    ],
-    dtype=np.float32,
-)
+TEXTURES = ("solid", "stripes", "speckle", "shading", "checker")
+
+# Each object class's look: centre hue (degrees) and preferred texture. Hues spread
+# +-_HUE_SPREAD around the centre, so families next to each other on the colour wheel
+# overlap: red discs meet yellow rings in orange, blue squares meet purple bars.
+CLASS_LOOKS = {
+    1: (0.0, "shading"),
+    2: (215.0, "checker"),
+    3: (120.0, "stripes"),
+    4: (50.0, "solid"),
+    5: (285.0, "speckle"),
+}
+_HUE_SPREAD = 40.0
+_PREFERRED_TEXTURE = 0.6  # otherwise any texture
+_CLASS_LOOKING_CLUTTER = 0.6  # share of clutter blobs painted in a class's look; the rest is drab
 _MIN_RADIUS = 3.0  # pixels; smaller shapes are no longer recognisable
 
 
@@ -80,15 +81,15 @@ def make_sample(
     image = _background(rng, yy, xx)
     label = np.zeros((height, width), dtype=np.int64)
     for _ in range(rng.integers(1, 4)):
-        _paint(rng, image, yy, xx, _blob_mask(rng, height, width))
+        _paint(rng, image, yy, xx, _blob_mask(rng, height, width), _clutter_look(rng))
     for _ in range(rng.integers(2, 6)):
         class_id = int(rng.integers(1, len(CLASS_NAMES)))
         mask = _SHAPES[class_id](rng, yy, xx, *_placement(rng, height, width))
-        _paint(rng, image, yy, xx, mask)
+        _paint(rng, image, yy, xx, mask, class_id)
         label[mask] = class_id
-    if rng.random() < 0.3:
+    if rng.random() < 0.3:  # clutter in front of the objects
         mask = _blob_mask(rng, height, width, coverage=0.06)
-        _paint(rng, image, yy, xx, mask)
+        _paint(rng, image, yy, xx, mask, _clutter_look(rng))
         label[mask] = 0
     image += rng.normal(0.0, rng.uniform(2.0, 10.0), size=image.shape).astype(np.float32)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), label
@@ -156,9 +157,9 @@ def _check_size_range(size_range: tuple[int, int]) -> tuple[int, int]:
 
 
 def _background(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-    """A two-colour linear gradient plus low-frequency colour noise, (H, W, 3) float32."""
+    """A gradient between two drab colours plus low-frequency colour noise, (H, W, 3) float32."""
     height, width = yy.shape
-    start, end = rng.uniform(0, 255, size=(2, 3)).astype(np.float32)
+    start, end = _drab(rng), _drab(rng)
     angle = rng.uniform(0, 2 * np.pi)
     t = np.cos(angle) * xx / width + np.sin(angle) * yy / height
     t = (t - t.min()) / max(float(np.ptp(t)), 1e-6)
@@ -193,31 +194,53 @@ def _blob_mask(rng: np.random.Generator, height: int, width: int, coverage: floa
     return field > np.quantile(field, 1 - coverage * rng.uniform(0.5, 1.5))
 
 
+def _hsv(hue: float, saturation: float, value: float) -> np.ndarray:
+    return np.array(colorsys.hsv_to_rgb(hue / 360 % 1, saturation, value), dtype=np.float32) * 255
+
+
+def _drab(rng: np.random.Generator) -> np.ndarray:
+    """A colour of no class: greyish, any hue."""
+    return _hsv(rng.uniform(0, 360), rng.uniform(0, 0.3), rng.uniform(0.15, 0.95))
+
+
+def _clutter_look(rng: np.random.Generator) -> int:
+    """The look of a clutter blob: a class id (it resembles that class) or 0 (drab)."""
+    return int(rng.integers(1, len(CLASS_NAMES))) if rng.random() < _CLASS_LOOKING_CLUTTER else 0
+
+
 def _paint(
-    rng: np.random.Generator, image: np.ndarray, yy: np.ndarray, xx: np.ndarray, mask: np.ndarray
+    rng: np.random.Generator, image: np.ndarray, yy: np.ndarray, xx: np.ndarray, mask: np.ndarray, look: int
 ) -> None:
-    """Fill ``image[mask]`` in place with a random palette texture."""
+    """Fill ``image[mask]`` in place with a texture in the look of class ``look`` (0: drab)."""
     if not mask.any():
         return
     ys, xs = yy[mask], xx[mask]
-    colour = _PALETTE[rng.integers(len(_PALETTE))] + rng.normal(0, 12, size=3)
-    kind = rng.integers(4)
-    if kind == 0:  # solid
-        pixels = np.broadcast_to(colour, (len(ys), 3))
-    elif kind == 1:  # stripes of two palette colours
-        other = _PALETTE[rng.integers(len(_PALETTE))]
-        angle = rng.uniform(0, np.pi)
-        phase = np.cos(angle) * xs + np.sin(angle) * ys
-        on = np.sin(2 * np.pi * phase / rng.uniform(3, 9) + rng.uniform(0, 2 * np.pi)) > 0
-        pixels = np.where(on[:, None], colour, other)
-    elif kind == 2:  # speckle noise
-        pixels = colour + rng.normal(0, 35, size=(len(ys), 3))
+    if look:
+        hue, preferred = CLASS_LOOKS[look]
+        hue += rng.uniform(-_HUE_SPREAD, _HUE_SPREAD)
+        colour = _hsv(hue, rng.uniform(0.5, 1.0), rng.uniform(0.5, 1.0))
+        texture = preferred if rng.random() < _PREFERRED_TEXTURE else TEXTURES[rng.integers(len(TEXTURES))]
+    else:
+        colour = _drab(rng)
+        texture = TEXTURES[rng.integers(len(TEXTURES))]
+    # Textures vary the colour's brightness, so every pixel keeps the family's hue.
+    if texture == "solid":
+        shade = np.ones(len(ys), dtype=np.float32)
+    elif texture in ("stripes", "checker"):
+        angle, period = rng.uniform(0, np.pi), rng.uniform(3, 9)
+        u = np.cos(angle) * xs + np.sin(angle) * ys
+        on = np.sin(2 * np.pi * u / period + rng.uniform(0, 2 * np.pi)) > 0
+        if texture == "checker":
+            v = -np.sin(angle) * xs + np.cos(angle) * ys
+            on ^= np.sin(2 * np.pi * v / period) > 0
+        shade = np.where(on, 1.0, 0.45).astype(np.float32)
+    elif texture == "speckle":
+        shade = rng.uniform(0.5, 1.15, size=len(ys)).astype(np.float32)
     else:  # shading, as if lit from one side
         angle = rng.uniform(0, 2 * np.pi)
         ramp = np.cos(angle) * xs + np.sin(angle) * ys
-        ramp = (ramp - ramp.mean()) / max(float(np.ptp(ramp)), 1.0)
-        pixels = colour * (1 + 0.8 * ramp[:, None])
-    image[mask] = pixels
+        shade = 1 + 0.7 * (ramp - ramp.mean()) / max(float(np.ptp(ramp)), 1.0)
+    image[mask] = colour * shade[:, None] + rng.normal(0, 6, size=3).astype(np.float32)
 
 
 def _placement(rng: np.random.Generator, height: int, width: int) -> tuple[float, ...]:

@@ -10,12 +10,15 @@ same weights as one that was never interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import functools
 import math
 import os
 import random
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -30,10 +33,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
+from fcnseg.data.datasets import DataError, SegmentationDataset, check_pairs
 from fcnseg.data.preprocess import get_preprocessing, preprocess
 from fcnseg.data.transforms import Compose, RandomCrop, RandomHorizontalFlip, RandomScale, pad_collate
 from fcnseg.models.fcn import FCN
-from fcnseg.models.registry import build_model
+from fcnseg.models.registry import ARCHITECTURES, build_model
 from fcnseg.train import distributed
 from fcnseg.train.losses import (
     REDUCTIONS,
@@ -53,6 +57,7 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "TrainingDiverged",
+    "TrainingInterrupted",
     "build_datasets",
     "copy_matching_layers",
     "evaluate_confusion",
@@ -72,24 +77,61 @@ _DEFAULT_SPLITS = {
     "context": ("train", "val"),
 }
 # Settings that change the trajectory: resuming with other values would not continue the same run.
-_RESUME_IGNORES = {"epochs", "out", "workers", "progress", "device", "init", "notes", "channels_last"}
+_RESUME_IGNORES = {
+    "epochs", "out", "workers", "progress", "device", "init", "notes", "channels_last", "checkpoint_every",
+}  # fmt: skip
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "fcnseg": {},
+    "paper": {
+        "loss": "sum",
+        "optimizer": "sgd",
+        "lr": 1e-10,
+        "momentum": 0.99,
+        "weight_decay": 5e-4,
+        "caffe_bias": True,
+        "lr_schedule": "fixed",
+        "batch_size": 1,
+        "weight_init": "default",
+        "preprocess": "caffe",
+    },
+}
+"""Named starting points for a config. "fcnseg" is the defaults of :class:`TrainConfig`: a
+normalised loss with Adam, which learns on any data without tuning. "paper" is the solver of
+the original repository: the summed per-pixel loss with SGD at lr 1e-10, momentum 0.99, weight
+decay 5e-4, biases at twice the lr and without decay, one image per step, fixed lr."""
+
+AUTO = "auto"
+"""``init``: ImageNet weights where the net can take them and they can be had, else from scratch.
+``preprocess``: the initial weights' preprocessing, else "imagenet"."""
 
 
 class TrainingDiverged(ValueError):
     """The loss became NaN or infinite; the last checkpoint on disk is the last good one."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped the run after a step; ``last.pt`` holds it, ready for ``resume``."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.signal_number = signal_number
+
+
 @dataclass
 class TrainConfig:
-    """One experiment. The defaults are the paper's recipe: FCN-8s, summed loss, SGD with
-    lr 1e-10, momentum 0.99, weight decay 5e-4, one image of any size per batch."""
+    """One experiment. The defaults learn on one's own data with no tuning: ImageNet weights when
+    they can be had, a per-pixel mean loss with Adam at lr 1e-4 and a poly schedule, one image of
+    any size per step. The paper's solver is the recipe "paper" (:data:`RECIPES`,
+    :meth:`from_dict`)."""
 
     # Net
     arch: str = "fcn8s"
     widths: tuple[int, ...] | None = None
     frozen_upsampling: str = "final"
-    init: str | None = None  # checkpoint, or a published name such as "imagenet" (weights.hub.resolve)
-    weight_init: str = "default"  # "kaiming" re-initialises the backbone for training from scratch
+    # A checkpoint, a published name (weights.hub.resolve; "imagenet"), "auto" or None (from scratch).
+    init: str | None = AUTO
+    weight_init: str = "kaiming"  # of the backbone before any init is copied in; "default": PyTorch's
     dropout: float | None = None  # overrides fc6/fc7 dropout (VGG's 0.5); 0 learns faster from scratch
     # Data
     dataset: str | None = None  # None: "folder" when data names a folder, else "synthetic"
@@ -101,26 +143,27 @@ class TrainConfig:
     train_images: int = 400  # synthetic only
     val_images: int = 50
     image_size: tuple[int, int] = (64, 128)  # synthetic: range of heights and widths
-    preprocess: str = "caffe"
+    preprocess: str = AUTO
     flip: bool = False
     scale_range: tuple[float, float] | None = None
     crop: int | None = None
+    num_classes: int | None = None  # folder data set without classes.txt: else counted in the masks
     # Loss
-    loss: str = "sum"
+    loss: str = "mean"
     ignore_index: int = 255
     class_balance: bool = False
     loss_keep_prob: float = 1.0
     loss_sampling: str = "image"
     loss_sampling_cell: int = 1
     # Optimisation
-    optimizer: str = "sgd"
-    lr: float = 1e-10
-    momentum: float = 0.99
-    weight_decay: float = 5e-4
-    caffe_bias: bool = True  # biases learn at twice the lr, without weight decay, as in the Caffe nets
-    lr_schedule: str = "fixed"
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    caffe_bias: bool = False  # True: biases learn at twice the lr, without weight decay, as in the Caffe nets
+    lr_schedule: str = "poly"
     batch_size: int = 1
-    epochs: int = 1
+    epochs: int = 20
     max_steps: int | None = None
     time_limit: float | None = None  # seconds; stops early (and makes "poly" anneal by time) when reached
     amp: str = "off"
@@ -130,6 +173,7 @@ class TrainConfig:
     # Running
     seed: int = 0
     val_every: int = 0  # steps between validations; 0 = once per epoch
+    checkpoint_every: float = 600.0  # seconds: last.pt is also written this often between validations
     val_batch_size: int = 1
     workers: int = 0
     device: str | None = None
@@ -140,6 +184,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.dataset is None:
             self.dataset = "folder" if self.data else "synthetic"
+        if self.init is not None and self.init.lower() == "none":  # TOML and flags cannot say None
+            self.init = None
         if self.widths is not None:
             self.widths = tuple(int(w) for w in self.widths)
         self.image_size = tuple(int(s) for s in self.image_size)
@@ -161,7 +207,12 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
-        get_preprocessing(self.preprocess)
+        if self.preprocess != AUTO:
+            get_preprocessing(self.preprocess)
+        if self.num_classes is not None and self.num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {self.num_classes}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0 seconds, got {self.checkpoint_every}")
         positive = ("lr", "batch_size", "epochs", "val_batch_size", "loss_sampling_cell")
         for name in positive:
             if not getattr(self, name) > 0:
@@ -183,14 +234,21 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """A config from a plain dict (a parsed recipe file); unknown keys are an error."""
+        """A config from a plain dict (a parsed recipe file); unknown keys are an error.
+
+        ``recipe`` names a starting point in :data:`RECIPES` ("paper"); the other keys override it.
+        """
+        values = dict(values)
+        recipe = values.pop("recipe", "fcnseg")
+        if recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(
-                f"unknown training settings: {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+                f"unknown training settings: {', '.join(unknown)}; known: recipe, {', '.join(sorted(known))}"
             )
-        return cls(**values)
+        return cls(**{**RECIPES[recipe], **values})
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only, so that it can be stored in a ``weights_only`` checkpoint."""
@@ -308,10 +366,10 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
             open_dataset(name, split="val", num_images=config.val_images, image_size=size),
         )
     if name == "folder":
-        train = open_dataset(name, config.data)
-        if config.val_data:
-            from fcnseg.data.folder import FolderSegmentation
+        from fcnseg.data.folder import FolderSegmentation
 
+        train = FolderSegmentation(config.data, num_classes=config.num_classes)
+        if config.val_data:
             return train, FolderSegmentation(config.val_data, class_names=train.class_names)
         return _holdout(train, config.val_fraction, seed=0)
     splits = _DEFAULT_SPLITS[name]
@@ -539,6 +597,57 @@ def _format(value: float) -> str:
 
 # ----------------------------------------------------------------------------- trainer
 
+_IMAGENET = {arch: "imagenet" for arch in ARCHITECTURES if arch != "fcn-alexnet"} | {
+    "fcn-alexnet": "imagenet-caffe"
+}
+"""The ImageNet weights that "auto" starts each net from (torchvision's VGG16 has no AlexNet twin:
+torchvision's AlexNet is single-tower, without LRN, so FCN-AlexNet takes the Caffe one)."""
+
+
+def _file_dataset(dataset: Dataset | None) -> SegmentationDataset | None:
+    """The data set of files behind ``dataset`` (a held-out split reads its parent's files)."""
+    dataset = dataset.dataset if isinstance(dataset, _Split) else dataset
+    return dataset if isinstance(dataset, SegmentationDataset) else None
+
+
+class _StepTimer:
+    """Times the first steps of a run, to say up front how long an epoch and the run will take."""
+
+    WARMUP = 1  # the first step pays once for allocations and kernel choices
+    STEPS, SECONDS = 5, 10.0  # measure this many steps, or for this long, whichever comes first
+
+    def __init__(self, steps_per_epoch: int, steps_left: int):
+        self.steps_per_epoch, self.steps_left = steps_per_epoch, steps_left
+        self.count = 0
+        self.start: float | None = 0.0
+
+    def tick(self) -> str | None:
+        """Call after every step; returns the estimate once, as soon as it is known."""
+        self.count += 1
+        if self.count == self.WARMUP:
+            self.start = time.perf_counter()
+        if self.count <= self.WARMUP or self.start is None:
+            return None
+        measured, elapsed = self.count - self.WARMUP, time.perf_counter() - self.start
+        if measured < self.STEPS and elapsed < self.SECONDS:
+            return None
+        self.start = None  # said once
+        per_step = elapsed / measured
+        return (
+            f"about {_duration(per_step)} per step: {_duration(per_step * self.steps_per_epoch)} per epoch of "
+            f"{self.steps_per_epoch} steps, {_duration(per_step * self.steps_left)} for the {self.steps_left} "
+            "steps to go, plus validation (Ctrl-C saves last.pt; --resume continues)"
+        )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    minutes = seconds / 60
+    return f"{minutes:.0f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
+
 
 class Trainer:
     """Runs one :class:`TrainConfig`; see :meth:`fit`.
@@ -574,11 +683,12 @@ class Trainer:
         """Train to ``epochs`` (or ``max_steps``), validating and saving along the way.
 
         ``resume`` continues from ``out/last.pt``; without it an existing run in
-        ``out`` is an error rather than being overwritten. Raises
-        :class:`TrainingDiverged` on a NaN or infinite loss.
+        ``out`` is an error rather than being overwritten. Every image/mask pair is
+        read once before the first step, and all bad ones are reported together.
+        Raises :class:`TrainingDiverged` on a NaN or infinite loss, and
+        :class:`TrainingInterrupted` after saving ``last.pt`` on Ctrl-C or SIGTERM.
         """
-        config = self.config
-        context = self.context or distributed.init_from_env(config.device)
+        context = self.context or distributed.init_from_env(self.config.device)
         self.context = context
         if not resume and self.last_path.exists():
             raise ValueError(
@@ -588,14 +698,17 @@ class Trainer:
 
         train_set, val_set = self._train_set, self._val_set
         if train_set is None:
-            train_set, built_val = build_datasets(config)
+            train_set, built_val = build_datasets(self.config)
             val_set = val_set if val_set is not None else built_val
         if len(train_set) == 0:
             raise ValueError("the training set is empty")
+        self._check_data(train_set, val_set)
+        initial = None if saved is not None else self._initial_weights()
+        config = self.config = self._resolved(saved, initial)
         num_classes = train_set.num_classes
 
         _seed_everything(config.seed)
-        model = self._build_model(num_classes, train_set.class_names, staged=saved is None)
+        model = self._build_model(num_classes, train_set.class_names, initial)
         device = context.device
         model.to(device, memory_format=self._memory_format)
         if config.amp != "off" and device.type != "cuda":
@@ -616,14 +729,17 @@ class Trainer:
         if config.max_steps is not None:
             total_steps = min(total_steps, config.max_steps)
 
-        state = {"step": 0, "epoch": 0, "epoch_step": 0, "best_mean_iu": -1.0, "seconds": 0.0}
+        state = {
+            "step": 0, "epoch": 0, "epoch_step": 0, "best_mean_iu": -1.0, "seconds": 0.0,
+            "loss_sum": 0.0, "loss_count": 0,  # training loss since the last log row
+        }  # fmt: skip
         history: list[dict[str, float]] = []
         if saved is not None:
             model.load_state_dict(saved["state_dict"])
             optimizer.load_state_dict(saved["optimizer"])
             if saved.get("scaler"):
                 scaler.load_state_dict(saved["scaler"])
-            state.update({k: saved[k] for k in state})
+            state.update({k: saved.get(k, state[k]) for k in state})
             rng = saved["rng"]
             _set_rng_state(rng[context.rank] if len(rng) == context.world_size else rng[0])
             history = [r for r in _read_log(self.out / "log.csv") if r["step"] <= state["step"]]
@@ -638,68 +754,113 @@ class Trainer:
 
         dataset = _Samples(train_set, config.preprocess, _augmentation(config), config.seed)
         self._started = time.perf_counter() - state["seconds"]
-        loss_sum, loss_count = 0.0, 0
+        last_save = time.perf_counter()
+        timing = _StepTimer(steps_per_epoch, total_steps - state["step"])
         finished = False
         net.train()
-        while state["step"] < total_steps:
-            epoch = state["epoch"]
-            sampler = _EpochSampler(shard, epoch, skip=state["epoch_step"] * config.batch_size)
-            loader = DataLoader(
-                dataset,
-                batch_size=config.batch_size,
-                sampler=sampler,
-                num_workers=config.workers,
-                collate_fn=functools.partial(pad_collate, ignore_index=config.ignore_index),
-                generator=torch.Generator().manual_seed(config.seed + epoch),
-                pin_memory=device.type == "cuda",
-            )
-            steps_here = min(len(loader), total_steps - state["step"])
-            bar = tqdm(
-                total=steps_here,
-                desc=f"epoch {epoch + 1}/{config.epochs}",
-                unit="batch",
-                disable=not (config.progress and context.is_main),
-                dynamic_ncols=True,
-            )
-            epoch_start, images_seen = time.perf_counter(), 0
-            for images, labels in loader:
-                lr = self._set_lr(optimizer, self._progress(state["step"], total_steps))
-                try:
-                    value = self._train_step(net, optimizer, scaler, images, labels, weight, state)
-                except TrainingDiverged:
-                    bar.close()
-                    raise
-                state["step"] += 1
-                state["epoch_step"] += 1
-                loss_sum, loss_count = loss_sum + value, loss_count + 1
-                images_seen += images.shape[0]
-                bar.update(1)
-                bar.set_postfix(
-                    loss=f"{value:.4g}",
-                    img_s=f"{images_seen * context.world_size / (time.perf_counter() - epoch_start):.1f}",
-                    refresh=False,
+        with self._stop_on_signals():
+            while state["step"] < total_steps:
+                epoch = state["epoch"]
+                sampler = _EpochSampler(shard, epoch, skip=state["epoch_step"] * config.batch_size)
+                loader = DataLoader(
+                    dataset,
+                    batch_size=config.batch_size,
+                    sampler=sampler,
+                    num_workers=config.workers,
+                    collate_fn=functools.partial(pad_collate, ignore_index=config.ignore_index),
+                    generator=torch.Generator().manual_seed(config.seed + epoch),
+                    pin_memory=device.type == "cuda",
                 )
-                end_of_epoch = state["epoch_step"] == steps_per_epoch
-                if end_of_epoch:
-                    state["epoch"] += 1
-                    state["epoch_step"] = 0
-                out_of_time = self._progress(0, 1) >= 1
-                if out_of_time and context.is_main and state["step"] < total_steps:
-                    tqdm.write(f"time limit of {config.time_limit:g} s reached at step {state['step']}")
-                finished = state["step"] >= total_steps or out_of_time
-                due = state["step"] % config.val_every == 0 if config.val_every else end_of_epoch
-                if due or finished:
-                    row = self._train_row(state, loss_sum, loss_count, lr, steps_per_epoch)
-                    self._checkpoint(run, val_set, row)
-                    loss_sum, loss_count = 0.0, 0
-                    bar.set_postfix(loss=f"{value:.4g}", mean_iu=f"{row['mean_iu']:.3f}", refresh=False)
+                steps_here = min(len(loader), total_steps - state["step"])
+                bar = tqdm(
+                    total=steps_here,
+                    desc=f"epoch {epoch + 1}/{config.epochs}",
+                    unit="batch",
+                    disable=not (config.progress and context.is_main),
+                    dynamic_ncols=True,
+                )
+                epoch_start, images_seen = time.perf_counter(), 0
+                for images, labels in loader:
+                    lr = self._set_lr(optimizer, self._progress(state["step"], total_steps))
+                    try:
+                        value = self._train_step(net, optimizer, scaler, images, labels, weight, state)
+                    except TrainingDiverged:
+                        bar.close()
+                        raise
+                    state["step"] += 1
+                    state["epoch_step"] += 1
+                    state["loss_sum"] += value
+                    state["loss_count"] += 1
+                    images_seen += images.shape[0]
+                    bar.update(1)
+                    bar.set_postfix(
+                        loss=f"{value:.4g}",
+                        img_s=f"{images_seen * context.world_size / (time.perf_counter() - epoch_start):.1f}",
+                        refresh=False,
+                    )
+                    estimate = timing.tick()
+                    if estimate and config.progress and context.is_main:
+                        tqdm.write(estimate)
+                    end_of_epoch = state["epoch_step"] == steps_per_epoch
+                    if end_of_epoch:
+                        state["epoch"] += 1
+                        state["epoch_step"] = 0
+                    out_of_time = self._progress(0, 1) >= 1
+                    if out_of_time and context.is_main and state["step"] < total_steps:
+                        tqdm.write(f"time limit of {config.time_limit:g} s reached at step {state['step']}")
+                    finished = state["step"] >= total_steps or out_of_time
+                    due = state["step"] % config.val_every == 0 if config.val_every else end_of_epoch
+                    if due or finished:
+                        row = self._train_row(state, lr, steps_per_epoch)
+                        self._checkpoint(run, val_set, row)
+                        last_save = time.perf_counter()
+                        bar.set_postfix(loss=f"{value:.4g}", mean_iu=f"{row['mean_iu']:.3f}", refresh=False)
+                    if finished:
+                        break
+                    overdue = (
+                        bool(config.checkpoint_every)
+                        and time.perf_counter() - last_save >= config.checkpoint_every
+                    )
+                    stop = self._signal
+                    if distributed.any_true(overdue or stop is not None, context):
+                        self._save(run)  # no validation: a place to resume from
+                        last_save = time.perf_counter()
+                        if distributed.any_true(stop is not None, context):
+                            bar.close()
+                            number = stop if stop is not None else signal.SIGTERM  # another rank's
+                            raise TrainingInterrupted(
+                                f"stopped by {signal.Signals(number).name} after step {state['step']}; "
+                                f"{self.last_path} holds the run: continue it with --resume",
+                                number,
+                            )
+                bar.close()
                 if finished:
                     break
-            bar.close()
-            if finished:
-                break
         model.to(memory_format=torch.contiguous_format)  # the usual layout for whoever uses it next
         return TrainResult(model.eval(), history, run.best_metrics, self.out, state["step"])
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """The first Ctrl-C or SIGTERM asks the loop to stop after its step, saving ``last.pt`` first;
+        a second Ctrl-C stops at once. Handlers can only be set from the main thread."""
+        self._signal: int | None = None
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def ask_to_stop(signal_number: int, frame: Any) -> None:
+            if self._signal is not None and signal_number == signal.SIGINT:
+                raise KeyboardInterrupt
+            self._signal = signal_number
+            if self.config.progress and self.context.is_main:
+                tqdm.write("stopping after this step, saving last.pt (Ctrl-C again to stop at once)")
+
+        previous = {number: signal.signal(number, ask_to_stop) for number in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
 
     # ------------------------------------------------------------------ pieces of fit
 
@@ -741,7 +902,92 @@ class Trainer:
         scaler.update()
         return value
 
-    def _build_model(self, num_classes: int, class_names: Sequence[str], staged: bool) -> FCN:
+    def _say(self, line: str) -> None:
+        if self.config.progress and self.context.is_main:
+            tqdm.write(line)
+
+    def _check_data(self, train_set: Dataset, val_set: Dataset | None) -> None:
+        """Read every image/mask pair once, before the first step, and describe the data.
+
+        Rank 0 reads; on a problem every process stops, with rank 0 listing all of them.
+        """
+        folders = {id(d): d for d in map(_file_dataset, (train_set, val_set)) if d is not None}
+        error: DataError | None = None
+        if self.context.is_main:
+            try:
+                counts = [check_pairs(d, progress=self.config.progress) for d in folders.values()]
+            except DataError as found:
+                error = found
+        if distributed.any_true(error is not None, self.context):
+            raise error or DataError("rank 0 found image/mask pairs that cannot be used", [])
+        if not folders or not self.context.is_main:
+            return
+        source = _file_dataset(train_set)
+        held_out = isinstance(val_set, _Split) and val_set.dataset is source
+        val = f"{len(val_set)} validation images" if val_set is not None else "no validation images"
+        if held_out:
+            val += f" (held out of {source.root} at random; --val-data to give your own)"
+        self._say(f"data: {len(train_set)} training and {val}; {train_set.num_classes} classes")
+        if getattr(source, "classes_from", None) == "masks":
+            self._say(
+                f"classes: counted in the masks (ids 0..{source.num_classes - 1}); name them in "
+                f"{source.root / 'classes.txt'}, one per line"
+            )
+        empty = [source.class_names[c] for c in np.flatnonzero(sum(counts) == 0)] if source else []
+        if empty:
+            self._say(f"warning: no pixel of class {', '.join(empty)} in any mask: it cannot be learned")
+
+    def _initial_weights(self) -> dict[str, Any] | None:
+        """The checkpoint to start from (``init``), or None to train from scratch.
+
+        "auto" takes the ImageNet classifier that fits the net when it can be had, and says so
+        either way: training a full VGG16 from scratch needs far more data and time.
+        """
+        config = self.config
+        name = config.init
+        if name == AUTO:
+            name = _IMAGENET.get(config.arch)
+            reason = (
+                f"narrow widths {config.widths}" if config.widths is not None
+                else None if name else f"no ImageNet weights for {config.arch}"
+            )  # fmt: skip
+            if reason:
+                self._say(f"training from scratch ({reason})")
+                return None
+            try:
+                path = resolve(name, config.arch, config.widths, config.progress and self.context.is_main)
+            except (OSError, ValueError) as error:
+                self._say(
+                    f"training from scratch: ImageNet weights ({name}) cannot be had: {error}\n"
+                    "  From scratch a full VGG16 needs far more images and time; with network access, "
+                    f"`fcnseg weights get {name}` fetches them once for every later run."
+                )
+                return None
+        elif name is None:
+            return None
+        else:
+            path = resolve(name, config.arch, config.widths, config.progress and self.context.is_main)
+        initial = read_checkpoint(path)
+        initial["source"] = name
+        return initial
+
+    def _resolved(self, saved: dict[str, Any] | None, initial: dict[str, Any] | None) -> TrainConfig:
+        """The config with "auto" preprocessing settled: the resumed run's, the initial weights', or
+        "imagenet" (ImageNet mean and deviation) from scratch."""
+        config = self.config
+        if config.preprocess != AUTO:
+            return config
+        if saved is not None:
+            preprocess = saved["train_config"]["preprocess"]
+        elif initial is not None:
+            preprocess = initial.get("meta", {}).get("preprocess", "caffe")
+        else:
+            preprocess = "imagenet"
+        return dataclasses.replace(config, preprocess=preprocess)
+
+    def _build_model(
+        self, num_classes: int, class_names: Sequence[str], initial: dict[str, Any] | None
+    ) -> FCN:
         config = self.config
         model = build_model(
             config.arch, num_classes, widths=config.widths, frozen_upsampling=config.frozen_upsampling
@@ -752,21 +998,18 @@ class Trainer:
             for module in model.modules():
                 if isinstance(module, nn.Dropout):
                     module.p = config.dropout
-        if config.init and staged:
-            progress = config.progress and (self.context is None or self.context.is_main)
-            initial = read_checkpoint(resolve(config.init, config.arch, config.widths, progress))
+        if initial is not None:
             expected = initial.get("meta", {}).get("preprocess", config.preprocess)
             if expected != config.preprocess:
                 warnings.warn(
-                    f"{config.init} was made for {expected!r} preprocessing but this run uses "
+                    f"{initial['source']} was made for {expected!r} preprocessing but this run uses "
                     f"{config.preprocess!r}; pass --preprocess {expected} unless that is intended",
                     stacklevel=2,
                 )
             copied = copy_matching_layers(model, initial["state_dict"])
             layers = {k.rsplit(".", 1)[0] for k in model.state_dict()}
             fresh = sorted(layers - {k.rsplit(".", 1)[0] for k in copied})
-            if config.progress and (self.context is None or self.context.is_main):
-                tqdm.write(f"initialised from {config.init}; new layers: {', '.join(fresh) or 'none'}")
+            self._say(f"initialised from {initial['source']}; new layers: {', '.join(fresh) or 'none'}")
         model.meta = {"class_names": list(class_names), "preprocess": config.preprocess}
         return model
 
@@ -802,18 +1045,23 @@ class Trainer:
         if "optimizer" not in saved:
             raise ValueError(f"{self.last_path} holds weights only, not a training state to resume")
         mine, theirs = self.config.to_dict(), saved.get("train_config", {})
-        differ = sorted(k for k in mine if k not in _RESUME_IGNORES and mine[k] != theirs.get(k))
+        differ = sorted(k for k in mine if k not in _RESUME_IGNORES and mine[k] not in (AUTO, theirs.get(k)))
         if differ:
             changes = ", ".join(f"{k}: {theirs.get(k)!r} -> {mine[k]!r}" for k in differ)
             raise ValueError(f"cannot resume {self.last_path} with other settings ({changes})")
         return saved
 
-    def _train_row(self, state, loss_sum, loss_count, lr, steps_per_epoch) -> dict[str, float]:
+    def _train_row(self, state, lr, steps_per_epoch) -> dict[str, float]:
         """The log row's training half: where the run is, and the mean loss since the last row."""
         totals = distributed.all_reduce_sum(
-            torch.tensor([loss_sum, float(loss_count)], dtype=torch.float64, device=self.context.device),
+            torch.tensor(
+                [state["loss_sum"], float(state["loss_count"])],
+                dtype=torch.float64,
+                device=self.context.device,
+            ),
             self.context,
         )
+        state["loss_sum"], state["loss_count"] = 0.0, 0
         return {
             "step": state["step"],
             "epoch": round(state["step"] / steps_per_epoch, 4),
@@ -842,31 +1090,41 @@ class Trainer:
         row.update(
             {k: metrics[k] if metrics else math.nan for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")}
         )
-        state["seconds"] = time.perf_counter() - self._started
-        row["seconds"] = round(state["seconds"], 2)
+        row["seconds"] = round(time.perf_counter() - self._started, 2)
         run.history.append(row)
-        rng = distributed.all_gather_objects(_rng_state(), context)
         improved = metrics is not None and metrics["mean_iu"] > state["best_mean_iu"]
         if improved:
             state["best_mean_iu"] = metrics["mean_iu"]
             run.best_metrics = {**metrics, "step": state["step"]}
+        model.meta["metrics"] = metrics
+        self._save(run, best=improved)
         if context.is_main:
-            model.meta["metrics"] = metrics
-            data = checkpoint_dict(model)
-            data.update(
-                optimizer=run.optimizer.state_dict(),
-                scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None,
-                rng=rng,
-                train_config=config.to_dict(),
-                best_metrics=run.best_metrics,
-                **state,
-            )
-            atomic_save(data, self.last_path)
-            if improved:
-                atomic_save(data, self.best_path)
             _write_log(self.out / "log.csv", run.history)
             plot_curves(run.history, self.out / "curves.png")
         distributed.barrier(context)
+
+    def _save(self, run: _Run, best: bool = False) -> None:
+        """Write ``last.pt``, everything needed to resume, and with ``best`` also ``best.pt``, the
+        weights alone (a third of the size with Adam's state left out)."""
+        context, state = self.context, run.state
+        state["seconds"] = time.perf_counter() - self._started
+        rng = distributed.all_gather_objects(_rng_state(), context)
+        if context.is_main:
+            weights = checkpoint_dict(run.model)
+            data = {
+                **weights,
+                "optimizer": run.optimizer.state_dict(),
+                "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
+                "rng": rng,
+                "train_config": self.config.to_dict(),
+                "best_metrics": run.best_metrics,
+                **state,
+            }
+            atomic_save(data, self.last_path)
+            if best:
+                atomic_save(
+                    {**weights, "train_config": self.config.to_dict(), "step": state["step"]}, self.best_path
+                )
 
 
 def train(config: TrainConfig, resume: bool = False, **datasets: Dataset) -> TrainResult:
