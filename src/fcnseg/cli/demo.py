@@ -14,7 +14,6 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -23,7 +22,7 @@ from fcnseg.cli.evaluate import format_metrics
 from fcnseg.data.datasets import InMemory
 from fcnseg.data.preprocess import preprocess
 from fcnseg.data.synthetic import CLASS_NAMES, SyntheticSegmentation
-from fcnseg.infer.overlay import overlay, side_by_side
+from fcnseg.infer.overlay import figure
 from fcnseg.train.metrics import scores
 from fcnseg.train.trainer import TrainConfig, Trainer, evaluate_confusion
 from fcnseg.weights.checkpoint import save_checkpoint
@@ -124,7 +123,9 @@ def run(args: argparse.Namespace) -> int:
     metrics = scores(confusion)
     model.meta["metrics"] = metrics
     save_checkpoint(model.cpu(), out / "model.pt")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out / "metrics.json").write_text(
+        json.dumps({**metrics, "class_names": list(CLASS_NAMES)}, indent=2) + "\n"
+    )
     written = _write_overlays(model, test_set, config.preprocess, out / "overlays", args.overlays)
 
     print(
@@ -155,7 +156,7 @@ def _prepare(out: Path) -> Path:
 
 
 def _write_overlays(model, dataset: Dataset, mode: str, folder: Path, count: int) -> list[Path]:
-    """PNGs of image | ground truth | prediction, enlarged 3x so the small images can be seen."""
+    """PNGs of image | ground truth | prediction with a legend, enlarged 3x so the small images can be seen."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     model.eval()
@@ -163,9 +164,8 @@ def _write_overlays(model, dataset: Dataset, mode: str, folder: Path, count: int
         image, label = dataset[i]
         with torch.no_grad():
             pred = model(preprocess(image, mode)[None]).argmax(1)[0].numpy()
-        panels = [image, overlay(image, label), overlay(image, pred)]
-        row = side_by_side([np.kron(p, np.ones((3, 3, 1), dtype=np.uint8)) for p in panels])
+        panels = [("image", image), ("ground truth", label), ("prediction", pred)]
         path = folder / f"sample_{i}.png"
-        Image.fromarray(row).save(path)
+        Image.fromarray(figure(panels, model.meta["class_names"], scale=3)).save(path)
         written.append(path)
     return written

@@ -246,7 +246,7 @@ def _paint(
 def _placement(rng: np.random.Generator, height: int, width: int) -> tuple[float, ...]:
     """Centre (cy, cx), size radius r and rotation angle of one object."""
     short = min(height, width)
-    radius = max(_MIN_RADIUS, rng.uniform(0.1, 0.3) * short)
+    radius = max(_MIN_RADIUS, rng.uniform(0.15, 0.35) * short)
     cy, cx = rng.uniform(0, height), rng.uniform(0, width)
     return cy, cx, radius, rng.uniform(0, 2 * np.pi)
 
@@ -278,14 +278,14 @@ def _triangle(rng, yy, xx, cy, cx, r, angle):
 
 def _ring(rng, yy, xx, cy, cx, r, angle):
     d2 = (yy - cy) ** 2 + (xx - cx) ** 2
-    inner = r * rng.uniform(0.45, 0.7)
+    inner = r * rng.uniform(0.4, 0.6)
     return (d2 <= r**2) & (d2 >= inner**2)
 
 
 def _bar(rng, yy, xx, cy, cx, r, angle):
     u, v = _rotated(yy, xx, cy, cx, angle)
     half_length = r * rng.uniform(1.1, 1.6)
-    half_width = max(1.5, r * rng.uniform(0.18, 0.3))
+    half_width = max(1.5, r * rng.uniform(0.25, 0.4))
     return (np.abs(u) <= half_length) & (np.abs(v) <= half_width)
 
 

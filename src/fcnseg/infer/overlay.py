@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from fcnseg.data.palette import pascal_palette
 
-__all__ = ["colorize", "overlay", "side_by_side"]
+__all__ = ["colorize", "figure", "overlay", "side_by_side"]
 
 
 def colorize(label_map: np.ndarray, palette: np.ndarray | None = None) -> Image.Image:
@@ -69,6 +69,55 @@ def side_by_side(panels: Sequence[np.ndarray], gap: int = 4) -> np.ndarray:
     for panel in panels:
         row += [panel, spacer]
     return np.concatenate(row[:-1], axis=1)
+
+
+def figure(
+    panels: Sequence[tuple[str, np.ndarray]],
+    class_names: Sequence[str],
+    palette: np.ndarray | None = None,
+    scale: int = 1,
+    font_size: int = 14,
+) -> np.ndarray:
+    """Titled panels in a row above a colour legend of ``class_names``: one picture to read at a glance.
+
+    Each panel is (title, (H, W, 3) uint8 image) or (title, (H, W) class ids, drawn in the
+    palette's colours); all have one size and are enlarged ``scale`` times without smoothing.
+    Returns (H', W', 3) uint8.
+    """
+    colours = pascal_palette(256) if palette is None else _full_palette(palette)
+    pictures = []
+    for _, panel in panels:
+        panel = np.asarray(panel)
+        picture = colours[np.clip(panel, 0, 255).astype(np.int64)] if panel.ndim == 2 else panel
+        pictures.append(np.kron(picture, np.ones((scale, scale, 1), dtype=np.uint8)))
+    row = side_by_side(pictures)
+    font = ImageFont.load_default(size=font_size)
+    line = font_size + 8
+    swatch = font_size
+    # Legend entries flow left to right and wrap at the row's width.
+    places, x, y = [], 0, 0
+    for class_id, name in enumerate(class_names):
+        width = swatch + 6 + int(font.getlength(name)) + 16
+        if x and x + width > row.shape[1]:
+            x, y = 0, y + line
+        places.append((class_id, name, x, y))
+        x += width
+    canvas = Image.new("RGB", (row.shape[1], line + row.shape[0] + 6 + y + line), "white")
+    canvas.paste(Image.fromarray(row), (0, line))
+    draw = ImageDraw.Draw(canvas)
+    left = 0
+    for (title, _), picture in zip(panels, pictures, strict=True):
+        draw.text((left + 2, 3), title, fill="black", font=font)
+        left += picture.shape[1] + 4
+    top = line + row.shape[0] + 6
+    for class_id, name, x, y in places:
+        draw.rectangle(
+            (x + 2, top + y + 2, x + 2 + swatch, top + y + 2 + swatch),
+            fill=tuple(int(c) for c in colours[class_id]),
+            outline="black",
+        )
+        draw.text((x + swatch + 8, top + y + 1), name, fill="black", font=font)
+    return np.asarray(canvas)
 
 
 def _full_palette(palette: np.ndarray) -> np.ndarray:
