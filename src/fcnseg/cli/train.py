@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fcnseg.cli.evaluate import format_metrics
+from fcnseg.errors import ConfigError
 from fcnseg.train import distributed
 from fcnseg.train.trainer import DATASETS, TrainConfig, Trainer
 from fcnseg.weights.checkpoint import read_checkpoint
@@ -114,14 +115,14 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     """A recipe file's settings as one flat dict; tables only group keys for the reader."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise ValueError(f"{path}: not valid TOML ({error})") from error
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"{path}: not valid TOML ({error})") from error
     flat: dict[str, Any] = {}
     for key, value in data.items():
         for name, item in value.items() if isinstance(value, dict) else [(key, value)]:
             if name in flat:
-                raise ValueError(f"{path}: setting {name!r} appears twice")
+                raise ConfigError(f"{path}: setting {name!r} appears twice")
             flat[name] = item
     return flat
 

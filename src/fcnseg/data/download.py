@@ -17,6 +17,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from fcnseg.errors import FcnsegError
+
 __all__ = [
     "ARCHIVES",
     "Archive",
@@ -35,7 +37,7 @@ class DownloadError(RuntimeError):
     """A download that failed, with instructions to fetch the file by hand."""
 
 
-class ChecksumError(ValueError):
+class ChecksumError(FcnsegError):
     """A file whose checksum differs from the published one."""
 
 
