@@ -122,12 +122,34 @@ def test_bad_and_unusual_images(weights, tmp_path, capsys):
     }
 
 
-def test_refuses_an_out_folder_that_would_overwrite_inputs(weights, tmp_path, capsys):
-    write(tmp_path / "x.png", 12, 12)
-    before = (tmp_path / "x.png").read_bytes()
-    assert main(["predict", str(weights), str(tmp_path / "x.png"), "--out", str(tmp_path)]) == 2
+def test_refuses_an_out_folder_that_is_an_input_folder(weights, tmp_path, capsys):
+    data = tmp_path / "data"
+    write(data / "x.jpg", 12, 12)
+    (tmp_path / "link").symlink_to(data)
+    for inputs, out, named in [
+        ([data], data, f"--out {data} is the input folder {data}:"),
+        ([data / "x.jpg"], data, f"--out {data} is the input folder {data}:"),  # the folder of a file
+        ([str(data / "*.jpg")], tmp_path / "link", f"--out {tmp_path / 'link'} is the input folder {data} "),
+        (
+            [tmp_path / "link"],
+            data / ".." / "data",
+            f"is the input folder {tmp_path / 'link'} (both are {data})",
+        ),
+    ]:
+        assert main(["predict", str(weights), *map(str, inputs), "--out", str(out)]) == 2
+        assert named in capsys.readouterr().err
+        assert sorted(p.name for p in data.iterdir()) == ["x.jpg"]  # nothing written
+
+
+def test_refuses_an_out_folder_that_would_overwrite_the_weights(weights, tmp_path, capsys):
+    write(tmp_path / "in" / "x.png", 12, 12)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x.png").write_bytes(weights.read_bytes())  # a checkpoint is known by its content
+    before = (tmp_path / "out" / "x.png").read_bytes()
+    args = ["predict", str(tmp_path / "out" / "x.png"), str(tmp_path / "in"), "--out", str(tmp_path / "out")]
+    assert main(args) == 2
     assert "would overwrite input file(s)" in capsys.readouterr().err
-    assert (tmp_path / "x.png").read_bytes() == before
+    assert (tmp_path / "out" / "x.png").read_bytes() == before
 
 
 def test_unwritable_output_folder(weights, tmp_path, capsys):

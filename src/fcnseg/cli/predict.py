@@ -110,6 +110,19 @@ def _output_suffixes(args: argparse.Namespace) -> list[str]:
     return suffixes
 
 
+def _check_out_is_no_input_folder(out: Path, specs: Sequence[str], files: Sequence[Path]) -> None:
+    """Refuse to write label PNGs among the images (``x.png`` beside ``x.jpg`` spoils a data set)."""
+    target = out.resolve()
+    folders = [Path(s) for s in specs if Path(s).is_dir()] + [f.parent for f in files]
+    clash = next((folder for folder in folders if folder.resolve() == target), None)
+    if clash is not None:
+        same = "" if str(out) == str(clash) else f" (both are {target})"
+        raise ValueError(
+            f"--out {out} is the input folder {clash}{same}: the outputs would mix with the images; "
+            "choose another output folder"
+        )
+
+
 def _check_no_overwrite(inputs: Sequence[Path], weights: Path, outputs: Sequence[Path]) -> None:
     protected = {p.resolve() for p in inputs} | {weights.resolve()}
     clobbered = [str(p) for p in outputs if p.resolve() in protected]
@@ -202,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
     weights, out = Path(args.weights), Path(args.out)
     files, failures = collect_inputs(args.inputs)
     stems = output_stems(files, _output_suffixes(args))
+    _check_out_is_no_input_folder(out, args.inputs, files)
     _check_no_overwrite(files, weights, [out / (s + x) for s in stems for x in _output_suffixes(args)])
     _prepare_out(out)
     model = load(weights)
@@ -276,7 +290,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out",
         required=True,
-        help="output folder (created if missing; refused if an output would overwrite an input)",
+        help="output folder (created if missing; refused if it is an input folder or an output would "
+        "overwrite an input)",
     )
     parser.add_argument(
         "--overlay", action="store_true", help="also write <stem>_overlay.jpg: colours over the image"
