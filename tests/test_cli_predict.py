@@ -12,6 +12,7 @@ import fcnseg
 from fcnseg.cli import main
 from fcnseg.cli import predict as cli_predict
 from fcnseg.data.palette import pascal_palette
+from fcnseg.infer import predict as predict_module
 from fcnseg.infer.predict import predict
 
 
@@ -72,6 +73,17 @@ def test_options_reach_the_api(weights, tmp_path):
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "x.png")), labels)
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "x_probs.npy"), probs)
     assert (tmp_path / "out" / "x_overlay.png").is_file()
+
+
+def test_precision_reaches_the_api(weights, tmp_path, monkeypatch):
+    monkeypatch.setattr(predict_module, "cpu_has_native_bf16", lambda: True)
+    image = write(tmp_path / "x.png", 21, 26)
+    assert main(["predict", str(weights), str(tmp_path / "x.png"), "--out", str(tmp_path / "out"),
+                 "--probs", "--probs-dtype", "float32", "--precision", "bf16"]) == 0  # fmt: skip
+    labels, probs = predict(tiny(), image, return_probs=True, precision="bf16")
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "x.png")), labels)
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "x_probs.npy"), probs)
+    assert not np.array_equal(probs, predict(tiny(), image, return_probs=True)[1])
 
 
 def test_same_stems_never_clobber(weights, tmp_path):

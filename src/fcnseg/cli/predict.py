@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from fcnseg.data.images import MAX_PIXELS, read_image
 from fcnseg.infer.overlay import colorize, overlay
-from fcnseg.infer.predict import predict_batch, resolve_device
+from fcnseg.infer.predict import PRECISIONS, predict_batch, resolve_device
 from fcnseg.infer.tiling import parse_memory
 from fcnseg.models.fcn import FCN
 from fcnseg.weights.checkpoint import atomic_write
@@ -179,6 +179,7 @@ def _segment(
                 tta_flip=args.tta_flip,
                 tta_scales=args.tta_scales,
                 max_memory=args.max_memory,
+                precision=args.precision,
             )
         except (ValueError, RuntimeError) as error:
             failures.extend(_describe(path, error) for path, _, _ in group)
@@ -296,7 +297,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--overlay", action="store_true", help="also write <stem>_overlay.jpg: colours over the image"
     )
-    parser.add_argument("--overlay-format", choices=("jpg", "png"), default="jpg")
+    parser.add_argument("--overlay-format", choices=("jpg", "png"), default="jpg", help="overlay file type")
     parser.add_argument("--overlay-alpha", type=_alpha, default=0.5, help="colour weight in the overlay")
     parser.add_argument(
         "--probs", action="store_true", help="also write <stem>_probs.npy: (C, H, W) softmax probabilities"
@@ -305,13 +306,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--probs-dtype",
         choices=("float16", "float32"),
         default="float16",
-        help="float16 (default) halves the files and keeps probabilities to about 3 decimal digits",
+        help="float16 halves the files and keeps probabilities to about 3 decimal digits",
     )
     parser.add_argument("--tta-flip", action="store_true", help="average with the mirrored image")
     parser.add_argument(
         "--tta-scales", type=_scales, default=None, help="average over rescaled copies, e.g. 0.75,1,1.25"
     )
-    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda", "auto"), default="auto", help="auto: CUDA when available"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="fp32: exact; bf16: the net in bfloat16, faster where the hardware has it (CPUs with "
+        "AVX512-BF16 or AMX, recent GPUs), labels may differ at a few pixels; auto: bf16 where the "
+        "hardware has it, else fp32",
+    )
     parser.add_argument(
         "--max-memory",
         type=_memory,
@@ -322,8 +333,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-megapixels",
         type=_megapixels,
-        default=MAX_PIXELS,
-        help=f"refuse larger images, a guard against decompression bombs (default {MAX_PIXELS / 1e6:.0f}, "
-        "as PIL; 0 = no limit)",
+        default=str(MAX_PIXELS / 1e6),
+        help="refuse larger images, a guard against decompression bombs (PIL's limit; 0 = no limit)",
     )
     parser.set_defaults(run=run)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fcnseg.cli import shown_default
 from fcnseg.cli.evaluate import format_metrics
 from fcnseg.errors import ConfigError
 from fcnseg.train import distributed
@@ -86,7 +87,7 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     ("--seed", {"type": int}),
-    ("--val-every", {"type": int, "help": "steps between validations and checkpoints (default: each epoch)"}),
+    ("--val-every", {"type": int, "help": "steps between validations and checkpoints; 0: once per epoch"}),
     ("--val-batch-size", {"type": int}),
     ("--workers", {"type": int, "help": "DataLoader worker processes"}),
     ("--device", {"help": "cpu or cuda (default: cuda when available)"}),
@@ -106,9 +107,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="continue the run in --out from its last.pt, with its settings"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     for flag, options in _FLAGS:
-        parser.add_argument(flag, default=None, **options)
+        # default=None: a flag left out lets the recipe decide; the help shows TrainConfig's default
+        parser.add_argument(
+            flag, default=None, **_with_default(options, defaults[flag[2:].replace("-", "_")])
+        )
     parser.set_defaults(run=run)
+
+
+def _with_default(options: dict[str, Any], default: Any) -> dict[str, Any]:
+    """``options`` with TrainConfig's default for the flag at the end of its help."""
+    text = options.get("help", "")
+    if default is None or default is dataclasses.MISSING or "default" in text:
+        return options
+    shown = shown_default(default, options.get("nargs")).replace("%", "%%")
+    return {**options, "help": f"{text} (default: {shown})".lstrip()}
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
