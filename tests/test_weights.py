@@ -275,6 +275,16 @@ def test_files_that_are_no_checkpoint_say_what_they_are(foreign_files, reader):
         assert "weights_only" not in str(error.value)  # torch's advice to load unsafely is not repeated
 
 
+def test_imagenet_weights_that_are_no_state_dict_say_what_they_are(foreign_files):
+    for path, message in foreign_files.items():
+        if "neither" in message:  # text: torch.load's own complaint, as for any unreadable file
+            message = "notes.pt is not a readable torch state dict"
+        message = message.replace("readable fcnseg checkpoint", "readable torch state dict")
+        with pytest.raises(checkpoint.CheckpointError) as error:
+            fcnseg.fcn_from_imagenet("fcn32s", path)
+        assert message in str(error.value) and "weights_only" not in str(error.value)
+
+
 @pytest.mark.parametrize("command", ["predict", "evaluate"])
 def test_commands_refuse_files_that_are_no_checkpoint(foreign_files, tmp_path, capsys, command):
     image = tmp_path / "in.png"

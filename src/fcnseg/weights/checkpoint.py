@@ -151,6 +151,18 @@ def _looks_like_net_parameter(head: bytes) -> bool:
     return False
 
 
+def _head(path: Path) -> bytes:
+    """The first bytes of a weights file; a CheckpointError if it is empty or of a known other format."""
+    with path.open("rb") as f:
+        head = f.read(64)
+    if not head:
+        raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint or Caffe model")
+    foreign = _foreign_format(head, path.stat().st_size)
+    if foreign:
+        raise CheckpointError(f"{path} is {foreign}, not a checkpoint or Caffe model")
+    return head
+
+
 def weights_format(path: str | os.PathLike) -> str:
     """``"checkpoint"`` or ``"caffe"``: what a weights file holds, from its first bytes.
 
@@ -159,13 +171,7 @@ def weights_format(path: str | os.PathLike) -> str:
     empty file or an image above all, raises a ``CheckpointError`` that says what the file is.
     """
     path = Path(path)
-    with path.open("rb") as f:
-        head = f.read(64)
-    if not head:
-        raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint or Caffe model")
-    foreign = _foreign_format(head, path.stat().st_size)
-    if foreign:
-        raise CheckpointError(f"{path} is {foreign}, not a checkpoint or Caffe model")
+    head = _head(path)
     if path.suffix == ".caffemodel":
         return "caffe"
     if head.startswith(_CHECKPOINT_STARTS):
@@ -187,6 +193,16 @@ def _load_failure(error: Exception) -> str:
         detail = re.split(r"\. Please|\n", detail)[0].strip()
         return f"it holds data that a safe load refuses, which no fcnseg checkpoint does: {detail}"
     return re.split(r"\. |\n", text)[0]
+
+
+def safe_load(path: Path, map_location: str | torch.device = "cpu", what: str = "torch file") -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain values, never code; a CheckpointError
+    naming the file (and not suggesting an unsafe load) when that fails."""
+    _head(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch.load's failures on a corrupt file have no common type
+        raise CheckpointError(f"{path} is not a readable {what} ({_load_failure(error)})") from error
 
 
 def _structure_problems(data: Any) -> list[str]:
@@ -231,12 +247,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{path} is a Caffe model, not an fcnseg checkpoint: load it with fcnseg.load, or convert "
             "it with fcnseg convert caffe"
         )
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch.load's failures on a corrupt file have no common type
-        raise CheckpointError(
-            f"{path} is not a readable fcnseg checkpoint ({_load_failure(error)})"
-        ) from error
+    data = safe_load(path, map_location, "fcnseg checkpoint")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an fcnseg checkpoint (no '{FORMAT}' format tag)")
     version = data.get("version", 0)
