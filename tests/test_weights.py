@@ -261,7 +261,7 @@ def foreign_files(tmp_path):
         empty: "empty.pt is empty (0 bytes): not a checkpoint",
         photo: "photo.pt is a JPEG image, not a checkpoint or Caffe model",
         mask: "mask.pt is a PNG image, not a checkpoint or Caffe model",
-        objects: "objects.pt is not a readable fcnseg checkpoint (it holds data that a safe load refuses",
+        objects: "objects.pt is not a readable fcnseg checkpoint (it holds Python objects that a safe load refuses",
         text: "notes.pt is neither an fcnseg checkpoint",
     }
 
@@ -337,3 +337,31 @@ def test_outputs_follow_the_umask(tmp_path, monkeypatch, mask):
         os.umask(previous)
     for path in written:
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ({"config": {"arch": ["fcn32s"]}}, "config names architecture ['fcn32s'], not one of fcn32s,"),
+        (
+            {"meta": {"preprocess": ["caffe"]}},
+            "meta names preprocessing ['caffe'], not one of caffe, imagenet",
+        ),
+        ({"meta": {"class_names": "abc"}}, "meta's class_names is not a list of names"),
+        ({"state_dict": {"conv1_1.weight": 1.0}}, "'state_dict' is not a dict of named tensors"),
+        ({"config": {"bogus": 1}}, "its config describes no net (FCN.__init__() got an unexpected keyword"),
+        (
+            {"config": {"widths": [4, 8, 16, 32, 32, 10**9]}},
+            "fc6.bias: expected shape (1000000000,), file has",
+        ),
+    ],
+)
+def test_damaged_checkpoint_contents_are_named(tmp_path, damage, message):
+    """Read with torch's safe loader, but of the wrong kind or size: named, and nothing huge is built."""
+    data = checkpoint.checkpoint_dict(fcnseg.build_model("fcn32s", 3, widths=TINY_VGG))
+    for key, value in damage.items():
+        data[key] = {**data[key], **value} if key == "config" else value
+    torch.save(data, tmp_path / "damaged.pt")
+    with pytest.raises(checkpoint.CheckpointError) as error:
+        fcnseg.load(tmp_path / "damaged.pt")
+    assert "damaged.pt" in str(error.value) and message in str(error.value)

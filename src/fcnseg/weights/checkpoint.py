@@ -191,7 +191,7 @@ def _load_failure(error: Exception) -> str:
     if "WeightsUnpickler error:" in text:
         detail = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n\n")[0]
         detail = re.split(r"\. Please|\n", detail)[0].strip()
-        return f"it holds data that a safe load refuses, which no fcnseg checkpoint does: {detail}"
+        return f"it holds Python objects that a safe load refuses: {detail}"
     return re.split(r"\. |\n", text)[0]
 
 
@@ -211,7 +211,7 @@ def _structure_problems(data: Any) -> list[str]:
     config, state, meta = data.get("config"), data.get("state_dict"), data.get("meta", {})
     if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
         problems.append("'config' is not a dict of build arguments")
-    elif config.get("arch") not in ARCHITECTURES:
+    elif not isinstance(config.get("arch"), str) or config["arch"] not in ARCHITECTURES:
         problems.append(
             f"config names architecture {config.get('arch')!r}, not one of {', '.join(ARCHITECTURES)}"
         )
@@ -222,10 +222,9 @@ def _structure_problems(data: Any) -> list[str]:
     if not isinstance(meta, dict):
         problems.append("'meta' is not a dict")
     else:
-        if meta.get("preprocess", "caffe") not in PRESETS:
-            problems.append(
-                f"meta names preprocessing {meta['preprocess']!r}, not one of {', '.join(PRESETS)}"
-            )
+        preprocess = meta.get("preprocess", "caffe")
+        if not isinstance(preprocess, str) or preprocess not in PRESETS:
+            problems.append(f"meta names preprocessing {preprocess!r}, not one of {', '.join(PRESETS)}")
         names = meta.get("class_names")
         if names is not None and not (
             isinstance(names, list | tuple) and all(isinstance(n, str) for n in names)
