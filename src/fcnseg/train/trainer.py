@@ -83,10 +83,12 @@ class TrainingDiverged(FcnsegError):
 
 def _fits(value: Any, hint: Any) -> bool:
     """Whether a plain value (from TOML or a checkpoint) has the type of a TrainConfig field."""
-    args = typing.get_args(hint)
+    args, origin = typing.get_args(hint), typing.get_origin(hint)
+    if hint is Any:
+        return True
     if isinstance(hint, types.UnionType):
         return any(_fits(value, arg) for arg in args)
-    if typing.get_origin(hint) is tuple:
+    if origin is tuple:
         if not isinstance(value, list | tuple):
             return False
         if len(args) == 2 and args[1] is Ellipsis:
@@ -96,7 +98,7 @@ def _fits(value: Any, hint: Any) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
+    return isinstance(value, origin or hint)  # other generics (dict[str, float]): the container only
 
 
 def _type_name(hint: Any) -> str:
