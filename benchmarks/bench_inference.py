@@ -37,10 +37,11 @@ from fcnseg.infer.fast import optimize  # noqa: E402
 from fcnseg.models.flops import compute_cost  # noqa: E402
 
 
-def seeded_model(arch: str, seed: int = 0) -> nn.Module:
-    """Full-width net with random He-scaled weights: activations neither vanish nor explode."""
+def seeded_model(arch: str, seed: int = 0, widths: tuple[int, ...] | None = None) -> nn.Module:
+    """A net (full width unless ``widths``) with random He-scaled weights: activations neither
+    vanish nor explode."""
     torch.manual_seed(seed)
-    model = fcnseg.build_model(arch).eval()
+    model = fcnseg.build_model(arch, widths=widths).eval()
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.Conv2d):

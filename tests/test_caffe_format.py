@@ -293,11 +293,16 @@ def test_random_bytes(tmp_path):
     _assert_error(path)
 
 
-@pytest.mark.parametrize("data", [b"", _len(1, b"empty")])
-def test_net_without_layers(tmp_path, data):
-    path = tmp_path / "empty.caffemodel"
-    path.write_bytes(data)
+def test_net_without_layers(tmp_path):
+    path = tmp_path / "named.caffemodel"
+    path.write_bytes(_len(1, b"empty"))
     _assert_error(path, "no layers")
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.caffemodel"
+    path.write_bytes(b"")
+    _assert_error(path, "is empty (0 bytes)")
 
 
 def test_blob_length_mismatch(tmp_path):

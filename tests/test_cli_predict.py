@@ -12,6 +12,7 @@ import fcnseg
 from fcnseg.cli import main
 from fcnseg.cli import predict as cli_predict
 from fcnseg.data.palette import pascal_palette
+from fcnseg.infer import predict as predict_module
 from fcnseg.infer.predict import predict
 
 
@@ -74,6 +75,17 @@ def test_options_reach_the_api(weights, tmp_path):
     assert (tmp_path / "out" / "x_overlay.png").is_file()
 
 
+def test_precision_reaches_the_api(weights, tmp_path, monkeypatch):
+    monkeypatch.setattr(predict_module, "cpu_has_native_bf16", lambda: True)
+    image = write(tmp_path / "x.png", 21, 26)
+    assert main(["predict", str(weights), str(tmp_path / "x.png"), "--out", str(tmp_path / "out"),
+                 "--probs", "--probs-dtype", "float32", "--precision", "bf16"]) == 0  # fmt: skip
+    labels, probs = predict(tiny(), image, return_probs=True, precision="bf16")
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "x.png")), labels)
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "x_probs.npy"), probs)
+    assert not np.array_equal(probs, predict(tiny(), image, return_probs=True)[1])
+
+
 def test_same_stems_never_clobber(weights, tmp_path):
     write(tmp_path / "a" / "x.png", 12, 12, 1)
     write(tmp_path / "b" / "x.png", 12, 12, 2)
@@ -122,12 +134,34 @@ def test_bad_and_unusual_images(weights, tmp_path, capsys):
     }
 
 
-def test_refuses_an_out_folder_that_would_overwrite_inputs(weights, tmp_path, capsys):
-    write(tmp_path / "x.png", 12, 12)
-    before = (tmp_path / "x.png").read_bytes()
-    assert main(["predict", str(weights), str(tmp_path / "x.png"), "--out", str(tmp_path)]) == 2
+def test_refuses_an_out_folder_that_is_an_input_folder(weights, tmp_path, capsys):
+    data = tmp_path / "data"
+    write(data / "x.jpg", 12, 12)
+    (tmp_path / "link").symlink_to(data)
+    for inputs, out, named in [
+        ([data], data, f"--out {data} is the input folder {data}:"),
+        ([data / "x.jpg"], data, f"--out {data} is the input folder {data}:"),  # the folder of a file
+        ([str(data / "*.jpg")], tmp_path / "link", f"--out {tmp_path / 'link'} is the input folder {data} "),
+        (
+            [tmp_path / "link"],
+            data / ".." / "data",
+            f"is the input folder {tmp_path / 'link'} (both are {data})",
+        ),
+    ]:
+        assert main(["predict", str(weights), *map(str, inputs), "--out", str(out)]) == 2
+        assert named in capsys.readouterr().err
+        assert sorted(p.name for p in data.iterdir()) == ["x.jpg"]  # nothing written
+
+
+def test_refuses_an_out_folder_that_would_overwrite_the_weights(weights, tmp_path, capsys):
+    write(tmp_path / "in" / "x.png", 12, 12)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x.png").write_bytes(weights.read_bytes())  # a checkpoint is known by its content
+    before = (tmp_path / "out" / "x.png").read_bytes()
+    args = ["predict", str(tmp_path / "out" / "x.png"), str(tmp_path / "in"), "--out", str(tmp_path / "out")]
+    assert main(args) == 2
     assert "would overwrite input file(s)" in capsys.readouterr().err
-    assert (tmp_path / "x.png").read_bytes() == before
+    assert (tmp_path / "out" / "x.png").read_bytes() == before
 
 
 def test_unwritable_output_folder(weights, tmp_path, capsys):

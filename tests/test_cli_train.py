@@ -10,6 +10,7 @@ import fcnseg
 from fcnseg.cli import main
 from fcnseg.cli.train import load_recipe
 from fcnseg.data.synthetic import write_synthetic_folder
+from fcnseg.errors import ConfigError
 from fcnseg.train.trainer import TrainConfig
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.toml"))
@@ -57,6 +58,21 @@ def test_bad_recipe_is_a_clean_error(tmp_path, capsys):
     recipe.write_text("arch = \n")
     assert main(["train", "--config", str(recipe), "--quiet"]) == 2
     assert "not valid TOML" in capsys.readouterr().err
+    recipe.write_bytes(b'arch = "fcn\xff8s"\n')
+    assert main(["train", "--config", str(recipe), "--quiet"]) == 2
+    assert "bad.toml: not valid TOML ('utf-8' codec can't decode byte 0xff" in capsys.readouterr().err
+
+
+def test_recipe_settings_of_the_wrong_type_are_named(tmp_path):
+    recipe = tmp_path / "typed.toml"
+    recipe.write_text('batch_size = 2.5\nwidths = "4,8"\nflip = 1\nimage_size = [32]\nlr = 1\ncrop = []\n')
+    with pytest.raises(ConfigError) as error:
+        TrainConfig.from_dict(load_recipe(recipe))
+    assert str(error.value) == (
+        "training settings of the wrong type: batch_size = 2.5 (expected int); "
+        "widths = '4,8' (expected tuple[int, ...] | None); flip = 1 (expected bool); "
+        "image_size = [32] (expected tuple[int, int]); crop = [] (expected int | None)"
+    )  # lr = 1 is fine: an integer is a float
 
 
 def test_folder_training_and_evaluate(tmp_path, capsys):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from mat_writer import Sparse, Stored, write_mat
 
-from fcnseg.data.matlab import MatReadError, load_mat
+from fcnseg.data.matlab import MatReadError, load_label_map, load_mat
 
 
 @pytest.mark.parametrize("compress", [False, True])
@@ -77,3 +77,26 @@ def test_not_a_mat_file_and_truncated_file_name_the_file(tmp_path):
     good.write_bytes(good.read_bytes()[:-100])
     with pytest.raises(MatReadError, match=r"cut\.mat.*truncated"):
         load_mat(good)
+
+
+def test_label_map_must_be_a_2d_array_of_whole_numbers(tmp_path):
+    path = tmp_path / "labels.mat"
+    write_mat(
+        path,
+        {
+            "S": np.array([[1.0, 2.0], [3.0, 4.0]]),
+            "cells": ["a", "b"],
+            "half": np.array([[0.5, 1.0]]),
+            "GTcls": {"Boundaries": np.zeros((2, 2))},
+        },
+    )
+    labels = load_label_map(path, "S")
+    assert labels.dtype == np.int64 and labels.tolist() == [[1, 2], [3, 4]]
+    for args, message in [
+        (("cells",), r"labels\.mat: expected variable 'cells' to be a 2-D numeric array"),
+        (("missing",), r"labels\.mat: expected variable 'missing' to be a 2-D numeric array"),
+        (("half",), r"labels\.mat: variable 'half' holds values that are not whole numbers"),
+        (("GTcls", "Segmentation"), r"labels\.mat: expected a struct GTcls with a field Segmentation"),
+    ]:
+        with pytest.raises(MatReadError, match=message):
+            load_label_map(path, *args)

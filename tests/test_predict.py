@@ -9,6 +9,7 @@ from tiny_nets import tiny_fcn
 
 import fcnseg
 from fcnseg.data.preprocess import preprocess
+from fcnseg.errors import ConfigError
 from fcnseg.infer import predict as predict_module
 from fcnseg.infer.predict import predict, predict_batch, resolve_device
 
@@ -126,7 +127,7 @@ def test_training_mode_is_restored_and_dropout_off():
 def test_forward_is_the_single_call_site(monkeypatch):
     calls = []
 
-    def forward(model, x):
+    def forward(model, x, dtype):
         calls.append(tuple(x.shape))
         return model(x)
 
@@ -138,7 +139,7 @@ def test_forward_is_the_single_call_site(monkeypatch):
 def test_runs_under_inference_mode(monkeypatch):
     seen = []
 
-    def forward(model, x):
+    def forward(model, x, dtype):
         seen.append(torch.is_inference_mode_enabled())
         return model(x)
 
@@ -171,10 +172,34 @@ def test_cpu_predictions_use_the_fast_twin_and_refresh_it_when_weights_change():
     x = torch.randn(1, 3, 29, 35)
     with torch.inference_mode():
         first = predict_module._forward(model, x)
-        twin = predict_module._FAST_TWINS[model][1]
+        twin = predict_module._FAST_TWINS[model][torch.float32][1]
         assert (first - model(x)).abs().max() <= 1e-4 * model(x).abs().max()
         with torch.no_grad():
             model.score_fr.bias.add_(1.0)
         second = predict_module._forward(model, x)
-    assert predict_module._FAST_TWINS[model][1] is not twin
+    assert predict_module._FAST_TWINS[model][torch.float32][1] is not twin
     assert (second - model(x)).abs().max() <= 1e-4 * model(x).abs().max()
+
+
+def test_bf16_runs_the_fast_twin_in_bfloat16_close_to_fp32(monkeypatch):
+    monkeypatch.setattr(predict_module, "cpu_has_native_bf16", lambda: True)
+    model, image = tiny_fcn(num_classes=4), random_image(40, 52)
+    labels, probs = predict(model, image, return_probs=True)
+    labels16, probs16 = predict(model, image, return_probs=True, precision="bf16")
+    assert predict_module._FAST_TWINS[model][torch.bfloat16][1].dtype == torch.bfloat16
+    assert probs16.dtype == np.float32
+    assert 0 < np.abs(probs16 - probs).max() < 0.05  # rounded, not another net
+    assert (labels16 == labels).mean() > 0.95
+
+
+def test_precision_auto_follows_the_hardware(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(predict_module, "cpu_has_native_bf16", lambda: True)
+    assert predict_module.resolve_precision("auto", cpu) == torch.bfloat16
+    assert predict_module.resolve_precision("fp32", cpu) == torch.float32
+    monkeypatch.setattr(predict_module, "cpu_has_native_bf16", lambda: False)
+    assert predict_module.resolve_precision("auto", cpu) == torch.float32
+    with pytest.warns(UserWarning, match="no native bfloat16 arithmetic: it will be slower than fp32"):
+        assert predict_module.resolve_precision("bf16", cpu) == torch.bfloat16
+    with pytest.raises(ConfigError, match="precision must be one of fp32, bf16, auto; got 'fp16'"):
+        predict(tiny_fcn(), random_image(8, 8), precision="fp16")

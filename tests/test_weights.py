@@ -1,13 +1,17 @@
 """Weight import and checkpoints: torchvision and Caffe classifiers, bad files, atomic saves."""
 
+import os
 import shutil
+import stat
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 import fcnseg
+from fcnseg.cli import main
 from fcnseg.weights import checkpoint
 from fcnseg.weights.caffe import load_caffe_fcn, load_caffe_weights
 from fcnseg.weights.caffe_format import CaffeLayer, read_caffemodel, write_caffemodel
@@ -234,3 +238,130 @@ def test_load_checks_the_expected_arch(caffe_fixtures, tmp_path):
     path = fcnseg.save_checkpoint(fcnseg.build_model("fcn32s", 3, widths=TINY_VGG), tmp_path / "m.pt")
     with pytest.raises(ValueError, match="holds an fcn32s model, not fcn8s"):
         fcnseg.load(path, arch="fcn8s")
+
+
+class NotWeights:
+    """A class of the test module: what a pickle of arbitrary objects holds."""
+
+
+@pytest.fixture
+def foreign_files(tmp_path):
+    """``.pt`` files that are not checkpoints: empty, images, a pickle of objects, text."""
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    photo = tmp_path / "photo.pt"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo, format="JPEG")
+    mask = tmp_path / "mask.pt"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(mask, format="PNG")
+    objects = tmp_path / "objects.pt"
+    torch.save({"format": "fcnseg", "thing": NotWeights()}, objects)
+    text = tmp_path / "notes.pt"
+    text.write_text("weights are elsewhere\n")
+    return {
+        empty: "empty.pt is empty (0 bytes): not a checkpoint",
+        photo: "photo.pt is a JPEG image, not a checkpoint or Caffe model",
+        mask: "mask.pt is a PNG image, not a checkpoint or Caffe model",
+        objects: "objects.pt is not a readable fcnseg checkpoint (it holds Python objects that a safe load refuses",
+        text: "notes.pt is neither an fcnseg checkpoint",
+    }
+
+
+@pytest.mark.parametrize("reader", [fcnseg.load, checkpoint.read_checkpoint, checkpoint.load_checkpoint])
+def test_files_that_are_no_checkpoint_say_what_they_are(foreign_files, reader):
+    for path, message in foreign_files.items():
+        with pytest.raises(checkpoint.CheckpointError) as error:
+            reader(path)
+        assert message in str(error.value)
+        assert "weights_only" not in str(error.value)  # torch's advice to load unsafely is not repeated
+
+
+def test_imagenet_weights_that_are_no_state_dict_say_what_they_are(foreign_files):
+    for path, message in foreign_files.items():
+        if "neither" in message:  # text: torch.load's own complaint, as for any unreadable file
+            message = "notes.pt is not a readable torch state dict"
+        message = message.replace("readable fcnseg checkpoint", "readable torch state dict")
+        with pytest.raises(checkpoint.CheckpointError) as error:
+            fcnseg.fcn_from_imagenet("fcn32s", path)
+        assert message in str(error.value) and "weights_only" not in str(error.value)
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_commands_refuse_files_that_are_no_checkpoint(foreign_files, tmp_path, capsys, command):
+    image = tmp_path / "in.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    for path, message in foreign_files.items():
+        extra = ["--out", str(tmp_path / "out")] if command == "predict" else []
+        assert main([command, str(path), str(image) if command == "predict" else "synthetic", *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "weights_only" not in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_caffe_model_in_a_pt_file_is_loaded_but_is_no_checkpoint(caffe_fixtures, tmp_path):
+    shutil.copy(caffe_fixtures / "fcn8s.caffemodel", tmp_path / "renamed.pt")
+    assert fcnseg.load(tmp_path / "renamed.pt").config["arch"] == "fcn8s"
+    with pytest.raises(
+        checkpoint.CheckpointError, match="renamed.pt is a Caffe model, not an fcnseg checkpoint"
+    ):
+        checkpoint.read_checkpoint(tmp_path / "renamed.pt")
+
+
+def test_caffe_layer_name_that_is_not_utf8_is_named_in_the_error(caffe_fixtures, tmp_path):
+    data = (caffe_fixtures / "fcn8s.caffemodel").read_bytes()
+    name_field = b"\n\x03fc7\x12"  # field 1 (name), length 3, then field 2 (type) follows
+    assert data.count(name_field) == 1
+    path = tmp_path / "odd.caffemodel"
+    path.write_bytes(data.replace(name_field, b"\n\x03f\xff7\x12"))
+    assert read_caffemodel(path)[-1].name  # names are text, whatever bytes the file holds
+    with pytest.raises(WeightsMismatchError) as error:
+        fcnseg.load(path)
+    message = str(error.value)
+    assert "layers missing from the file: fc7" in message
+    assert "layers in the file that the net does not have: f\\xff7" in message
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002, 0o027])
+def test_outputs_follow_the_umask(tmp_path, monkeypatch, mask):
+    """Files get 0666 less the umask, as ``open`` gives them, whether /proc tells the umask or not."""
+    model = fcnseg.build_model("fcn32s", 3, widths=TINY_VGG)
+    previous = os.umask(mask)
+    try:
+        written = [
+            fcnseg.save_checkpoint(model, tmp_path / "m.pt"),
+            checkpoint.atomic_write(tmp_path / "a.bin", lambda f: f.write(b"x")),
+        ]
+        monkeypatch.setattr(checkpoint, "_PROC_STATUS", str(tmp_path / "no-proc"))
+        written.append(checkpoint.atomic_write(tmp_path / "b.bin", lambda f: f.write(b"y")))
+        assert os.umask(mask) == mask  # reading the umask left it as it was
+    finally:
+        os.umask(previous)
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ({"config": {"arch": ["fcn32s"]}}, "config names architecture ['fcn32s'], not one of fcn32s,"),
+        (
+            {"meta": {"preprocess": ["caffe"]}},
+            "meta names preprocessing ['caffe'], not one of caffe, imagenet",
+        ),
+        ({"meta": {"class_names": "abc"}}, "meta's class_names is not a list of names"),
+        ({"state_dict": {"conv1_1.weight": 1.0}}, "'state_dict' is not a dict of named tensors"),
+        ({"config": {"bogus": 1}}, "its config describes no net (FCN.__init__() got an unexpected keyword"),
+        (
+            {"config": {"widths": [4, 8, 16, 32, 32, 10**9]}},
+            "fc6.bias: expected shape (1000000000,), file has",
+        ),
+    ],
+)
+def test_damaged_checkpoint_contents_are_named(tmp_path, damage, message):
+    """Read with torch's safe loader, but of the wrong kind or size: named, and nothing huge is built."""
+    data = checkpoint.checkpoint_dict(fcnseg.build_model("fcn32s", 3, widths=TINY_VGG))
+    for key, value in damage.items():
+        data[key] = {**data[key], **value} if key == "config" else value
+    torch.save(data, tmp_path / "damaged.pt")
+    with pytest.raises(checkpoint.CheckpointError) as error:
+        fcnseg.load(tmp_path / "damaged.pt")
+    assert "damaged.pt" in str(error.value) and message in str(error.value)

@@ -1,6 +1,7 @@
 """fcnseg: Fully Convolutional Networks for semantic segmentation, faithful to the original Caffe nets."""
 
 from fcnseg.data.preprocess import preprocess
+from fcnseg.errors import FcnsegError
 from fcnseg.infer.predict import predict
 from fcnseg.models import ARCHITECTURES, FCN, build_model, convolutionalize, rarefy, shift_and_stitch
 from fcnseg.train.metrics import confusion_matrix, scores
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ARCHITECTURES",
     "FCN",
+    "FcnsegError",
     "TrainConfig",
     "build_model",
     "confusion_matrix",

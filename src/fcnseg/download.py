@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 
 from tqdm import tqdm
 
+from fcnseg.errors import FcnsegError
 from fcnseg.weights.checkpoint import atomic_write
 
 __all__ = [
@@ -41,7 +42,7 @@ class DownloadError(OSError):
     """A download that failed (no network, a dropped connection), with instructions to fetch the file by hand."""
 
 
-class ChecksumError(ValueError):
+class ChecksumError(FcnsegError):
     """A file whose checksum or size differs from the published (or recorded) one."""
 
 

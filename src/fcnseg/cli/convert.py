@@ -26,10 +26,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     imagenet = sources.add_parser(
         "imagenet", help="an ImageNet classifier (torchvision .pth or Caffe .caffemodel) as FCN backbone"
     )
-    imagenet.add_argument("weights", type=Path)
-    imagenet.add_argument("--arch", choices=sorted(ARCHITECTURES), required=True)
-    imagenet.add_argument("--num-classes", type=int, default=21)
-    imagenet.add_argument("--out", type=Path, required=True)
+    imagenet.add_argument("weights", type=Path, help="the classifier's weights (.pth or .caffemodel)")
+    imagenet.add_argument("--arch", choices=sorted(ARCHITECTURES), required=True, help="the FCN to build")
+    imagenet.add_argument("--num-classes", type=int, default=21, help="classes of the new score layers")
+    imagenet.add_argument("--out", type=Path, required=True, help="checkpoint to write (.pt)")
     imagenet.add_argument("--classes", type=Path, help="text file with one class name per line")
     imagenet.set_defaults(run=run_imagenet)
 

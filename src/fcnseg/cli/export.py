@@ -32,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "and preprocessing in their metadata_props, TorchScript files in meta.json."
         ),
     )
-    parser.add_argument("format", choices=("onnx", "torchscript"))
+    parser.add_argument("format", choices=("onnx", "torchscript"), help="onnx needs the export extra")
     parser.add_argument("weights", help="fcnseg checkpoint")
     parser.add_argument("--out", required=True, help="file to write, e.g. model.onnx or model.pt")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")

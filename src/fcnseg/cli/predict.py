@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from fcnseg.data.images import MAX_PIXELS, read_image
 from fcnseg.infer.overlay import colorize, overlay
-from fcnseg.infer.predict import predict_batch, resolve_device
+from fcnseg.infer.predict import PRECISIONS, predict_batch, resolve_device
 from fcnseg.infer.tiling import parse_memory
 from fcnseg.models.fcn import FCN
 from fcnseg.weights.checkpoint import atomic_write
@@ -110,6 +110,19 @@ def _output_suffixes(args: argparse.Namespace) -> list[str]:
     return suffixes
 
 
+def _check_out_is_no_input_folder(out: Path, specs: Sequence[str], files: Sequence[Path]) -> None:
+    """Refuse to write label PNGs among the images (``x.png`` beside ``x.jpg`` spoils a data set)."""
+    target = out.resolve()
+    folders = [Path(s) for s in specs if Path(s).is_dir()] + [f.parent for f in files]
+    clash = next((folder for folder in folders if folder.resolve() == target), None)
+    if clash is not None:
+        same = "" if str(out) == str(clash) else f" (both are {target})"
+        raise ValueError(
+            f"--out {out} is the input folder {clash}{same}: the outputs would mix with the images; "
+            "choose another output folder"
+        )
+
+
 def _check_no_overwrite(inputs: Sequence[Path], weights: Path, outputs: Sequence[Path]) -> None:
     protected = {p.resolve() for p in inputs} | {weights.resolve()}
     clobbered = [str(p) for p in outputs if p.resolve() in protected]
@@ -166,6 +179,7 @@ def _segment(
                 tta_flip=args.tta_flip,
                 tta_scales=args.tta_scales,
                 max_memory=args.max_memory,
+                precision=args.precision,
             )
         except (ValueError, RuntimeError) as error:
             failures.extend(_describe(path, error) for path, _, _ in group)
@@ -202,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
     weights, out = Path(args.weights), Path(args.out)
     files, failures = collect_inputs(args.inputs)
     stems = output_stems(files, _output_suffixes(args))
+    _check_out_is_no_input_folder(out, args.inputs, files)
     _check_no_overwrite(files, weights, [out / (s + x) for s in stems for x in _output_suffixes(args)])
     _prepare_out(out)
     model = load(weights)
@@ -276,12 +291,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out",
         required=True,
-        help="output folder (created if missing; refused if an output would overwrite an input)",
+        help="output folder (created if missing; refused if it is an input folder or an output would "
+        "overwrite an input)",
     )
     parser.add_argument(
         "--overlay", action="store_true", help="also write <stem>_overlay.jpg: colours over the image"
     )
-    parser.add_argument("--overlay-format", choices=("jpg", "png"), default="jpg")
+    parser.add_argument("--overlay-format", choices=("jpg", "png"), default="jpg", help="overlay file type")
     parser.add_argument("--overlay-alpha", type=_alpha, default=0.5, help="colour weight in the overlay")
     parser.add_argument(
         "--probs", action="store_true", help="also write <stem>_probs.npy: (C, H, W) softmax probabilities"
@@ -290,13 +306,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--probs-dtype",
         choices=("float16", "float32"),
         default="float16",
-        help="float16 (default) halves the files and keeps probabilities to about 3 decimal digits",
+        help="float16 halves the files and keeps probabilities to about 3 decimal digits",
     )
     parser.add_argument("--tta-flip", action="store_true", help="average with the mirrored image")
     parser.add_argument(
         "--tta-scales", type=_scales, default=None, help="average over rescaled copies, e.g. 0.75,1,1.25"
     )
-    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda", "auto"), default="auto", help="auto: CUDA when available"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="fp32: exact; bf16: the net in bfloat16, faster where the hardware has it (CPUs with "
+        "AVX512-BF16 or AMX, recent GPUs), labels may differ at a few pixels; auto: bf16 where the "
+        "hardware has it, else fp32",
+    )
     parser.add_argument(
         "--max-memory",
         type=_memory,
@@ -307,8 +333,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-megapixels",
         type=_megapixels,
-        default=MAX_PIXELS,
-        help=f"refuse larger images, a guard against decompression bombs (default {MAX_PIXELS / 1e6:.0f}, "
-        "as PIL; 0 = no limit)",
+        default=str(MAX_PIXELS / 1e6),
+        help="refuse larger images, a guard against decompression bombs (PIL's limit; 0 = no limit)",
     )
     parser.set_defaults(run=run)

@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fcnseg.cli import shown_default
 from fcnseg.cli.evaluate import format_metrics
+from fcnseg.errors import ConfigError
 from fcnseg.train import distributed
 from fcnseg.train.trainer import DATASETS, RECIPES, TrainConfig, Trainer, TrainingInterrupted
 from fcnseg.weights.checkpoint import read_checkpoint
@@ -105,7 +107,7 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     ("--seed", {"type": int}),
-    ("--val-every", {"type": int, "help": "steps between validations and checkpoints (default: each epoch)"}),
+    ("--val-every", {"type": int, "help": "steps between validations and checkpoints; 0: once per epoch"}),
     ("--checkpoint-every", {"type": float, "help": "seconds between saves of last.pt between validations"}),
     ("--val-batch-size", {"type": int}),
     ("--workers", {"type": int, "help": "DataLoader worker processes"}),
@@ -131,23 +133,36 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="continue the run in --out from its last.pt, with its settings"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     for flag, options in _FLAGS:
-        parser.add_argument(flag, default=None, **options)
+        # default=None: a flag left out lets the recipe decide; the help shows TrainConfig's default
+        parser.add_argument(
+            flag, default=None, **_with_default(options, defaults[flag[2:].replace("-", "_")])
+        )
     parser.set_defaults(run=run)
+
+
+def _with_default(options: dict[str, Any], default: Any) -> dict[str, Any]:
+    """``options`` with TrainConfig's default for the flag at the end of its help."""
+    text = options.get("help", "")
+    if default is None or default is dataclasses.MISSING or "default" in text:
+        return options
+    shown = shown_default(default, options.get("nargs")).replace("%", "%%")
+    return {**options, "help": f"{text} (default: {shown})".lstrip()}
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
     """A recipe file's settings as one flat dict; tables only group keys for the reader."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise ValueError(f"{path}: not valid TOML ({error})") from error
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"{path}: not valid TOML ({error})") from error
     flat: dict[str, Any] = {}
     for key, value in data.items():
         for name, item in value.items() if isinstance(value, dict) else [(key, value)]:
             if name in flat:
-                raise ValueError(f"{path}: setting {name!r} appears twice")
+                raise ConfigError(f"{path}: setting {name!r} appears twice")
             flat[name] = item
     return flat
 

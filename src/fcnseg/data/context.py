@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from fcnseg.data.datasets import SegmentationDataset, read_id_list, require_files
-from fcnseg.data.matlab import load_mat
+from fcnseg.data.matlab import load_label_map
 from fcnseg.data.voc import find_voc_dir
 
 __all__ = ["CONTEXT_CLASSES", "PascalContextSegmentation", "context_lookup"]
@@ -155,9 +155,6 @@ class PascalContextSegmentation(SegmentationDataset):
 
     def load_label(self, index: int) -> np.ndarray:
         path = self.files[index][1]
-        full = load_mat(path, ["LabelMap"]).get("LabelMap")
-        if not isinstance(full, np.ndarray) or full.ndim != 2:
-            raise ValueError(f"{path}: expected a 2-D variable 'LabelMap'")
-        full = full.astype(np.int64)
+        full = load_label_map(path, "LabelMap")
         known = (full >= 0) & (full < len(self.lookup))
         return np.where(known, self.lookup[np.where(known, full, 0)], 0)

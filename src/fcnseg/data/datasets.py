@@ -10,7 +10,7 @@ import numpy as np
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from fcnseg.data.images import check_pair, read_image, read_label
+from fcnseg.data.images import ImageReadError, check_pair, read_image, read_label
 
 __all__ = [
     "IGNORE_INDEX",
@@ -35,12 +35,12 @@ class DataError(ValueError):
 
 
 def validate_label(label: np.ndarray, num_classes: int, path: str | Path) -> None:
-    """Raise ``ValueError`` if ``label`` holds ids outside [0, num_classes) other than 255."""
+    """Raise ``ImageReadError`` if ``label`` holds ids outside [0, num_classes) other than 255."""
     bad = (label < 0) | ((label >= num_classes) & (label != IGNORE_INDEX))
     if bad.any():
         values = np.unique(label[bad])
         shown = ", ".join(map(str, values[:20])) + (" ..." if len(values) > 20 else "")
-        raise ValueError(
+        raise ImageReadError(
             f"{path}: label values {shown} are not class ids for num_classes={num_classes} "
             f"(valid: 0..{num_classes - 1}, and {IGNORE_INDEX} = ignore)"
         )

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from fcnseg.data.palette import pascal_palette
+from fcnseg.errors import FcnsegError
 
 __all__ = ["MAX_PIXELS", "ImageReadError", "check_pair", "read_depth", "read_image", "read_label"]
 
@@ -19,7 +20,7 @@ _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _INDEX_MODES = ("P", "L", "1", *_SIXTEEN_BIT)
 
 
-class ImageReadError(ValueError):
+class ImageReadError(FcnsegError):
     """An image or mask that cannot be decoded or interpreted; the message names the file."""
 
 
@@ -143,9 +144,9 @@ def _colours_to_ids(rgb: np.ndarray, path: str | Path) -> np.ndarray:
 
 
 def check_pair(image: np.ndarray, label: np.ndarray, image_path: str | Path, label_path: str | Path) -> None:
-    """Raise ``ValueError`` unless the image (H, W, C) and label (..., H, W) have the same size."""
+    """Raise ``ImageReadError`` unless the image (H, W, C) and label (..., H, W) have the same size."""
     if image.shape[:2] != label.shape[-2:]:
         (h, w), (lh, lw) = image.shape[:2], label.shape[-2:]
-        raise ValueError(
+        raise ImageReadError(
             f"image and label sizes differ: {image_path} is {w}x{h} (WxH) but {label_path} is {lw}x{lh}"
         )

@@ -9,7 +9,7 @@ import numpy as np
 
 from fcnseg.data.datasets import SegmentationDataset, read_id_list, require_files
 from fcnseg.data.images import read_depth, read_image
-from fcnseg.data.matlab import load_mat
+from fcnseg.data.matlab import load_label_map
 
 __all__ = ["NYUD_CLASSES", "NYUDSegmentation"]
 
@@ -108,8 +108,5 @@ class NYUDSegmentation(SegmentationDataset):
 
     def load_label(self, index: int) -> np.ndarray:
         path = self.files[index][1]
-        raw = load_mat(path, ["segmentation"]).get("segmentation")
-        if not isinstance(raw, np.ndarray) or raw.ndim != 2:
-            raise ValueError(f"{path}: expected a 2-D variable 'segmentation'")
-        raw = raw.astype(np.int64)
+        raw = load_label_map(path, "segmentation")
         return np.where(raw == 0, self.ignore_index, raw - 1)

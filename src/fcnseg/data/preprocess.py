@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fcnseg.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -37,7 +39,7 @@ PRESETS: dict[str, Preprocessing] = {
 
 def get_preprocessing(name: str) -> Preprocessing:
     if name not in PRESETS:
-        raise ValueError(f"unknown preprocessing {name!r}; choose one of {sorted(PRESETS)}")
+        raise ConfigError(f"unknown preprocessing {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]
 
 

@@ -13,7 +13,7 @@ from fcnseg.data.datasets import (
     require_files,
     validate_label,
 )
-from fcnseg.data.matlab import load_mat
+from fcnseg.data.matlab import load_label_map
 
 __all__ = ["SIFTFLOW_GEOMETRIC_CLASSES", "SIFTFLOW_SEMANTIC_CLASSES", "SiftFlowSegmentation"]
 
@@ -127,8 +127,5 @@ class SiftFlowSegmentation(SegmentationDataset):
 
 def _read_s(path: Path) -> np.ndarray:
     """The ``S`` matrix of a label file, shifted so that classes start at 0 and void is 255."""
-    raw = load_mat(path, ["S"]).get("S")
-    if not isinstance(raw, np.ndarray) or raw.ndim != 2:
-        raise ValueError(f"{path}: expected a 2-D variable 'S'")
-    raw = raw.astype(np.int64)
+    raw = load_label_map(path, "S")
     return np.where(raw <= 0, IGNORE_INDEX, raw - 1)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from fcnseg.data.datasets import SegmentationDataset, read_id_list, require_files
-from fcnseg.data.matlab import load_mat
+from fcnseg.data.matlab import load_label_map
 
 __all__ = [
     "VOC_CLASSES",
@@ -144,11 +144,7 @@ class SBDSegmentation(SegmentationDataset):
         self.split = split
 
     def load_label(self, index: int) -> np.ndarray:
-        path = self.files[index][1]
-        gt = load_mat(path, ["GTcls"]).get("GTcls")
-        if not isinstance(gt, dict) or "Segmentation" not in gt:
-            raise ValueError(f"{path}: expected a struct GTcls with a field Segmentation")
-        return np.asarray(gt["Segmentation"]).astype(np.int64)
+        return load_label_map(self.files[index][1], "GTcls", "Segmentation")
 
 
 def pascal_split(name: str, voc_root: str | Path, sbd_root: str | Path | None = None) -> SegmentationDataset:

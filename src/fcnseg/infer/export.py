@@ -17,9 +17,7 @@ import importlib.util
 import json
 import logging
 import os
-import tempfile
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +25,10 @@ import torch
 
 import fcnseg
 from fcnseg.data.preprocess import get_preprocessing
+from fcnseg.errors import MissingExtraError
 from fcnseg.infer.predict import DEFAULT_PREPROCESS
 from fcnseg.models.fcn import FCN
+from fcnseg.weights.checkpoint import atomic_write_path
 
 __all__ = ["export_onnx", "export_torchscript", "onnx_metadata"]
 
@@ -36,6 +36,9 @@ EXAMPLE_SIZE = 64
 """Side of the example input traced; any size works since every dimension but channels is dynamic."""
 
 LEGACY_OPSET = 17
+
+EXTRA = "fcnseg[export]"
+"""What to install for ONNX export: onnx, onnxscript (the newer exporter) and onnxruntime (to run it)."""
 
 
 def onnx_metadata(model: FCN) -> dict[str, str]:
@@ -58,20 +61,6 @@ def onnx_metadata(model: FCN) -> dict[str, str]:
         "input": "image: (N, 3, H, W) float32, preprocessed as preprocess_params say",
         "output": "scores: (N, C, H, W) float32 class scores (logits); argmax over C gives labels",
     }
-
-
-def _replace_atomically(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename over ``path``: no torn file on failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _export_graph(model: FCN, path: Path, dynamo: bool, opset: int | None) -> None:
@@ -115,7 +104,10 @@ def export_onnx(
     ``torch.export``-based exporter when ``onnxscript`` is installed, else the
     TorchScript-based one. The model is put in eval mode on the CPU.
     """
-    import onnx  # optional: only exporting needs it
+    try:
+        import onnx  # optional: only exporting needs it
+    except ImportError as error:
+        raise MissingExtraError(f"ONNX export needs the export extra: pip install '{EXTRA}'") from error
 
     if dynamo is None:
         dynamo = importlib.util.find_spec("onnxscript") is not None
@@ -128,7 +120,7 @@ def export_onnx(
         onnx.helper.set_model_props(graph, onnx_metadata(model))
         onnx.save(graph, tmp)
 
-    return _replace_atomically(Path(path), write)
+    return atomic_write_path(Path(path), write)
 
 
 def export_torchscript(model: FCN, path: str | os.PathLike) -> Path:
@@ -147,6 +139,4 @@ def export_torchscript(model: FCN, path: str | os.PathLike) -> Path:
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks become constants
         warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit itself: known, see above
         traced = torch.jit.trace(model, example, check_trace=False)
-        return _replace_atomically(
-            Path(path), lambda tmp: torch.jit.save(traced, str(tmp), _extra_files=extra)
-        )
+        return atomic_write_path(Path(path), lambda tmp: torch.jit.save(traced, str(tmp), _extra_files=extra))

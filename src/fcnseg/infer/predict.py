@@ -7,7 +7,9 @@ near a border depends on the zero padding its convolutions see there.
 
 from __future__ import annotations
 
+import functools
 import os
+import warnings
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -20,6 +22,7 @@ from PIL import Image
 
 from fcnseg.data.images import read_image
 from fcnseg.data.preprocess import preprocess
+from fcnseg.errors import ConfigError
 from fcnseg.infer.fast import FastFCN, optimize
 from fcnseg.infer.tiling import (
     BYTES_PER_VALUE,
@@ -30,13 +33,27 @@ from fcnseg.infer.tiling import (
 )
 from fcnseg.models.fcn import FCN
 
-__all__ = ["predict", "predict_batch", "resolve_device"]
+__all__ = [
+    "PRECISIONS",
+    "cpu_has_native_bf16",
+    "predict",
+    "predict_batch",
+    "resolve_device",
+    "resolve_precision",
+]
 
 DEFAULT_PREPROCESS = "caffe"
 """Used when a model's ``meta`` names no preprocessing: the original Caffe FCN models'."""
 
 
-_FAST_TWINS: weakref.WeakKeyDictionary[FCN, tuple[tuple, FastFCN]] = weakref.WeakKeyDictionary()
+PRECISIONS = ("fp32", "bf16", "auto")
+"""fp32: exact. bf16: the backbone in bfloat16 (autocast on CUDA). auto: bf16 where the hardware has it."""
+
+_BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}
+
+_FAST_TWINS: weakref.WeakKeyDictionary[FCN, dict[torch.dtype, tuple[tuple, FastFCN]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _weights_fingerprint(model: FCN) -> tuple:
@@ -44,20 +61,60 @@ def _weights_fingerprint(model: FCN) -> tuple:
     return tuple((t.data_ptr(), t._version) for t in [*model.parameters(), *model.buffers()])
 
 
-def _forward(model: FCN, x: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) -> (N, C, H, W) scores, on the fastest exact path.
+def _forward(model: FCN, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, C, H, W) float32 scores, on the fastest path for ``dtype``.
 
-    On the CPU in float32 that is the model's :class:`FastFCN` twin (same scores to
-    about 1e-6 relative, see ``fcnseg.infer.fast``), built once per set of weights.
+    On the CPU that is the model's :class:`FastFCN` twin (in float32 the same scores
+    to about 1e-6 relative, see ``fcnseg.infer.fast``), built once per set of weights
+    and dtype; on CUDA, bfloat16 is autocast.
     """
-    if x.device.type != "cpu" or x.dtype != torch.float32:
+    if x.device.type != "cpu":
+        if dtype == torch.float32:
+            return model(x)
+        with torch.autocast(x.device.type, dtype=dtype):
+            return model(x).float()
+    if x.dtype != torch.float32:
         return model(x)
     fingerprint = _weights_fingerprint(model)
-    cached = _FAST_TWINS.get(model)
+    twins = _FAST_TWINS.setdefault(model, {})
+    cached = twins.get(dtype)
     if cached is None or cached[0] != fingerprint:
-        cached = (fingerprint, optimize(model))
-        _FAST_TWINS[model] = cached
+        cached = twins[dtype] = (fingerprint, optimize(model, dtype))
     return cached[1](x)
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU computes in bfloat16 natively (x86 AVX512-BF16 or AMX-BF16, from /proc/cpuinfo).
+
+    Elsewhere bfloat16 is emulated and slower than float32; where there is no
+    /proc/cpuinfo (macOS, Windows) the answer is False.
+    """
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return bool(_BF16_CPU_FLAGS & set(line.partition(":")[2].split()))
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype that ``precision`` (``"fp32"``, ``"bf16"``, ``"auto"``) means on ``device``.
+
+    ``"bf16"`` on a CPU without native bfloat16 warns: it runs, but slower than float32.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
+    if precision == "bf16" and not native:
+        warnings.warn(
+            f"bf16 requested but this {device.type.upper()} has no native bfloat16 arithmetic: "
+            "it will be slower than fp32",
+            stacklevel=2,
+        )
+    return torch.bfloat16 if precision == "bf16" or (precision == "auto" and native) else torch.float32
 
 
 def resolve_device(device: str | torch.device | None, model: FCN | None = None) -> torch.device:
@@ -83,16 +140,16 @@ def _evaluating(model: FCN) -> Iterator[None]:
         model.train(was_training)
 
 
-def _scores(model: FCN, x: torch.Tensor, budget: int) -> torch.Tensor:
+def _scores(model: FCN, x: torch.Tensor, budget: int, dtype: torch.dtype) -> torch.Tensor:
     """(N, 3, H, W) -> (N, C, H, W): whole images in chunks that fit ``budget``, else tiled."""
     n, _, height, width = x.shape
     per_image = activation_bytes(model, height, width)
     if per_image <= budget:
         chunk = budget // per_image
-        return torch.cat([_forward(model, x[i : i + chunk]) for i in range(0, n, chunk)])
+        return torch.cat([_forward(model, x[i : i + chunk], dtype) for i in range(0, n, chunk)])
     # the blended scores and their weights stay in memory beside the tiles
     plan = plan_tiles(model, budget - BYTES_PER_VALUE * (model.num_classes + 1) * height * width)
-    forward = partial(_forward, model)
+    forward = partial(_forward, model, dtype=dtype)
     return torch.cat([tiled_scores(forward, x[i : i + 1], model.num_classes, plan) for i in range(n)])
 
 
@@ -104,7 +161,7 @@ def _resized(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def _tta_probabilities(
-    model: FCN, x: torch.Tensor, flip: bool, scales: Sequence[float], budget: int
+    model: FCN, x: torch.Tensor, flip: bool, scales: Sequence[float], budget: int, dtype: torch.dtype
 ) -> torch.Tensor:
     """(N, 3, H, W) -> (N, C, H, W): softmax averaged over scales (and mirror images), each
     resized back to H x W. Resizing the preprocessed input equals resizing the image, since
@@ -117,7 +174,7 @@ def _tta_probabilities(
         scaled = _resized(x, max(1, round(height * scale)), max(1, round(width * scale)))
         for mirrored in (False, True) if flip else (False,):
             inputs = scaled.flip(-1) if mirrored else scaled
-            probs = _scores(model, inputs, budget).softmax(1)
+            probs = _scores(model, inputs, budget, dtype).softmax(1)
             probs = probs.flip(-1) if mirrored else probs
             total += _resized(probs, height, width)
             views += 1
@@ -150,6 +207,7 @@ def predict_batch(
     tta_scales: Sequence[float] | None = None,
     device: str | torch.device | None = None,
     max_memory: int | None = None,
+    precision: str = "fp32",
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(N, H, W, 3) uint8 RGB images of one size -> (N, H, W) labels and (N, C, H, W) probabilities.
 
@@ -157,6 +215,7 @@ def predict_batch(
     memory available on the device); an image too large for it alone is segmented
     in overlapping tiles. Probabilities (float32) are ``None`` unless asked for or
     implied by test-time augmentation. ``model`` is moved to ``device`` if given.
+    ``precision`` is one of :data:`PRECISIONS`.
     """
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
@@ -165,16 +224,17 @@ def predict_batch(
     if any(s <= 0 for s in scales):
         raise ValueError(f"TTA scales must be positive, got {scales}")
     device = resolve_device(device, model)
+    dtype = resolve_precision(precision, device)
     model.to(device)
     budget = max_memory if max_memory is not None else default_max_memory(device)
     mode = getattr(model, "meta", {}).get("preprocess", DEFAULT_PREPROCESS)
     x = preprocess(images, mode).to(device)
     with _evaluating(model):
         if return_probs or tta_flip or scales != (1.0,):
-            probs = _tta_probabilities(model, x, tta_flip, scales, budget)
+            probs = _tta_probabilities(model, x, tta_flip, scales, budget, dtype)
             labels = probs.argmax(1)
         else:
-            probs, labels = None, _scores(model, x, budget).argmax(1)
+            probs, labels = None, _scores(model, x, budget, dtype).argmax(1)
     labels = labels.cpu().numpy().astype(_label_dtype(model.num_classes))
     return labels, (probs.cpu().numpy() if probs is not None else None)
 
@@ -188,6 +248,7 @@ def predict(
     tta_scales: Sequence[float] | None = None,
     device: str | torch.device | None = None,
     max_memory: int | None = None,
+    precision: str = "fp32",
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Segment one image: (H, W, 3) uint8 RGB (or a path, or a PIL image) -> (H, W) label map.
 
@@ -196,6 +257,9 @@ def predict(
     ``tta_flip`` adds the mirrored image and ``tta_scales`` (e.g. ``(0.75, 1, 1.25)``)
     rescaled copies; their probabilities are resized back and averaged.
     Preprocessing is the one in ``model.meta["preprocess"]`` (``"caffe"`` if unset).
+    ``precision="bf16"`` runs the backbone in bfloat16: faster on CPUs with native
+    bfloat16, with labels that may differ from float32's at a few pixels; ``"auto"``
+    picks it where the hardware has it.
     """
     labels, probs = predict_batch(
         model,
@@ -205,5 +269,6 @@ def predict(
         tta_scales=tta_scales,
         device=device,
         max_memory=max_memory,
+        precision=precision,
     )
     return (labels[0], probs[0]) if return_probs else labels[0]

@@ -20,6 +20,8 @@ import random
 import signal
 import threading
 import time
+import types
+import typing
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ from tqdm import tqdm
 from fcnseg.data.datasets import DataError, SegmentationDataset, check_pairs
 from fcnseg.data.preprocess import get_preprocessing, preprocess
 from fcnseg.data.transforms import Compose, RandomCrop, RandomHorizontalFlip, RandomScale, pad_collate
+from fcnseg.errors import ConfigError, FcnsegError
 from fcnseg.models.fcn import FCN
 from fcnseg.models.registry import ARCHITECTURES, build_model
 from fcnseg.train import distributed
@@ -106,8 +109,32 @@ AUTO = "auto"
 ``preprocess``: the initial weights' preprocessing, else "imagenet"."""
 
 
-class TrainingDiverged(ValueError):
+class TrainingDiverged(FcnsegError):
     """The loss became NaN or infinite; the last checkpoint on disk is the last good one."""
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a plain value (from TOML or a checkpoint) has the type of a TrainConfig field."""
+    args, origin = typing.get_args(hint), typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if isinstance(hint, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args, strict=True))
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, origin or hint)  # other generics (dict[str, float]): the container only
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint).replace("NoneType", "None") if typing.get_args(hint) else hint.__name__
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -194,7 +221,7 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ValueError naming the setting that is out of range."""
+        """Raise ConfigError naming the setting that is out of range."""
         choices = {
             "dataset": DATASETS,
             "loss": REDUCTIONS,
@@ -206,31 +233,31 @@ class TrainConfig:
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         if self.preprocess != AUTO:
             get_preprocessing(self.preprocess)
         if self.num_classes is not None and self.num_classes < 1:
-            raise ValueError(f"num_classes must be positive, got {self.num_classes}")
+            raise ConfigError(f"num_classes must be positive, got {self.num_classes}")
         if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0 seconds, got {self.checkpoint_every}")
+            raise ConfigError(f"checkpoint_every must be >= 0 seconds, got {self.checkpoint_every}")
         positive = ("lr", "batch_size", "epochs", "val_batch_size", "loss_sampling_cell")
         for name in positive:
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be positive, got {self.max_steps}")
+            raise ConfigError(f"max_steps must be positive, got {self.max_steps}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.time_limit is not None and self.time_limit <= 0:
-            raise ValueError(f"time_limit must be positive, got {self.time_limit}")
+            raise ConfigError(f"time_limit must be positive, got {self.time_limit}")
         if not 0 < self.loss_keep_prob <= 1:
-            raise ValueError(f"loss_keep_prob must be in (0, 1], got {self.loss_keep_prob}")
+            raise ConfigError(f"loss_keep_prob must be in (0, 1], got {self.loss_keep_prob}")
         if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.val_every < 0 or self.workers < 0:
-            raise ValueError("val_every and workers must be >= 0")
+            raise ConfigError("val_every and workers must be >= 0")
         if self.dataset != "synthetic" and not self.data:
-            raise ValueError(f"dataset {self.dataset!r} needs a data folder (data = ...)")
+            raise ConfigError(f"dataset {self.dataset!r} needs a data folder (data = ...)")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -245,9 +272,17 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown training settings: {', '.join(unknown)}; known: recipe, {', '.join(sorted(known))}"
             )
+        hints = typing.get_type_hints(cls)
+        wrong = [
+            f"{k} = {v!r} (expected {_type_name(hints[k])})"
+            for k, v in values.items()
+            if not _fits(v, hints[k])
+        ]
+        if wrong:
+            raise ConfigError(f"training settings of the wrong type: {'; '.join(wrong)}")
         return cls(**{**RECIPES[recipe], **values})
 
     def to_dict(self) -> dict[str, Any]:

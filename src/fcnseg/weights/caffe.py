@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from fcnseg.models.alexnet import ALEXNET_CONVS
 from fcnseg.models.fcn import FCN
@@ -36,6 +37,11 @@ def infer_arch(blobs: dict[str, list[np.ndarray]], source: str) -> str:
     )
 
 
+def _is_weight(weight: np.ndarray) -> bool:
+    """A filter (out, in, kh, kw) or a matrix (out, in) with no empty dimension."""
+    return weight.ndim >= 2 and min(weight.shape) > 0
+
+
 def infer_build_args(blobs: dict[str, list[np.ndarray]], arch: str, source: str) -> dict:
     """Widths, classes, input channels and groups of the net the blobs were made for."""
     convs = ALEXNET_CONVS if arch == "fcn-alexnet" else VGG16_STAGE_FIRSTS
@@ -43,6 +49,12 @@ def infer_build_args(blobs: dict[str, list[np.ndarray]], arch: str, source: str)
     missing = [name for name in needed if name not in blobs]
     if missing:
         raise WeightsMismatchError(f"{source}: {arch} needs layers that the file lacks: {', '.join(missing)}")
+    odd = [f"{name} {tuple(blobs[name][0].shape)}" for name in needed if not _is_weight(blobs[name][0])]
+    if odd:
+        raise WeightsMismatchError(
+            f"{source}: these weights should be filters (out, in, height, width) or matrices (out, in) "
+            f"with no empty dimension: {', '.join(odd)}"
+        )
     widths = [int(blobs[name][0].shape[0]) for name in (*convs, "fc6")]
     args: dict = {"arch": arch, "widths": widths, "in_channels": int(blobs[convs[0]][0].shape[1])}
     if "score_fr" in blobs:
@@ -67,6 +79,14 @@ def load_caffe_fcn(path: str | os.PathLike, arch: str | None = None, **build_opt
     if arch is not None and arch != found and not (arch == "fcn32s-fixed" and found == "fcn32s"):
         raise WeightsMismatchError(f"{path}: --arch {arch} given, but the file holds an {found} model")
     args = infer_build_args(blobs, arch or found, str(path))
+    try:  # the fit is checked first on the meta device: a corrupt file may describe an enormous net
+        with torch.device("meta"):
+            probe = build_model(**args, **build_options)
+    except (ValueError, RuntimeError) as error:
+        raise WeightsMismatchError(
+            f"{path}: its layer shapes describe no {args['arch']} net: {error}"
+        ) from error
+    copy_into(probe, blobs, source=str(path), reshape="legacy")
     model = build_model(**args, **build_options)
     copy_into(model, blobs, source=str(path), reshape="legacy")
     model.meta = {"preprocess": "caffe", "source": path.name}

@@ -29,6 +29,7 @@ about four times the file size: the file bytes, the parsed message and the numpy
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +38,12 @@ import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
+from fcnseg.errors import FcnsegError
+
 __all__ = ["CaffeFormatError", "CaffeLayer", "read_caffemodel", "write_caffemodel"]
 
 
-class CaffeFormatError(ValueError):
+class CaffeFormatError(FcnsegError):
     """A file that is not a usable Caffe model, or layers that cannot be written as one."""
 
 
@@ -196,6 +199,13 @@ _ENUMS = {
 _SPATIAL = ("kernel_size", "stride", "pad", "dilation")
 
 
+def _enum(kind: str, value: int) -> str:
+    """The name of an enum value; IndexError for a value this module does not know (negative too)."""
+    if not 0 <= value < len(_ENUMS[kind]):
+        raise IndexError(f"{kind} {value}")
+    return _ENUMS[kind][value]
+
+
 def _axes(values, default: int) -> tuple[int, ...]:
     """Caffe's per-axis values: none means the default, one value applies to both axes."""
     values = tuple(values) or (default,)
@@ -223,7 +233,7 @@ def _conv(p) -> dict:
 
 def _pool(p) -> dict:
     return {
-        "pool": _ENUMS["pool"][p.pool],
+        "pool": _enum("pool", p.pool),
         "kernel_size": _spatial(p, "kernel", [p.kernel_size], 0),
         "stride": _spatial(p, "stride", [p.stride], 1),
         "pad": _spatial(p, "pad", [p.pad], 0),
@@ -236,7 +246,7 @@ def _lrn(p) -> dict:
         "alpha": p.alpha,
         "beta": p.beta,
         "k": p.k,
-        "norm_region": _ENUMS["norm_region"][p.norm_region],
+        "norm_region": _enum("norm_region", p.norm_region),
     }
 
 
@@ -252,7 +262,7 @@ _PARAMS = {
     "LRN": ("lrn_param", _lrn),
     "Eltwise": (
         "eltwise_param",
-        lambda p: {"operation": _ENUMS["operation"][p.operation], "coeff": tuple(p.coeff)},
+        lambda p: {"operation": _enum("operation", p.operation), "coeff": tuple(p.coeff)},
     ),
     "Crop": ("crop_param", lambda p: {"axis": p.axis, "offset": tuple(p.offset)}),
     "Scale": (
@@ -265,8 +275,10 @@ _PARAMS = {
 def _blob_array(blob, path: Path, layer: str, index: int) -> np.ndarray:
     legacy = any(blob.HasField(f) for f in ("num", "channels", "height", "width"))
     shape = (blob.num, blob.channels, blob.height, blob.width) if legacy else tuple(blob.shape.dim)
+    if any(d < 0 for d in shape):
+        raise CaffeFormatError(f"{path}: layer {layer!r} blob {index} has a negative dimension: {shape}")
     array = np.asarray(blob.double_data if len(blob.double_data) else blob.data, dtype=np.float32)
-    expected = int(np.prod(shape, dtype=np.int64))
+    expected = math.prod(shape)  # Python's integers: no overflow whatever the dimensions
     if array.size != expected:
         raise CaffeFormatError(
             f"{path}: layer {layer!r} blob {index} has shape {shape}, which needs {expected} "
@@ -275,20 +287,26 @@ def _blob_array(blob, path: Path, layer: str, index: int) -> np.ndarray:
     return array.reshape(shape)
 
 
+def _text(value: str | bytes) -> str:
+    """A string field as text: protobuf returns proto2 strings that are not UTF-8 as bytes."""
+    return value if isinstance(value, str) else value.decode("utf-8", errors="backslashreplace")
+
+
 def _read_layer(lp, path: Path) -> CaffeLayer:
+    name = _text(lp.name)
     if isinstance(lp, _MESSAGES["V1LayerParameter"]):
         if lp.type not in _V1_TYPES:
-            raise CaffeFormatError(f"{path}: layer {lp.name!r} has unknown V1 type {lp.type}")
+            raise CaffeFormatError(f"{path}: layer {name!r} has unknown V1 type {lp.type}")
         type_ = _V1_TYPES[lp.type]
     else:
-        type_ = lp.type
-    blobs = [_blob_array(b, path, lp.name, i) for i, b in enumerate(lp.blobs)]
+        type_ = _text(lp.type)
+    blobs = [_blob_array(b, path, name, i) for i, b in enumerate(lp.blobs)]
     field, reader = _PARAMS.get(type_, (None, None))
     try:
         params = reader(getattr(lp, field)) if reader else {}
     except IndexError as e:  # an enum value this module does not know
-        raise CaffeFormatError(f"{path}: layer {lp.name!r} has an unknown {field} enum") from e
-    return CaffeLayer(name=lp.name, type=type_, blobs=blobs, params=params)
+        raise CaffeFormatError(f"{path}: layer {name!r} has an unknown {field} enum") from e
+    return CaffeLayer(name=name, type=type_, blobs=blobs, params=params)
 
 
 def read_caffemodel(path: str | os.PathLike) -> list[CaffeLayer]:
@@ -300,9 +318,13 @@ def read_caffemodel(path: str | os.PathLike) -> list[CaffeLayer]:
     """
     path = Path(path)
     try:
-        net = _NetParameter.FromString(path.read_bytes())
+        data = path.read_bytes()
     except OSError as e:
         raise CaffeFormatError(f"{path}: cannot read the Caffe model: {e}") from e
+    if not data:
+        raise CaffeFormatError(f"{path} is empty (0 bytes): not a Caffe model")
+    try:
+        net = _NetParameter.FromString(data)
     except DecodeError as e:
         raise CaffeFormatError(f"{path}: not a binary Caffe NetParameter (truncated or corrupt?): {e}") from e
     if len(net.layer) and len(net.layers):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -10,31 +11,98 @@ from typing import Any, BinaryIO
 
 import torch
 
+from fcnseg.data.preprocess import PRESETS
+from fcnseg.errors import FcnsegError
 from fcnseg.models.fcn import FCN
-from fcnseg.models.registry import build_model
+from fcnseg.models.registry import ARCHITECTURES, build_model
 
 FORMAT = "fcnseg"
 VERSION = 1
 
+_CHECKPOINT_STARTS = (b"PK\x03\x04", *(b"\x80" + bytes([protocol]) for protocol in range(2, 6)))
+"""A zip archive, as ``torch.save`` writes, or a pickle (its legacy format)."""
+_FOREIGN = (
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"GIF87a", "a GIF image"),
+    (b"GIF89a", "a GIF image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"\x1f\x8b", "a gzip file"),
+    (b"BZh", "a bzip2 file"),
+    (b"\xfd7zXZ\x00", "an xz file"),
+    (b"%PDF", "a PDF document"),
+    (b"\x89HDF\r\n\x1a\n", "an HDF5 file"),
+    (b"MATLAB", "a MAT-file"),
+    (b"<!DOCTYPE html", "an HTML page (a failed download?)"),
+    (b"<html", "an HTML page (a failed download?)"),
+)
+"""First bytes of formats that people mistake for weights, or rename by accident."""
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write`` on a temporary file beside ``path``, flush it to disk, then rename it over ``path``.
+# NetParameter's fields: (number, wire type) pairs that a Caffe model can start with.
+_NET_PARAMETER_KEYS = {(1, 2), (2, 2), (3, 2), (4, 0), (4, 2), (5, 0), (6, 2), (7, 0), (8, 2), (100, 2)}
 
-    A crash or a full disk leaves either the old file or the new one, never a torn one.
+
+class CheckpointError(FcnsegError):
+    """A file that is not a usable fcnseg checkpoint (or Caffe model); the message says what it is."""
+
+
+_PROC_STATUS = "/proc/self/status"
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the system says it (Linux 4.7+).
+
+    Elsewhere it is set and restored at once, which another thread creating a file at
+    that instant could notice.
+    """
+    try:
+        with open(_PROC_STATUS) as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_path(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write`` with a temporary file name beside ``path``, flush the file, rename it over ``path``.
+
+    A crash or a full disk leaves either the old file or the new one, never a torn one. The file
+    gets the permissions that ``open`` would give it (0666 less the umask), not ``mkstemp``'s 0600.
+    For writers that take a file name; :func:`atomic_write` is for those that take a file object.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
+        os.chmod(tmp, 0o666 & ~_umask())
+        write(Path(tmp))
+        with open(tmp, "r+b") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write`` on a temporary file beside ``path``, flush it to disk, then rename it over ``path``.
+
+    A crash or a full disk leaves either the old file or the new one, never a torn one;
+    permissions follow the umask (see :func:`atomic_write_path`).
+    """
+
+    def write_file(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            write(f)
+
+    return atomic_write_path(path, write_file)
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -60,27 +128,146 @@ def save_checkpoint(model: FCN, path: str | os.PathLike) -> Path:
     return atomic_save(checkpoint_dict(model), path)
 
 
+def _foreign_format(head: bytes, size: int) -> str | None:
+    """The name of a known non-weights format that ``head`` starts, e.g. "a JPEG image"."""
+    for magic, name in _FOREIGN:
+        if head.startswith(magic):
+            return name
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "a WebP image"
+    if head[:2] == b"BM" and int.from_bytes(head[2:6], "little") == size:  # BMP: its own size follows
+        return "a BMP image"
+    return None
+
+
+def _looks_like_net_parameter(head: bytes) -> bool:
+    """Whether ``head`` starts with a field that a binary Caffe NetParameter can start with."""
+    key = shift = 0
+    for byte in head[:5]:
+        key |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return (key >> 3, key & 7) in _NET_PARAMETER_KEYS
+    return False
+
+
+def _head(path: Path) -> bytes:
+    """The first bytes of a weights file; a CheckpointError if it is empty or of a known other format."""
+    with path.open("rb") as f:
+        head = f.read(64)
+    if not head:
+        raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint or Caffe model")
+    foreign = _foreign_format(head, path.stat().st_size)
+    if foreign:
+        raise CheckpointError(f"{path} is {foreign}, not a checkpoint or Caffe model")
+    return head
+
+
+def weights_format(path: str | os.PathLike) -> str:
+    """``"checkpoint"`` or ``"caffe"``: what a weights file holds, from its first bytes.
+
+    A zip archive (what ``torch.save`` writes; a legacy pickle too) is a checkpoint; a file named
+    ``.caffemodel`` or starting like a protobuf NetParameter is a Caffe model. Anything else, an
+    empty file or an image above all, raises a ``CheckpointError`` that says what the file is.
+    """
+    path = Path(path)
+    head = _head(path)
+    if path.suffix == ".caffemodel":
+        return "caffe"
+    if head.startswith(_CHECKPOINT_STARTS):
+        return "checkpoint"
+    if _looks_like_net_parameter(head):
+        return "caffe"
+    raise CheckpointError(
+        f"{path} is neither an fcnseg checkpoint (a zip archive, as torch.save writes) nor a Caffe "
+        f"model (a protobuf NetParameter); it starts with {head[:8]!r}"
+    )
+
+
+def _load_failure(error: Exception) -> str:
+    """Why ``torch.load`` refused a file, without its advice to retry with ``weights_only=False``:
+    that runs whatever code the file holds."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n\n")[0]
+        detail = re.split(r"\. Please|\n", detail)[0].strip()
+        return f"it holds Python objects that a safe load refuses: {detail}"
+    return re.split(r"\. |\n", text)[0]
+
+
+def safe_load(path: Path, map_location: str | torch.device = "cpu", what: str = "torch file") -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain values, never code; a CheckpointError
+    naming the file (and not suggesting an unsafe load) when that fails."""
+    _head(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch.load's failures on a corrupt file have no common type
+        raise CheckpointError(f"{path} is not a readable {what} ({_load_failure(error)})") from error
+
+
+def _structure_problems(data: Any) -> list[str]:
+    """What is missing or of the wrong kind in a loaded checkpoint dict (format tag aside)."""
+    problems = []
+    config, state, meta = data.get("config"), data.get("state_dict"), data.get("meta", {})
+    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+        problems.append("'config' is not a dict of build arguments")
+    elif not isinstance(config.get("arch"), str) or config["arch"] not in ARCHITECTURES:
+        problems.append(
+            f"config names architecture {config.get('arch')!r}, not one of {', '.join(ARCHITECTURES)}"
+        )
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        problems.append("'state_dict' is not a dict of named tensors")
+    if not isinstance(meta, dict):
+        problems.append("'meta' is not a dict")
+    else:
+        preprocess = meta.get("preprocess", "caffe")
+        if not isinstance(preprocess, str) or preprocess not in PRESETS:
+            problems.append(f"meta names preprocessing {preprocess!r}, not one of {', '.join(PRESETS)}")
+        names = meta.get("class_names")
+        if names is not None and not (
+            isinstance(names, list | tuple) and all(isinstance(n, str) for n in names)
+        ):
+            problems.append("meta's class_names is not a list of names")
+    return problems
+
+
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint dict safely (``weights_only=True``), with errors that name the file."""
+    """Load a checkpoint dict safely (``weights_only=True``), with errors that name the file.
+
+    Anything that is not an fcnseg checkpoint, down to a corrupt one, raises a ``CheckpointError``.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path} is not a readable fcnseg checkpoint ({error})") from error
+    if weights_format(path) != "checkpoint":
+        raise CheckpointError(
+            f"{path} is a Caffe model, not an fcnseg checkpoint: load it with fcnseg.load, or convert "
+            "it with fcnseg convert caffe"
+        )
+    data = safe_load(path, map_location, "fcnseg checkpoint")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an fcnseg checkpoint (no '{FORMAT}' format tag)")
-    if data.get("version", 0) > VERSION:
-        raise ValueError(f"{path} has checkpoint version {data['version']}; this fcnseg reads {VERSION}")
+        raise CheckpointError(f"{path} is not an fcnseg checkpoint (no '{FORMAT}' format tag)")
+    version = data.get("version", 0)
+    if not isinstance(version, int):
+        raise CheckpointError(f"{path}: checkpoint version {version!r} is not a number")
+    if version > VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {version}; this fcnseg reads {VERSION}")
+    problems = _structure_problems(data)
+    if problems:
+        raise CheckpointError(f"{path} is a damaged fcnseg checkpoint:\n  " + "\n  ".join(problems))
     return data
 
 
 def model_from_checkpoint(data: dict[str, Any], source: str) -> FCN:
     """Rebuild the net a checkpoint describes and load its weights strictly."""
-    model = build_model(**data["config"])
+    try:  # on the meta device first: a damaged config may describe an enormous net
+        with torch.device("meta"):
+            expected = build_model(**data["config"]).state_dict()
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{source}: its config describes no net ({error}): {data['config']}") from error
     state = data["state_dict"]
-    expected = model.state_dict()
     problems = [f"missing {k}" for k in expected if k not in state]
     problems += [f"unexpected {k}" for k in state if k not in expected]
     problems += [
@@ -89,9 +276,10 @@ def model_from_checkpoint(data: dict[str, Any], source: str) -> FCN:
         if k in expected and v.shape != expected[k].shape
     ]
     if problems:
-        raise ValueError(
+        raise CheckpointError(
             f"{source}: weights do not fit architecture {data['config']['arch']}:\n  " + "\n  ".join(problems)
         )
+    model = build_model(**data["config"])
     model.load_state_dict(state)
     model.meta = dict(data.get("meta", {}))
     return model

@@ -22,6 +22,7 @@ from fcnseg.models.registry import build_model
 from fcnseg.models.vgg import VGG16_CONVS
 from fcnseg.weights.caffe import infer_build_args, learned_blobs
 from fcnseg.weights.caffe_format import read_caffemodel
+from fcnseg.weights.checkpoint import safe_load
 from fcnseg.weights.transfer import WeightsMismatchError, copy_into
 
 
@@ -107,10 +108,7 @@ def fcn_from_imagenet(
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise WeightsMismatchError(f"{path}: not a readable torch state dict ({error})") from error
+    state = safe_load(path, "cpu", "torch state dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsMismatchError(f"{path}: expected a state dict of tensors")
     return state

@@ -10,15 +10,15 @@ import torch
 from fcnseg.models.fcn import FCN
 from fcnseg.weights import hub
 from fcnseg.weights.caffe import load_caffe_fcn
-from fcnseg.weights.checkpoint import load_checkpoint
+from fcnseg.weights.checkpoint import load_checkpoint, weights_format
 
 
 def load(path: str | os.PathLike, arch: str | None = None, map_location: str | torch.device = "cpu") -> FCN:
     """A ready model (eval mode) from an fcnseg checkpoint, an original Caffe FCN model, or a
     published model by name (``"voc-fcn8s"``; ``fcnseg weights list``), downloaded and converted once.
 
-    Caffe models are recognised by their ``.caffemodel`` suffix or, failing that,
-    by not being a torch zip archive; ``arch`` is only needed to check a Caffe
+    Caffe models are recognised by their ``.caffemodel`` suffix or their first bytes
+    (``weights_format``); ``arch`` is only needed to check a Caffe
     file against what you expect, since the file itself says which net it holds.
     """
     path = Path(path)
@@ -26,9 +26,7 @@ def load(path: str | os.PathLike, arch: str | None = None, map_location: str | t
         path = hub.checkpoint(str(path))
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    with path.open("rb") as f:
-        is_torch_zip = f.read(4) == b"PK\x03\x04"
-    if path.suffix == ".caffemodel" or not is_torch_zip:
+    if weights_format(path) == "caffe":
         return load_caffe_fcn(path, arch)
     model = load_checkpoint(path, map_location)
     if arch is not None and model.config["arch"] != arch:

@@ -8,8 +8,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from fcnseg.errors import FcnsegError
 
-class WeightsMismatchError(ValueError):
+
+class WeightsMismatchError(FcnsegError):
     """A weight file does not fit the net: missing, extra or mis-shaped layers."""
 
 
