@@ -161,6 +161,9 @@ def test_median_frequency_weights():
     expected = np.median(freq) / freq
     np.testing.assert_allclose(weights[:3].numpy(), expected, rtol=1e-6)
     assert weights[3].item() == 1.0  # never seen: neutral
+    gentle = median_frequency_weights(class_pixels, image_pixels, power=0.5)
+    np.testing.assert_allclose(gentle[:3].numpy(), np.sqrt(expected), rtol=1e-6)
+    assert gentle[3].item() == 1.0
 
 
 def test_class_counts_reject_foreign_ids():

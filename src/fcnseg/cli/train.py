@@ -73,6 +73,7 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--crop", {"type": int, "help": "random crops of this side, padded with the ignore label"}),
     ("--loss", {"choices": ("sum", "mean"), "help": "sum: the paper's unnormalised loss; mean: per pixel"}),
     ("--class-balance", {"action": "store_const", "const": True, "help": "median-frequency class weights"}),
+    ("--class-balance-power", {"type": float, "help": "class weights to this power (0.5: gentler balance)"}),
     (
         "--loss-keep-prob",
         {"type": float, "help": "loss sampling: keep each pixel's term with this probability"},

@@ -139,8 +139,13 @@ def class_pixel_counts(
     return class_pixels, image_pixels
 
 
-def median_frequency_weights(class_pixels: np.ndarray, image_pixels: np.ndarray) -> torch.Tensor:
-    """Median frequency balancing (Eigen and Fergus 2015): weight_c = median(freq) / freq_c.
+def median_frequency_weights(
+    class_pixels: np.ndarray, image_pixels: np.ndarray, power: float = 1.0
+) -> torch.Tensor:
+    """Median frequency balancing (Eigen and Fergus 2015): weight_c = (median(freq) / freq_c) ** power.
+
+    ``power`` below 1 softens the balance: rare classes still count more, but the
+    frequent background is not weighted down so far that it is predicted too rarely.
 
     ``freq_c`` is class c's pixel count divided by the labelled pixels of the images
     where c appears, so a class that is rare but large where present is not
@@ -155,5 +160,5 @@ def median_frequency_weights(class_pixels: np.ndarray, image_pixels: np.ndarray)
     freq = np.zeros_like(class_pixels)
     freq[present] = class_pixels[present] / image_pixels[present]
     weights = np.ones_like(freq)
-    weights[present] = np.median(freq[present]) / freq[present]
+    weights[present] = (np.median(freq[present]) / freq[present]) ** power
     return torch.tensor(weights, dtype=torch.float32)

@@ -179,6 +179,7 @@ class TrainConfig:
     loss: str = "mean"
     ignore_index: int = 255
     class_balance: bool = False
+    class_balance_power: float = 1.0  # median-frequency weights to this power; 0.5 is gentler
     loss_keep_prob: float = 1.0
     loss_sampling: str = "image"
     loss_sampling_cell: int = 1
@@ -1052,7 +1053,8 @@ class Trainer:
         if not self.config.class_balance:
             return None
         labels = (train_set[i][1] for i in range(len(train_set)))
-        return median_frequency_weights(*class_pixel_counts(labels, num_classes, self.config.ignore_index))
+        counts = class_pixel_counts(labels, num_classes, self.config.ignore_index)
+        return median_frequency_weights(*counts, power=self.config.class_balance_power)
 
     def _progress(self, step: int, total_steps: int) -> float:
         """How far the run is, in [0, 1]: by steps, or by time when a time limit comes first.
