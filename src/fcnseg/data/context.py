@@ -9,32 +9,12 @@ import numpy as np
 
 from fcnseg.data.datasets import SegmentationDataset, read_id_list, require_files
 from fcnseg.data.matlab import load_label_map
-from fcnseg.data.voc import find_voc_dir
+from fcnseg.data.voc import VOC_CLASSES, find_voc_dir
 
 __all__ = ["CONTEXT_CLASSES", "PascalContextSegmentation", "context_lookup"]
 
 CONTEXT_CLASSES = (
-    "background",
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
+    *VOC_CLASSES,  # the 59 classes list the 20 VOC ones first, in VOC's order
     "bag",
     "bed",
     "bench",
