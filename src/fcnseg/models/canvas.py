@@ -23,15 +23,17 @@ weight's gradient only ever sees the total. Max-pooling ties inside a run (all
 its values are equal) route the gradient to another position of the same run,
 which changes nothing for the same reason.
 
-:func:`run_trunk` runs a backbone this way for training and evaluation alike
-(the default of :class:`~fcnseg.models.fcn.FCN`); :func:`upsample_and_crop` skips
-the part of the final upsampling that the crop throws away. The planner
+:func:`run_trunk` runs a backbone this way, for training and evaluation alike
+(the default of :class:`~fcnseg.models.fcn.FCN`), with the backbone's own
+modules and parameters and standard differentiable ops only. A batch also
+computes what lies beyond its images' reach (the frame and what is left of the
+runs: the same for every image) once; :func:`upsample_and_crop` computes only
+the part of the final upsampling that the crop keeps. The planner
 (:func:`plan_canvas`) is shared with the inference twin in ``fcnseg.infer.fast``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import weakref
 from collections.abc import Sequence
@@ -115,19 +117,18 @@ class AxisPlan:
     ``reindex[i]``: before step i, canvas positions to take from the current canvas.
     ``expand[i]``: after step i, the canvas position of every full position (None: same).
     ``lengths[i]``: full length of the blob entering step i (the last: of the output).
-    ``stretches``: (first, end) steps between copies.
-    ``reach[first]``: the canvas interval entering a stretch that its image-dependent
-    output depends on, when it lies inside the canvas (see :func:`run_trunk`), and
-    ``core[end]`` that output interval (canvas positions of the blob step end - 1 gives).
+    ``stretches``: the (first, end) steps between copies.
+    ``core[end]``: the canvas positions of a stretch's output that the image reaches,
+    and ``reach[first]`` the input positions they depend on, when inside the canvas.
     """
 
     pad: tuple[int, int]
     reindex: dict[int, torch.Tensor]
     expand: dict[int, torch.Tensor | None]
     lengths: tuple[int, ...]
-    stretches: tuple[tuple[int, int], ...] = ()
-    reach: dict[int, tuple[int, int] | None] = dataclasses.field(default_factory=dict)
-    core: dict[int, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    stretches: tuple[tuple[int, int], ...]
+    reach: dict[int, tuple[int, int] | None]
+    core: dict[int, tuple[int, int]]
 
 
 def _removal(windows: tuple[Window | None, ...], runs: list[tuple[_Run, _Run]], side: int) -> int:
