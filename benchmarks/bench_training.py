@@ -14,7 +14,7 @@ timing, one step's scores and gradients are compared with the padded net's in
 float64 (dropout off, so that torchfcn's Dropout2d can be compared too;
 tests/test_canvas.py checks dropout). Variants are timed in turn, round after round, so that
 load on a shared machine hits them alike; the table gives medians. Writes the
-``training-speed`` section of benchmarks/RESULTS.md.
+``training-speed:measured`` block of benchmarks/RESULTS.md.
 
     python benchmarks/bench_training.py            # about 20 minutes on 2 cores
 """
@@ -179,7 +179,7 @@ def main() -> None:
     load_after = os.getloadavg()[0]
     text = "\n".join(
         [
-            "## Training step: padded net, trimmed canvas, torchfcn (CPU)",
+            "### Measured: padded net, trimmed canvas, torchfcn",
             "",
             "Forward, loss, backward and optimizer update of FCN-8s; median and best over rounds in which the "
             "variants take turns. *padded*: `model.trim_padding = False`, the layers as written; *trimmed*: "
@@ -201,7 +201,7 @@ def main() -> None:
     )
     print(text)
     if not args.no_write:
-        write_section("training-speed", text)
+        write_section("training-speed:measured", text, inside="training-speed")
 
 
 if __name__ == "__main__":
