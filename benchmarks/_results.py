@@ -14,7 +14,7 @@ HEADER = (
 
 
 def machine() -> str:
-    """CPU model, instruction set and core count, e.g. 'AMD EPYC 7B13 (x86_64, avx2), 2 cores'."""
+    """CPU model, instruction set and core count, e.g. 'AMD EPYC (x86_64, avx512, avx512_bf16), 2 cores'."""
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
@@ -25,6 +25,8 @@ def machine() -> str:
     )
     flags = next((ln for ln in lscpu.splitlines() if ln.startswith("Flags")), "")
     isa = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "?"
+    if "avx512_bf16" in flags.split():
+        isa += ", avx512_bf16"
     return f"{model} ({platform.machine()}, {isa}), {os.cpu_count()} cores"
 
 

@@ -1,92 +1,207 @@
-"""Training step time in the default (NCHW) and the channels_last (NHWC) layout, CPU.
+"""Training step time on the CPU: the padded net, the trimmed canvas (the default), and torchfcn.
 
-One step = forward, summed-softmax loss, backward and an Adam update, on the
-demo's narrow FCN-8s (batch 4 at 80x80) and on full-width VGG16 FCN-8s (batch 1 at
-224x224). The layouts are timed in turn, round after round, so that load on a shared
-machine hits both alike; the table gives the median. Writes the ``training-speed``
-section of benchmarks/RESULTS.md.
+One step = forward, loss, backward and optimizer update. Two nets:
 
-    python benchmarks/bench_training.py            # about 8 minutes on 2 cores
+- the demo's: FCN-8s of widths (4, 8, 16, 32, 32, 64), batch 4 of 64x96 images,
+  channels_last, mean loss, Adam (``fcnseg demo``'s settings); also the trimmed
+  net in the default layout. torchfcn's nets have fixed widths: no peer here.
+- full VGG16 FCN-8s, batch 1 of 500x500, summed loss, SGD with momentum 0.99 (the
+  paper's recipe), against torchfcn's ``FCN8s`` holding the same weights (its final
+  upsampling frozen, as in the paper and in fcnseg).
+
+Every variant starts from the same weights and sees the same images; before
+timing, one step's scores and gradients are compared with the padded net's in
+float64 (dropout off, so that torchfcn's Dropout2d can be compared too;
+tests/test_canvas.py checks dropout). Variants are timed in turn, round after round, so that
+load on a shared machine hits them alike; the table gives medians. Writes the
+``training-speed:measured`` block of benchmarks/RESULTS.md.
+
+    python benchmarks/bench_training.py            # about 20 minutes on 2 cores
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
+import os
 import statistics
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _results import machine, write_section
+from torch import nn
 
-from fcnseg import build_model
-from fcnseg.cli.demo import FULL as DEMO_RECIPE
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-CASES = {
-    "demo net (narrow), batch 4, 80x80": (DEMO_RECIPE["widths"], 4, 80, 10),
-    "VGG16, batch 1, 224x224": (None, 1, 224, 2),
-}
+from _peers import torchfcn_twin  # noqa: E402
+from _results import machine, write_section  # noqa: E402
+
+from fcnseg import build_model  # noqa: E402
+from fcnseg.cli.demo import FULL as DEMO_RECIPE  # noqa: E402
+from fcnseg.data.synthetic import CLASS_NAMES  # noqa: E402
 
 
-def step_function(widths, batch: int, size: int, channels_last: bool):
+def seeded_net(widths, classes: int) -> nn.Module:
+    """He-scaled random weights everywhere (score layers too), dropout off: every path carries signal."""
     torch.manual_seed(0)
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    model = build_model("fcn8s", 6, widths=widths).to(memory_format=layout)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    images = torch.randn(batch, 3, size, size).contiguous(memory_format=layout)
-    labels = torch.randint(0, 6, (batch, size, size))
+    model = build_model("fcn8s", classes, widths=widths).train()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                module.weight.normal_(0, (2 / module.weight[0].numel()) ** 0.5)
+                module.bias.normal_(0, 0.1)
+            elif isinstance(module, nn.Dropout):
+                module.p = 0.0
+    return model
 
+
+def step_function(model: nn.Module, optimizer: torch.optim.Optimizer, x, labels, reduction: str):
     def step() -> None:
-        loss = F.cross_entropy(model(images), labels)
-        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x), labels, reduction=reduction)
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    step()  # first call: oneDNN primitives are created
     return step
+
+
+def scores_and_grads(model: nn.Module, x, labels, reduction: str, names: dict[str, str]):
+    """One forward/backward from the current weights: scores and gradients by fcnseg's names."""
+    model.zero_grad(set_to_none=True)
+    out = model(x)
+    F.cross_entropy(out, labels, reduction=reduction).backward()
+    grads = {names.get(n, n): p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.detach(), grads
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def build_case(
+    name: str, threads: int
+) -> tuple[dict[str, Callable[[], None]], dict[str, tuple[float, float]]]:
+    """The case's step functions by variant, and each variant's (score, gradient) error.
+
+    Errors are measured against the padded net in float64, so that each variant's own
+    float32 rounding shows (the padded net's included).
+    """
+    torch.set_num_threads(threads)
+    if name == "demo":
+        widths, batch, (height, width), classes = DEMO_RECIPE["widths"], 4, (64, 96), len(CLASS_NAMES)
+        layouts = {"padded": True, "trimmed": True, "trimmed, default layout": False}
+        reduction = "mean"
+    else:
+        widths, batch, (height, width), classes = None, 1, (500, 500), 21
+        layouts = {"padded": False, "trimmed": False, "torchfcn": False}
+        reduction = "sum"
+    base = seeded_net(widths, classes)
+    torch.manual_seed(1)
+    images = torch.randn(batch, 3, height, width)
+    labels = torch.randint(0, classes, (batch, height, width))
+    padded64 = copy.deepcopy(base).double()
+    padded64.trim_padding = False
+    reference = scores_and_grads(padded64, images.double(), labels, reduction, {})
+    del padded64
+    steps, errors = {}, {}
+    for variant, channels_last in layouts.items():
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        names: dict[str, str] = {}
+        if variant == "torchfcn":
+            model = torchfcn_twin(base, "fcn8s").train()
+            model.upscore8.weight.requires_grad_(False)
+            for module in model.modules():
+                if isinstance(module, nn.modules.dropout._DropoutNd):
+                    module.p = 0.0
+            names = {
+                n: f"backbone.{n}" for n, _ in model.named_parameters() if not n.startswith(("score", "up"))
+            }
+        else:
+            model = copy.deepcopy(base)
+            model.trim_padding = variant != "padded"
+        model = model.to(memory_format=layout)
+        x = images.contiguous(memory_format=layout)
+        params = [p for p in model.parameters() if p.requires_grad]
+        if name == "demo":
+            optimizer = torch.optim.Adam(params, lr=DEMO_RECIPE["lr"])
+        else:
+            optimizer = torch.optim.SGD(params, lr=1e-10, momentum=0.99, weight_decay=5e-4)
+        out, grads = scores_and_grads(model, x, labels, reduction, names)
+        assert grads.keys() == reference[1].keys(), sorted(set(grads) ^ set(reference[1]))
+        errors[variant] = (
+            relative_error(out.double(), reference[0]),
+            max(relative_error(grads[k].double(), reference[1][k]) for k in grads),
+        )
+        steps[variant] = step_function(model, optimizer, x, labels, reduction)
+        steps[variant]()  # first call: oneDNN primitives and canvas plans are made
+    return steps, errors
+
+
+CASES = {
+    "demo": "demo net (4, 8, 16, 32, 32, 64), batch 4, 64x96, Adam",
+    "vgg16": "VGG16 FCN-8s, batch 1, 500x500, SGD",
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds for the demo net (VGG16: 2 fewer)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     rows = []
     for threads in args.threads:
-        torch.set_num_threads(threads)
-        for case, (widths, batch, size, steps) in CASES.items():
-            steps_of = {cl: step_function(widths, batch, size, cl) for cl in (False, True)}
-            times = {False: [], True: []}
-            for _ in range(args.rounds):
-                for cl, step in steps_of.items():
+        for case in args.cases:
+            steps, errors = build_case(case, threads)
+            repeat, rounds = (10, args.rounds) if case == "demo" else (1, max(1, args.rounds - 2))
+            times: dict[str, list[float]] = {v: [] for v in steps}
+            for _ in range(rounds):
+                for variant, step in steps.items():
                     start = time.perf_counter()
-                    for _ in range(steps):
+                    for _ in range(repeat):
                         step()
-                    times[cl].append((time.perf_counter() - start) / steps)
-            nchw, nhwc = statistics.median(times[False]), statistics.median(times[True])
-            rows.append(f"| {case} | {threads} | {nchw:.3f} | {nhwc:.3f} | {nchw / nhwc:.2f} |")
-            print(rows[-1], flush=True)
+                    times[variant].append((time.perf_counter() - start) / repeat)
+            padded = statistics.median(times["padded"])
+            for variant, ts in times.items():
+                median = statistics.median(ts)
+                score_err, grad_err = errors[variant]
+                rows.append(
+                    f"| {CASES[case]} | {threads} | {variant} | {median:.3f} | {min(ts):.3f} "
+                    f"| {padded / median:.2f} | {score_err:.0e} | {grad_err:.0e} |"
+                )
+                print(rows[-1], f"load {os.getloadavg()[0]:.1f}", flush=True)
+    load_after = os.getloadavg()[0]
     text = "\n".join(
         [
-            "## Training step: default layout vs channels_last (CPU)",
+            "### Measured: padded net, trimmed canvas, torchfcn",
             "",
-            "Forward, loss, backward and Adam update of FCN-8s; median over rounds in which the two "
-            "layouts take turns. `TrainConfig(channels_last=True)` / `fcnseg train --channels-last`; "
-            "the demo uses it.",
+            "Forward, loss, backward and optimizer update of FCN-8s; median and best over rounds in which the "
+            "variants take turns. *padded*: `model.trim_padding = False`, the layers as written; *trimmed*: "
+            "the default (`fcnseg.models.canvas`); *torchfcn*: its `FCN8s` with the same weights. Errors of "
+            "one step from the same weights in float32 (dropout off), against the padded net in float64: "
+            "max |x - ref| / max |ref| of the scores and of each parameter's gradient (the worst).",
             "",
-            "- command: `python benchmarks/bench_training.py`",
-            f"- machine: {machine()}; torch {torch.__version__}; {datetime.date.today().isoformat()}",
+            f"- command: `python benchmarks/bench_training.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`",
+            f"- machine: {machine()}; torch {torch.__version__}; "
+            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+            f"- load average (1 min) before/after: {load_before:.1f} / {load_after:.1f} (the machine is "
+            "shared: variants are timed in turn so that load hits them alike)",
             "",
-            "| net | threads | s / step (default) | s / step (channels_last) | speed-up |",
-            "|---|---|---|---|---|",
+            "| net | threads | variant | median s / step | best s / step | x padded (median) | score err "
+            "| gradient err |",
+            "|---|---|---|---|---|---|---|---|",
             *rows,
         ]
     )
     print(text)
     if not args.no_write:
-        write_section("training-speed", text)
+        write_section("training-speed:measured", text, inside="training-speed")
 
 
 if __name__ == "__main__":

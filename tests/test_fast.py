@@ -5,26 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_nets import random_net
 from torch import nn
 
-from fcnseg import build_model
 from fcnseg.infer.fast import FastFCN, _ConvReLU, optimize
 
-NARROW = {"vgg": (4, 8, 16, 32, 32, 64), "alexnet": (8, 8, 16, 16, 8, 32)}
 SIZES = [(1, 1), (2, 3), (17, 23), (32, 32), (64, 48), (100, 7), (131, 1), (161, 203)]
 
 
-def random_net(arch: str, seed: int = 0, **options) -> nn.Module:
-    """A narrow net with He-scaled random weights everywhere, so every path carries signal."""
-    torch.manual_seed(seed)
-    widths = NARROW["alexnet" if arch == "fcn-alexnet" else "vgg"]
-    model = build_model(arch, widths=widths, **options).eval()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.Conv2d):
-                fan_in = module.weight[0].numel()
-                module.weight.normal_(0, (2 / fan_in) ** 0.5)
-                module.bias.normal_(0, 0.2)
+def padded_net(arch: str, **options) -> nn.Module:
+    """The reference: :func:`random_net` running its padded layers as written."""
+    model = random_net(arch, **options)
+    model.trim_padding = False
     return model
 
 
@@ -34,7 +26,7 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("arch", ["fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce", "fcn-alexnet"])
 def test_equals_padded_net_at_every_size(arch: str) -> None:
-    model = random_net(arch)
+    model = padded_net(arch)
     fast = optimize(model)
     for height, width in SIZES:
         x = 60 * torch.randn(2 if height * width < 1000 else 1, 3, height, width)
@@ -47,11 +39,11 @@ def test_equals_padded_net_at_every_size(arch: str) -> None:
 
 def test_learned_upsampling_and_single_tower_alexnet() -> None:
     """Class-mixing deconvolutions keep the dense path; ungrouped AlexNet without LRN works too."""
-    model = random_net("fcn8s", frozen_upsampling="none")
+    model = padded_net("fcn8s", frozen_upsampling="none")
     with torch.no_grad():
         for name in ("upscore2", "upscore_pool4", "upscore8"):
             getattr(model, name).weight.normal_(0, 0.1)
-    alexnet = random_net("fcn-alexnet", groups=1, lrn=False)
+    alexnet = padded_net("fcn-alexnet", groups=1, lrn=False)
     for net in (model, alexnet):
         fast = optimize(net)
         for height, width in [(1, 2), (45, 38)]:
@@ -101,7 +93,7 @@ def test_fused_convolution_routes_agree(shape, kernel, stride, padding, im2col, 
 
 
 def test_bfloat16_keeps_most_labels() -> None:
-    model = random_net("fcn8s")
+    model = padded_net("fcn8s")
     x = 60 * torch.randn(1, 3, 40, 56)
     with torch.no_grad():
         expected = model(x)

@@ -1,183 +1,24 @@
-"""Exact fast inference for FCN nets: skip the constant padding far from the image, fuse conv + ReLU.
+"""Exact fast inference for FCN nets: the trimmed canvas (skip the constant padding), fused conv + ReLU.
 
-The original nets pad conv1 by 100, so that at 500x500 about half the arithmetic
-of the first stages is spent on rows and columns that see only zeros. Along one
-axis, every blob is [border frame | run | core around the image | run | border
-frame], where a *run* is a stretch of identical slices: its positions see only
-padding zeros within their receptive field, and far from the blob's own border.
-Removing all but a few positions of each run from the canvas commutes exactly
-with every convolution and pooling, provided that (i) the number removed is a
-multiple of the layer's stride, (ii) the canvas keeps at least ``kernel - 1`` run
-positions at each layer's input (so no window straddles both sides) and (iii) at
-least one at its output (a representative to copy back). So the net runs on a
-smaller canvas and the removed slices are copied back (``index_select``) only
-where the runs get too short to satisfy (ii) and (iii), once per stride level,
-and at the skips and the end, where the head needs full blobs. The result equals
-the padded net up to float rounding for every input size: nothing is
-approximated, only duplicated work is skipped.
+The net runs on the trimmed canvas of :mod:`fcnseg.models.canvas`, which skips
+most of the 100-pixel input padding exactly, with kernels picked for inference:
+channels-last blobs, convolution and ReLU fused, weights packed per input shape,
+1x1 scores computed on the canvas before the copies back. The result equals the
+padded net up to float rounding for every input size.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fcnseg.models.canvas import AxisPlan, gather, layer_windows, plan_canvas, upsample_and_crop
 from fcnseg.models.fcn import FCN
-from fcnseg.models.geometry import ELEMENTWISE
 from fcnseg.models.layers import crop_like
-
-_Run = tuple[int, int]
-"""Half-open interval [a, b) of positions along one axis holding identical slices."""
-
-
-@dataclass(frozen=True)
-class _Window:
-    """A sliding window (convolution or pooling) along one axis."""
-
-    span: int
-    stride: int
-    padding: int
-    ceil_mode: bool = False
-
-    def out_length(self, length: int) -> int:
-        """Output length, with PyTorch's rule for ceil-mode pooling (the last window starts inside)."""
-        extent = length + 2 * self.padding - self.span
-        if extent < 0:
-            raise ValueError(f"input of length {length} is smaller than a window of {self.span}")
-        if not self.ceil_mode:
-            return extent // self.stride + 1
-        n = -(-extent // self.stride) + 1
-        return n - 1 if (n - 1) * self.stride >= length + self.padding else n
-
-    def run_after(self, run: _Run) -> _Run:
-        """The outputs whose whole window lies in ``run``: they too are identical."""
-        a, b = run
-        lo = -(-(a + self.padding) // self.stride)
-        hi = (b + self.padding - self.span) // self.stride + 1
-        return (lo, hi) if a < b and lo < hi else (0, 0)
-
-
-def _windows(layer: nn.Module) -> tuple[_Window, _Window] | None:
-    """The (height, width) windows of a spatial layer; None for a layer acting per position."""
-    if isinstance(layer, nn.Conv2d):
-        if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
-            raise TypeError("only explicit zero padding is supported")
-        k, s, p, d = layer.kernel_size, layer.stride, layer.padding, layer.dilation
-        return tuple(_Window(d[i] * (k[i] - 1) + 1, s[i], p[i]) for i in (0, 1))  # type: ignore[return-value]
-    if isinstance(layer, nn.MaxPool2d | nn.AvgPool2d):
-        k, s, p = (nn.modules.utils._pair(v) for v in (layer.kernel_size, layer.stride, layer.padding))
-        d = nn.modules.utils._pair(getattr(layer, "dilation", 1))
-        return tuple(  # type: ignore[return-value]
-            _Window(d[i] * (k[i] - 1) + 1, s[i], p[i], layer.ceil_mode) for i in (0, 1)
-        )
-    if isinstance(layer, ELEMENTWISE):
-        return None
-    raise TypeError(f"no fast path known for layer {type(layer).__name__}")
-
-
-@dataclass(frozen=True)
-class _AxisPlan:
-    """How one axis of the canvas differs from the full blobs, for one input length.
-
-    ``pad``: zeros before and after the image (instead of the first layer's padding).
-    ``reindex[i]``: before step i, canvas positions to take from the current canvas.
-    ``expand[i]``: after step i, the canvas position of every full position (None: same).
-    """
-
-    pad: tuple[int, int]
-    reindex: dict[int, torch.Tensor]
-    expand: dict[int, torch.Tensor | None]
-    lengths: tuple[int, ...]
-
-
-def _removal(windows: tuple[_Window | None, ...], runs: list[tuple[_Run, _Run]], side: int) -> int:
-    """The largest number of run positions a stretch of layers can drop from its input canvas.
-
-    It must divide by every stride in the stretch; each layer needs ``span - 1`` run
-    positions left at its input (no window sees both sides) and one at its output.
-    """
-    total_stride = 1
-    for w in windows:
-        total_stride *= w.stride if w else 1
-    length = runs[0][side][1] - runs[0][side][0]
-    best = 0
-    for drop in range(total_stride, length, total_stride):
-        scale = 1
-        for i, w in enumerate(windows):
-            if w is None:
-                continue
-            n_in, n_out = (runs[j][side][1] - runs[j][side][0] for j in (i, i + 1))
-            if n_in - drop // scale < max(w.span - 1, 1) or n_out - drop // (scale * w.stride) < 1:
-                return best
-            scale *= w.stride
-        best = drop
-    return best
-
-
-def _canvas_map(length: int, runs: tuple[_Run, _Run], drops: tuple[int, int]) -> torch.Tensor:
-    """Full position -> canvas position, when the canvas drops the last ``drops`` positions of each run."""
-    full_to_canvas = torch.empty(length, dtype=torch.long)
-    kept = torch.ones(length, dtype=torch.bool)
-    for (_, b), drop in zip(runs, drops, strict=True):
-        kept[b - drop : b] = False
-    canvas = torch.cumsum(kept, 0) - 1
-    full_to_canvas[:] = canvas
-    for (_, b), drop in zip(runs, drops, strict=True):
-        full_to_canvas[b - drop : b] = canvas[b - drop - 1] if drop else 0
-    return full_to_canvas
-
-
-def _kept(length: int, runs: tuple[_Run, _Run], drops: tuple[int, int]) -> torch.Tensor:
-    """Full positions that stay on the canvas."""
-    kept = torch.ones(length, dtype=torch.bool)
-    for (_, b), drop in zip(runs, drops, strict=True):
-        kept[b - drop : b] = False
-    return kept.nonzero().flatten()
-
-
-@functools.lru_cache(maxsize=256)
-def _plan_axis(
-    windows: tuple[_Window | None, ...], pad0: int, length: int, keep: tuple[int, ...]
-) -> _AxisPlan:
-    """Plan one axis for an image of ``length``: canvas drops per stretch, copies between stretches.
-
-    ``windows[0]`` is the first layer without its padding ``pad0``, which the canvas
-    input carries instead; ``keep`` lists the steps whose full output is needed.
-    """
-    lengths = [length + 2 * pad0]
-    runs: list[tuple[_Run, _Run]] = [((0, pad0), (pad0 + length, length + 2 * pad0))]
-    for w in windows:
-        lengths.append(w.out_length(lengths[-1]) if w else lengths[-1])
-        runs.append(tuple(w.run_after(r) for r in runs[-1]) if w else runs[-1])  # type: ignore[arg-type]
-    # A stretch starts at the input and after every strided layer: copies are cheapest there.
-    starts = [0] + [i + 1 for i, w in enumerate(windows[:-1]) if w and w.stride > 1]
-    bounds = list(zip(starts, [*starts[1:], len(windows)], strict=True))
-    # out_drops[i]: drops of the blob entering step i, before any copy (step 0: the padded input).
-    out_drops: list[tuple[int, int]] = [(0, 0)] * (len(windows) + 1)
-    reindex: dict[int, torch.Tensor] = {}
-    for start, end in bounds:
-        drops = tuple(_removal(windows[start:end], runs[start : end + 1], side) for side in (0, 1))
-        if start == 0:
-            out_drops[0] = drops  # type: ignore[assignment]
-        elif drops != out_drops[start]:
-            old = _canvas_map(lengths[start], runs[start], out_drops[start])
-            reindex[start] = old[_kept(lengths[start], runs[start], drops)]  # type: ignore[arg-type]
-        scale = 1
-        for i in range(start, end):
-            scale *= windows[i].stride if windows[i] else 1
-            out_drops[i + 1] = tuple(d // scale for d in drops)  # type: ignore[assignment]
-    expand = {
-        i: _canvas_map(lengths[i + 1], runs[i + 1], out_drops[i + 1]) if any(out_drops[i + 1]) else None
-        for i in keep
-    }
-    first = out_drops[0]
-    return _AxisPlan((pad0 - first[0], pad0 - first[1]), reindex, expand, tuple(lengths))
 
 
 class _ConvReLU(nn.Conv2d):
@@ -347,7 +188,7 @@ class FastFCN(nn.Module):
         for step in self.steps:
             if isinstance(step, _ConvReLU):
                 step.pack()
-        self.windows = tuple(_windows(s) for s in steps)
+        self.windows = tuple(layer_windows(s) for s in steps)
         self.taps = {names.index(tap): tap for tap in self.skips}
         self.keep = tuple(sorted({*self.taps, len(steps) - 1}))
         self.score_fr = copy.deepcopy(model.score_fr)
@@ -361,24 +202,9 @@ class FastFCN(nn.Module):
         self.eval()
         self.requires_grad_(False)
 
-    def plan(self, height: int, width: int) -> tuple[_AxisPlan, _AxisPlan]:
+    def plan(self, height: int, width: int) -> tuple[AxisPlan, AxisPlan]:
         """The canvas plans of both axes for an input of ``height`` x ``width``."""
-        return tuple(  # type: ignore[return-value]
-            _plan_axis(tuple(w[axis] if w else None for w in self.windows), self.pad0[axis], size, self.keep)
-            for axis, size in ((0, height), (1, width))
-        )
-
-    @staticmethod
-    def _gather(x: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor | None) -> torch.Tensor:
-        """Pick canvas rows and columns, keeping the channels-last layout."""
-        if rows is None and cols is None:
-            return x
-        y = x.permute(0, 2, 3, 1)
-        if rows is not None:
-            y = y.index_select(1, rows)
-        if cols is not None:
-            y = y.index_select(2, cols)
-        return y.permute(0, 3, 1, 2)
+        return plan_canvas(self.windows, self.pad0, (height, width), self.keep)
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -390,23 +216,24 @@ class FastFCN(nn.Module):
         full: dict[int, torch.Tensor] = {}
         for i, step in enumerate(self.steps):
             if i in ph.reindex or i in pw.reindex:
-                h = self._gather(h, ph.reindex.get(i), pw.reindex.get(i))
+                h = gather(h, ph.reindex.get(i), pw.reindex.get(i), channels_last=True)
             h = step(h)
             if i in self.keep:
                 full[i] = h
         taps = {self.taps[i]: (full[i], ph.expand[i], pw.expand[i]) for i in self.taps}
         last = len(self.steps) - 1
-        h = self._gather(self.score_fr(full[last].float()), ph.expand[last], pw.expand[last])
+        h = gather(self.score_fr(full[last].float()), ph.expand[last], pw.expand[last], channels_last=True)
         for upsample_name, tap, offset in self.fusions:
             h = self.head[upsample_name](h)
             skip, rows, cols = taps[tap]
             skip = skip.float()
             if f"scale_{tap}" in self.head:
                 skip = self.head[f"scale_{tap}"](skip)
-            skip = self._gather(self.head[f"score_{tap}"](skip), rows, cols)
+            skip = gather(self.head[f"score_{tap}"](skip), rows, cols, channels_last=True)
             h = h + crop_like(skip, offset, h.shape[-2], h.shape[-1])
-        h = self.head[self.final_name](h)
-        return crop_like(h, self.output_offset, height, width).contiguous()
+        return upsample_and_crop(
+            self.head[self.final_name], h, self.output_offset, height, width
+        ).contiguous()
 
 
 def optimize(model: FCN, dtype: torch.dtype = torch.float32) -> FastFCN:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fcnseg.models.fcn import FCN
+
 __all__ = ["ComputeCost", "LayerCost", "compute_cost"]
 
 
@@ -67,7 +69,9 @@ def compute_cost(model: nn.Module, size: tuple[int, int], in_channels: int | Non
 
     The input lives on the device of the model's parameters: on the meta device
     nothing is computed. ``in_channels`` defaults to the first convolution's.
-    The model is run in eval mode under ``no_grad`` and left in its own mode.
+    The model is run in eval mode under ``no_grad`` and left in its own mode. An
+    FCN is counted as written, padding and all: the paper's arithmetic, not the
+    trimmed canvas its forward pass runs on by default.
     """
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
     if in_channels is None:
@@ -91,11 +95,16 @@ def compute_cost(model: nn.Module, size: tuple[int, int], in_channels: int | Non
     leaves = [(name, m) for name, m in model.named_modules() if not list(m.children())]
     handles = [m.register_forward_hook(record(name)) for name, m in leaves]
     training = model.training
+    trimmed = {m: m.trim_padding for m in model.modules() if isinstance(m, FCN)}
     try:
+        for m in trimmed:
+            m.trim_padding = False
         with torch.no_grad():
             model.eval()(torch.zeros(1, in_channels, *size, device=device))
     finally:
         model.train(training)
+        for m, trim in trimmed.items():
+            m.trim_padding = trim
         for handle in handles:
             handle.remove()
     total = sum(p.numel() for p in model.parameters())

@@ -6,15 +6,20 @@ import torch
 from torch import nn
 
 
+def bilinear_taps(kernel_size: int) -> torch.Tensor:
+    """(k,) float64: one axis of the bilinear kernel, a triangle over ``(k + 1) // 2`` steps each side."""
+    factor = (kernel_size + 1) // 2
+    center = factor - 1 if kernel_size % 2 == 1 else factor - 0.5
+    return 1 - (torch.arange(kernel_size, dtype=torch.float64) - center).abs() / factor
+
+
 def bilinear_kernel(channels: int, kernel_size: int) -> torch.Tensor:
     """Weights that make a transposed convolution upsample bilinearly, channel by channel.
 
     (channels, channels, k, k): class c maps only to class c, so classes never mix.
     Odd and even kernels both work; the factor is ``(k + 1) // 2``.
     """
-    factor = (kernel_size + 1) // 2
-    center = factor - 1 if kernel_size % 2 == 1 else factor - 0.5
-    taps = 1 - (torch.arange(kernel_size, dtype=torch.float64) - center).abs() / factor
+    taps = bilinear_taps(kernel_size)
     filt = (taps[:, None] * taps[None, :]).to(torch.float32)
     weight = torch.zeros(channels, channels, kernel_size, kernel_size)
     weight[range(channels), range(channels)] = filt

@@ -195,8 +195,8 @@ class TrainConfig:
     max_steps: int | None = None
     time_limit: float | None = None  # seconds; stops early (and makes "poly" anneal by time) when reached
     amp: str = "off"
-    # NHWC activations: on CPU 1.4-1.6x faster steps for narrow nets, slower for full VGG16. Same math,
-    # but dropout masks are drawn in memory order, so they differ from the default layout's.
+    # NHWC activations (on CPU the trimmed canvas picks each convolution's layout itself: it changes
+    # little there). Same math, but dropout masks are drawn in memory order: not the default layout's.
     channels_last: bool = False
     # Running
     seed: int = 0
