@@ -1,11 +1,11 @@
 """The paper's skip table on the synthetic set: FCN-32s, FCN-16s and FCN-8s trained with the same budget.
 
-Each net is trained from scratch for the same number of steps with the same
-recipe, once per seed, and scored on held-out synthetic images (a seed no run
-trains or validates on). The four metrics, mean ± std over seeds, replace the
+Each net is trained from scratch for the same number of steps with the demo's
+recipe and data (``fcnseg demo``), once per seed, and scored on held-out
+synthetic images (a seed no run trains or validates on). The four metrics, mean ± std over seeds, replace the
 ``skip-table`` section of ``benchmarks/RESULTS.md``.
 
-    python benchmarks/skip_table.py                  # the settings in RESULTS.md (about 27 min, 2 cores)
+    python benchmarks/skip_table.py                  # the settings in RESULTS.md (about 12 min, 2 cores)
     python benchmarks/skip_table.py --steps 50 --seeds 1 --dry-run   # a quick look, no file written
 """
 
@@ -24,6 +24,9 @@ from pathlib import Path
 import torch
 from _results import machine, write_section
 
+from fcnseg.cli.demo import FULL as DEMO_RECIPE
+from fcnseg.cli.demo import FULL_DATA as DEMO_DATA
+from fcnseg.data.datasets import InMemory
 from fcnseg.data.synthetic import SyntheticSegmentation
 from fcnseg.train.metrics import scores
 from fcnseg.train.trainer import TrainConfig, Trainer, evaluate_confusion
@@ -41,18 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2000, help="training steps per run (the shared budget)")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--widths", default="4,8,16,32,32,64", help="narrow VGG16 widths")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--image-size", type=int, nargs=2, default=(64, 96))
-    parser.add_argument("--train-images", type=int, default=400)
     parser.add_argument("--test-images", type=int, default=100)
-    parser.add_argument(
-        "--class-balance",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="median-frequency class weights (default; without them, nets from scratch sit on background)",
-    )
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel, one torch thread each")
     parser.add_argument("--dry-run", action="store_true", help="print the table, do not touch RESULTS.md")
     return parser.parse_args(argv)
@@ -63,34 +55,24 @@ def train_and_score(arch: str, seed: int, args: argparse.Namespace, workdir: str
     start = time.perf_counter()
     if args.jobs > 1:
         torch.set_num_threads(1)
+    train_set, val_set = (
+        InMemory(
+            SyntheticSegmentation(DEMO_DATA[f"{part}_images"], seed=seed, size_range=DEMO_DATA["image_size"])
+        )
+        for seed, part in enumerate(("train", "val"))
+    )
+    recipe = {**DEMO_RECIPE, "epochs": 10**6, "time_limit": None, "val_every": args.steps}
     config = TrainConfig(
-        arch=arch,
-        widths=tuple(int(w) for w in args.widths.split(",")),
-        weight_init="kaiming",
-        dropout=0.0,
-        preprocess="imagenet",
-        loss="mean",
-        optimizer="adam",
-        lr=args.lr,
-        weight_decay=0.0,
-        lr_schedule="poly",
-        caffe_bias=False,
-        class_balance=args.class_balance,
-        batch_size=args.batch_size,
-        flip=True,
-        train_images=args.train_images,
-        val_images=20,
-        image_size=tuple(args.image_size),
-        epochs=10**6,
+        **{**recipe, "arch": arch},
         max_steps=args.steps,
-        val_every=args.steps,
         seed=seed,
+        image_size=DEMO_DATA["image_size"],
         progress=False,
         device="cpu",
         out=str(Path(workdir) / f"{arch}-{seed}"),
     )
-    model = Trainer(config).fit().model
-    test_set = SyntheticSegmentation(args.test_images, seed=2, size_range=tuple(args.image_size))
+    model = Trainer(config, train_set=train_set, val_set=val_set).fit().model
+    test_set = SyntheticSegmentation(args.test_images, seed=2, size_range=DEMO_DATA["image_size"])
     confusion = evaluate_confusion(model, test_set, model.num_classes, preprocess_mode="imagenet")
     return scores(confusion), time.perf_counter() - start
 
@@ -128,11 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         [
             "## Skip table: FCN-32s vs FCN-16s vs FCN-8s on synthetic shapes",
             "",
-            f"Each net trained from scratch for {args.steps} steps (batch {args.batch_size}, Adam lr {args.lr:g}, "
-            f"poly schedule, mean loss{', median-frequency class weights' if args.class_balance else ''}, "
-            f"widths {args.widths}, He init, no dropout), {args.seeds} seeds; scored on "
-            f"{args.test_images} held-out synthetic images of {args.image_size[0]}-{args.image_size[1]} px. "
-            "Percent, mean ± std over seeds.",
+            f"Each net trained from scratch for {args.steps} steps with the recipe and data of `fcnseg demo` "
+            f"(widths {DEMO_RECIPE['widths']}, batch {DEMO_RECIPE['batch_size']}, Adam lr {DEMO_RECIPE['lr']:g}, "
+            f"poly schedule, mean loss, class weights to the power {DEMO_RECIPE['class_balance_power']:g}, "
+            f"{DEMO_DATA['train_images']} training images), {args.seeds} seeds; scored on "
+            f"{args.test_images} held-out synthetic images of {DEMO_DATA['image_size'][0]}-"
+            f"{DEMO_DATA['image_size'][1]} px. Percent, mean ± std over seeds.",
             "",
             table(results),
             "",

@@ -27,21 +27,26 @@ from fcnseg.train.metrics import scores
 from fcnseg.train.trainer import TrainConfig, Trainer, evaluate_confusion
 from fcnseg.weights.checkpoint import save_checkpoint
 
-# Chosen by trying settings on 2 shared CPU cores, on held-out mean IU in the same time. From
-# scratch, with no BatchNorm, the net sits on the "all background" plateau for hundreds of
-# steps; median-frequency class weights push it off, He init and no dropout speed it up, and
-# Adam with the normalised loss takes an ordinary learning rate. Narrow wins: in the same time
-# widths (4, 8, 16, 32, 32, 64) make twice the steps of (8, 16, 32, 64, 64, 128) and score
-# higher; NHWC (channels_last) gives 1.24x more steps still. Training stops at the time
-# limit, annealing the poly schedule by time, so the demo keeps to its budget on slower machines.
+# Chosen by trying settings on 2 CPU cores, on held-out mean IU in the same time. From scratch,
+# with no BatchNorm, the net sits on the "all background" plateau for hundreds of steps;
+# median-frequency class weights push it off (their square root, power 0.5, costs the
+# background less: 0.544 against 0.518 mean IU after 1,500 steps), He init and no dropout speed
+# it up, and Adam with the normalised loss takes an ordinary learning rate. Narrow wins: in the
+# same time widths (4, 8, 16, 32, 32, 64) make twice the steps of (8, 16, 32, 64, 64, 128). A
+# classifier pretrained on synthetic 224x224 crops (the paper's flow in miniature) helped at
+# 1,500 steps (0.566 against 0.544) but not at 4,500 (0.594 against 0.610), which the demo
+# reaches in its time. Training stops at the time limit, annealing the poly schedule by time,
+# so the demo keeps to its budget on slower machines.
 FULL = {
     "arch": "fcn8s",
     "widths": (4, 8, 16, 32, 32, 64),
     "weight_init": "kaiming",
+    "init": None,
     "dropout": 0.0,
     "preprocess": "imagenet",
     "loss": "mean",
     "class_balance": True,
+    "class_balance_power": 0.5,
     "optimizer": "adam",
     "lr": 1e-3,
     "weight_decay": 0.0,
@@ -49,12 +54,11 @@ FULL = {
     "lr_schedule": "poly",
     "batch_size": 4,
     "flip": True,
-    "channels_last": True,
-    "epochs": 40,
-    "time_limit": 210.0,
-    "val_every": 50,
+    "epochs": 100,
+    "time_limit": 260.0,
+    "val_every": 250,
 }
-FULL_DATA = {"train_images": 400, "val_images": 30, "test_images": 100, "image_size": (64, 96)}
+FULL_DATA = {"train_images": 2000, "val_images": 30, "test_images": 100, "image_size": (64, 96)}
 QUICK = {**FULL, "widths": (4, 8, 8, 16, 16, 32), "epochs": 1, "time_limit": None, "val_every": 0}
 QUICK_DATA = {"train_images": 16, "val_images": 4, "test_images": 6, "image_size": (32, 48)}
 _OUTPUTS = ("last.pt", "best.pt", "model.pt", "log.csv", "curves.png", "metrics.json", "overlays")
