@@ -31,12 +31,10 @@ from fcnseg.weights.checkpoint import save_checkpoint
 # with no BatchNorm, the net sits on the "all background" plateau for hundreds of steps;
 # median-frequency class weights push it off (their square root, power 0.5, costs the
 # background less: 0.544 against 0.518 mean IU after 1,500 steps), He init and no dropout speed
-# it up, and Adam with the normalised loss takes an ordinary learning rate. Narrow wins: in the
-# same time widths (4, 8, 16, 32, 32, 64) make twice the steps of (8, 16, 32, 64, 64, 128). A
-# classifier pretrained on synthetic 224x224 crops (the paper's flow in miniature) helped at
-# 1,500 steps (0.566 against 0.544) but not at 4,500 (0.594 against 0.610), which the demo
-# reaches in its time. After 7,000 steps, lr 2e-3 scored 0.635 and 1e-3 0.612. Training stops at the time limit, annealing the poly schedule by time,
-# so the demo keeps to its budget on slower machines.
+# it up, and Adam with the normalised loss takes an ordinary learning rate (after 7,000 steps,
+# lr 2e-3 scored 0.635 and 1e-3 0.612). Narrow wins: in the same time widths (4, 8, 16, 32, 32,
+# 64) make twice the steps of (8, 16, 32, 64, 64, 128). Training stops at the time limit,
+# annealing the poly schedule by time, so the demo keeps to its budget on slower machines.
 FULL = {
     "arch": "fcn8s",
     "widths": (4, 8, 16, 32, 32, 64),
