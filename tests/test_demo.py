@@ -23,6 +23,7 @@ def test_quick_demo_writes_everything(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "mean IU" in printed and "triangle" in printed and "total time" in printed
+    assert "calling every pixel background would score pixel acc." in printed
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"pixel_acc", "mean_acc", "mean_iu", "fw_iu", "per_class_iu", "class_names"}

@@ -132,6 +132,11 @@ def run(args: argparse.Namespace) -> int:
         f"\nFCN-8s {settings['widths']} trained {result.steps} steps; held-out synthetic images ({len(test_set)}):"
     )
     print(format_metrics(metrics, CLASS_NAMES))
+    background = float(confusion[0].sum() / confusion.sum())
+    print(
+        f"(calling every pixel background would score pixel acc. {100 * background:.1f}, mean IU "
+        f"{100 * background / len(CLASS_NAMES):.1f})"
+    )
     print(
         f"\nwrote {out}/: model.pt, best.pt, last.pt, metrics.json, log.csv, curves.png, {len(written)} overlays"
     )
