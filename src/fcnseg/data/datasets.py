@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from fcnseg.data.images import ImageReadError, check_pair, read_image, read_label
+from fcnseg.errors import FcnsegError
 
 __all__ = [
     "IGNORE_INDEX",
@@ -26,7 +27,7 @@ IGNORE_INDEX = 255
 """The label of pixels that carry no class (object boundaries in VOC, unlabelled pixels)."""
 
 
-class DataError(ValueError):
+class DataError(FcnsegError):
     """Image/mask pairs that cannot be used; ``problems`` lists every one of them."""
 
     def __init__(self, message: str, problems: Sequence[str]):
