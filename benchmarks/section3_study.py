@@ -268,7 +268,8 @@ def main(argv: list[str] | None = None) -> None:
         [
             "## Section 3: loss sampling, shift-and-stitch and rarefaction",
             f"The recipe of `fcnseg demo` (narrow VGG16 widths {DEMO_RECIPE['widths']}, He init, no dropout, "
-            f"Adam lr {DEMO_RECIPE['lr']:g} with poly decay, mean loss with median-frequency class weights, "
+            f"Adam lr {DEMO_RECIPE['lr']:g} with poly decay, mean loss with median-frequency class weights "
+            f"to the power {DEMO_RECIPE['class_balance_power']:g}, "
             f"batch {DEMO_RECIPE['batch_size']}, flips), from scratch, for {steps} steps "
             f"({steps * DEMO_RECIPE['batch_size'] / data['train_images']:g} epochs of {data['train_images']} "
             f"synthetic images of {size[0]}-{size[1]} px); validation on {data['val_images']} images every "
