@@ -269,7 +269,7 @@ class TrainConfig:
         values = dict(values)
         recipe = values.pop("recipe", "fcnseg")
         if recipe not in RECIPES:
-            raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+            raise ConfigError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
