@@ -16,6 +16,7 @@ from fcnseg.train.trainer import TrainConfig
 
 REQUIRED = {
     ("predict",): ["w.pt", "x.png", "--out", "o"],
+    ("serve",): ["w.pt"],
     ("evaluate",): ["w.pt", "data"],
     ("demo",): [],
     ("info",): ["fcn8s"],

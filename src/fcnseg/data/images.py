@@ -57,7 +57,7 @@ def _open(path: str | Path, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
                 raise ImageReadError(
                     f"cannot read image {path}: {width}x{height} = {width * height / 1e6:.3g} MP is over "
                     f"the {max_pixels / 1e6:.3g} MP limit that guards against decompression bombs; for a "
-                    "file you trust, raise it (fcnseg predict --max-megapixels)"
+                    "file you trust, raise it (--max-megapixels of fcnseg predict or serve)"
                 )
             im.load()
             return ImageOps.exif_transpose(im)
@@ -66,7 +66,7 @@ def _open(path: str | Path, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
     except Image.DecompressionBombError as exc:  # PIL's guard, at MAX_PIXELS
         raise ImageReadError(
             f"cannot read image {path}: {str(exc).rstrip('.')}; for a file you trust, raise the limit "
-            "(fcnseg predict --max-megapixels)"
+            "(--max-megapixels of fcnseg predict or serve)"
         ) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageReadError(f"cannot read image {path}: {exc}") from exc

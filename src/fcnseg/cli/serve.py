@@ -1,0 +1,78 @@
+"""``fcnseg serve``: a local web page to try a model on your images, and the HTTP API under it."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+from pathlib import Path
+
+from fcnseg.cli.predict import _megapixels
+from fcnseg.data.images import MAX_PIXELS
+from fcnseg.infer.predict import resolve_device
+from fcnseg.weights.load import load
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def run(args: argparse.Namespace) -> int:
+    from fcnseg.serve import app as web  # needs the serve extra: say so before loading anything
+
+    # A taken port fails before a model is loaded (or downloaded).
+    with web.listen(args.host, args.port) as sock:
+        model = load(args.weights)
+        model.to(resolve_device(args.device))
+        segmenter = web.Segmenter(model, Path(args.weights).name, max_pixels=args.max_megapixels)
+        print(
+            f"fcnseg serve: {args.weights} ({model.config['arch']}, {model.num_classes} classes) "
+            f"at {web.url_of(sock)}  (Ctrl-C to stop)",
+            flush=True,
+        )
+        if not _is_loopback(args.host):
+            print(f"fcnseg serve: listening on {args.host}: other machines can reach it", file=sys.stderr)
+        web.serve(web.create_app(segmenter, round(args.max_upload_mb * web.MB)), sock)
+    return 0
+
+
+def _megabytes(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="a local web page to try a model on your images",
+        description=(
+            "Serve a page on which to drop an image (or pick a built-in sample) and see the model's "
+            "label map, an overlay, the class legend with each class's share of the pixels and the "
+            "forward time; and the HTTP API under it: GET /info (the model's classes, colours and "
+            "preprocessing as JSON), POST /segment (a multipart field 'image' -> a palette PNG label "
+            "map; ?format=json for the page's JSON). Needs the serve extra: pip install 'fcnseg[serve]'."
+        ),
+    )
+    parser.add_argument("weights", help="fcnseg checkpoint, Caffe model or published name (voc-fcn8s)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 lets other machines in"
+    )
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one")
+    parser.add_argument(
+        "--max-upload-mb", type=_megabytes, default=50, help="larger uploads are refused (HTTP 413)"
+    )
+    parser.add_argument(
+        "--max-megapixels",
+        type=_megapixels,
+        default=str(MAX_PIXELS / 1e6),
+        help="larger images are refused (HTTP 400), as a guard against decompression bombs; 0: no limit",
+    )
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda", "auto"), default="auto", help="auto: CUDA when available"
+    )
+    parser.set_defaults(run=run)

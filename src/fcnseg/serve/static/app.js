@@ -1,0 +1,239 @@
+// The fcnseg serve page: sends an image to POST /segment?format=json and shows each of the
+// answer's outputs with the view of its name. VIEWS maps output names (fcnseg/serve/app.py,
+// outputs) to the functions that show them: a model with other outputs adds its view here.
+"use strict";
+
+const VIEWS = { segmentation: showSegmentation };
+
+const state = { info: null, request: 0, opacity: 50, downloadUrl: null };
+
+const $ = (selector, root = document) => root.querySelector(selector);
+
+function setStatus(text, isError = false) {
+  const status = $("#status");
+  status.textContent = text;
+  status.classList.toggle("error", isError);
+}
+
+function fail(message) {
+  setStatus(message, true);
+  $("#result").hidden = true;
+  document.body.dataset.state = "error";
+}
+
+const megabytes = (bytes) => String(Number((bytes / 1e6).toPrecision(3)));
+
+function duration(seconds) {
+  if (seconds >= 1) return `${seconds.toFixed(2)} s`;
+  return `${(seconds * 1000).toFixed(seconds < 0.01 ? 1 : 0)} ms`;
+}
+
+async function start() {
+  try {
+    const response = await fetch("info");
+    state.info = await response.json();
+  } catch (error) {
+    fail(`cannot reach the fcnseg server: ${error.message}`);
+    return;
+  }
+  const info = state.info;
+  $("#model").textContent =
+    `${info.weights}: ${info.arch}, ${info.num_classes} classes, ` +
+    `preprocessing ${info.preprocess.name}, on ${info.device}`;
+  for (let i = 0; i < info.samples; i++) addSample(i);
+  $("#file").addEventListener("change", (event) => {
+    const file = event.target.files[0];
+    if (file) segment(file, file.name);
+  });
+  const drop = $("#drop");
+  document.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    drop.classList.add("over");
+  });
+  document.addEventListener("dragleave", () => drop.classList.remove("over"));
+  document.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    const file = event.dataTransfer.files[0];
+    if (file) segment(file, file.name);
+  });
+  document.body.dataset.state = "ready";
+}
+
+function addSample(index) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "sample";
+  button.title = `synthetic sample ${index}`;
+  const thumbnail = document.createElement("img");
+  thumbnail.src = `samples/${index}.png`;
+  thumbnail.alt = `sample ${index}`;
+  button.append(thumbnail);
+  button.addEventListener("click", async () => {
+    const response = await fetch(`samples/${index}.png`);
+    segment(await response.blob(), `sample-${index}.png`);
+  });
+  $("#samples").append(button);
+}
+
+async function post(file, name, withImage) {
+  const form = new FormData();
+  form.append("image", file, name);
+  try {
+    const response = await fetch(`segment?format=json${withImage ? "&with_image=1" : ""}`, {
+      method: "POST",
+      body: form,
+    });
+    const body = await response
+      .json()
+      .catch(() => ({ error: `HTTP ${response.status} ${response.statusText}` }));
+    return { ok: response.ok, body };
+  } catch (error) {
+    return { ok: false, body: { error: `the fcnseg server did not answer: ${error.message}` } };
+  }
+}
+
+async function segment(file, name) {
+  const request = ++state.request; // a newer image makes this one's answer moot
+  const info = state.info;
+  if (file.size > info.max_upload_bytes) {
+    fail(
+      `${name} is ${megabytes(file.size)} MB, over the server's limit of ` +
+        `${megabytes(info.max_upload_bytes)} MB (fcnseg serve --max-upload-mb)`,
+    );
+    return;
+  }
+  setStatus(`segmenting ${name}…`);
+  document.body.dataset.state = "busy";
+  // The page shows the image as the browser reads it; for a format it cannot read, or one it
+  // reads at another size (orientation), it shows the server's reading instead.
+  let bitmap = await createImageBitmap(file, { colorSpaceConversion: "none" }).catch(() => null);
+  let answer = await post(file, name, bitmap === null);
+  if (answer.ok && bitmap && (bitmap.width !== answer.body.width || bitmap.height !== answer.body.height)) {
+    bitmap = null;
+    answer = await post(file, name, true);
+  }
+  if (request !== state.request) return;
+  if (!answer.ok) {
+    fail(answer.body.error);
+    return;
+  }
+  const result = answer.body;
+  if (bitmap === null) bitmap = await createImageBitmap(await (await fetch(result.image)).blob());
+  await show(result, bitmap, name);
+}
+
+function drawImage(canvas, bitmap) {
+  canvas.width = bitmap.width;
+  canvas.height = bitmap.height;
+  canvas.getContext("2d").drawImage(bitmap, 0, 0);
+  canvas.classList.toggle("small", bitmap.width < 360);
+}
+
+async function show(result, bitmap, name) {
+  drawImage($("#image"), bitmap);
+  $("#size").textContent = `${result.width} × ${result.height}`;
+  const views = $("#views");
+  views.replaceChildren();
+  for (const [output, data] of Object.entries(result.outputs)) {
+    if (output in VIEWS) await VIEWS[output](views, data, { bitmap, result, name });
+  }
+  $("#result").hidden = false;
+  setStatus(
+    `${name}: ${result.width} × ${result.height} pixels, forward pass ${duration(result.seconds)} ` +
+      `on ${state.info.device}`,
+  );
+  document.body.dataset.state = "done";
+}
+
+function rgb(hex) {
+  return [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
+}
+
+// The label colours, transparent on background (id 0): over the image at opacity a they give
+// (1 - a) * image + a * colour where there is a class, and the image elsewhere, as
+// fcnseg.infer.overlay.overlay does.
+function colourLayer(labels, background) {
+  const canvas = document.createElement("canvas");
+  canvas.width = labels.naturalWidth;
+  canvas.height = labels.naturalHeight;
+  const context = canvas.getContext("2d", { willReadFrequently: true });
+  context.drawImage(labels, 0, 0);
+  const pixels = context.getImageData(0, 0, canvas.width, canvas.height);
+  const [r, g, b] = rgb(background);
+  const data = pixels.data;
+  for (let i = 0; i < data.length; i += 4) {
+    if (data[i] === r && data[i + 1] === g && data[i + 2] === b) data[i + 3] = 0;
+  }
+  context.putImageData(pixels, 0, 0);
+  return canvas;
+}
+
+function blend(canvas, bitmap, layer, opacity) {
+  if (canvas.width !== bitmap.width || canvas.height !== bitmap.height) {
+    canvas.width = bitmap.width;
+    canvas.height = bitmap.height;
+  }
+  const context = canvas.getContext("2d");
+  context.globalAlpha = 1;
+  context.drawImage(bitmap, 0, 0);
+  context.globalAlpha = opacity;
+  context.drawImage(layer, 0, 0);
+  canvas.classList.toggle("small", bitmap.width < 360);
+}
+
+async function showSegmentation(container, output, { bitmap, name }) {
+  const classes = state.info.classes;
+  const view = document.importNode($("#segmentation-view").content, true);
+  const labels = $(".labels", view);
+  labels.src = output.labels;
+  await labels.decode();
+  const layer = colourLayer(labels, classes[0].color);
+
+  const overlay = $(".overlay", view);
+  const slider = $(".opacity-slider", view);
+  const shown = $(".opacity-value", view);
+  slider.value = state.opacity;
+  const draw = () => {
+    state.opacity = Number(slider.value);
+    shown.textContent = `${slider.value}%`;
+    blend(overlay, bitmap, layer, state.opacity / 100);
+  };
+  slider.addEventListener("input", draw);
+  draw();
+
+  if (state.downloadUrl) URL.revokeObjectURL(state.downloadUrl);
+  state.downloadUrl = URL.createObjectURL(await (await fetch(output.labels)).blob());
+  const download = $(".download", view);
+  download.href = state.downloadUrl;
+  download.download = `${name.replace(/\.[^.]*$/, "")}_labels.png`;
+
+  const rows = $(".legend tbody", view);
+  classes.forEach(({ name: className, color }, id) => {
+    const share = output.shares[id];
+    const row = document.createElement("tr");
+    row.classList.toggle("absent", share === 0);
+    const swatch = document.createElement("td");
+    const chip = document.createElement("span");
+    chip.className = "swatch";
+    chip.style.backgroundColor = color;
+    swatch.append(chip);
+    const label = document.createElement("td");
+    label.className = "name";
+    label.textContent = className;
+    const percent = document.createElement("td");
+    percent.className = "share";
+    percent.textContent = `${(100 * share).toFixed(1)}%`;
+    const bar = document.createElement("td");
+    bar.className = "bar";
+    const fill = document.createElement("span");
+    fill.style.width = `${100 * share}%`;
+    fill.style.backgroundColor = color;
+    bar.append(fill);
+    row.append(swatch, label, percent, bar);
+    rows.append(row);
+  });
+  container.append(view);
+}
+
+start();

@@ -1,0 +1,191 @@
+"""The ``fcnseg serve`` page end to end: a real headless Chromium on the real command's server.
+
+Without Chromium these tests fail and say how to install it (``pytest -m 'not browser'``
+deselects them); they are never skipped, so that a run without a browser cannot pass for one with.
+"""
+
+import base64
+import io
+import re
+
+import numpy as np
+import pytest
+import torch
+from browser import INSTALL, chromium, chromium_paths
+from live_server import fcnseg_serve
+from PIL import Image
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+from tiny_nets import tiny_fcn
+
+import fcnseg
+from fcnseg.data.palette import pascal_palette
+from fcnseg.data.synthetic import CLASS_NAMES, make_sample
+from fcnseg.infer.overlay import overlay
+from fcnseg.serve.app import SAMPLE_SIZE
+
+pytestmark = pytest.mark.browser
+
+UPLOAD_LIMIT_MB = 0.05
+
+
+IMAGE = make_sample(7, (45, 67))[0]
+"""The upload: an odd size, so that a transposed or cropped result shows."""
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A tiny net whose scores are levelled so that IMAGE gets several classes, 30% background."""
+    net = tiny_fcn(num_classes=len(CLASS_NAMES))
+    net.meta = {"class_names": list(CLASS_NAMES), "preprocess": "caffe"}
+    x = fcnseg.preprocess(IMAGE, "caffe")[None]
+    with torch.no_grad():
+        net.score_pool3.bias -= net(x)[0].mean((1, 2))
+        scores = net(x)[0]
+        net.score_pool3.bias[0] += torch.quantile((scores[1:].max(0).values - scores[0]).flatten(), 0.3)
+    return net
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("page")
+
+
+@pytest.fixture(scope="module")
+def url(model, folder):
+    weights = fcnseg.save_checkpoint(model, folder / "tiny.pt")
+    with fcnseg_serve(weights, "--max-upload-mb", str(UPLOAD_LIMIT_MB)) as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def driver():
+    if chromium_paths() is None:
+        pytest.fail(INSTALL, pytrace=False)
+    with chromium() as browser:
+        yield browser
+
+
+@pytest.fixture
+def page(driver, url):
+    driver.get(url)
+    wait_for(driver, "ready")
+    return driver
+
+
+def wait_for(driver, *states: str) -> str:
+    """Wait until the page's state (``document.body.dataset.state``) is one of ``states``."""
+    read = "return document.body.dataset.state"
+    WebDriverWait(driver, 30).until(lambda d: d.execute_script(read) in states)
+    return driver.execute_script(read)
+
+
+def choose(driver, path) -> None:
+    """Choose a file in the page's file input; its state says when the page has shown the result."""
+    driver.execute_script("document.body.dataset.state = 'choosing'")
+    driver.find_element(By.ID, "file").send_keys(str(path))
+
+
+def pixels(driver, selector: str) -> np.ndarray:
+    """A canvas's pixels, (H, W, 3) uint8."""
+    width, height, values = driver.execute_script(
+        "const c = document.querySelector(arguments[0]);"
+        "return [c.width, c.height, Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)];",
+        selector,
+    )
+    return np.array(values, dtype=np.uint8).reshape(height, width, 4)[..., :3]
+
+
+def set_opacity(driver, percent: int) -> None:
+    driver.execute_script(
+        "const s = document.querySelector('.opacity-slider'); s.value = arguments[0];"
+        "s.dispatchEvent(new Event('input'));",
+        percent,
+    )
+
+
+def download(driver) -> bytes:
+    """The bytes behind the page's download link."""
+    encoded = driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "fetch(document.querySelector('.download').href).then(r => r.arrayBuffer()).then(b => {"
+        "  let s = ''; new Uint8Array(b).forEach(x => s += String.fromCharCode(x)); done(btoa(s)); });"
+    )
+    return base64.b64decode(encoded)
+
+
+def test_an_upload_shows_image_overlay_label_map_legend_and_time(page, model, folder):
+    image = IMAGE
+    Image.fromarray(image).save(folder / "shapes.png")
+    labels = fcnseg.predict(model, image)
+    counts = np.bincount(labels.ravel(), minlength=len(CLASS_NAMES))
+    assert (counts > 0).sum() >= 4 and 0.2 < counts[0] / labels.size < 0.4  # a test that can fail
+
+    choose(page, folder / "shapes.png")
+    assert wait_for(page, "done", "error") == "done", page.find_element(By.ID, "status").text
+
+    names = [e.text for e in page.find_elements(By.CSS_SELECTOR, ".legend td.name")]
+    assert names == list(CLASS_NAMES)
+    shares = [e.text for e in page.find_elements(By.CSS_SELECTOR, ".legend td.share")]
+    assert shares == [f"{100 * c / labels.size:.1f}%" for c in counts]
+    status = page.find_element(By.ID, "status").text
+    assert re.fullmatch(r"shapes\.png: 67 × 45 pixels, forward pass [\d.]+ (ms|s) on cpu", status), status
+    assert "fcn8s, 6 classes, preprocessing caffe" in page.find_element(By.ID, "model").text
+
+    assert (pixels(page, "#image") == image).all()
+    shown = pixels(page, ".overlay")
+    assert shown.shape == image.shape  # the upload's size
+    background = labels == 0
+    assert (shown[background] == image[background]).all()
+    assert np.abs(shown.astype(int) - overlay(image, labels, alpha=0.5)).max() <= 2  # 8-bit blending
+    set_opacity(page, 100)
+    assert (pixels(page, ".overlay")[~background] == pascal_palette(256)[labels[~background]]).all()
+    set_opacity(page, 0)
+    assert (pixels(page, ".overlay") == image).all()
+
+    size = page.execute_script(
+        "const i = document.querySelector('img.labels'); return [i.naturalWidth, i.naturalHeight];"
+    )
+    assert size == [67, 45]
+    link = page.find_element(By.CSS_SELECTOR, ".download")
+    assert link.get_attribute("download") == "shapes_labels.png"
+    downloaded = Image.open(io.BytesIO(download(page)))
+    assert downloaded.mode == "P" and (np.array(downloaded) == labels).all()
+
+
+def test_an_image_the_browser_cannot_read_is_shown_as_the_server_read_it(page, model, folder):
+    image = make_sample(8, (30, 41))[0]
+    Image.fromarray(image).save(folder / "scan.tif")  # TIFF: Pillow reads it, Chromium does not
+    choose(page, folder / "scan.tif")
+    assert wait_for(page, "done", "error") == "done", page.find_element(By.ID, "status").text
+    assert (pixels(page, "#image") == image).all()
+    assert pixels(page, ".overlay").shape == image.shape
+
+
+def test_a_sample_is_one_click(page):
+    page.execute_script("document.body.dataset.state = 'choosing'")
+    page.find_element(By.CSS_SELECTOR, "#samples button.sample").click()
+    assert wait_for(page, "done", "error") == "done"
+    assert pixels(page, ".overlay").shape[:2] == SAMPLE_SIZE
+    assert page.find_element(By.ID, "status").text.startswith("sample-0.png: 128 × 96 pixels")
+
+
+def test_bad_uploads_are_reported_and_the_page_goes_on(page, folder):
+    (folder / "notes.png").write_text("these are notes, not an image\n")
+    choose(page, folder / "notes.png")
+    assert wait_for(page, "done", "error") == "error"
+    status = page.find_element(By.ID, "status")
+    assert status.text == "cannot read image notes.png: cannot identify image file 'notes.png'"
+    assert not page.find_element(By.ID, "result").is_displayed()
+
+    (folder / "big.png").write_bytes(bytes(60_000))
+    choose(page, folder / "big.png")
+    assert wait_for(page, "done", "error") == "error"
+    assert (
+        status.text == "big.png is 0.06 MB, over the server's limit of 0.05 MB (fcnseg serve --max-upload-mb)"
+    )
+
+    Image.fromarray(make_sample(9, (20, 20))[0]).save(folder / "fine.png")
+    choose(page, folder / "fine.png")
+    assert wait_for(page, "done", "error") == "done"
+    assert page.find_element(By.ID, "result").is_displayed()
