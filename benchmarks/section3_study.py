@@ -38,9 +38,11 @@ from fcnseg.cli.demo import FULL as DEMO_RECIPE
 from fcnseg.cli.demo import FULL_DATA as DEMO_DATA
 from fcnseg.data.datasets import InMemory
 from fcnseg.data.synthetic import SyntheticSegmentation
+from fcnseg.metrics.segmentation import evaluate_confusion
 from fcnseg.models.dense import coarse_part, dilated_fcn, rarefy, shift_and_stitch, to_pixels
 from fcnseg.models.geometry import path_map
-from fcnseg.train.trainer import TrainConfig, Trainer, evaluate_confusion
+from fcnseg.train.config import TrainConfig
+from fcnseg.train.trainer import Trainer
 from fcnseg.weights.checkpoint import load_checkpoint, save_checkpoint
 
 HERE = Path(__file__).resolve().parent
@@ -76,9 +78,7 @@ def train_run(arch: str, keep_prob: float, seed: int, steps: int, data: dict, wo
         out=str(Path(workdir) / f"{arch}-p{keep_prob:g}-seed{seed}"),
     )
     result = Trainer(config, train_set=train_set, val_set=val_set).fit()
-    confusion = evaluate_confusion(
-        result.model, test_set, result.model.num_classes, preprocess_mode=config.preprocess
-    )
+    confusion = evaluate_confusion(result.model, test_set, result.model.num_classes)
     checkpoint = save_checkpoint(result.model, Path(config.out) / "final.pt")
     return {"history": result.history, "test": scores(confusion), "checkpoint": str(checkpoint)}
 

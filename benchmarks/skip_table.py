@@ -28,8 +28,9 @@ from fcnseg.cli.demo import FULL as DEMO_RECIPE
 from fcnseg.cli.demo import FULL_DATA as DEMO_DATA
 from fcnseg.data.datasets import InMemory
 from fcnseg.data.synthetic import SyntheticSegmentation
-from fcnseg.train.metrics import scores
-from fcnseg.train.trainer import TrainConfig, Trainer, evaluate_confusion
+from fcnseg.metrics.segmentation import evaluate_confusion, scores
+from fcnseg.train.config import TrainConfig
+from fcnseg.train.trainer import Trainer
 
 ARCHS = ("fcn32s", "fcn16s", "fcn8s")
 METRICS = (
@@ -73,7 +74,7 @@ def train_and_score(arch: str, seed: int, args: argparse.Namespace, workdir: str
     )
     model = Trainer(config, train_set=train_set, val_set=val_set).fit().model
     test_set = SyntheticSegmentation(args.test_images, seed=2, size_range=DEMO_DATA["image_size"])
-    confusion = evaluate_confusion(model, test_set, model.num_classes, preprocess_mode="imagenet")
+    confusion = evaluate_confusion(model, test_set, model.num_classes)
     return scores(confusion), time.perf_counter() - start
 
 

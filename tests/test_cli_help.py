@@ -12,7 +12,7 @@ import pytest
 
 from fcnseg.cli import build_parser, main
 from fcnseg.cli.train import config_from_args
-from fcnseg.train.trainer import TrainConfig
+from fcnseg.train.config import TrainConfig
 
 REQUIRED = {
     ("predict",): ["w.pt", "x.png", "--out", "o"],

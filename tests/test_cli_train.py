@@ -11,7 +11,7 @@ from fcnseg.cli import main
 from fcnseg.cli.train import load_recipe
 from fcnseg.data.synthetic import write_synthetic_folder
 from fcnseg.errors import ConfigError
-from fcnseg.train.trainer import TrainConfig
+from fcnseg.train.config import TrainConfig
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.toml"))
 TINY = ["--widths", "4,8,8,16,16,32", "--weight-init", "kaiming", "--preprocess", "imagenet"]

@@ -12,10 +12,10 @@ from fcnseg.data.folder import FolderSegmentation
 from fcnseg.data.matlab import MatReadError
 from fcnseg.data.nyud import NYUDSegmentation
 from fcnseg.data.palette import pascal_palette
+from fcnseg.data.registry import open_dataset
 from fcnseg.data.siftflow import SiftFlowSegmentation
 from fcnseg.data.synthetic import SyntheticSegmentation
 from fcnseg.data.voc import VOC_CLASSES, SBDSegmentation, VOCSegmentation, pascal_split
-from fcnseg.train.trainer import open_dataset
 
 H, W = 5, 7
 RNG = np.random.default_rng(0)

@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from fcnseg.train import distributed
-from fcnseg.train.trainer import TrainConfig, Trainer
+from fcnseg import distributed
+from fcnseg.train.config import TrainConfig
+from fcnseg.train.trainer import Trainer
 
 
 def free_port() -> int:

@@ -23,7 +23,7 @@ from fcnseg.cli.train import load_recipe
 from fcnseg.data.folder import FolderSegmentation
 from fcnseg.data.images import read_image, read_label
 from fcnseg.data.matlab import load_mat
-from fcnseg.train.trainer import TrainConfig
+from fcnseg.train.config import TrainConfig
 from fcnseg.weights.caffe_format import read_caffemodel
 from fcnseg.weights.checkpoint import load_checkpoint, save_checkpoint
 

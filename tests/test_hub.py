@@ -15,8 +15,8 @@ from fcnseg.cli import main
 from fcnseg.data.voc import VOC_CLASSES
 from fcnseg.download import ChecksumError, DownloadError, RemoteFile
 from fcnseg.models.registry import ARCHITECTURES
-from fcnseg.train.distributed import Context
-from fcnseg.train.trainer import TrainConfig, Trainer
+from fcnseg.train.config import TrainConfig
+from fcnseg.train.initial import initial_weights, initialise
 from fcnseg.weights import hub
 from fcnseg.weights.caffe import load_caffe_fcn
 from fcnseg.weights.hub import UnknownWeightsError, UnsupportedWeightsError, Weights
@@ -246,8 +246,8 @@ def test_init_imagenet_resolves_to_the_converted_classifier(server, registry, mo
     config = TrainConfig(
         arch="fcn16s", widths=FIXTURE_WIDTHS, init="imagenet", preprocess="imagenet", progress=False
     )
-    trainer = Trainer(config, context=Context())
-    model = trainer._build_model(5, list("abcde"), trainer._initial_weights())
+    model = fcnseg.build_model("fcn16s", 5, widths=FIXTURE_WIDTHS)
+    initialise(model, config, initial_weights(config, say=print), say=print)
     assert torch.equal(model.backbone.conv1_1.weight, state["features.0.weight"])
     assert torch.equal(model.backbone.conv5_3.weight, state["features.28.weight"])
     assert torch.equal(model.backbone.fc6.weight, state["classifier.0.weight"].reshape(64, 32, 7, 7))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fcnseg.train.metrics import confusion_matrix, scores
+from fcnseg.metrics.segmentation import confusion_matrix, scores
 
 # Three classes, one ignored pixel. Counted (gt, pred) pairs:
 # (0,0) (0,1) (1,1) (1,2) (2,2)

@@ -9,13 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
+import fcnseg.train.losses as losses_module
 import fcnseg.train.trainer as trainer_module
 from fcnseg.cli import main
 from fcnseg.data.datasets import DataError
 from fcnseg.data.folder import FolderSegmentation
 from fcnseg.data.synthetic import write_synthetic_folder
-from fcnseg.train.distributed import Context
-from fcnseg.train.trainer import TrainConfig, Trainer, TrainingInterrupted, train
+from fcnseg.train.config import TrainConfig
+from fcnseg.train.initial import initial_weights
+from fcnseg.train.trainer import TrainingInterrupted, train
 
 TINY = (4, 8, 8, 16, 16, 32)
 
@@ -83,8 +85,7 @@ def test_auto_init_without_network_trains_from_scratch_and_says_so(tmp_path, mon
     # A mirror nobody listens on: the download fails at once, as it does offline.
     monkeypatch.setenv("FCNSEG_MIRROR", "http://127.0.0.1:9")
     monkeypatch.setenv("FCNSEG_HOME", str(tmp_path / "home"))
-    trainer = Trainer(TrainConfig(arch="fcn32s"), context=Context())
-    assert trainer._initial_weights() is None
+    assert initial_weights(TrainConfig(arch="fcn32s"), say=print) is None
     printed = capsys.readouterr().out
     assert "training from scratch: ImageNet weights (imagenet) cannot be had" in printed
     assert "fcnseg weights get imagenet" in printed
@@ -93,7 +94,7 @@ def test_auto_init_without_network_trains_from_scratch_and_says_so(tmp_path, mon
 
 def stop_at_step(monkeypatch, step, signal_number):
     """Send ``signal_number`` to this process during training step ``step``."""
-    real = trainer_module.segmentation_loss
+    real = losses_module.segmentation_loss
     calls = {"n": 0}
 
     def loss(*args, **kwargs):
@@ -102,7 +103,7 @@ def stop_at_step(monkeypatch, step, signal_number):
             os.kill(os.getpid(), signal_number)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "segmentation_loss", loss)
+    monkeypatch.setattr(losses_module, "segmentation_loss", loss)
 
 
 @pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
@@ -143,7 +144,7 @@ def test_last_checkpoint_is_written_on_the_clock_between_validations(tmp_path, f
     real = trainer_module.Trainer._save
 
     def save(self, run, best=False):
-        saves.append((run.state["step"], best))
+        saves.append((run.state.step, best))
         real(self, run, best)
 
     monkeypatch.setattr(trainer_module.Trainer, "_save", save)

@@ -8,24 +8,21 @@ import pytest
 import torch
 
 import fcnseg
-import fcnseg.train.trainer as trainer_module
+import fcnseg.train.losses as losses_module
 import fcnseg.weights.checkpoint as checkpoint_module
 from fcnseg import build_model, load_checkpoint
+from fcnseg.cli import main
 from fcnseg.data.preprocess import preprocess
-from fcnseg.train.distributed import Context
-from fcnseg.train.metrics import confusion_matrix
-from fcnseg.train.trainer import (
-    LOG_COLUMNS,
-    TrainConfig,
-    Trainer,
-    TrainingDiverged,
-    copy_matching_layers,
-    evaluate_confusion,
-    open_dataset,
-    train,
-)
+from fcnseg.data.registry import open_dataset
+from fcnseg.metrics.segmentation import confusion_matrix, evaluate_confusion
+from fcnseg.tasks.segmentation import SegmentationTask
+from fcnseg.train.config import TrainConfig
+from fcnseg.train.initial import initial_weights, initialise, kaiming_init
+from fcnseg.train.trainer import Trainer, TrainingDiverged, log_columns, train
+from fcnseg.weights.transfer import copy_matching_layers
 
 TINY = (4, 8, 8, 16, 16, 32)
+LOG_COLUMNS = log_columns(SegmentationTask())
 
 
 def tiny_config(tmp_path, name="run", **overrides):
@@ -58,7 +55,7 @@ def tiny_config(tmp_path, name="run", **overrides):
 
 def kill_at_call(monkeypatch, call):
     """Make the ``call``-th loss evaluation raise, as if the process died there."""
-    real = trainer_module.segmentation_loss
+    real = losses_module.segmentation_loss
     calls = {"n": 0}
 
     def loss(*args, **kwargs):
@@ -67,7 +64,7 @@ def kill_at_call(monkeypatch, call):
             raise KeyboardInterrupt("killed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "segmentation_loss", loss)
+    monkeypatch.setattr(losses_module, "segmentation_loss", loss)
 
 
 def digest(path):
@@ -145,9 +142,21 @@ def test_existing_run_is_not_overwritten_and_resume_checks_settings(tmp_path):
         train(tiny_config(tmp_path, max_steps=2, lr=0.02), resume=True)
 
 
+def test_a_training_state_of_an_older_fcnseg_is_refused_saying_what_to_do(tmp_path, capsys):
+    train(tiny_config(tmp_path, max_steps=2))
+    last = tmp_path / "run" / "last.pt"
+    data = torch.load(last, weights_only=True)
+    del data["best_score"], data["history"]  # as written before the run state held them
+    torch.save(data, last)
+    with pytest.raises(ValueError, match=r"older fcnseg \(without best_score, history\).*--init \S*last.pt"):
+        train(tiny_config(tmp_path, max_steps=4), resume=True)
+    assert main(["train", "--out", str(tmp_path / "run"), "--resume", "--quiet"]) == 2
+    assert "cannot be resumed; start a new run from its weights" in capsys.readouterr().err
+
+
 def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path, monkeypatch):
     config = tiny_config(tmp_path)
-    real = trainer_module.segmentation_loss
+    real = losses_module.segmentation_loss
     calls = {"n": 0}
 
     def loss(*args, **kwargs):
@@ -155,7 +164,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path, monke
         value = real(*args, **kwargs)
         return value * float("nan") if calls["n"] == 3 else value
 
-    monkeypatch.setattr(trainer_module, "segmentation_loss", loss)
+    monkeypatch.setattr(losses_module, "segmentation_loss", loss)
     with pytest.raises(TrainingDiverged, match="at step 3 .*last good checkpoint"):
         train(config)
     last = tmp_path / "run" / "last.pt"
@@ -243,7 +252,7 @@ def test_fixed_backbone_and_frozen_upsampling_do_not_move(tmp_path):
     # The backbone after training equals the backbone as initialised (same seed, same init).
     torch.manual_seed(config.seed)
     init = build_model("fcn32s-fixed", 6, widths=TINY)
-    trainer_module._kaiming_init(init)
+    kaiming_init(init)
     for name, value in init.backbone.state_dict().items():
         assert torch.equal(saved["state_dict"][f"backbone.{name}"], value), name
     assert torch.equal(result.model.upscore.weight, fresh.upscore.weight)  # bilinear, frozen
@@ -255,8 +264,8 @@ def test_staged_training_copies_matching_layers(tmp_path):
     config = tiny_config(
         tmp_path, "fcn16s", arch="fcn16s", max_steps=1, init=str(tmp_path / "fcn32s" / "last.pt")
     )
-    trainer = Trainer(config, context=Context())
-    model = trainer._build_model(6, ["c"] * 6, trainer._initial_weights())
+    model = build_model("fcn16s", 6, widths=TINY)
+    initialise(model, config, initial_weights(config, say=print), say=print)
     for name, value in coarse.state_dict().items():
         if name.startswith(("backbone.", "score_fr.")):
             assert torch.equal(model.state_dict()[name], value), name
@@ -301,7 +310,7 @@ def test_evaluate_confusion_sums_per_image_matrices():
     for image, label in (dataset[i] for i in range(3)):
         pred = model.eval()(preprocess(image)[None]).argmax(1)[0]
         expected += confusion_matrix(pred, torch.as_tensor(label), 6)
-    assert torch.equal(evaluate_confusion(model, dataset, 6), expected)
+    assert torch.equal(evaluate_confusion(model, dataset, 6), expected)  # preprocessed as meta says: caffe
     assert expected.sum() == sum(dataset[i][1].size for i in range(3))
 
 

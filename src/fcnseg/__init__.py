@@ -1,32 +1,45 @@
-"""fcnseg: Fully Convolutional Networks for semantic segmentation, faithful to the original Caffe nets."""
+"""fcnseg: Fully Convolutional Networks for semantic segmentation, faithful to the original Caffe nets.
 
-from fcnseg.data.preprocess import preprocess
-from fcnseg.errors import FcnsegError
-from fcnseg.infer.predict import predict
-from fcnseg.models import ARCHITECTURES, FCN, build_model, convolutionalize, rarefy, shift_and_stitch
-from fcnseg.train.metrics import confusion_matrix, scores
-from fcnseg.train.trainer import TrainConfig
-from fcnseg.weights.checkpoint import load_checkpoint, save_checkpoint
-from fcnseg.weights.imagenet import fcn_from_imagenet
-from fcnseg.weights.load import load
+The public names are imported on first use: ``import fcnseg`` costs nothing, and a script
+loads torch, the trainer or the Caffe reader only when it uses them.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ARCHITECTURES",
-    "FCN",
-    "FcnsegError",
-    "TrainConfig",
-    "build_model",
-    "confusion_matrix",
-    "convolutionalize",
-    "fcn_from_imagenet",
-    "load",
-    "load_checkpoint",
-    "predict",
-    "preprocess",
-    "rarefy",
-    "save_checkpoint",
-    "scores",
-    "shift_and_stitch",
-]
+_HOMES = {
+    "ARCHITECTURES": "fcnseg.models.registry",
+    "FCN": "fcnseg.models.fcn",
+    "FcnsegError": "fcnseg.errors",
+    "TrainConfig": "fcnseg.train.config",
+    "build_model": "fcnseg.models.registry",
+    "confusion_matrix": "fcnseg.metrics.segmentation",
+    "convolutionalize": "fcnseg.models.convolutionalize",
+    "fcn_from_imagenet": "fcnseg.weights.imagenet",
+    "load": "fcnseg.weights.load",
+    "load_checkpoint": "fcnseg.weights.checkpoint",
+    "predict": "fcnseg.infer.predict",
+    "preprocess": "fcnseg.data.preprocess",
+    "rarefy": "fcnseg.models.dense",
+    "save_checkpoint": "fcnseg.weights.checkpoint",
+    "scores": "fcnseg.metrics.segmentation",
+    "shift_and_stitch": "fcnseg.models.dense",
+}
+"""Each public name and the module that defines it."""
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> object:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'fcnseg' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})

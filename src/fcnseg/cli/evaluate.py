@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-from collections.abc import Sequence
-from typing import Any
 
+from fcnseg.data.registry import DATASETS, open_dataset
 from fcnseg.infer.predict import resolve_device
-from fcnseg.train.metrics import scores
-from fcnseg.train.trainer import DATASETS, evaluate_confusion, open_dataset
+from fcnseg.metrics.segmentation import evaluate_confusion, format_metrics, scores
 from fcnseg.weights.load import load
-
-METRIC_NAMES = {
-    "pixel_acc": "pixel acc.",
-    "mean_acc": "mean acc.",
-    "mean_iu": "mean IU",
-    "fw_iu": "f.w. IU",
-}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -54,13 +44,7 @@ def run(args: argparse.Namespace) -> int:
         )
     device = resolve_device(args.device or "auto")
     confusion = evaluate_confusion(
-        model.to(device),
-        dataset,
-        model.num_classes,
-        preprocess_mode=model.meta.get("preprocess", "caffe"),
-        batch_size=args.batch_size,
-        device=device,
-        progress=True,
+        model.to(device), dataset, model.num_classes, batch_size=args.batch_size, device=device, progress=True
     )
     metrics = scores(confusion)
     class_names = list(model.meta.get("class_names") or dataset.class_names)
@@ -70,14 +54,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.weights} on {args.data} ({len(dataset)} images)")
         print(format_metrics(metrics, class_names))
     return 0
-
-
-def format_metrics(metrics: dict[str, Any], class_names: Sequence[str]) -> str:
-    """The four metrics as one table row, then per-class IU, in percent; absent classes show '-'."""
-    header = " | ".join(f"{name:>10}" for name in METRIC_NAMES.values())
-    values = " | ".join(f"{100 * metrics[key]:10.1f}" for key in METRIC_NAMES)
-    width = max(len("class"), *(len(n) for n in class_names))
-    lines = [header, values, "", f"{'class':<{width}}  IU"]
-    for name, iu in zip(class_names, metrics["per_class_iu"], strict=True):
-        lines.append(f"{name:<{width}}  {'-' if math.isnan(iu) else f'{100 * iu:.1f}'}")
-    return "\n".join(lines)

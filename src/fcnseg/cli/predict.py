@@ -11,17 +11,17 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from fcnseg.data.images import MAX_PIXELS, read_image
-from fcnseg.infer.overlay import colorize, overlay
 from fcnseg.infer.predict import PRECISIONS, predict_batch, resolve_device
 from fcnseg.infer.tiling import parse_memory
 from fcnseg.models.fcn import FCN
-from fcnseg.weights.checkpoint import atomic_write
+from fcnseg.tasks.segmentation import SegmentationTask
 from fcnseg.weights.load import load
 
 IMAGE_SUFFIXES = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
@@ -29,6 +29,9 @@ IMAGE_SUFFIXES = frozenset(ext for ext, fmt in Image.registered_extensions().ite
 
 MAX_PENDING_FACTOR = 2
 """Images waiting for a same-size batch are flushed beyond this many batches' worth."""
+
+SEGMENTATION = SegmentationTask()
+"""What predict writes: the task's files for each image."""
 
 
 def collect_inputs(specs: Sequence[str]) -> tuple[list[Path], list[str]]:
@@ -101,13 +104,13 @@ def output_stems(files: Sequence[Path], suffixes: Sequence[str]) -> list[str]:
     return stems
 
 
+def _output_options(args: argparse.Namespace) -> dict[str, Any]:
+    """What ``SegmentationTask.write_prediction`` writes besides the label PNG, from the flags."""
+    return {"overlay_format": args.overlay_format if args.overlay else None}
+
+
 def _output_suffixes(args: argparse.Namespace) -> list[str]:
-    suffixes = [".png"]
-    if args.overlay:
-        suffixes.append(f"_overlay.{args.overlay_format}")
-    if args.probs:
-        suffixes.append("_probs.npy")
-    return suffixes
+    return SEGMENTATION.prediction_suffixes(**_output_options(args), probs=args.probs)
 
 
 def _check_out_is_no_input_folder(out: Path, specs: Sequence[str], files: Sequence[Path]) -> None:
@@ -143,19 +146,6 @@ def _prepare_out(out: Path) -> None:
         raise OSError(f"output folder {out} cannot be written ({error.strerror or error})") from None
 
 
-def _write_outputs(
-    args: argparse.Namespace, stem: str, image: np.ndarray, labels: np.ndarray, probs: np.ndarray | None
-) -> None:
-    out = Path(args.out)
-    atomic_write(out / f"{stem}.png", lambda f: colorize(labels).save(f, format="PNG"))
-    if args.overlay:
-        shown = Image.fromarray(overlay(image, labels, alpha=args.overlay_alpha))
-        fmt = "JPEG" if args.overlay_format == "jpg" else "PNG"
-        atomic_write(out / f"{stem}_overlay.{args.overlay_format}", lambda f: shown.save(f, format=fmt))
-    if args.probs:
-        atomic_write(out / f"{stem}_probs.npy", lambda f: np.save(f, probs.astype(args.probs_dtype)))
-
-
 def _describe(path: Path, error: BaseException) -> str:
     message = str(error)
     return message if str(path) in message else f"{path}: {message}"
@@ -187,7 +177,14 @@ def _segment(
             return
         for i, (path, stem, image) in enumerate(group):
             try:
-                _write_outputs(args, stem, image, labels[i], probs[i] if probs is not None else None)
+                SEGMENTATION.write_prediction(
+                    Path(args.out) / stem,
+                    image,
+                    (labels[i], probs[i] if probs is not None else None),
+                    **_output_options(args),
+                    overlay_alpha=args.overlay_alpha,
+                    probs_dtype=args.probs_dtype,
+                )
                 done += 1
             except OSError as error:
                 failures.append(_describe(path, error))

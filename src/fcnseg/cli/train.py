@@ -8,12 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fcnseg import distributed
 from fcnseg.cli import shown_default
-from fcnseg.cli.evaluate import format_metrics
+from fcnseg.data.registry import DATASETS
 from fcnseg.errors import ConfigError
-from fcnseg.train import distributed
-from fcnseg.train.trainer import DATASETS, RECIPES, TrainConfig, Trainer, TrainingInterrupted
-from fcnseg.weights.checkpoint import read_checkpoint
+from fcnseg.tasks import TASKS
+from fcnseg.train.config import RECIPES, TrainConfig
+from fcnseg.train.run_folder import RunFolder
+from fcnseg.train.trainer import Trainer, TrainingInterrupted
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -22,6 +24,7 @@ else:  # the same parser, from PyPI
 
 # Flags that map one to one onto TrainConfig fields (dest == field name).
 _FLAGS: list[tuple[str, dict[str, Any]]] = [
+    ("--task", {"choices": tuple(TASKS), "help": "what to train"}),
     ("--arch", {"help": "fcn32s, fcn32s-fixed, fcn16s, fcn8s, fcn8s-atonce or fcn-alexnet"}),
     (
         "--widths",
@@ -121,8 +124,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train an FCN from a recipe file or flags",
-        description="Train an FCN. Settings come from the defaults (the paper's recipe), then "
-        "--config, then flags. Under torchrun every process trains its share; rank 0 writes.",
+        description="Train an FCN. Settings come from the defaults, then --recipe, then --config, "
+        "then flags. Under torchrun every process trains its share; rank 0 writes.",
     )
     parser.add_argument("--config", type=Path, help="a recipe file (TOML)")
     parser.add_argument(
@@ -175,7 +178,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         out = args.out or (load_recipe(args.config).get("out") if args.config else None)
         if not out:
             raise ValueError("--resume needs --out (or a --config naming out): the run folder to continue")
-        values.update(read_checkpoint(Path(out) / "last.pt").get("train_config", {}))
+        values.update(RunFolder(out).read_last()["train_config"])
     elif args.config:
         values.update(load_recipe(args.config))
     if args.recipe:
@@ -192,7 +195,8 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     context = distributed.init_from_env(config.device)
     try:
-        result = Trainer(config, context=context).fit(resume=args.resume)
+        trainer = Trainer(config, context=context)
+        result = trainer.fit(resume=args.resume)
     except TrainingInterrupted as stopped:
         if context.is_main:
             print(f"fcnseg train: {stopped}", file=sys.stderr)
@@ -202,9 +206,8 @@ def run(args: argparse.Namespace) -> int:
     if context.is_main:
         print(f"trained {config.arch} for {result.steps} steps; run folder {result.out}")
         if result.best_metrics:
-            names = result.model.meta.get("class_names", [])
             print(
                 f"best validation (step {result.best_metrics['step']}), written to {result.out / 'best.pt'}:"
             )
-            print(format_metrics(result.best_metrics, names))
+            print(trainer.task.summary(result.best_metrics, result.model))
     return 0

@@ -18,6 +18,10 @@ __all__ = [
     "DataError",
     "InMemory",
     "SegmentationDataset",
+    "Split",
+    "check_pairs",
+    "files_of",
+    "holdout",
     "read_id_list",
     "require_files",
     "validate_label",
@@ -36,7 +40,7 @@ class DataError(FcnsegError):
 
 
 def validate_label(label: np.ndarray, num_classes: int, path: str | Path) -> None:
-    """Raise ``ImageReadError`` if ``label`` holds ids outside [0, num_classes) other than 255."""
+    """Raise ``ImageReadError`` if ``label`` holds ids outside [0, num_classes) other than ``IGNORE_INDEX``."""
     bad = (label < 0) | ((label >= num_classes) & (label != IGNORE_INDEX))
     if bad.any():
         values = np.unique(label[bad])
@@ -69,7 +73,7 @@ def require_files(paths: Iterable[Path], listed_in: str | Path) -> None:
 
 class SegmentationDataset(Dataset):
     """(image, label) pairs of numpy arrays, raw: image (H, W, C) uint8, label (H, W) int64 with
-    255 = ignore. Transforms and the network's preprocessing are the trainer's business.
+    ``IGNORE_INDEX`` (255) = ignore. Augmentation and the net's preprocessing come later, in training.
 
     Subclasses fill ``files`` with (image path, label path) pairs and override ``load_image`` /
     ``load_label`` when their files are not plain images and masks.
@@ -122,6 +126,36 @@ class InMemory(Dataset):
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         return self.pairs[index]
+
+
+class Split(Dataset):
+    """Some images of a data set, which keeps its class names."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int]):
+        self.dataset, self.indices = dataset, list(indices)
+        self.class_names = dataset.class_names
+        self.num_classes = dataset.num_classes
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.dataset[self.indices[index]]
+
+
+def holdout(dataset: Dataset, fraction: float, seed: int) -> tuple[Split, Split]:
+    """A fixed random split of ``dataset`` into train and val (val at least one image)."""
+    order = np.random.default_rng(seed).permutation(len(dataset))
+    size = max(1, round(fraction * len(dataset)))
+    if size >= len(dataset):
+        raise ValueError(f"{len(dataset)} images cannot be split into train and val")
+    return Split(dataset, sorted(order[size:])), Split(dataset, sorted(order[:size]))
+
+
+def files_of(dataset: Dataset | None) -> SegmentationDataset | None:
+    """The data set of files behind ``dataset`` (a split reads its parent's files), or None."""
+    dataset = dataset.dataset if isinstance(dataset, Split) else dataset
+    return dataset if isinstance(dataset, SegmentationDataset) else None
 
 
 def check_pairs(dataset: SegmentationDataset, progress: bool = False, listed: int = 20) -> np.ndarray:

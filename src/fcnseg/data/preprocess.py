@@ -37,13 +37,22 @@ PRESETS: dict[str, Preprocessing] = {
 }
 
 
+DEFAULT_PREPROCESS = "caffe"
+"""Used when a model's ``meta`` names no preprocessing: the original Caffe FCN models'."""
+
+
+def preprocessing_of(model: torch.nn.Module) -> str:
+    """The preprocessing ``model``'s weights expect: the one its ``meta`` names, else the default."""
+    return getattr(model, "meta", {}).get("preprocess", DEFAULT_PREPROCESS)
+
+
 def get_preprocessing(name: str) -> Preprocessing:
     if name not in PRESETS:
         raise ConfigError(f"unknown preprocessing {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]
 
 
-def preprocess(image: np.ndarray | torch.Tensor, mode: str = "caffe") -> torch.Tensor:
+def preprocess(image: np.ndarray | torch.Tensor, mode: str = DEFAULT_PREPROCESS) -> torch.Tensor:
     """(H, W, 3) or (N, H, W, 3) RGB uint8 -> (3, H, W) or (N, 3, H, W) float32 net input."""
     preset = get_preprocessing(mode)
     # torch.tensor copies while converting, so read-only arrays (np.asarray of a PIL image) are fine

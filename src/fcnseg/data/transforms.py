@@ -1,4 +1,4 @@
-"""Joint image/label augmentations and a padding collate for images of different sizes.
+"""Joint image/label augmentations, the net's inputs made from raw pairs, and a padding collate.
 
 Every transform takes ``(image, label, rng)`` and returns ``(image, label)``:
 ``image`` is an (H, W, C) uint8 array, ``label`` an (H, W) int64 array, and
@@ -14,10 +14,15 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from fcnseg.data.datasets import IGNORE_INDEX
+from fcnseg.data.preprocess import preprocess
 
 __all__ = [
     "Compose",
     "JointTransform",
+    "NetPairs",
     "RandomCrop",
     "RandomHorizontalFlip",
     "RandomScale",
@@ -124,7 +129,7 @@ class RandomCrop:
     pixels add no loss, the image with ``fill``.
     """
 
-    def __init__(self, size: int | tuple[int, int], ignore_index: int = 255, fill: int = 0):
+    def __init__(self, size: int | tuple[int, int], ignore_index: int = IGNORE_INDEX, fill: int = 0):
         height, width = (size, size) if isinstance(size, int) else size
         if height < 1 or width < 1:
             raise ValueError(f"crop size must be positive, got {size}")
@@ -149,8 +154,30 @@ class RandomCrop:
         return f"RandomCrop(size={self.size}, ignore_index={self.ignore_index}, fill={self.fill})"
 
 
+class NetPairs(Dataset):
+    """Raw pairs -> (preprocessed image (3, H, W) float32, label (H, W) int64), augmented reproducibly.
+
+    Indexed by (epoch, index): the augmentation of an image is drawn from a generator
+    seeded by (seed, epoch, index), so it does not depend on worker processes or on
+    where a resumed run restarted.
+    """
+
+    def __init__(self, dataset: Dataset, mode: str, transform: JointTransform | None = None, seed: int = 0):
+        self.dataset, self.mode, self.transform, self.seed = dataset, mode, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = key
+        image, label = self.dataset[index]
+        if self.transform is not None:
+            image, label = self.transform(image, label, np.random.default_rng([self.seed, epoch, index]))
+        return preprocess(image, self.mode), torch.as_tensor(label, dtype=torch.int64)
+
+
 def pad_collate(
-    batch: Sequence[tuple[torch.Tensor, torch.Tensor]], ignore_index: int = 255
+    batch: Sequence[tuple[torch.Tensor, torch.Tensor]], ignore_index: int = IGNORE_INDEX
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack images of different sizes by padding bottom/right to the largest.
 

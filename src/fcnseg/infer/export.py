@@ -24,9 +24,8 @@ from typing import Any
 import torch
 
 import fcnseg
-from fcnseg.data.preprocess import get_preprocessing
+from fcnseg.data.preprocess import get_preprocessing, preprocessing_of
 from fcnseg.errors import MissingExtraError
-from fcnseg.infer.predict import DEFAULT_PREPROCESS
 from fcnseg.models.fcn import FCN
 from fcnseg.weights.checkpoint import atomic_write_path
 
@@ -47,7 +46,7 @@ def onnx_metadata(model: FCN) -> dict[str, str]:
     Values are strings (ONNX ``metadata_props``); lists and dicts are JSON.
     """
     meta: dict[str, Any] = dict(getattr(model, "meta", {}))
-    preprocess = get_preprocessing(meta.get("preprocess", DEFAULT_PREPROCESS))
+    preprocess = get_preprocessing(preprocessing_of(model))
     class_names = meta.get("class_names") or [str(i) for i in range(model.num_classes)]
     return {
         "fcnseg_version": fcnseg.__version__,

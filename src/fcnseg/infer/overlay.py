@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from fcnseg.data.datasets import IGNORE_INDEX
 from fcnseg.data.palette import pascal_palette
 
 __all__ = ["colorize", "figure", "overlay", "side_by_side"]
@@ -38,7 +39,7 @@ def overlay(
     """Blend label colours over an image: (H, W, 3) uint8 and (H, W) ids -> (H, W, 3) uint8.
 
     Each pixel becomes ``(1 - alpha) * image + alpha * colour[label]``; background
-    (id 0) and ignored pixels (255) are left as they are so that the scene stays visible.
+    (id 0) and ignored pixels (``IGNORE_INDEX``) are left as they are so that the scene stays visible.
     """
     image = np.asarray(image_uint8)
     label_map = np.asarray(label_map)
@@ -51,7 +52,7 @@ def overlay(
     colours = pascal_palette(256) if palette is None else _full_palette(palette)
     ids = np.clip(label_map, 0, 255).astype(np.int64)
     blended = (1 - alpha) * image.astype(np.float32) + alpha * colours[ids].astype(np.float32)
-    shown = (label_map != 0) & (label_map != 255)
+    shown = (label_map != 0) & (label_map != IGNORE_INDEX)
     out = image.copy()
     out[shown] = np.rint(blended[shown]).astype(np.uint8)
     return out

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fcnseg.data.images import read_image
-from fcnseg.data.preprocess import preprocess
+from fcnseg.data.preprocess import preprocess, preprocessing_of
 from fcnseg.errors import ConfigError
 from fcnseg.infer.fast import FastFCN, optimize
 from fcnseg.infer.tiling import (
@@ -41,10 +41,6 @@ __all__ = [
     "resolve_device",
     "resolve_precision",
 ]
-
-DEFAULT_PREPROCESS = "caffe"
-"""Used when a model's ``meta`` names no preprocessing: the original Caffe FCN models'."""
-
 
 PRECISIONS = ("fp32", "bf16", "auto")
 """fp32: exact. bf16: the backbone in bfloat16 (autocast on CUDA). auto: bf16 where the hardware has it."""
@@ -227,8 +223,7 @@ def predict_batch(
     dtype = resolve_precision(precision, device)
     model.to(device)
     budget = max_memory if max_memory is not None else default_max_memory(device)
-    mode = getattr(model, "meta", {}).get("preprocess", DEFAULT_PREPROCESS)
-    x = preprocess(images, mode).to(device)
+    x = preprocess(images, preprocessing_of(model)).to(device)
     with _evaluating(model):
         if return_probs or tta_flip or scales != (1.0,):
             probs = _tta_probabilities(model, x, tta_flip, scales, budget, dtype)

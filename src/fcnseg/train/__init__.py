@@ -1,0 +1,1 @@
+"""Training: one loop for every task (``trainer``), its settings, state, run folder, optimiser and losses."""

@@ -14,10 +14,14 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from fcnseg.data.datasets import IGNORE_INDEX
 
 __all__ = [
     "REDUCTIONS",
     "SAMPLING_SCOPES",
+    "SegmentationLoss",
     "class_pixel_counts",
     "loss_sampling_mask",
     "median_frequency_weights",
@@ -66,7 +70,7 @@ def segmentation_loss(
     target: torch.Tensor,
     *,
     reduction: str = "sum",
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     weight: torch.Tensor | None = None,
     keep_prob: float = 1.0,
     sampling_scope: str = "image",
@@ -117,8 +121,43 @@ def segmentation_loss(
     return total / pixel_weight.sum().clamp_min(torch.finfo(per_pixel.dtype).tiny)
 
 
+class SegmentationLoss(nn.Module):
+    """:func:`segmentation_loss` with its settings fixed; the class weights move with ``.to(device)``."""
+
+    weight: torch.Tensor | None
+
+    def __init__(
+        self,
+        *,
+        reduction: str = "sum",
+        weight: torch.Tensor | None = None,
+        keep_prob: float = 1.0,
+        sampling_scope: str = "image",
+        sampling_cell: int = 1,
+    ):
+        super().__init__()
+        self.reduction, self.keep_prob = reduction, keep_prob
+        self.sampling_scope, self.sampling_cell = sampling_scope, sampling_cell
+        self.register_buffer("weight", weight)
+
+    def forward(
+        self, scores: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """(N, C, H, W) scores and (N, H, W) target -> scalar; ``generator`` draws the loss sampling."""
+        return segmentation_loss(
+            scores,
+            target,
+            reduction=self.reduction,
+            weight=self.weight,
+            keep_prob=self.keep_prob,
+            sampling_scope=self.sampling_scope,
+            sampling_cell=self.sampling_cell,
+            generator=generator,
+        )
+
+
 def class_pixel_counts(
-    labels: Iterable[np.ndarray | torch.Tensor], num_classes: int, ignore_index: int = 255
+    labels: Iterable[np.ndarray | torch.Tensor], num_classes: int, ignore_index: int = IGNORE_INDEX
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per class: pixels of that class, and labelled pixels of the images containing it.
 

@@ -6,39 +6,44 @@ lines and a legend directly so that every run can leave a picture of itself.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from fcnseg.weights.checkpoint import atomic_write
+
 __all__ = ["plot_curves"]
 
 _PANEL = (460, 320)
 _MARGIN = (64, 36, 16, 44)  # left, top, right, bottom
-_COLOURS = {"train_loss": (31, 119, 180), "mean_iu": (214, 39, 40), "pixel_acc": (44, 160, 44)}
-_LABELS = {"train_loss": "train loss", "mean_iu": "mean IU", "pixel_acc": "pixel acc."}
+_LOSS_COLOUR = (31, 119, 180)
+_COLOURS = ((214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75))
 
 
-def plot_curves(rows: Sequence[dict[str, float]], path: str | Path) -> Path:
-    """Write two panels to ``path``: training loss, and mean IU and pixel accuracy, by step.
+def plot_curves(rows: Sequence[dict[str, float]], path: str | Path, metrics: dict[str, str]) -> Path:
+    """Write two panels to ``path``: the training loss, and the validation ``metrics`` (column ->
+    label), by step.
 
-    ``rows`` are the trainer's log rows (``step``, ``train_loss``, ``mean_iu``,
-    ``pixel_acc``); NaN values (no validation set) are left out.
+    ``rows`` are the trainer's log rows (``step``, ``train_loss`` and the metrics); NaN values
+    (no validation set) are left out. Metrics all within [0, 1] are drawn on that scale.
     """
     font = ImageFont.load_default(size=13)
     image = Image.new("RGB", (2 * _PANEL[0], _PANEL[1]), "white")
     draw = ImageDraw.Draw(image)
     steps = [row["step"] for row in rows]
-    _panel(draw, font, (0, 0), "training loss", steps, {"train_loss": [r["train_loss"] for r in rows]}, None)
-    metrics = {key: [r[key] for r in rows] for key in ("mean_iu", "pixel_acc")}
-    _panel(draw, font, (_PANEL[0], 0), "validation", steps, metrics, (0.0, 1.0))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    tmp.replace(path)
-    return path
+    loss = {"train loss": ([r["train_loss"] for r in rows], _LOSS_COLOUR)}
+    _panel(draw, font, (0, 0), "training loss", steps, loss, None)
+    series = {
+        label: ([r[key] for r in rows], colour)
+        for (key, label), colour in zip(metrics.items(), itertools.cycle(_COLOURS), strict=False)
+    }
+    values = [v for curve, _ in series.values() for v in curve if math.isfinite(v)]
+    unit = (0.0, 1.0) if all(0 <= v <= 1 for v in values) else None
+    _panel(draw, font, (_PANEL[0], 0), "validation", steps, series, unit)
+    return atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
 def _panel(draw, font, origin, title, steps, series, y_range) -> None:
@@ -47,7 +52,10 @@ def _panel(draw, font, origin, title, steps, series, y_range) -> None:
     draw.text(((left + right) / 2, origin[1] + 10), title, fill="black", font=font, anchor="mt")
     draw.rectangle((left, top, right, bottom), outline="black")
     points = [
-        (s, v) for values in series.values() for s, v in zip(steps, values, strict=True) if math.isfinite(v)
+        (s, v)
+        for values, _ in series.values()
+        for s, v in zip(steps, values, strict=True)
+        if math.isfinite(v)
     ]
     if not points:
         draw.text(((left + right) / 2, (top + bottom) / 2), "no data", fill="gray", font=font, anchor="mm")
@@ -75,14 +83,13 @@ def _panel(draw, font, origin, title, steps, series, y_range) -> None:
         draw.line((x, bottom, x, bottom + 4), fill="black")
         draw.text((x, bottom + 6), f"{tick:.6g}", fill="black", font=font, anchor="mt")
     draw.text(((left + right) / 2, bottom + 24), "step", fill="black", font=font, anchor="mt")
-    for i, (name, values) in enumerate(series.items()):
-        colour = _COLOURS[name]
+    for i, (label, (values, colour)) in enumerate(series.items()):
         line = [to_xy(s, v) for s, v in zip(steps, values, strict=True) if math.isfinite(v)]
         if len(line) > 1:
             draw.line(line, fill=colour, width=2)
         for x, y in line:
             draw.ellipse((x - 2.5, y - 2.5, x + 2.5, y + 2.5), fill=colour)
-        draw.text((left + 8, top + 6 + 16 * i), _LABELS[name], fill=colour, font=font)
+        draw.text((left + 8, top + 6 + 16 * i), label, fill=colour, font=font)
 
 
 def _ticks(low: float, high: float, count: int = 5) -> list[float]:

@@ -11,7 +11,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from fcnseg.data.preprocess import PRESETS
+from fcnseg.data.preprocess import DEFAULT_PREPROCESS, PRESETS
 from fcnseg.errors import FcnsegError
 from fcnseg.models.fcn import FCN
 from fcnseg.models.registry import ARCHITECTURES, build_model
@@ -222,7 +222,7 @@ def _structure_problems(data: Any) -> list[str]:
     if not isinstance(meta, dict):
         problems.append("'meta' is not a dict")
     else:
-        preprocess = meta.get("preprocess", "caffe")
+        preprocess = meta.get("preprocess", DEFAULT_PREPROCESS)
         if not isinstance(preprocess, str) or preprocess not in PRESETS:
             problems.append(f"meta names preprocessing {preprocess!r}, not one of {', '.join(PRESETS)}")
         names = meta.get("class_names")

@@ -28,9 +28,7 @@ from fcnseg.download import RemoteFile, download
 from fcnseg.models.alexnet import ALEXNET_WIDTHS
 from fcnseg.models.registry import ARCHITECTURES, build_model
 from fcnseg.models.vgg import VGG16_WIDTHS
-from fcnseg.weights.caffe import load_caffe_fcn
 from fcnseg.weights.checkpoint import save_checkpoint
-from fcnseg.weights.imagenet import fcn_from_imagenet
 
 __all__ = [
     "INIT_NAMES",
@@ -313,6 +311,8 @@ def checkpoint(name: str, progress: bool = True) -> Path:
         return out
     original = fetch(name, progress)
     _note(progress, f"converting {original.name} -> {out}")
+    from fcnseg.weights.caffe import load_caffe_fcn  # the protobuf schema, to convert only
+
     model = load_caffe_fcn(original, weights.arch)
     if model.num_classes != weights.num_classes:
         raise ValueError(
@@ -401,6 +401,8 @@ def resolve(
     if not out.is_file():
         original = fetch(name, progress)
         _note(progress, f"converting {original.name} for {arch} -> {out}")
+        from fcnseg.weights.imagenet import fcn_from_imagenet  # the protobuf schema, to convert only
+
         model = fcn_from_imagenet(arch, original)
         model.meta["weights"] = name
         save_checkpoint(model, out)

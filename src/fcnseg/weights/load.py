@@ -9,7 +9,6 @@ import torch
 
 from fcnseg.models.fcn import FCN
 from fcnseg.weights import hub
-from fcnseg.weights.caffe import load_caffe_fcn
 from fcnseg.weights.checkpoint import load_checkpoint, weights_format
 
 
@@ -27,6 +26,8 @@ def load(path: str | os.PathLike, arch: str | None = None, map_location: str | t
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     if weights_format(path) == "caffe":
+        from fcnseg.weights.caffe import load_caffe_fcn  # the protobuf schema, for Caffe files only
+
         return load_caffe_fcn(path, arch)
     model = load_checkpoint(path, map_location)
     if arch is not None and model.config["arch"] != arch:

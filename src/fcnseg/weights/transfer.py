@@ -1,4 +1,5 @@
-"""Copy named weight arrays into a model strictly: every layer filled, every array used, shapes checked."""
+"""Copy weights into a model: strictly (every layer filled, every array used, shapes checked) when
+loading a file made for the net, or the layers that match when starting from another net."""
 
 from __future__ import annotations
 
@@ -94,3 +95,23 @@ def copy_into(
     with torch.no_grad():
         for target, value in staged:
             target.copy_(value)
+
+
+def copy_matching_layers(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """Copy every tensor of ``state_dict`` whose name and shape match ``model``'s; return their names.
+
+    This is staged training's surgery: FCN-16s takes backbone, ``score_fr`` from
+    FCN-32s; FCN-8s also takes ``upscore2`` and ``score_pool4`` from FCN-16s. Layers
+    that are new (or shaped differently, e.g. another number of classes) keep their
+    initialisation. Copying nothing at all is an error.
+    """
+    own = model.state_dict()
+    copied = [k for k, v in state_dict.items() if k in own and own[k].shape == v.shape]
+    if not copied:
+        raise WeightsMismatchError(
+            "the initial checkpoint shares no layer (same name and shape) with this net"
+        )
+    with torch.no_grad():
+        for key in copied:
+            own[key].copy_(state_dict[key])
+    return copied

@@ -1,8 +1,8 @@
-"""Data-parallel training across processes (``torchrun``): set-up, rank queries and reductions.
+"""Data-parallel runs across processes (``torchrun``): set-up, rank queries and reductions.
 
 ``torchrun`` starts one process per device and sets ``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`init_from_env` reads
-them. Without them everything here is a no-op, so the trainer has one code path.
+them. Without them everything here is a no-op, so training and evaluation have one code path.
 """
 
 from __future__ import annotations

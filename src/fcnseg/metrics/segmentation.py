@@ -2,15 +2,36 @@
 
 The paper reports pixel accuracy, mean accuracy, mean IU and frequency-weighted IU,
 all derived from a single (ground truth x prediction) histogram accumulated over the
-whole evaluation set, so per-image matrices can simply be summed.
+whole evaluation set, so per-image matrices can simply be summed: over images, over
+batches and over the processes of a ``torchrun``.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
-__all__ = ["confusion_matrix", "scores"]
+from fcnseg import distributed
+from fcnseg.data.datasets import IGNORE_INDEX
+from fcnseg.data.preprocess import preprocessing_of
+from fcnseg.data.transforms import NetPairs, pad_collate
+
+__all__ = ["METRIC_NAMES", "confusion_matrix", "evaluate_confusion", "format_metrics", "scores"]
+
+METRIC_NAMES = {
+    "pixel_acc": "pixel acc.",
+    "mean_acc": "mean acc.",
+    "mean_iu": "mean IU",
+    "fw_iu": "f.w. IU",
+}
+"""The paper's four metrics: the keys of :func:`scores` and how tables name them."""
 
 
 def _as_label_tensor(x: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
@@ -33,7 +54,7 @@ def confusion_matrix(
     pred: torch.Tensor | np.ndarray,
     target: torch.Tensor | np.ndarray,
     num_classes: int,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
 ) -> torch.Tensor:
     """Count (ground truth, prediction) pairs over all labelled pixels.
 
@@ -92,3 +113,51 @@ def scores(confusion: torch.Tensor | np.ndarray) -> dict:
         "fw_iu": float((freq[present] * iu[present]).sum()),
         "per_class_iu": iu.tolist(),
     }
+
+
+def evaluate_confusion(
+    model: nn.Module,
+    dataset: Dataset,
+    num_classes: int,
+    *,
+    batch_size: int = 1,
+    device: torch.device | str = "cpu",
+    context: distributed.Context | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """The (num_classes, num_classes) confusion matrix of ``model`` over ``dataset``.
+
+    Images are preprocessed as the model's weights expect (``model.meta``) and scored
+    at their own size; batches of several are padded with the ignore label, which the
+    matrix skips. Under ``torchrun`` (``context``, whose device is used) each process
+    scores every ``world_size``-th image and the matrices are summed.
+    """
+    context = context or distributed.Context(device=torch.device(device))
+    shard = list(range(context.rank, len(dataset), context.world_size))
+    loader = DataLoader(
+        NetPairs(dataset, preprocessing_of(model)),
+        batch_size=batch_size,
+        sampler=[(0, i) for i in shard],
+        collate_fn=pad_collate,
+    )
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=context.device)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for images, labels in tqdm(loader, desc="validate", leave=False, disable=not progress):
+            labels = labels.to(context.device)
+            pred = model(images.to(context.device)).argmax(1)
+            confusion += confusion_matrix(pred, labels, num_classes, IGNORE_INDEX)
+    model.train(was_training)
+    return distributed.all_reduce_sum(confusion, context).cpu()
+
+
+def format_metrics(metrics: dict[str, Any], class_names: Sequence[str]) -> str:
+    """The four metrics as one table row, then per-class IU, in percent; absent classes show '-'."""
+    header = " | ".join(f"{name:>10}" for name in METRIC_NAMES.values())
+    values = " | ".join(f"{100 * metrics[key]:10.1f}" for key in METRIC_NAMES)
+    width = max(len("class"), *(len(n) for n in class_names))
+    lines = [header, values, "", f"{'class':<{width}}  IU"]
+    for name, iu in zip(class_names, metrics["per_class_iu"], strict=True):
+        lines.append(f"{name:<{width}}  {'-' if math.isnan(iu) else f'{100 * iu:.1f}'}")
+    return "\n".join(lines)

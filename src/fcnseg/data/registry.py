@@ -1,0 +1,70 @@
+"""The data sets fcnseg reads by name, with the paper's splits of each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+__all__ = ["DATASETS", "DEFAULT_SPLITS", "open_dataset"]
+
+DATASETS = ("synthetic", "folder", "voc", "sbd", "nyud", "siftflow", "context")
+
+DEFAULT_SPLITS = {
+    "voc": ("sbd-train", "seg11valid"),  # the paper's PASCAL protocol
+    "sbd": ("sbd-train", "seg11valid"),
+    "nyud": ("train", "val"),
+    "siftflow": ("trainval", "test"),
+    "context": ("train", "val"),
+}
+"""(train, validation) split of each data set that has splits, as the paper used them."""
+
+
+def open_dataset(
+    name: str,
+    root: str | None = None,
+    split: str | None = None,
+    *,
+    num_images: int = 50,
+    image_size: tuple[int, int] = (64, 128),
+    num_classes: int | None = None,
+) -> Dataset:
+    """One split of a data set by name: raw (image, label) numpy pairs with ``class_names``.
+
+    ``split`` defaults to the paper's validation split of each data set. For
+    ``synthetic``, split "train" is seed 0 and any other split seed 1, so the two
+    never share an image; ``num_images`` and ``image_size`` size it. For ``folder``,
+    ``root`` is the whole set and ``split`` is ignored; ``num_classes`` stands in
+    for a missing ``classes.txt``.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    if name == "synthetic":
+        from fcnseg.data.synthetic import SyntheticSegmentation
+
+        # Data seeds are fixed, apart from the training seed: runs with other seeds see the same data.
+        seed = 0 if split == "train" else 1
+        return SyntheticSegmentation(num_images, seed=seed, size_range=image_size)
+    if not root:
+        raise ValueError(f"data set {name!r} needs its folder")
+    if name == "folder":
+        from fcnseg.data.folder import FolderSegmentation
+
+        has_class_list = (Path(root) / "classes.txt").is_file()
+        return FolderSegmentation(root, num_classes=None if has_class_list else num_classes)
+    split = split or DEFAULT_SPLITS[name][1]
+    if name in ("voc", "sbd"):
+        from fcnseg.data.voc import pascal_split
+
+        return pascal_split(split, root)
+    if name == "nyud":
+        from fcnseg.data.nyud import NYUDSegmentation
+
+        return NYUDSegmentation(root, split)
+    if name == "siftflow":
+        from fcnseg.data.siftflow import SiftFlowSegmentation
+
+        return SiftFlowSegmentation(root, split)
+    from fcnseg.data.context import PascalContextSegmentation
+
+    return PascalContextSegmentation(root, split)

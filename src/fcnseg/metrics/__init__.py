@@ -1,0 +1,1 @@
+"""How good predictions are: one module per task (``segmentation``), for evaluation and training alike."""

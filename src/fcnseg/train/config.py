@@ -1,0 +1,214 @@
+"""The settings of a training run: one :class:`TrainConfig` holds a whole experiment (a recipe file
+is one in TOML), starting from a named recipe."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from fcnseg.data.preprocess import get_preprocessing
+from fcnseg.data.registry import DATASETS
+from fcnseg.errors import ConfigError
+from fcnseg.tasks import get_task
+from fcnseg.train.losses import REDUCTIONS, SAMPLING_SCOPES
+
+__all__ = ["AUTO", "RECIPES", "TrainConfig"]
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "fcnseg": {},
+    "paper": {
+        "loss": "sum",
+        "optimizer": "sgd",
+        "lr": 1e-10,
+        "momentum": 0.99,
+        "weight_decay": 5e-4,
+        "caffe_bias": True,
+        "lr_schedule": "fixed",
+        "batch_size": 1,
+        "weight_init": "default",
+        "preprocess": "caffe",
+    },
+}
+"""Named starting points for a config. "fcnseg" is the defaults of :class:`TrainConfig`: a
+normalised loss with Adam, which learns on any data without tuning. "paper" is the solver of
+the original repository: the summed per-pixel loss with SGD at lr 1e-10, momentum 0.99, weight
+decay 5e-4, biases at twice the lr and without decay, one image per step, fixed lr."""
+
+AUTO = "auto"
+"""``init``: ImageNet weights where the net can take them and they can be had, else from scratch.
+``preprocess``: the initial weights' preprocessing, else "imagenet"."""
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a plain value (from TOML or a checkpoint) has the type of a TrainConfig field."""
+    args, origin = typing.get_args(hint), typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if isinstance(hint, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args, strict=True))
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, origin or hint)  # other generics (dict[str, float]): the container only
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint).replace("NoneType", "None") if typing.get_args(hint) else hint.__name__
+
+
+@dataclass
+class TrainConfig:
+    """One experiment. The defaults learn on one's own data with no tuning: ImageNet weights when
+    they can be had, a per-pixel mean loss with Adam at lr 1e-4 and a poly schedule, one image of
+    any size per step. The paper's solver is the recipe "paper" (:data:`RECIPES`,
+    :meth:`from_dict`)."""
+
+    task: str = "segmentation"  # what to train: a name of fcnseg.tasks.TASKS
+    # Net
+    arch: str = "fcn8s"
+    widths: tuple[int, ...] | None = None
+    frozen_upsampling: str = "final"
+    # A checkpoint, a published name (weights.hub.resolve; "imagenet"), "auto" or None (from scratch).
+    init: str | None = AUTO
+    weight_init: str = "kaiming"  # of the backbone before any init is copied in; "default": PyTorch's
+    dropout: float | None = None  # overrides fc6/fc7 dropout (VGG's 0.5); 0 learns faster from scratch
+    # Data
+    dataset: str | None = None  # None: "folder" when data names a folder, else "synthetic"
+    data: str | None = None
+    val_data: str | None = None  # folder data set: a second folder, else val_fraction of data
+    val_fraction: float = 0.1
+    train_split: str | None = None
+    val_split: str | None = None
+    train_images: int = 400  # synthetic only
+    val_images: int = 50
+    image_size: tuple[int, int] = (64, 128)  # synthetic: range of heights and widths
+    preprocess: str = AUTO
+    flip: bool = False
+    scale_range: tuple[float, float] | None = None
+    crop: int | None = None
+    num_classes: int | None = None  # folder data set without classes.txt: else counted in the masks
+    # Loss
+    loss: str = "mean"
+    class_balance: bool = False
+    class_balance_power: float = 1.0  # median-frequency weights to this power; 0.5 is gentler
+    loss_keep_prob: float = 1.0
+    loss_sampling: str = "image"
+    loss_sampling_cell: int = 1
+    # Optimisation
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    caffe_bias: bool = False  # True: biases learn at twice the lr, without weight decay, as in the Caffe nets
+    lr_schedule: str = "poly"
+    batch_size: int = 1
+    epochs: int = 20
+    max_steps: int | None = None
+    time_limit: float | None = None  # seconds; stops early (and makes "poly" anneal by time) when reached
+    amp: str = "off"
+    # NHWC activations (on CPU the trimmed canvas picks each convolution's layout itself: it changes
+    # little there). Same math, but dropout masks are drawn in memory order: not the default layout's.
+    channels_last: bool = False
+    # Running
+    seed: int = 0
+    val_every: int = 0  # steps between validations; 0 = once per epoch
+    checkpoint_every: float = 600.0  # seconds: last.pt is also written this often between validations
+    val_batch_size: int = 1
+    workers: int = 0
+    device: str | None = None
+    out: str = "runs/fcn"
+    progress: bool = True
+    notes: str = ""  # what the experiment is, kept with the run
+
+    def __post_init__(self) -> None:
+        if self.dataset is None:
+            self.dataset = "folder" if self.data else "synthetic"
+        if self.init is not None and self.init.lower() == "none":  # TOML and flags cannot say None
+            self.init = None
+        if self.widths is not None:
+            self.widths = tuple(int(w) for w in self.widths)
+        self.image_size = tuple(int(s) for s in self.image_size)
+        if self.scale_range is not None:
+            self.scale_range = tuple(float(s) for s in self.scale_range)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the setting that is out of range."""
+        choices = {
+            "dataset": DATASETS,
+            "loss": REDUCTIONS,
+            "loss_sampling": SAMPLING_SCOPES,
+            "optimizer": ("sgd", "adam"),
+            "lr_schedule": ("fixed", "poly"),
+            "amp": ("off", "bf16", "fp16"),
+            "weight_init": ("default", "kaiming"),
+        }
+        get_task(self.task)  # an unknown name raises, listing the known ones
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        if self.preprocess != AUTO:
+            get_preprocessing(self.preprocess)
+        if self.num_classes is not None and self.num_classes < 1:
+            raise ConfigError(f"num_classes must be positive, got {self.num_classes}")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every must be >= 0 seconds, got {self.checkpoint_every}")
+        positive = ("lr", "batch_size", "epochs", "val_batch_size", "loss_sampling_cell")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps must be positive, got {self.max_steps}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.time_limit is not None and self.time_limit <= 0:
+            raise ConfigError(f"time_limit must be positive, got {self.time_limit}")
+        if not 0 < self.loss_keep_prob <= 1:
+            raise ConfigError(f"loss_keep_prob must be in (0, 1], got {self.loss_keep_prob}")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.val_every < 0 or self.workers < 0:
+            raise ConfigError("val_every and workers must be >= 0")
+        if self.dataset != "synthetic" and not self.data:
+            raise ConfigError(f"dataset {self.dataset!r} needs a data folder (data = ...)")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """A config from a plain dict (a parsed recipe file); unknown keys are an error.
+
+        ``recipe`` names a starting point in :data:`RECIPES` ("paper"); the other keys override it.
+        """
+        values = dict(values)
+        recipe = values.pop("recipe", "fcnseg")
+        if recipe not in RECIPES:
+            raise ConfigError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown training settings: {', '.join(unknown)}; known: recipe, {', '.join(sorted(known))}"
+            )
+        hints = typing.get_type_hints(cls)
+        wrong = [
+            f"{k} = {v!r} (expected {_type_name(hints[k])})"
+            for k, v in values.items()
+            if not _fits(v, hints[k])
+        ]
+        if wrong:
+            raise ConfigError(f"training settings of the wrong type: {'; '.join(wrong)}")
+        return cls(**{**RECIPES[recipe], **values})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values only, so that it can be stored in a ``weights_only`` checkpoint."""
+        values = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
