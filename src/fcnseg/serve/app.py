@@ -26,11 +26,11 @@ from PIL import Image
 
 from fcnseg.data.images import MAX_PIXELS, ImageReadError, read_image
 from fcnseg.data.palette import pascal_palette
-from fcnseg.data.preprocess import get_preprocessing
+from fcnseg.data.preprocess import get_preprocessing, preprocessing_of
 from fcnseg.data.synthetic import make_sample, sample_seed
 from fcnseg.errors import MissingExtraError
 from fcnseg.infer.overlay import colorize
-from fcnseg.infer.predict import DEFAULT_PREPROCESS, predict
+from fcnseg.infer.predict import predict
 from fcnseg.models.fcn import FCN
 
 EXTRA = "fcnseg[serve]"
@@ -123,7 +123,7 @@ class Segmenter:
         names = list(meta.get("class_names") or [])
         names += [str(i) for i in range(len(names), self.model.num_classes)]
         colours = pascal_palette(self.model.num_classes)
-        preprocess = get_preprocessing(meta.get("preprocess", DEFAULT_PREPROCESS))
+        preprocess = get_preprocessing(preprocessing_of(self.model))
         return {
             "weights": self.name,
             "arch": self.model.config["arch"],
