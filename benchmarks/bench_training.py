@@ -1,18 +1,19 @@
-"""Training step time on the CPU: the padded net, the trimmed canvas (the default), and torchfcn.
+"""Training step time on the CPU: the padded net, the images' reach (the default), and torchfcn.
 
-One step = forward, loss, backward and optimizer update. Two nets:
+One step = forward, loss, backward and optimizer update, with the trainer's optimizer
+(``fcnseg.train.trainer``: fused on the CPU) for every variant. Two nets:
 
 - the demo's: FCN-8s of widths (4, 8, 16, 32, 32, 64), batch 4 of 64x96 images,
-  channels_last, mean loss, Adam (``fcnseg demo``'s settings); also the trimmed
-  net in the default layout. torchfcn's nets have fixed widths: no peer here.
-- full VGG16 FCN-8s, batch 1 of 500x500, summed loss, SGD with momentum 0.99 (the
-  paper's recipe), against torchfcn's ``FCN8s`` holding the same weights (its final
-  upsampling frozen, as in the paper and in fcnseg).
+  channels_last, mean loss, Adam (``fcnseg demo``'s settings); also the reach in
+  the default layout. torchfcn's nets have fixed widths: no peer here.
+- full VGG16 FCN-8s, batch 1 of 500x500, summed loss, SGD with momentum 0.99 and
+  Caffe's bias rule (the recipe "paper"), against torchfcn's ``FCN8s`` holding the
+  same weights (its final upsampling frozen, as in the paper and in fcnseg).
 
 Every variant starts from the same weights and sees the same images; before
 timing, one step's scores and gradients are compared with the padded net's in
 float64 (dropout off, so that torchfcn's Dropout2d can be compared too;
-tests/test_canvas.py checks dropout). Variants are timed in turn, round after round, so that
+tests/test_reach.py checks dropout). Variants are timed in turn, round after round, so that
 load on a shared machine hits them alike; the table gives medians. Writes the
 ``training-speed:measured`` block of benchmarks/RESULTS.md.
 
@@ -43,6 +44,7 @@ from _results import machine, write_section  # noqa: E402
 from fcnseg import build_model  # noqa: E402
 from fcnseg.cli.demo import FULL as DEMO_RECIPE  # noqa: E402
 from fcnseg.data.synthetic import CLASS_NAMES  # noqa: E402
+from fcnseg.train.trainer import RECIPES, TrainConfig, _optimizer  # noqa: E402
 
 
 def seeded_net(widths, classes: int) -> nn.Module:
@@ -93,12 +95,16 @@ def build_case(
     torch.set_num_threads(threads)
     if name == "demo":
         widths, batch, (height, width), classes = DEMO_RECIPE["widths"], 4, (64, 96), len(CLASS_NAMES)
-        layouts = {"padded": True, "trimmed": True, "trimmed, default layout": False}
+        layouts = {"padded": True, "reach": True, "reach, default layout": False}
         reduction = "mean"
+        config = TrainConfig(**{k: DEMO_RECIPE[k] for k in ("optimizer", "lr", "weight_decay")})
     else:
         widths, batch, (height, width), classes = None, 1, (500, 500), 21
-        layouts = {"padded": False, "trimmed": False, "torchfcn": False}
+        layouts = {"padded": False, "reach": False, "torchfcn": False}
         reduction = "sum"
+        config = TrainConfig(
+            **{k: RECIPES["paper"][k] for k in ("optimizer", "lr", "momentum", "weight_decay", "caffe_bias")}
+        )
     base = seeded_net(widths, classes)
     torch.manual_seed(1)
     images = torch.randn(batch, 3, height, width)
@@ -125,11 +131,7 @@ def build_case(
             model.trim_padding = variant != "padded"
         model = model.to(memory_format=layout)
         x = images.contiguous(memory_format=layout)
-        params = [p for p in model.parameters() if p.requires_grad]
-        if name == "demo":
-            optimizer = torch.optim.Adam(params, lr=DEMO_RECIPE["lr"])
-        else:
-            optimizer = torch.optim.SGD(params, lr=1e-10, momentum=0.99, weight_decay=5e-4)
+        optimizer = _optimizer(model, config)
         out, grads = scores_and_grads(model, x, labels, reduction, names)
         assert grads.keys() == reference[1].keys(), sorted(set(grads) ^ set(reference[1]))
         errors[variant] = (
@@ -137,7 +139,7 @@ def build_case(
             max(relative_error(grads[k].double(), reference[1][k]) for k in grads),
         )
         steps[variant] = step_function(model, optimizer, x, labels, reduction)
-        steps[variant]()  # first call: oneDNN primitives and canvas plans are made
+        steps[variant]()  # first call: oneDNN primitives and plans are made
     return steps, errors
 
 
@@ -167,25 +169,28 @@ def main() -> None:
                     for _ in range(repeat):
                         step()
                     times[variant].append((time.perf_counter() - start) / repeat)
-            padded = statistics.median(times["padded"])
+            load = os.getloadavg()[0]
             for variant, ts in times.items():
-                median = statistics.median(ts)
+                ratio = statistics.median(p / t for p, t in zip(times["padded"], ts, strict=True))
                 score_err, grad_err = errors[variant]
                 rows.append(
-                    f"| {CASES[case]} | {threads} | {variant} | {median:.3f} | {min(ts):.3f} "
-                    f"| {padded / median:.2f} | {score_err:.0e} | {grad_err:.0e} |"
+                    f"| {CASES[case]} | {threads} | {variant} | {statistics.median(ts):.3f} | {min(ts):.3f} "
+                    f"| {ratio:.2f} | {score_err:.0e} | {grad_err:.0e} | {load:.1f} |"
                 )
-                print(rows[-1], f"load {os.getloadavg()[0]:.1f}", flush=True)
+                print(rows[-1], flush=True)
     load_after = os.getloadavg()[0]
     text = "\n".join(
         [
-            "### Measured: padded net, trimmed canvas, torchfcn",
+            "### Measured: padded net, the images' reach, torchfcn",
             "",
-            "Forward, loss, backward and optimizer update of FCN-8s; median and best over rounds in which the "
-            "variants take turns. *padded*: `model.trim_padding = False`, the layers as written; *trimmed*: "
-            "the default (`fcnseg.models.canvas`); *torchfcn*: its `FCN8s` with the same weights. Errors of "
-            "one step from the same weights in float32 (dropout off), against the padded net in float64: "
-            "max |x - ref| / max |ref| of the scores and of each parameter's gradient (the worst).",
+            "Forward, loss, backward and optimizer update of FCN-8s (the trainer's optimizer, fused on the "
+            "CPU, for every variant); median and best over rounds in which the variants take turns, and the "
+            "median over rounds of the padded step's time over the variant's in that round. *padded*: "
+            "`model.trim_padding = False`, the layers as written; *reach*: the default "
+            "(`fcnseg.models.reach`); *torchfcn*: its `FCN8s` with the same weights. Errors of one step "
+            "from the same weights in float32 (dropout off), against the padded net in float64: "
+            "max |x - ref| / max |ref| of the scores and of each parameter's gradient (the worst). Load: "
+            "the 1-minute load average when the rounds ended.",
             "",
             f"- command: `python benchmarks/bench_training.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`",
             f"- machine: {machine()}; torch {torch.__version__}; "
@@ -193,9 +198,9 @@ def main() -> None:
             f"- load average (1 min) before/after: {load_before:.1f} / {load_after:.1f} (the machine is "
             "shared: variants are timed in turn so that load hits them alike)",
             "",
-            "| net | threads | variant | median s / step | best s / step | x padded (median) | score err "
-            "| gradient err |",
-            "|---|---|---|---|---|---|---|---|",
+            "| net | threads | variant | median s / step | best s / step | x padded (median of rounds) "
+            "| score err | gradient err | load |",
+            "|---|---|---|---|---|---|---|---|---|",
             *rows,
         ]
     )

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from fcnseg.models.canvas import run_trunk, upsample_and_crop
+from fcnseg.models.canvas import upsample_and_crop
 from fcnseg.models.geometry import AffineMap, crop_offset, layer_map, path_map
 from fcnseg.models.layers import ChannelScale, bilinear_upsampler, crop_like
+from fcnseg.models.reach import run_trunk
 
 
 def output_channels(layers: nn.Sequential) -> int:
@@ -30,10 +31,11 @@ class FCN(nn.Module):
     ``upscore8``) returns to the input's resolution and is cropped to exactly its
     height and width. Every crop offset comes from the layers' geometry.
 
-    The forward pass skips the constant input padding where that is exact (the
-    trimmed canvas of :mod:`fcnseg.models.canvas`): same scores and gradients,
-    several times faster for small images. ``trim_padding = False`` runs the
-    padded layers as written, for comparison.
+    The forward pass skips the constant input padding where that is exact (each
+    image computes only what it reaches, the rest once per batch: see
+    :mod:`fcnseg.models.reach`): same scores and gradients, several times faster
+    for small images. ``trim_padding = False`` runs the padded layers as written,
+    for comparison.
 
     (N, in_channels, H, W) -> (N, num_classes, H, W) for any H, W >= 1.
     """

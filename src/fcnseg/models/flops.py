@@ -71,7 +71,7 @@ def compute_cost(model: nn.Module, size: tuple[int, int], in_channels: int | Non
     nothing is computed. ``in_channels`` defaults to the first convolution's.
     The model is run in eval mode under ``no_grad`` and left in its own mode. An
     FCN is counted as written, padding and all: the paper's arithmetic, not the
-    trimmed canvas its forward pass runs on by default.
+    images' reach its forward pass computes by default.
     """
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
     if in_channels is None:

@@ -116,7 +116,7 @@ class TrainConfig:
     max_steps: int | None = None
     time_limit: float | None = None  # seconds; stops early (and makes "poly" anneal by time) when reached
     amp: str = "off"
-    # NHWC activations (on CPU the trimmed canvas picks each convolution's layout itself: it changes
+    # NHWC activations (on CPU the trunk picks each convolution's layout itself: it changes
     # little there). Same math, but dropout masks are drawn in memory order: not the default layout's.
     channels_last: bool = False
     # Running

