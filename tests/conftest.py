@@ -5,6 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 from caffe_reference import restore_all
+from tiny_nets import ARCHS, tiny_fcn
+
+import fcnseg
 
 
 @pytest.fixture(autouse=True)
@@ -20,3 +23,9 @@ def one_thread():
 def caffe_fixtures(tmp_path_factory) -> Path:
     """A folder of files written by the real Caffe (``fixtures/caffe/README.md``), restored and checked."""
     return restore_all(tmp_path_factory.mktemp("caffe"))
+
+
+@pytest.fixture(params=ARCHS)
+def tiny_model(request) -> fcnseg.FCN:
+    """The tiny net of each registered architecture in turn (3 classes, seeded): the shared model tests."""
+    return tiny_fcn(request.param, num_classes=3)

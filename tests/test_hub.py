@@ -9,6 +9,7 @@ import pytest
 import torch
 from http_server import FileServer
 from PIL import Image
+from tiny_nets import TINY_GOOGLENET, googlenet_caffe_layers
 
 import fcnseg
 from fcnseg.cli import main
@@ -19,9 +20,11 @@ from fcnseg.train.config import TrainConfig
 from fcnseg.train.initial import initial_weights, initialise
 from fcnseg.weights import hub
 from fcnseg.weights.caffe import load_caffe_fcn
+from fcnseg.weights.caffe_format import write_caffemodel
 from fcnseg.weights.hub import UnknownWeightsError, UnsupportedWeightsError, Weights
 
 FIXTURE_WIDTHS = (4, 8, 16, 32, 32, 64)  # the Caffe-written fcn8s fixture
+BVLC_GOOGLENET = hub.WEIGHTS["googlenet-caffe"]  # the real entry, before a test empties the registry
 CAFFE_URL = "http://dl.caffe.berkeleyvision.org/fcn8s-heavy-pascal.caffemodel"
 CAFFE_PATH = "/fcn8s-heavy-pascal.caffemodel"
 TV_URL = "https://download.pytorch.org/models/vgg16-tiny.pth"
@@ -293,3 +296,27 @@ def test_init_names_are_checked_against_the_net_before_downloading(server, capsy
     assert sum(server.hits.values()) == 0
     path = hub.home() / "some.pt"
     assert hub.resolve(path, arch="fcn8s") == path  # files are the caller's to read
+
+
+def test_imagenet_caffe_fills_fcn_googlenet_from_bvlc_googlenet(server, registry, tmp_path):
+    path = tmp_path / "bvlc_googlenet.caffemodel"
+    layers = googlenet_caffe_layers()
+    write_caffemodel(path, layers)
+    server.files["/bvlc_googlenet.caffemodel"] = path.read_bytes()
+    assert BVLC_GOOGLENET.file.url.endswith("/bvlc_googlenet.caffemodel") and BVLC_GOOGLENET.file.sha1
+    sha1 = hashlib.sha1(path.read_bytes()).hexdigest()  # the narrow file's, in place of the published one
+    registry["googlenet-caffe"] = Weights(
+        RemoteFile(BVLC_GOOGLENET.file.url, sha1=sha1, extract=False),
+        "googlenet",
+        1000,
+        "ImageNet",
+        "caffe",
+        TINY_GOOGLENET,
+    )
+    out = hub.resolve("imagenet-caffe", arch="fcn32s-googlenet", widths=TINY_GOOGLENET, progress=False)
+    assert out.name == "googlenet-caffe.fcn32s-googlenet.pt"
+    model = fcnseg.load(out)
+    assert model.config["arch"] == "fcn32s-googlenet" and model.meta["preprocess"] == "caffe"
+    assert np.array_equal(model.backbone.inception_5b.pool_proj.weight.detach().numpy(), layers[56].blobs[0])
+    with pytest.raises(ValueError, match="googlenet backbone; fcn8s is built on vgg16"):
+        hub.resolve("googlenet-caffe", arch="fcn8s")

@@ -2,22 +2,21 @@
 
 import pytest
 import torch
+from tiny_nets import ARCHS, TINY, TINY_ALEXNET, tiny_fcn
 from torch import nn
 
 import fcnseg
 from fcnseg.models.geometry import AffineMap, crop_offset, layer_map, path_map
 from fcnseg.models.layers import bilinear_kernel, bilinear_upsampler
 
-TINY = {"fcn-alexnet": (8, 16, 24, 24, 16, 32)}
-TINY_VGG = (4, 8, 16, 32, 32, 32)
+TINY_VGG = TINY
 
 
 def tiny(arch: str, num_classes: int = 5) -> fcnseg.FCN:
-    torch.manual_seed(0)
-    return fcnseg.build_model(arch, num_classes, widths=TINY.get(arch, TINY_VGG)).eval()
+    return tiny_fcn(arch, num_classes)
 
 
-@pytest.mark.parametrize("arch", sorted(fcnseg.ARCHITECTURES))
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("size", [(1, 1), (2, 3), (31, 17), (64, 64), (97, 131)])
 def test_output_has_the_input_size(arch, size):
     model = tiny(arch)
@@ -133,17 +132,17 @@ def test_state_dict_reads_like_the_paper():
         assert f"{name}.weight" in keys and f"{name}.bias" in keys
     for name in ["upscore2", "upscore_pool4", "upscore8"]:
         assert f"{name}.weight" in keys and f"{name}.bias" not in keys
-    alex = fcnseg.build_model("fcn-alexnet", widths=TINY["fcn-alexnet"])
+    alex = fcnseg.build_model("fcn-alexnet", widths=TINY_ALEXNET)
     assert alex.backbone.conv2.groups == 2 and alex.backbone.fc6.kernel_size == (6, 6)
     assert alex.upscore.kernel_size == (63, 63)
 
 
-@pytest.mark.parametrize("arch", sorted(fcnseg.ARCHITECTURES))
+@pytest.mark.parametrize("arch", ARCHS)
 def test_backward_reaches_every_trainable_parameter(arch):
     model = tiny(arch).train()
     for p in model.parameters():  # score layers start at zero; give them signal
-        if p.requires_grad:
-            nn.init.normal_(p, std=0.1)
+        if p.requires_grad:  # positive biases: no narrow branch of two channels dies at its ReLU
+            nn.init.normal_(p, std=0.1) if p.dim() > 1 else nn.init.uniform_(p, 0.05, 0.15)
     model(torch.randn(1, 3, 40, 36)).square().mean().backward()
     for name, p in model.named_parameters():
         if p.requires_grad:

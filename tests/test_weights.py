@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_nets import TINY_GOOGLENET, googlenet_caffe_layers
 from torch import nn
 
 import fcnseg
 from fcnseg.cli import main
+from fcnseg.models.googlenet import GOOGLENET_CONVS
 from fcnseg.weights import checkpoint
 from fcnseg.weights.caffe import load_caffe_fcn, load_caffe_weights
 from fcnseg.weights.caffe_format import CaffeLayer, read_caffemodel, write_caffemodel
@@ -365,3 +367,35 @@ def test_damaged_checkpoint_contents_are_named(tmp_path, damage, message):
     with pytest.raises(checkpoint.CheckpointError) as error:
         fcnseg.load(tmp_path / "damaged.pt")
     assert "damaged.pt" in str(error.value) and message in str(error.value)
+
+
+@pytest.mark.parametrize("legacy_v1", [False, True])
+def test_caffe_googlenet_classifier_by_its_bvlc_names(tmp_path, legacy_v1):
+    layers = googlenet_caffe_layers()
+    path = tmp_path / "bvlc_googlenet.caffemodel"
+    write_caffemodel(path, layers, legacy_v1=legacy_v1)
+    model = fcnseg.fcn_from_imagenet("fcn32s-googlenet", path, num_classes=3)
+    assert model.config["widths"] == list(TINY_GOOGLENET) and model.meta["preprocess"] == "caffe"
+    by_name = {layer.name: layer.blobs for layer in layers}
+    for name in GOOGLENET_CONVS:  # conv1/7x7_s2 is backbone.conv1.7x7_s2, inception_3a/1x1 ...
+        conv = model.backbone.get_submodule(name.replace("/", "."))
+        assert np.array_equal(conv.weight.detach().numpy(), by_name[name][0]), name
+        assert np.array_equal(conv.bias.detach().numpy(), by_name[name][1]), name
+    assert not model.score_fr.weight.any()  # the ImageNet classifiers are dropped, the scores start at zero
+    with pytest.raises(WeightsMismatchError, match="bvlc_googlenet"):
+        fcnseg.fcn_from_imagenet("fcn32s-googlenet", {"features.0.weight": torch.zeros(1)})
+
+
+def test_caffe_fcn_googlenet_model_loads_as_its_architecture(tmp_path):
+    layers = googlenet_caffe_layers(num_classes=4)
+    path = tmp_path / "fcn32s-googlenet.caffemodel"
+    write_caffemodel(path, layers)
+    model = load_caffe_fcn(path)
+    assert model.config["arch"] == "fcn32s-googlenet" and model.num_classes == 4
+    assert np.array_equal(model.upscore.weight.detach().numpy(), layers[-1].blobs[0])
+    assert np.array_equal(model.score_fr.weight.detach().numpy(), layers[-2].blobs[0])
+    write_caffemodel(path, [layer for layer in layers if layer.name != "inception_4c/5x5"])
+    with pytest.raises(
+        WeightsMismatchError, match="googlenet needs layers that the file lacks: inception_4c/5x5"
+    ):
+        load_caffe_fcn(path)

@@ -1,20 +1,46 @@
-"""Small seeded FCNs with non-trivial scores, for tests that need a model but not a trained one."""
+"""Small seeded FCNs with non-trivial scores, for tests that need a model but not a trained one.
 
+One place for the narrow widths of every trunk: :func:`tiny_widths` (the smallest,
+for shape and plumbing tests) and :func:`narrow_widths` (wider, so every path
+carries signal), by the architecture's family.
+"""
+
+import numpy as np
 import torch
 from torch import nn
 
 import fcnseg
+from fcnseg.models.googlenet import GOOGLENET_CONVS, GOOGLENET_WIDTHS, googlenet_backbone
 
 TINY = (4, 8, 8, 16, 16, 32)
 TINY_ALEXNET = (8, 8, 8, 8, 8, 16)
-NARROW = {"vgg": (4, 8, 16, 32, 32, 64), "alexnet": (8, 8, 16, 16, 8, 32)}
+TINY_GOOGLENET = tuple(max(2, width // 32) for width in GOOGLENET_WIDTHS)
+NARROW = {
+    "vgg": (4, 8, 16, 32, 32, 64),
+    "alexnet": (8, 8, 16, 16, 8, 32),
+    "googlenet": tuple(max(2, width // 16) for width in GOOGLENET_WIDTHS),
+}
+ARCHS = sorted(fcnseg.ARCHITECTURES)
+"""Every registered architecture: the shared model tests run over all of them."""
+
+
+def family(arch: str) -> str:
+    """The trunk an architecture is built on: "vgg", "alexnet" or "googlenet"."""
+    return "alexnet" if "alexnet" in arch else "googlenet" if "googlenet" in arch else "vgg"
+
+
+def tiny_widths(arch: str) -> tuple[int, ...]:
+    return {"vgg": TINY, "alexnet": TINY_ALEXNET, "googlenet": TINY_GOOGLENET}[family(arch)]
+
+
+def narrow_widths(arch: str) -> tuple[int, ...]:
+    return NARROW[family(arch)]
 
 
 def tiny_fcn(arch: str = "fcn8s", num_classes: int = 5) -> fcnseg.FCN:
     """The score layers start at zero; they are drawn at random so that outputs differ by class."""
     torch.manual_seed(0)
-    widths = TINY_ALEXNET if arch == "fcn-alexnet" else TINY
-    model = fcnseg.build_model(arch, num_classes, widths=widths).eval()
+    model = fcnseg.build_model(arch, num_classes, widths=tiny_widths(arch)).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.startswith("score"):
@@ -25,8 +51,7 @@ def tiny_fcn(arch: str = "fcn8s", num_classes: int = 5) -> fcnseg.FCN:
 def random_net(arch: str, seed: int = 0, **options) -> fcnseg.FCN:
     """A narrow net with He-scaled random weights everywhere, so every path carries signal."""
     torch.manual_seed(seed)
-    widths = NARROW["alexnet" if arch == "fcn-alexnet" else "vgg"]
-    model = fcnseg.build_model(arch, widths=widths, **options).eval()
+    model = fcnseg.build_model(arch, widths=narrow_widths(arch), **options).eval()
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.Conv2d):
@@ -34,3 +59,47 @@ def random_net(arch: str, seed: int = 0, **options) -> fcnseg.FCN:
                 module.weight.normal_(0, (2 / fan_in) ** 0.5)
                 module.bias.normal_(0, 0.2)
     return model
+
+
+def googlenet_caffe_layers(widths: tuple[int, ...] = TINY_GOOGLENET, num_classes: int | None = None) -> list:
+    """A narrow bvlc_googlenet as Caffe stores it: seeded convolutions under the BVLC names, then the
+    ImageNet classifiers an FCN drops (the two auxiliary heads and loss3/classifier), or with
+    ``num_classes`` an FCN-GoogLeNet's score_fr and 63/32 upscore instead."""
+    from fcnseg.weights.caffe_format import CaffeLayer
+
+    rng = np.random.default_rng(0)
+    reference = googlenet_backbone(widths)
+
+    def conv(name: str, shape: tuple[int, ...]) -> CaffeLayer:
+        weight = (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
+        return CaffeLayer(name, "Convolution", [weight, rng.uniform(0, 0.2, shape[0]).astype(np.float32)], {})
+
+    layers = [
+        conv(name, reference.get_submodule(name.replace("/", ".")).weight.shape) for name in GOOGLENET_CONVS
+    ]
+    out = reference.output.channels
+    if num_classes is not None:
+        upscore = rng.standard_normal((num_classes, num_classes, 63, 63)).astype(np.float32)
+        return [
+            *layers,
+            conv("score_fr", (num_classes, out, 1, 1)),
+            CaffeLayer("upscore", "Deconvolution", [upscore], {}),
+        ]
+    for head, tap in (("loss1", "inception_4a"), ("loss2", "inception_4d")):  # the auxiliary heads
+        channels = reference.taps[tap].channels
+        fc = rng.standard_normal((8, 4 * 16)).astype(np.float32)
+        layers += [
+            conv(f"{head}/conv", (4, channels, 1, 1)),
+            CaffeLayer(f"{head}/fc", "InnerProduct", [fc, np.zeros(8, np.float32)], {}),
+            CaffeLayer(
+                f"{head}/classifier",
+                "InnerProduct",
+                [np.ones((1000, 8), np.float32), np.zeros(1000, np.float32)],
+                {},
+            ),
+        ]
+    classifier = rng.standard_normal((1000, out)).astype(np.float32)
+    return [
+        *layers,
+        CaffeLayer("loss3/classifier", "InnerProduct", [classifier, np.zeros(1000, np.float32)], {}),
+    ]

@@ -10,7 +10,6 @@ from torch import nn
 
 from fcnseg.models.fcn import FCN
 from fcnseg.models.flops import ComputeCost, compute_cost
-from fcnseg.models.geometry import path_map, receptive_fields
 from fcnseg.models.registry import ARCHITECTURES, build_model
 from fcnseg.weights.checkpoint import read_checkpoint
 
@@ -78,7 +77,8 @@ def describe(
         model = build_model(**config)
     cost = compute_cost(model, size)
     lines = [f"{title}: {model.num_classes} classes, input {'x'.join(map(str, cost.input_shape))}", ""]
-    fields = receptive_fields([*model.backbone.named_children(), ("score_fr", model.score_fr)])
+    fields = {name: (tap.stride, tap.field) for name, tap in model.backbone.taps.items()}
+    fields["score_fr"] = fields[model.backbone.output.name]  # 1x1: the trunk output's positions
     lines += _layer_table(model, cost, all_layers, fields)
     lines += [""] + _summary(model, cost, fields)
     return "\n".join(lines)
@@ -125,7 +125,7 @@ def _layer_table(
 
 
 def _summary(model: FCN, cost: ComputeCost, fields: dict[str, tuple[int, int]]) -> list[str]:
-    coarse = path_map(model.backbone)
+    coarse = model.backbone.output.geometry
     stride, field = fields["score_fr"]
     final = getattr(model, model.final_name)
     offsets = [f"{model.final_name} {model.output_offset}"]

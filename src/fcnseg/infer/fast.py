@@ -19,6 +19,7 @@ from torch import nn
 from fcnseg.models.canvas import AxisPlan, gather, layer_windows, plan_canvas, upsample_and_crop
 from fcnseg.models.fcn import FCN
 from fcnseg.models.layers import crop_like
+from fcnseg.models.trunk import SequentialTrunk
 
 
 class _ConvReLU(nn.Conv2d):
@@ -145,11 +146,28 @@ def _fast_upsampler(layer: nn.ConvTranspose2d) -> nn.ConvTranspose2d:
     return grouped
 
 
+def canvas_reason(trunk: nn.Module) -> str | None:
+    """Why the trimmed canvas cannot run ``trunk``; None when it can: a sequential trunk that starts
+    with a convolution, of layers whose windows the canvas knows."""
+    if not isinstance(trunk, SequentialTrunk):
+        return f"a {type(trunk).__name__} is no layer sequence"
+    if not isinstance(trunk[0], nn.Conv2d):
+        return "the trunk does not start with a convolution"
+    for name, layer in trunk.named_children():
+        try:
+            layer_windows(layer)
+        except TypeError as error:
+            return f"{name}: {error}"
+    return None
+
+
 class FastFCN(nn.Module):
     """Inference-only twin of an :class:`FCN`: same output, computed on a trimmed canvas.
 
     (N, C, H, W) -> (N, num_classes, H, W) float32 for any H, W >= 1. With
     ``dtype=torch.bfloat16`` the backbone runs in bfloat16 and the head in float32.
+    A trunk the canvas cannot run (:func:`canvas_reason`: a composite module such as
+    an inception module) runs as written, in ``dtype``, before the same head.
     """
 
     def __init__(self, model: FCN, dtype: torch.dtype = torch.float32) -> None:
@@ -160,6 +178,11 @@ class FastFCN(nn.Module):
         self.fusions = list(model.fusions)
         self.final_name = model.final_name
         self.output_offset = model.output_offset
+        self.as_written: FCN | None = None
+        if canvas_reason(model.backbone) is not None:
+            self.as_written = copy.deepcopy(model).eval().requires_grad_(False)
+            self.as_written.backbone.to(dtype)
+            return
         children = [(n, m) for n, m in model.backbone.named_children() if not isinstance(m, nn.Dropout)]
         steps: list[nn.Module] = []
         names: list[str] = []
@@ -180,10 +203,7 @@ class FastFCN(nn.Module):
             steps.append(layer)
             names.append(children[i + 1][0] if fuse else name)
             i += 2 if fuse else 1
-        first = model.backbone[0]
-        if not isinstance(first, nn.Conv2d):
-            raise TypeError("the backbone must start with a convolution")
-        self.pad0 = tuple(first.padding)  # type: ignore[arg-type]
+        self.pad0 = tuple(model.backbone[0].padding)  # type: ignore[arg-type]
         self.steps = nn.ModuleList(steps).to(dtype)
         for step in self.steps:
             if isinstance(step, _ConvReLU):
@@ -211,6 +231,9 @@ class FastFCN(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
         height, width = x.shape[-2:]
+        if self.as_written is not None:
+            taps, h = self.as_written.backbone.run(x.to(self.dtype), self.skips)
+            return self.as_written.score(h.float(), {k: v.float() for k, v in taps.items()}, height, width)
         ph, pw = self.plan(height, width)
         h = F.pad(x.to(self.dtype), (*pw.pad, *ph.pad)).contiguous(memory_format=torch.channels_last)
         full: dict[int, torch.Tensor] = {}

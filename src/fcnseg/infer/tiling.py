@@ -18,11 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from fcnseg.models.dense import output_stride
 from fcnseg.models.fcn import FCN
-from fcnseg.models.geometry import out_length, receptive_fields
 
 BYTES_PER_VALUE = 4
 """Activations are float32."""
@@ -40,30 +38,31 @@ DEFAULT_MEMORY_FRACTION = 0.5
 def activation_bytes(model: FCN, height: int, width: int, batch: int = 1) -> int:
     """Estimated peak activation memory of one forward pass on (batch, 3, height, width).
 
-    Walks the backbone with exact output sizes (the 100-pixel input padding included)
-    and takes the largest input + output pair of any layer, scaled by
-    ``BACKEND_FACTOR``; adds the class-score maps of the head at the final
-    upsampled size (scores, their crop and the softmax). Weights are not counted.
+    Walks the trunk's taps with their sizes (the input padding included) and takes
+    the largest input + output pair of any step, scaled by ``BACKEND_FACTOR``; a
+    step that changes neither the blob's shape nor its receptive field (ReLU,
+    dropout, LRN) is taken as computed in place. Adds the class-score maps of the
+    head at the final upsampled size (scores, their crop and the softmax). Weights
+    are not counted.
     """
-    h, w, c = height, width, model.in_channels
-    peak = c * h * w
-    for layer in model.backbone:
-        if isinstance(layer, nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d):
-            out_h, out_w = out_length(layer, h, 0), out_length(layer, w, 1)
-            out_c = layer.out_channels if isinstance(layer, nn.Conv2d) else c
-            peak = max(peak, c * h * w + out_c * out_h * out_w)
-            h, w, c = out_h, out_w, out_c
-        elif isinstance(layer, nn.LocalResponseNorm):
-            peak = max(peak, 2 * c * h * w)
+    trunk = model.backbone
+    sizes = trunk.blob_sizes(height, width)
+    before, field = (model.in_channels, height, width), 1
+    peak = math.prod(before)
+    for name, tap in trunk.taps.items():
+        shape = (tap.channels, *sizes[name])
+        if (shape, tap.field) != (before, field):
+            peak = max(peak, math.prod(before) + math.prod(shape))
+        before, field = shape, tap.field
     stride = output_stride(model)
-    up_h, up_w = (h + 1) * stride, (w + 1) * stride
+    up_h, up_w = (before[1] + 1) * stride, (before[2] + 1) * stride
     head = 3 * model.num_classes * up_h * up_w
     return int(batch * BYTES_PER_VALUE * (BACKEND_FACTOR * peak + head))
 
 
 def receptive_field(model: FCN) -> int:
     """Side of the square of input pixels that one coarse score sees (404 for VGG16)."""
-    return list(receptive_fields(model.backbone.named_children()).values())[-1][1]
+    return model.backbone.output.field
 
 
 def available_memory(device: torch.device) -> int:

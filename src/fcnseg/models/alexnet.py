@@ -6,6 +6,8 @@ from collections import OrderedDict
 
 from torch import nn
 
+from fcnseg.models.trunk import SequentialTrunk
+
 ALEXNET_CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 ALEXNET_WIDTHS = (96, 256, 384, 384, 256, 4096)
 """Output channels of conv1 .. conv5, then of fc6 and fc7 (Caffe's bvlc_alexnet)."""
@@ -17,7 +19,7 @@ def alexnet_backbone(
     input_padding: int = 100,
     groups: int = 2,
     lrn: bool = True,
-) -> nn.Sequential:
+) -> SequentialTrunk:
     """conv1 ... pool5, fc6 (6x6), fc7 (1x1), named as in Caffe.
 
     ``groups=2`` and ``lrn=True`` are the original two-GPU AlexNet (Caffe's
@@ -55,4 +57,4 @@ def alexnet_backbone(
         relu7=nn.ReLU(inplace=True),
         drop7=nn.Dropout(0.5),
     )
-    return nn.Sequential(layers)
+    return SequentialTrunk(layers)

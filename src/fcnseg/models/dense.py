@@ -55,6 +55,10 @@ def coarse_part(model: nn.Module) -> nn.Sequential:
     returned as it is. The layers are shared with ``model``, not copied.
     """
     if isinstance(model, FCN):
+        if not isinstance(model.backbone, nn.Sequential):
+            raise TypeError(
+                f"a {type(model.backbone).__name__} trunk is no layer sequence: its order is unknown"
+            )
         return nn.Sequential(OrderedDict([*model.backbone.named_children(), ("score_fr", model.score_fr)]))
     if not isinstance(model, nn.Sequential):
         raise TypeError(f"expected an FCN or an nn.Sequential, got {type(model).__name__}")
@@ -74,8 +78,8 @@ def _leaves(net: nn.Sequential) -> list[tuple[str, nn.Module]]:
 
 
 def output_stride(net: nn.Module) -> int:
-    """Total stride of ``net`` (an FCN's coarse part for an FCN): 32 for VGG16's pool5."""
-    scale = path_map(coarse_part(net)).scale
+    """Total stride of ``net`` (for an FCN, of its trunk's output): 32 for VGG16's pool5."""
+    scale = net.backbone.output.geometry.scale if isinstance(net, FCN) else path_map(coarse_part(net)).scale
     if scale.denominator != 1:
         raise ValueError(f"output stride {scale} is not an integer")
     return int(scale)

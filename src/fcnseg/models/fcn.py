@@ -8,21 +8,17 @@ import torch
 from torch import nn
 
 from fcnseg.models.canvas import upsample_and_crop
-from fcnseg.models.geometry import AffineMap, crop_offset, layer_map, path_map
+from fcnseg.models.geometry import AffineMap, crop_offset, layer_map
 from fcnseg.models.layers import ChannelScale, bilinear_upsampler, crop_like
-from fcnseg.models.reach import run_trunk
-
-
-def output_channels(layers: nn.Sequential) -> int:
-    """Channels of the last convolution in ``layers``: the width of the blob it ends with."""
-    for layer in reversed(list(layers)):
-        if isinstance(layer, nn.Conv2d):
-            return layer.out_channels
-    raise ValueError("no convolution found: cannot tell the number of channels")
+from fcnseg.models.trunk import Trunk, as_trunk
 
 
 class FCN(nn.Module):
-    """A fully convolutional net: backbone, ``score_fr``, and skips fused coarse to fine.
+    """A fully convolutional net: a trunk, ``score_fr``, and skips fused coarse to fine.
+
+    The head reads only the trunk's taps (:mod:`fcnseg.models.trunk`): their
+    channels size the score layers, their geometry gives the crops. A plain
+    ``nn.Sequential`` backbone becomes a :class:`~fcnseg.models.trunk.SequentialTrunk`.
 
     With ``skips=()`` this is FCN-32s; ``("pool4",)`` gives FCN-16s and
     ``("pool4", "pool3")`` FCN-8s. Each skip is upsampled 2x (``upscore2``,
@@ -42,7 +38,7 @@ class FCN(nn.Module):
 
     def __init__(
         self,
-        backbone: nn.Sequential,
+        backbone: Trunk | nn.Sequential,
         num_classes: int,
         skips: Sequence[str] = (),
         skip_scales: Sequence[float] | None = None,
@@ -56,32 +52,33 @@ class FCN(nn.Module):
             raise ValueError(f"frozen_upsampling must be final, all or none: {frozen_upsampling}")
         if skip_scales is not None and len(skip_scales) != len(skips):
             raise ValueError(f"one scale per skip needed: {skips} vs {skip_scales}")
-        names = [name for name, _ in backbone.named_children()]
-        for tap in skips:
-            if tap not in names:
-                raise ValueError(f"skip {tap!r} is not a layer of the backbone ({names})")
+        trunk = as_trunk(backbone)
+        taps = trunk.taps
+        unknown = [tap for tap in skips if tap not in taps]
+        if unknown:
+            raise ValueError(f"skips {unknown} are not taps of the trunk ({', '.join(taps)})")
+        output = trunk.output
         self.num_classes = num_classes
         self.trim_padding = True
-        self.in_channels = next(m for m in backbone.modules() if isinstance(m, nn.Conv2d)).in_channels
+        self.in_channels = trunk.in_channels
         self.skips = tuple(skips)
-        self.backbone = backbone
-        self.score_fr = nn.Conv2d(output_channels(backbone), num_classes, 1)
+        self.backbone = trunk
+        self.score_fr = nn.Conv2d(output.channels, num_classes, 1)
         nn.init.zeros_(self.score_fr.weight)
         nn.init.zeros_(self.score_fr.bias)
 
-        coarse = path_map(backbone)  # score_fr is 1x1: same positions as fc7
+        coarse = output.geometry  # score_fr is 1x1: same positions as the trunk's output
         # (upsampling layer, skip tap, crop offset) per fusion, coarse to fine
         self.fusions: list[tuple[str, str, int]] = []
         upsample_name = "upscore2"
         for i, tap in enumerate(skips):
-            tap_layers = backbone[: names.index(tap) + 1]
-            tap_map = path_map(tap_layers)
+            tap_map = taps[tap].geometry
             factor = coarse.scale / tap_map.scale
             if factor != 2:
                 raise ValueError(f"skip {tap} must have half the stride of the blob above it")
             upsample = bilinear_upsampler(num_classes, 2, frozen=frozen_upsampling == "all")
             self.add_module(upsample_name, upsample)
-            score = nn.Conv2d(output_channels(tap_layers), num_classes, 1)
+            score = nn.Conv2d(taps[tap].channels, num_classes, 1)
             nn.init.zeros_(score.weight)
             nn.init.zeros_(score.bias)
             if skip_scales is not None:
@@ -106,8 +103,11 @@ class FCN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        height, width = x.shape[-2:]
-        taps, h = run_trunk(self.backbone, x, self.skips, trim=self.trim_padding)
+        taps, h = self.backbone.run(x, self.skips, trim=self.trim_padding)
+        return self.score(h, taps, x.shape[-2], x.shape[-1])
+
+    def score(self, h: torch.Tensor, taps: dict[str, torch.Tensor], height: int, width: int) -> torch.Tensor:
+        """The head: the trunk's output ``h`` and its ``taps`` -> (N, num_classes, height, width)."""
         h = self.score_fr(h)
         for upsample_name, tap, offset in self.fusions:
             h = getattr(self, upsample_name)(h)

@@ -5,10 +5,17 @@ Every layer maps an output coordinate to the centre of its window in its input,
 any blob in image coordinates, and from that the crop offsets that align summed
 blobs and the final score map with the input. Deriving offsets this way, instead
 of tabling them, gives a new backbone correct alignment by construction.
+
+A composite module (an inception module, a residual block) may state its own
+geometry instead of being walked: ``geometry`` (an :class:`AffineMap`), ``span``
+(the side of its window in input positions: the receptive field of one output
+position) and ``out_channels``. Its output is then sized as a floor-mode window
+of that span and map would size it (see :func:`out_length`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -39,9 +46,32 @@ def window(layer: nn.Module, axis: int = 0) -> tuple[int, int, int, int]:
     return tuple(int(v[axis]) if isinstance(v, tuple) else int(v) for v in attrs)
 
 
+def declared_map(layer: nn.Module) -> AffineMap | None:
+    """The map a module states for itself (``layer.geometry``), or None."""
+    geometry = getattr(layer, "geometry", None)
+    return geometry if isinstance(geometry, AffineMap) else None
+
+
+def mapped_length(geometry: AffineMap, length: int) -> int:
+    """Positions of a blob with map ``geometry`` for an input of ``length``, as floor-mode windows give them.
+
+    A window of span k, stride s, padding p has shift b = (k - 1)/2 - p, so that its
+    output length floor((n + 2p - k)/s) + 1 is floor((n - 1 - 2b)/s) + 1; the same
+    holds for a chain of such windows with its composed map. Ceil-mode pooling may
+    add one position per pooling.
+    """
+    return max(0, math.floor((length - 1 - 2 * geometry.shift) / geometry.scale) + 1)
+
+
 def out_length(layer: nn.Module, length: int, axis: int = 0) -> int:
     """Output size along ``axis`` as PyTorch computes it (0 where the window does not fit)."""
     if isinstance(layer, ELEMENTWISE):
+        return length
+    if declared_map(layer) is not None:
+        return mapped_length(declared_map(layer), length)
+    if isinstance(layer, nn.Sequential):
+        for inner in layer:
+            length = out_length(inner, length, axis) if length else 0
         return length
     k, s, p, d = window(layer, axis)
     reach = length + 2 * p - d * (k - 1) - 1
@@ -53,15 +83,31 @@ def out_length(layer: nn.Module, length: int, axis: int = 0) -> int:
     return count - 1 if (count - 1) * s >= length + p else count  # no window may start in the right padding
 
 
+def layer_span(layer: nn.Module) -> int:
+    """Side of a layer's window in its input's positions: what one output position sees of its input."""
+    if isinstance(layer, ELEMENTWISE):
+        return 1
+    if declared_map(layer) is not None:
+        if not isinstance(getattr(layer, "span", None), int):
+            raise TypeError(f"{type(layer).__name__} states its geometry but not its span (window side)")
+        return layer.span
+    if isinstance(layer, nn.Sequential):
+        span, scale = 1, Fraction(1)
+        for inner in layer:
+            span += (layer_span(inner) - 1) * scale
+            scale *= layer_map(inner).scale
+        return int(span)
+    kernel, _, _, dilation = window(layer)
+    return (kernel - 1) * dilation + 1
+
+
 def receptive_fields(layers: Iterable[tuple[str, nn.Module]]) -> dict[str, tuple[int, int]]:
     """(stride, receptive field side) in input pixels of each named layer's output, in order."""
-    fields, stride, field = {}, 1, 1
+    fields, scale, field = {}, Fraction(1), 1
     for name, layer in layers:
-        if not isinstance(layer, ELEMENTWISE):
-            kernel, step, _, dilation = window(layer)
-            field += (kernel - 1) * dilation * stride
-            stride *= step
-        fields[name] = (stride, field)
+        field += int((layer_span(layer) - 1) * scale)
+        scale *= layer_map(layer).scale
+        fields[name] = (int(scale), field)
     return fields
 
 
@@ -95,8 +141,11 @@ def layer_map(layer: nn.Module) -> AffineMap:
 
     Convolution and pooling (kernel k, stride s, padding p, dilation d): a = s,
     b = d(k - 1)/2 - p. Transposed convolution: the inverse of the convolution
-    with the same k, s, p. Element-wise layers: identity.
+    with the same k, s, p. Element-wise layers: identity. A module stating its own
+    ``geometry`` gets that.
     """
+    if declared_map(layer) is not None:
+        return declared_map(layer)
     if isinstance(layer, nn.ConvTranspose2d):
         k, s, p = _pair(layer.kernel_size), _pair(layer.stride), _pair(layer.padding)
         d = _pair(layer.dilation)

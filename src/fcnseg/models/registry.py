@@ -8,6 +8,7 @@ from typing import Any
 from fcnseg.models.alexnet import ALEXNET_WIDTHS, alexnet_backbone
 from fcnseg.models.dense import DILATED_ARCHS, vgg_fcn_dilated
 from fcnseg.models.fcn import FCN
+from fcnseg.models.googlenet import GOOGLENET_WIDTHS, googlenet_backbone
 from fcnseg.models.vgg import VGG16_WIDTHS, vgg16_backbone
 
 AT_ONCE_SCALES = (0.01, 0.0001)
@@ -33,6 +34,12 @@ def _fcn_alexnet(
     return FCN(backbone, num_classes, final_kernel=63, **head)
 
 
+def _fcn_googlenet(num_classes: int, widths, in_channels: int, **head: Any) -> FCN:
+    # an odd final kernel, as FCN-AlexNet's: the 64/32 one would need a crop at half a pixel
+    backbone = googlenet_backbone(widths or GOOGLENET_WIDTHS, in_channels)
+    return FCN(backbone, num_classes, final_kernel=63, **head)
+
+
 ARCHITECTURES: dict[str, Callable[..., FCN]] = {
     "fcn32s": _vgg_fcn(),
     "fcn32s-fixed": _fcn32s_fixed,
@@ -40,9 +47,17 @@ ARCHITECTURES: dict[str, Callable[..., FCN]] = {
     "fcn8s": _vgg_fcn(("pool4", "pool3")),
     "fcn8s-atonce": _vgg_fcn(("pool4", "pool3"), AT_ONCE_SCALES),
     "fcn-alexnet": _fcn_alexnet,
+    "fcn32s-googlenet": _fcn_googlenet,
     # section 3: FCN-32s with pool5 (stride 16), then pool4 (stride 8) rarefied away
     **{name: vgg_fcn_dilated(stride) for stride, name in DILATED_ARCHS.items()},
 }
+
+
+def trunk_family(arch: str) -> str:
+    """The trunk an architecture is built on: "vgg16", "alexnet" or "googlenet"."""
+    if arch == "fcn-alexnet":
+        return "alexnet"
+    return "googlenet" if arch.endswith("-googlenet") else "vgg16"
 
 
 def build_model(
@@ -57,7 +72,8 @@ def build_model(
     """Build an FCN by name, with freshly initialised weights.
 
     ``widths`` narrows the backbone (conv1..conv5 channels, then fc6/fc7), e.g.
-    ``(4, 8, 16, 32, 32, 64)`` for a tiny test net; ``options`` reach the
+    ``(4, 8, 16, 32, 32, 64)`` for a tiny test net (GoogLeNet: one per convolution,
+    see ``GOOGLENET_WIDTHS``); ``options`` reach the
     backbone (``groups``, ``lrn`` for AlexNet). The arguments are recorded in
     ``model.config`` so that a checkpoint can rebuild the same net.
     """

@@ -6,6 +6,8 @@ from collections import OrderedDict
 
 from torch import nn
 
+from fcnseg.models.trunk import SequentialTrunk
+
 VGG16_WIDTHS = (64, 128, 256, 512, 512, 4096)
 """Output channels of conv1_x .. conv5_x, then of fc6 and fc7."""
 
@@ -18,7 +20,7 @@ VGG16_CONVS = tuple(
 
 def vgg16_backbone(
     widths: tuple[int, ...] = VGG16_WIDTHS, in_channels: int = 3, input_padding: int = 100
-) -> nn.Sequential:
+) -> SequentialTrunk:
     """conv1_1 ... pool5, fc6 (7x7), fc7 (1x1) with ReLU and dropout, named as in Caffe.
 
     ``input_padding`` on conv1_1 (100 in the original nets) makes even a 1x1 image
@@ -41,4 +43,4 @@ def vgg16_backbone(
     layers["fc7"] = nn.Conv2d(widths[5], widths[5], 1)
     layers["relu7"] = nn.ReLU(inplace=True)
     layers["drop7"] = nn.Dropout(0.5)
-    return nn.Sequential(layers)
+    return SequentialTrunk(layers)

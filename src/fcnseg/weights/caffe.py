@@ -10,12 +10,19 @@ import torch
 
 from fcnseg.models.alexnet import ALEXNET_CONVS
 from fcnseg.models.fcn import FCN
-from fcnseg.models.registry import build_model
+from fcnseg.models.googlenet import GOOGLENET_CONVS
+from fcnseg.models.registry import build_model, trunk_family
 from fcnseg.models.vgg import VGG16_CONVS
 from fcnseg.weights.caffe_format import CaffeLayer, read_caffemodel
 from fcnseg.weights.transfer import WeightsMismatchError, copy_into
 
 VGG16_STAGE_FIRSTS = tuple(name for name in VGG16_CONVS if name.endswith("_1"))
+WIDTH_LAYERS = {
+    "vgg16": (*VGG16_STAGE_FIRSTS, "fc6"),
+    "alexnet": (*ALEXNET_CONVS, "fc6"),
+    "googlenet": GOOGLENET_CONVS,
+}
+"""Per trunk, the layers whose output channels are ``build_model``'s widths."""
 
 
 def learned_blobs(layers: list[CaffeLayer]) -> dict[str, list[np.ndarray]]:
@@ -31,9 +38,11 @@ def infer_arch(blobs: dict[str, list[np.ndarray]], source: str) -> str:
         return "fcn16s" if "score_pool4" in blobs else "fcn32s"
     if "conv1" in blobs and "score_fr" in blobs:
         return "fcn-alexnet"
+    if "conv1/7x7_s2" in blobs and "score_fr" in blobs:
+        return "fcn32s-googlenet"
     raise WeightsMismatchError(
         f"{source}: not an FCN model: found layers {', '.join(list(blobs)[:12])}; "
-        "expected conv1_1 (VGG16) or conv1 (AlexNet) and score_fr"
+        "expected conv1_1 (VGG16), conv1 (AlexNet) or conv1/7x7_s2 (GoogLeNet) and score_fr"
     )
 
 
@@ -44,8 +53,8 @@ def _is_weight(weight: np.ndarray) -> bool:
 
 def infer_build_args(blobs: dict[str, list[np.ndarray]], arch: str, source: str) -> dict:
     """Widths, classes, input channels and groups of the net the blobs were made for."""
-    convs = ALEXNET_CONVS if arch == "fcn-alexnet" else VGG16_STAGE_FIRSTS
-    needed = [*convs, "fc6"] + (["score_fr"] if "score_fr" in blobs else [])
+    sized = WIDTH_LAYERS[trunk_family(arch)]
+    needed = [*sized] + (["score_fr"] if "score_fr" in blobs else [])
     missing = [name for name in needed if name not in blobs]
     if missing:
         raise WeightsMismatchError(f"{source}: {arch} needs layers that the file lacks: {', '.join(missing)}")
@@ -55,8 +64,8 @@ def infer_build_args(blobs: dict[str, list[np.ndarray]], arch: str, source: str)
             f"{source}: these weights should be filters (out, in, height, width) or matrices (out, in) "
             f"with no empty dimension: {', '.join(odd)}"
         )
-    widths = [int(blobs[name][0].shape[0]) for name in (*convs, "fc6")]
-    args: dict = {"arch": arch, "widths": widths, "in_channels": int(blobs[convs[0]][0].shape[1])}
+    widths = [int(blobs[name][0].shape[0]) for name in sized]
+    args: dict = {"arch": arch, "widths": widths, "in_channels": int(blobs[sized[0]][0].shape[1])}
     if "score_fr" in blobs:
         args["num_classes"] = int(blobs["score_fr"][0].shape[0])
     if arch == "fcn-alexnet":

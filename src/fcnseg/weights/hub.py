@@ -26,7 +26,8 @@ from fcnseg.data.nyud import NYUD_CLASSES
 from fcnseg.data.voc import VOC_CLASSES
 from fcnseg.download import RemoteFile, download
 from fcnseg.models.alexnet import ALEXNET_WIDTHS
-from fcnseg.models.registry import ARCHITECTURES, build_model
+from fcnseg.models.googlenet import GOOGLENET_WIDTHS
+from fcnseg.models.registry import ARCHITECTURES, build_model, trunk_family
 from fcnseg.models.vgg import VGG16_WIDTHS
 from fcnseg.weights.checkpoint import save_checkpoint
 
@@ -60,7 +61,7 @@ class Weights:
     """One set of published weights: the file, what it holds and what fcnseg makes of it."""
 
     file: RemoteFile
-    arch: str  # the fcnseg architecture it loads as; for an ImageNet classifier "vgg16" or "alexnet"
+    arch: str  # the fcnseg architecture it loads as; for an ImageNet classifier its trunk ("vgg16", ...)
     num_classes: int
     dataset: str
     preprocess: str
@@ -76,15 +77,11 @@ class Weights:
 
     @property
     def family(self) -> str:
-        return self.arch if self.is_classifier else _family(self.arch)
+        return self.arch if self.is_classifier else trunk_family(self.arch)
 
 
-_FAMILY_WIDTHS = {"vgg16": VGG16_WIDTHS, "alexnet": ALEXNET_WIDTHS}
-_FAMILY_FCN = {"vgg16": "fcn32s", "alexnet": "fcn-alexnet"}
-
-
-def _family(arch: str) -> str:
-    return "alexnet" if arch == "fcn-alexnet" else "vgg16"
+_FAMILY_WIDTHS = {"vgg16": VGG16_WIDTHS, "alexnet": ALEXNET_WIDTHS, "googlenet": GOOGLENET_WIDTHS}
+_FAMILY_FCN = {"vgg16": "fcn32s", "alexnet": "fcn-alexnet", "googlenet": "fcn32s-googlenet"}
 
 
 _BVLC = "http://dl.caffe.berkeleyvision.org"
@@ -106,7 +103,7 @@ def _fcn(
     missing: str = "",
     **checksums,
 ) -> Weights:
-    widths = _FAMILY_WIDTHS[_family(arch)]
+    widths = _FAMILY_WIDTHS[trunk_family(arch)]
     file = RemoteFile(f"{_BVLC}/{filename}", extract=False, **checksums)
     return Weights(file, arch, num_classes, dataset, preprocess, widths, (), class_names, score, missing)
 
@@ -220,6 +217,20 @@ WEIGHTS: dict[str, Weights] = {
         ALEXNET_WIDTHS,
         score="57.1 top-1",
     ),
+    "googlenet-caffe": Weights(
+        # sha1: BVLC/caffe models/bvlc_googlenet/readme.md; score: the same readme (centre crop)
+        RemoteFile(
+            f"{_BVLC}/bvlc_googlenet.caffemodel",
+            sha1="405fc5acd08a3bb12de8ee5e23a96bec22f08204",
+            extract=False,
+        ),
+        "googlenet",
+        1000,
+        "ImageNet",
+        "caffe",
+        GOOGLENET_WIDTHS,
+        score="68.7 top-1",
+    ),
 }
 
 INIT_NAMES: dict[str, dict[str, str]] = {
@@ -227,7 +238,7 @@ INIT_NAMES: dict[str, dict[str, str]] = {
     # other widths: it cannot fill fcn-alexnet as fcnseg builds it (Caffe's layout).
     "imagenet": {"vgg16": "vgg16-torchvision"},
     # the Caffe classifiers the paper started from, "caffe" preprocessing
-    "imagenet-caffe": {"vgg16": "vgg16-caffe", "alexnet": "alexnet-caffe"},
+    "imagenet-caffe": {"vgg16": "vgg16-caffe", "alexnet": "alexnet-caffe", "googlenet": "googlenet-caffe"},
 }
 """Initialisations by backbone: ``resolve("imagenet", arch=...)`` picks the classifier for the arch."""
 
@@ -349,7 +360,7 @@ def download_size(name: str) -> tuple[int, bool] | None:
     with torch.device("meta"):  # shapes only: nothing is allocated
         if weights.is_classifier:
             net = build_model(_FAMILY_FCN[weights.arch], widths=weights.widths, **options).backbone
-            fc8 = weights.num_classes * (weights.widths[-1] + 1)
+            fc8 = weights.num_classes * (net.output.channels + 1)
         else:
             net, fc8 = build_model(weights.arch, weights.num_classes, widths=weights.widths, **options), 0
     return 4 * (sum(p.numel() for p in net.parameters()) + fc8), False
@@ -381,11 +392,11 @@ def resolve(
     if text in INIT_NAMES:
         if arch is None:
             raise ValueError(f"{text} picks an ImageNet classifier by architecture: give arch")
-        name = INIT_NAMES[text].get(_family(arch), "")
+        name = INIT_NAMES[text].get(trunk_family(arch), "")
         if not name:
-            takers = [alias for alias, by_family in INIT_NAMES.items() if _family(arch) in by_family]
+            takers = [alias for alias, by_family in INIT_NAMES.items() if trunk_family(arch) in by_family]
             raise ValueError(
-                f"{text} has no {_family(arch)} classifier that fits {arch} (torchvision's AlexNet is "
+                f"{text} has no {trunk_family(arch)} classifier that fits {arch} (torchvision's AlexNet is "
                 f"single-tower without LRN; fcnseg builds Caffe's layout); use {' or '.join(takers)}"
             )
     else:
@@ -420,7 +431,7 @@ def is_name(name_or_path: str | os.PathLike) -> bool:
 
 def _check_fits(name: str, weights: Weights, arch: str, widths: tuple[int, ...] | None) -> None:
     """Refuse, before any download, weights that cannot fill the net ``build_model(arch, widths)``."""
-    family = _family(arch)
+    family = trunk_family(arch)
     if weights.family != family:
         raise ValueError(f"{name} holds a {weights.family} backbone; {arch} is built on {family}")
     if weights.options:

@@ -2,9 +2,10 @@
 
 Two sources: torchvision-format state dicts (``features.N.weight``,
 ``classifier.N.weight``) and the Caffe classifiers the paper started from
-(VGG_ILSVRC_16_layers, bvlc_alexnet). fc6 and fc7 are fully connected there and
-become convolutions here by reshaping their weights (convolutionalization);
-the ImageNet classifier fc8 is dropped, and the score layers start at zero.
+(VGG_ILSVRC_16_layers, bvlc_alexnet, bvlc_googlenet). fc6 and fc7 are fully
+connected there and become convolutions here by reshaping their weights
+(convolutionalization); the ImageNet classifiers (fc8; GoogLeNet's loss1/*,
+loss2/* and loss3/classifier) are dropped, and the score layers start at zero.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from fcnseg.models.alexnet import ALEXNET_CONVS
 from fcnseg.models.fcn import FCN
-from fcnseg.models.registry import build_model
+from fcnseg.models.registry import build_model, trunk_family
 from fcnseg.models.vgg import VGG16_CONVS
 from fcnseg.weights.caffe import infer_build_args, learned_blobs
 from fcnseg.weights.caffe_format import read_caffemodel
@@ -31,8 +32,10 @@ def _conv_names(arch: str) -> tuple[str, ...]:
 
 
 def _convolutionalize_fc(arrays: dict[str, list], model: FCN, source: str) -> None:
-    """Reshape fc6/fc7 (out, in) weights into the (out, C, k, k) convolutions of ``model``."""
+    """Reshape fc6/fc7 (out, in) weights into the (out, C, k, k) convolutions of ``model``'s trunk."""
     for name in ("fc6", "fc7"):
+        if name not in arrays or name not in model.backbone.taps:
+            continue  # GoogLeNet has none; a missing one is named when the weights are copied
         conv = getattr(model.backbone, name)
         weight = np.asarray(arrays[name][0])
         if weight.ndim != 2 or weight.shape[1] != conv.weight[0].numel():
@@ -45,6 +48,11 @@ def _convolutionalize_fc(arrays: dict[str, list], model: FCN, source: str) -> No
 
 def torchvision_layers(state_dict: dict[str, torch.Tensor], arch: str, source: str) -> dict[str, list]:
     """Rename a torchvision VGG16/AlexNet state dict to Caffe layer names (fc8 dropped)."""
+    if trunk_family(arch) == "googlenet":
+        raise WeightsMismatchError(
+            f"{source}: torchvision's GoogLeNet (batch-normalised, 3x3 for 5x5) is not Caffe's bvlc_googlenet, "
+            "which fcnseg builds; use the Caffe classifier (googlenet-caffe)"
+        )
     if any("running_mean" in key for key in state_dict):
         raise WeightsMismatchError(f"{source}: batch-normalised VGG is not an FCN backbone; use plain VGG16")
     pattern = re.compile(r"^(features|classifier)\.(\d+)\.(weight|bias)$")
@@ -86,7 +94,9 @@ def fcn_from_imagenet(
     is_caffe = not isinstance(weights, dict) and Path(weights).suffix == ".caffemodel"
     if is_caffe:
         arrays = learned_blobs(read_caffemodel(weights))
-        arrays.pop("fc8", None)
+        arrays = {
+            name: blobs for name, blobs in arrays.items() if name != "fc8" and not name.startswith("loss")
+        }
         for name in ("fc6", "fc7"):  # legacy files store (out, in) as 1x1xoutxin
             if name in arrays and arrays[name][0].ndim == 4 and arrays[name][0].shape[:2] == (1, 1):
                 arrays[name][0] = arrays[name][0].reshape(arrays[name][0].shape[2:])

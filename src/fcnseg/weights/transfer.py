@@ -16,6 +16,15 @@ class WeightsMismatchError(FcnsegError):
     """A weight file does not fit the net: missing, extra or mis-shaped layers."""
 
 
+def caffe_name(path: str) -> str:
+    """A module's Caffe layer name: its path below the trunk, ``/`` for ``.``.
+
+    ``backbone.conv1_1`` -> ``conv1_1``, ``score_fr`` -> ``score_fr``,
+    ``backbone.inception_3a.3x3_reduce`` -> ``inception_3a/3x3_reduce`` (GoogLeNet).
+    """
+    return path.removeprefix("backbone.").replace(".", "/")
+
+
 def named_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Layers that hold weights, by their Caffe name (``conv1_1``, ``fc6``, ``score_fr``, ...)."""
     layers = {}
@@ -23,7 +32,7 @@ def named_layers(model: nn.Module) -> dict[str, nn.Module]:
         if any(True for _ in module.parameters(recurse=False)) or any(
             True for _ in module.buffers(recurse=False)
         ):
-            layers[name.rsplit(".", 1)[-1]] = module
+            layers[caffe_name(name)] = module
     return layers
 
 
