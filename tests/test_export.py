@@ -55,6 +55,12 @@ def test_onnx_matches_torch_at_every_size(tmp_path, dynamo):
     assert json.loads(props["config"])["arch"] == "fcn8s"
 
 
+def test_onnx_export_of_every_architecture(tiny_model, tmp_path):
+    path = export_onnx(tiny_model, tmp_path / "m.onnx", dynamo=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert_runs_like_torch(lambda x: session.run(["scores"], {"image": x.numpy()})[0], tiny_model)
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 def test_torchscript_matches_torch_at_every_size(tmp_path):
     model = tiny()

@@ -37,6 +37,17 @@ def test_equals_padded_net_at_every_size(arch: str) -> None:
         assert relative_error(got, expected) <= 1e-4, (arch, height, width)
 
 
+def test_every_architecture_has_the_fast_path(tiny_model) -> None:
+    """Trunks the canvas cannot run (GoogLeNet's inception modules) run as written, same head."""
+    fast = optimize(tiny_model)
+    for height, width in [(1, 1), (37, 50)]:
+        x = 60 * torch.randn(2, 3, height, width)
+        with torch.no_grad():
+            expected = tiny_model(x)
+        assert relative_error(fast(x), expected) <= 1e-4
+    assert (fast.as_written is None) == ("googlenet" not in tiny_model.config["arch"])
+
+
 def test_learned_upsampling_and_single_tower_alexnet() -> None:
     """Class-mixing deconvolutions keep the dense path; ungrouped AlexNet without LRN works too."""
     model = padded_net("fcn8s", frozen_upsampling="none")

@@ -44,17 +44,17 @@ def test_ramp_is_zero_in_the_margin_then_linear():
         TilePlan(tile=10, step=8, margin=1)
 
 
-@pytest.mark.parametrize("arch", ["fcn8s", "fcn32s", "fcn-alexnet"])
-def test_tiled_scores_equal_whole_image_scores(arch):
-    model = tiny_fcn(arch, 3)
+def test_tiled_scores_equal_whole_image_scores(tiny_model):
+    model = tiny_model
     stride, margin = output_stride(model), context_margin(model)
     plan = TilePlan(tile=2 * margin + 2 * stride + 64, step=stride + 64, margin=margin)
-    x = torch.randn(1, 3, 16, 900, generator=torch.Generator().manual_seed(1))
+    width = plan.tile + 2 * plan.step + 50  # three tiles at least
+    x = torch.randn(1, 3, 16, width, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         whole = model(x)
         tiled = tiled_scores(model, x, model.num_classes, plan)
-    assert len(tile_spans(900, plan)) >= 3
-    # float rounding only: measured max |diff| / max |score| is about 1e-7 for all three nets
+    assert len(tile_spans(width, plan)) >= 3
+    # float rounding only: measured max |diff| / max |score| is about 1e-7
     assert (tiled - whole).abs().max() <= 1e-5 * whole.abs().max()
     assert torch.equal(tiled.argmax(1), whole.argmax(1))
 
