@@ -1,4 +1,5 @@
-"""docs/section3.md runs as shown: each snippet, in order, prints exactly the output the guide shows."""
+"""docs/section3.md and the README's trunk example run as shown: each snippet, in order, prints
+exactly the output shown after it."""
 
 import contextlib
 import io
@@ -11,18 +12,27 @@ import torch
 from fcnseg.cli import main
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "section3.md"
+README = Path(__file__).resolve().parents[1] / "README.md"
 FENCE = re.compile(r"^```(\w+)\n(.*?)^```$", re.M | re.S)
 
 
-def blocks() -> list[tuple[str, str]]:
-    return [(kind, body) for kind, body in FENCE.findall(GUIDE.read_text())]
+def blocks(text: str | None = None) -> list[tuple[str, str]]:
+    return [(kind, body) for kind, body in FENCE.findall(GUIDE.read_text() if text is None else text)]
 
 
-def run_code(code: str, namespace: dict) -> str:
+def run_code(code: str, namespace: dict, source: Path = GUIDE) -> str:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        exec(compile(code, str(GUIDE), "exec"), namespace)
+        exec(compile(code, str(source), "exec"), namespace)
     return out.getvalue()
+
+
+def test_readme_trunk_example_prints_what_the_readme_shows():
+    section = README.read_text().split("### Trunks\n", 1)[1].split("\n## ", 1)[0]
+    found = blocks(section)
+    assert [kind for kind, _ in found] == ["python", "text"]
+    torch.manual_seed(0)
+    assert run_code(found[0][1], {}, README) == found[1][1]
 
 
 def test_guide_snippets_print_what_the_guide_shows():
