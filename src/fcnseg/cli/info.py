@@ -12,6 +12,7 @@ from fcnseg.models.fcn import FCN
 from fcnseg.models.flops import ComputeCost, compute_cost
 from fcnseg.models.registry import ARCHITECTURES, build_model
 from fcnseg.weights.checkpoint import read_checkpoint
+from fcnseg.weights.transfer import caffe_name
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -106,21 +107,25 @@ def _layer_table(
     model: FCN, cost: ComputeCost, all_layers: bool, fields: dict[str, tuple[int, int]]
 ) -> list[str]:
     modules = dict(model.named_modules())
-    header = f"{'layer':<16}{'kind':<24}{'output':>16}{'stride':>8}{'field':>7}{'params':>13}{'GMACs':>9}"
+    names = {row.name: caffe_name(row.name) for row in cost.layers}  # inception_3a/1x1 for GoogLeNet
+    width = max(16, 2 + max(map(len, names.values())))
+    header = (
+        f"{'layer':<{width}}{'kind':<24}{'output':>16}{'stride':>8}{'field':>7}{'params':>13}{'GMACs':>9}"
+    )
     lines = [header, "-" * len(header)]
     for row in cost.layers:
         layer = modules[row.name]
         if not all_layers and isinstance(layer, nn.ReLU | nn.Dropout):
             continue
-        short = row.name.removeprefix("backbone.")
+        short = names[row.name]
         stride, field = fields.get(short, ("", ""))
         shape = "x".join(map(str, row.output_shape))
         gmacs = f"{row.macs / 1e9:.3f}" if row.macs else ""
         params = f"{row.params:,}" if row.params else ""
-        row = f"{short:<16}{_kind(layer):<24}{shape:>16}{stride:>8}{field:>7}{params:>13}{gmacs:>9}"
+        row = f"{short:<{width}}{_kind(layer):<24}{shape:>16}{stride:>8}{field:>7}{params:>13}{gmacs:>9}"
         lines.append(row.rstrip())
     output = f"{model.num_classes}x{cost.input_shape[1]}x{cost.input_shape[2]}"
-    lines.append(f"{'(output)':<16}{f'crop at {model.output_offset}':<24}{output:>16}")
+    lines.append(f"{'(output)':<{width}}{f'crop at {model.output_offset}':<24}{output:>16}")
     return lines
 
 
