@@ -101,16 +101,6 @@ def layer_span(layer: nn.Module) -> int:
     return (kernel - 1) * dilation + 1
 
 
-def receptive_fields(layers: Iterable[tuple[str, nn.Module]]) -> dict[str, tuple[int, int]]:
-    """(stride, receptive field side) in input pixels of each named layer's output, in order."""
-    fields, scale, field = {}, Fraction(1), 1
-    for name, layer in layers:
-        field += int((layer_span(layer) - 1) * scale)
-        scale *= layer_map(layer).scale
-        fields[name] = (int(scale), field)
-    return fields
-
-
 def _pair(value: int | tuple[int, ...]) -> int:
     """Our nets are square in every kernel, stride and padding; refuse anything else."""
     if isinstance(value, tuple):
