@@ -14,10 +14,11 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from tiny_nets import tiny_fcn
+from tiny_nets import NARROW, tiny_fcn
 from torch import nn
 
 import fcnseg
+from fcnseg.infer.fast import optimize
 from fcnseg.models.geometry import AffineMap, layer_map, out_length
 from fcnseg.models.googlenet import GOOGLENET_PADDING, Inception, googlenet_backbone
 from fcnseg.models.trunk import SequentialTrunk, Tap, Trunk
@@ -233,3 +234,24 @@ def test_vgg16_taps_every_layer_under_its_caffe_name():
     assert taps["fc7"].field == 404 and trunk.in_channels == 3
     with pytest.raises(ValueError, match="'conv6' is not a tap of the trunk; taps: conv1_1, relu1_1"):
         trunk.tap("conv6")
+
+
+def test_a_tap_is_its_layers_output_whatever_an_in_place_relu_does_next():
+    """Caffe's conv5_3 blob is overwritten by its ReLU: here that is relu5_3, and conv5_3 stays."""
+    torch.manual_seed(0)
+    model = fcnseg.FCN(vgg16_backbone(NARROW["vgg"]), 3, skips=("conv5_3",)).double().eval()
+    for p in model.parameters():
+        nn.init.normal_(p, std=0.1)
+    x = torch.randn(2, 3, 40, 50, dtype=torch.float64)
+    with torch.no_grad():
+        for trim in (True, False):
+            taps, _ = model.backbone.run(x, ("conv5_3", "relu5_3"), trim=trim)
+            assert taps["conv5_3"].min() < 0 and torch.equal(taps["relu5_3"], taps["conv5_3"].relu())
+        padded = model.backbone.run(x, (), trim=False)[1]
+        assert torch.allclose(model.backbone.run(x, ("conv5_3",))[1], padded, rtol=1e-9, atol=0)
+        model.trim_padding = False
+        expected = model(x)
+        model.trim_padding = True
+        assert torch.allclose(model(x), expected, rtol=1e-9, atol=1e-9 * expected.abs().max())
+        fast = optimize(model.float())(x.float())
+    assert torch.allclose(fast.double(), expected, atol=1e-4 * expected.abs().max())

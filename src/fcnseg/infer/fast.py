@@ -198,6 +198,8 @@ class FastFCN(nn.Module):
             if isinstance(layer, nn.Conv2d):
                 padding = (0, 0) if not steps else None
                 layer = _ConvReLU(layer, fuse, padding)
+            elif isinstance(layer, nn.ReLU) and names and names[-1] in self.skips:
+                layer = nn.ReLU()  # not in place: the tap before it stays the layer's output
             else:
                 layer = copy.deepcopy(layer)
             steps.append(layer)

@@ -360,6 +360,8 @@ def run_trunk(
                 found[outputs[i + 1]] = full
             if i + 1 in (plan.whole, cut):
                 h = full
+            if h is full and i + 1 in outputs and _in_place(named[i + 1][1] if i + 1 < len(named) else None):
+                h = h.clone()  # the tap is the layer's output, not what an in-place ReLU makes of it
     if rest:
         h = h.contiguous(memory_format=torch.channels_last if natural else torch.contiguous_format)
     more, out = _run_padded(rest, h, taps)
@@ -441,8 +443,15 @@ def _run_padded(
     layers: Sequence[tuple[str, nn.Module]], x: torch.Tensor, taps: Sequence[str]
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     found = {}
-    for name, layer in layers:
+    for i, (name, layer) in enumerate(layers):
         x = layer(x)
         if name in taps:
             found[name] = x
+            if i + 1 < len(layers) and _in_place(layers[i + 1][1]):
+                x = x.clone()  # the tap is the layer's output, not what an in-place ReLU makes of it
     return found, x
+
+
+def _in_place(layer: nn.Module | None) -> bool:
+    """Whether a layer overwrites its input (``ReLU(inplace=True)``)."""
+    return bool(getattr(layer, "inplace", False))

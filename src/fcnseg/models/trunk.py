@@ -14,7 +14,8 @@ Two ways to make a trunk:
   module (an inception module, a residual block) states ``geometry``, ``span`` and
   ``out_channels`` itself (see :mod:`fcnseg.models.geometry`). Sequential trunks of
   known layers run on the images' reach (:func:`fcnseg.models.reach.run_trunk`),
-  others as written.
+  others as written. A tap is its layer's output: Caffe's ReLUs run in place, so
+  what a prototxt calls the ``conv5_3`` blob (after ``relu5_3``) is the tap ``relu5_3``.
 - a :class:`Trunk` subclass that sets ``taps`` and ``in_channels`` and implements
   :meth:`Trunk.run`, for a flow that is not a line.
 """
