@@ -167,6 +167,13 @@ def test_a_trunk_that_is_no_sequence_declares_its_taps_by_hand():
     assert model.skip_offsets == {"pool1": 1} and model.output_offset == 4
     for size in SIZES:
         assert model(torch.randn(1, 3, *size)).shape == (1, 3, *size)
+    with (
+        torch.no_grad()
+    ):  # sizes from the taps alone, as floor-mode windows give them: ceil mode adds up to 1
+        blobs, out = trunk.run(torch.zeros(1, 3, 40, 33), ("pool1",))
+    estimated = trunk.blob_sizes(40, 33)
+    for name, blob in (("pool1", blobs["pool1"]), ("pool2", out)):
+        assert all(0 <= a - b <= 1 for a, b in zip(blob.shape[-2:], estimated[name], strict=True)), name
     probe = probe_ready(model)
     # the coarse path's field dominates; its centres within 4 + 2 of x (both upsamplings), 4 apart
     assert_centred(probe, 14, 4, width=80, spread=8)

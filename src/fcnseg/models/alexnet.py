@@ -20,7 +20,7 @@ def alexnet_backbone(
     groups: int = 2,
     lrn: bool = True,
 ) -> SequentialTrunk:
-    """conv1 ... pool5, fc6 (6x6), fc7 (1x1), named as in Caffe.
+    """conv1 ... pool5, fc6 (6x6), fc7 (1x1), named as in Caffe; each layer a tap.
 
     ``groups=2`` and ``lrn=True`` are the original two-GPU AlexNet (Caffe's
     bvlc_alexnet); ``groups=1, lrn=False`` is the single-tower layout of

@@ -21,7 +21,7 @@ VGG16_CONVS = tuple(
 def vgg16_backbone(
     widths: tuple[int, ...] = VGG16_WIDTHS, in_channels: int = 3, input_padding: int = 100
 ) -> SequentialTrunk:
-    """conv1_1 ... pool5, fc6 (7x7), fc7 (1x1) with ReLU and dropout, named as in Caffe.
+    """conv1_1 ... pool5, fc6 (7x7), fc7 (1x1) with ReLU and dropout, named as in Caffe; each layer a tap.
 
     ``input_padding`` on conv1_1 (100 in the original nets) makes even a 1x1 image
     reach fc6 with a 7x7 window; the final crop removes what it adds.
