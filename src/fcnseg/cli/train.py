@@ -186,8 +186,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     flags = {name: value for name, value in vars(args).items() if name in fields and value is not None}
     values.update(flags)
-    if args.quiet:
-        values["progress"] = False
+    values["progress"] = not args.quiet  # this invocation's choice, also on --resume
     return TrainConfig.from_dict(values)
 
 
