@@ -22,6 +22,7 @@ from fcnseg import distributed
 from fcnseg.data.datasets import IGNORE_INDEX
 from fcnseg.data.preprocess import preprocessing_of
 from fcnseg.data.transforms import NetPairs, pad_collate
+from fcnseg.infer.crf import CRFSettings, refine
 
 __all__ = [
     "METRIC_NAMES",
@@ -175,13 +176,15 @@ def evaluate_confusion(
     device: torch.device | str = "cpu",
     context: distributed.Context | None = None,
     progress: bool = False,
+    crf: CRFSettings | None = None,
 ) -> torch.Tensor:
     """The (num_classes, num_classes) confusion matrix of ``model`` over ``dataset``.
 
     Images are preprocessed as the model's weights expect (``model.meta``) and scored
     at their own size; batches of several are padded with the ignore label, which the
     matrix skips. Under ``torchrun`` (``context``, whose device is used) each process
-    scores every ``world_size``-th image and the matrices are summed.
+    scores every ``world_size``-th image and the matrices are summed. With ``crf`` the
+    labels scored are the dense CRF's over each image's softmax (on the CPU).
     """
     context = context or distributed.Context(device=torch.device(device))
     shard = list(range(context.rank, len(dataset), context.world_size))
@@ -195,12 +198,29 @@ def evaluate_confusion(
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        for images, labels in tqdm(loader, desc="validate", leave=False, disable=not progress):
+        batches = [shard[i : i + batch_size] for i in range(0, len(shard), batch_size)]
+        for (images, labels), indices in zip(
+            tqdm(loader, desc="validate", leave=False, disable=not progress), batches, strict=True
+        ):
             labels = labels.to(context.device)
-            pred = model(images.to(context.device)).argmax(1)
+            scores = model(images.to(context.device))
+            pred = scores.argmax(1) if crf is None else _refined(scores, dataset, indices, crf)
             confusion += confusion_matrix(pred, labels, num_classes, IGNORE_INDEX)
     model.train(was_training)
     return distributed.all_reduce_sum(confusion, context).cpu()
+
+
+def _refined(scores: torch.Tensor, dataset: Dataset, indices: list[int], crf: CRFSettings) -> torch.Tensor:
+    """The dense CRF's labels for a padded batch of scores, each image refined at its own size."""
+    pred = torch.zeros(scores.shape[0], *scores.shape[2:], dtype=torch.int64)
+    probs = scores.float().softmax(1).cpu().numpy()
+    for i, index in enumerate(indices):
+        image = dataset[index][0]
+        height, width = image.shape[:2]
+        pred[i, :height, :width] = torch.from_numpy(
+            refine(image, probs[i, :, :height, :width], are_probs=True, settings=crf)
+        )
+    return pred.to(scores.device)
 
 
 def format_metrics(metrics: dict[str, Any], class_names: Sequence[str]) -> str:
