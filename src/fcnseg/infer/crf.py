@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from numbers import Real
+from types import ModuleType
 
 import numpy as np
 
@@ -45,20 +46,21 @@ class CRFSettings:
         problems = []
         if not isinstance(self.iterations, int) or isinstance(self.iterations, bool) or self.iterations < 0:
             problems.append(f"iterations={self.iterations!r} (an integer >= 0)")
-        for name, least in (*((n, ">= 0") for n in _COMPATS), *((n, "> 0") for n in _SCALES)):
-            value = getattr(self, name)
-            ok = isinstance(value, Real) and (value >= 0 if least == ">= 0" else value > 0)
-            if not ok:
-                problems.append(f"{name}={value!r} ({least})")
+        for name in _WEIGHTS:
+            if not (isinstance(value := getattr(self, name), Real) and value >= 0):
+                problems.append(f"{name}={value!r} (>= 0)")
+        for name in _SCALES:
+            if not (isinstance(value := getattr(self, name), Real) and value > 0):
+                problems.append(f"{name}={value!r} (> 0)")
         if problems:
             raise ConfigError(f"CRF settings out of range: {'; '.join(problems)}")
 
 
-_COMPATS = ("gaussian_compat", "bilateral_compat")
+_WEIGHTS = ("gaussian_compat", "bilateral_compat")
 _SCALES = ("gaussian_sxy", "bilateral_sxy", "bilateral_srgb")
 
 
-def require():
+def require() -> ModuleType:
     """The ``pydensecrf.densecrf`` module, or :class:`MissingExtraError` naming the extra to install."""
     try:
         import pydensecrf.densecrf as dcrf  # optional: only the CRF needs it
