@@ -256,8 +256,26 @@ def test_nyud_modalities(nyud):
     d = NYUDSegmentation(root, "val", "depth")[0][0]
     assert d.shape == (H, W, 1) and d.dtype == np.uint16
     np.testing.assert_array_equal(d[:, :, 0], depth)
+    rgbd = NYUDSegmentation(root, "val", "rgbd")[0][0]
+    assert rgbd.shape == (H, W, 4) and rgbd.dtype == np.uint16
+    np.testing.assert_array_equal(rgbd, np.concatenate([rgb, depth[:, :, None]], axis=2))
     with pytest.raises(ValueError, match="modality"):
         NYUDSegmentation(root, "val", "lidar")
+
+
+def test_nyud_trains_on_trainval_and_scores_on_test_as_the_original(nyud):
+    root = nyud[0]
+    _lines(root / "train.txt", ["5001"])
+    with pytest.raises(FileNotFoundError, match="test.txt not found"):
+        open_dataset("nyud", str(root))  # the default split is test
+    _lines(root / "test.txt", ["5001"])
+    assert open_dataset("nyud", str(root), modality="hha").modality == "hha"
+    both = NYUDSegmentation(root, "trainval")  # without trainval.txt: train then val
+    assert len(both) == 2
+    _lines(root / "trainval.txt", ["5001"])
+    assert len(NYUDSegmentation(root, "trainval")) == 1
+    with pytest.raises(ValueError, match="only RGB"):
+        open_dataset("context", str(root), "train", modality="hha")
 
 
 def test_nyud_v73_label_file_says_how_to_resave(nyud):

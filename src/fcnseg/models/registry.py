@@ -51,7 +51,7 @@ def build_model(
     *,
     widths: tuple[int, ...] | None = None,
     in_channels: int = 3,
-    frozen_upsampling: str = "final",
+    frozen_upsampling: str = "all",
     **options: Any,
 ) -> FCN:
     """Build an FCN by name, with freshly initialised weights.

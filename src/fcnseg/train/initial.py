@@ -8,9 +8,11 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from fcnseg.data.preprocess import DEFAULT_PREPROCESS
+from fcnseg.models.layers import bilinear_kernel
 from fcnseg.models.registry import ARCHITECTURES
 from fcnseg.train.config import AUTO
 from fcnseg.weights.checkpoint import read_checkpoint
@@ -20,7 +22,14 @@ from fcnseg.weights.transfer import copy_matching_layers
 if TYPE_CHECKING:
     from fcnseg.train.config import TrainConfig
 
-__all__ = ["IMAGENET", "initial_weights", "initialise", "kaiming_init", "settle_preprocess"]
+__all__ = [
+    "IMAGENET",
+    "initial_weights",
+    "initialise",
+    "kaiming_init",
+    "reset_upsampling",
+    "settle_preprocess",
+]
 
 IMAGENET = {arch: "imagenet" for arch in ARCHITECTURES if arch != "fcn-alexnet"} | {
     "fcn-alexnet": "imagenet-caffe"
@@ -89,11 +98,24 @@ def kaiming_init(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+def reset_upsampling(model: nn.Module) -> list[str]:
+    """Set every upsampling (transposed convolution) back to bilinear, as the original solve.py does
+    to each ``up*`` layer after copying weights in (surgery.interp); returns their names."""
+    names = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ConvTranspose2d):
+            with torch.no_grad():
+                module.weight.copy_(bilinear_kernel(module.out_channels, module.kernel_size[0]))
+            names.append(name)
+    return names
+
+
 def initialise(
     model: nn.Module, config: TrainConfig, initial: dict[str, Any] | None, say: Callable[[str], None]
 ) -> None:
     """Apply ``weight_init`` and ``dropout`` to a fresh ``model``, then copy in the layers of
-    ``initial`` that fit, saying which layers are new."""
+    ``initial`` that fit, saying which layers are new; then, with ``reset_upsampling``, every
+    upsampling starts bilinear again, whatever the initial weights had learned."""
     if config.weight_init == "kaiming":
         kaiming_init(model)
     if config.dropout is not None:
@@ -113,3 +135,7 @@ def initialise(
     layers = {k.rsplit(".", 1)[0] for k in model.state_dict()}
     fresh = sorted(layers - {k.rsplit(".", 1)[0] for k in copied})
     say(f"initialised from {initial['source']}; new layers: {', '.join(fresh) or 'none'}")
+    if config.reset_upsampling:
+        reset = reset_upsampling(model)
+        if reset:
+            say(f"upsampling reset to bilinear: {', '.join(reset)}")
