@@ -21,7 +21,7 @@ def tiny(arch: str, num_classes: int = 5) -> fcnseg.FCN:
 @pytest.mark.parametrize("size", [(1, 1), (2, 3), (31, 17), (64, 64), (97, 131)])
 def test_output_has_the_input_size(arch, size):
     model = tiny(arch)
-    out = model(torch.randn(2, 3, *size))
+    out = model(torch.randn(2, model.in_channels, *size))
     assert out.shape == (2, 5, *size)
 
 
@@ -151,7 +151,7 @@ def test_backward_reaches_every_trainable_parameter(arch):
     for p in model.parameters():  # score layers start at zero; give them signal
         if p.requires_grad:
             nn.init.normal_(p, std=0.1)
-    model(torch.randn(1, 3, 40, 36)).square().mean().backward()
+    model(torch.randn(1, model.in_channels, 40, 36)).square().mean().backward()
     for name, p in model.named_parameters():
         if p.requires_grad:
             assert p.grad is not None and p.grad.abs().sum() > 0, name

@@ -83,6 +83,8 @@ class TrainConfig:
     reset_upsampling: bool = True  # upsamplings restart bilinear after init, as the repository's solve.py
     # A checkpoint, a published name (weights.hub.resolve; "imagenet"), "auto" or None (from scratch).
     init: str | None = AUTO
+    # A late-fusion net's streams, each from its own checkpoint: {color = "...", hha = "..."}
+    init_streams: dict[str, str] | None = None
     weight_init: str = "kaiming"  # of the backbone before any init is copied in; "default": PyTorch's
     dropout: float | None = None  # overrides fc6/fc7 dropout (VGG's 0.5); 0 learns faster from scratch
     # Data

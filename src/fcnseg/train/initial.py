@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from fcnseg.data.preprocess import DEFAULT_PREPROCESS
+from fcnseg.errors import ConfigError
+from fcnseg.models.fcn import FCN
 from fcnseg.models.layers import bilinear_kernel
 from fcnseg.models.registry import ARCHITECTURES
 from fcnseg.train.config import AUTO
@@ -28,14 +30,16 @@ __all__ = [
     "initialise",
     "kaiming_init",
     "reset_upsampling",
+    "widen_first_conv",
     "settle_preprocess",
 ]
 
-IMAGENET = {arch: "imagenet" for arch in ARCHITECTURES if arch != "fcn-alexnet"} | {
-    "fcn-alexnet": "imagenet-caffe"
-}
+IMAGENET = {
+    arch: "imagenet" for arch in ARCHITECTURES if arch not in ("fcn-alexnet", "fcn32s-late-fusion")
+} | {"fcn-alexnet": "imagenet-caffe"}
 """The ImageNet weights that "auto" starts each net from (torchvision's VGG16 has no AlexNet twin:
-torchvision's AlexNet is single-tower, without LRN, so FCN-AlexNet takes the Caffe one)."""
+torchvision's AlexNet is single-tower, without LRN, so FCN-AlexNet takes the Caffe one). A
+late-fusion net starts from its single-modality nets instead (``init_streams``)."""
 
 
 def initial_weights(
@@ -91,11 +95,12 @@ def settle_preprocess(
 
 
 def kaiming_init(model: nn.Module) -> None:
-    """He initialisation of the backbone: a deep plain VGG trains from scratch only with it."""
-    for module in model.backbone.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-            nn.init.zeros_(module.bias)
+    """He initialisation of the backbones: a deep plain VGG trains from scratch only with it."""
+    for fcn in (m for m in model.modules() if isinstance(m, FCN)):
+        for module in fcn.backbone.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
 
 
 def reset_upsampling(model: nn.Module) -> list[str]:
@@ -110,11 +115,46 @@ def reset_upsampling(model: nn.Module) -> list[str]:
     return names
 
 
+def widen_first_conv(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> str | None:
+    """nyud-fcn32s-color-d's surgery: a first convolution that reads more channels than the initial
+    weights' (colour and depth, from a colour net) takes their filters for the first channels and
+    their mean over channels for each extra one. Returns its name, or None when it does not apply."""
+    name, conv = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    given, bias = state_dict.get(f"{name}.weight"), state_dict.get(f"{name}.bias")
+    if given is None or given.dim() != 4 or given.shape[1] >= conv.in_channels:
+        return None
+    if given.shape[0] != conv.out_channels or given.shape[2:] != conv.weight.shape[2:]:
+        return None
+    with torch.no_grad():
+        conv.weight[:, : given.shape[1]] = given
+        conv.weight[:, given.shape[1] :] = given.mean(1, keepdim=True)
+        if bias is not None and conv.bias is not None and bias.shape == conv.bias.shape:
+            conv.bias.copy_(bias)
+    return name
+
+
+def _init_streams(model: nn.Module, sources: dict[str, str], say: Callable[[str], None]) -> None:
+    """Each stream of a late-fusion net from its own checkpoint (nyud-fcn32s-color-hha's solve.py:
+    the colour stream from the colour net, the HHA stream from the HHA net)."""
+    streams = getattr(model, "streams", None)
+    if streams is None:
+        raise ConfigError("init_streams is for a late-fusion net (fcn32s-late-fusion), which has streams")
+    unknown = sorted(set(sources) - set(streams))
+    if unknown:
+        raise ConfigError(
+            f"init_streams names {', '.join(unknown)}; the net's streams are {', '.join(streams)}"
+        )
+    for name, source in sources.items():
+        copied = copy_matching_layers(streams[name], read_checkpoint(source)["state_dict"])
+        say(f"stream {name} initialised from {source} ({len(copied)} tensors)")
+
+
 def initialise(
     model: nn.Module, config: TrainConfig, initial: dict[str, Any] | None, say: Callable[[str], None]
 ) -> None:
     """Apply ``weight_init`` and ``dropout`` to a fresh ``model``, then copy in the layers of
-    ``initial`` that fit, saying which layers are new; then, with ``reset_upsampling``, every
+    ``initial`` that fit (a wider first convolution too: :func:`widen_first_conv`), saying which
+    layers are new, and each stream's ``init_streams``; then, with ``reset_upsampling``, every
     upsampling starts bilinear again, whatever the initial weights had learned."""
     if config.weight_init == "kaiming":
         kaiming_init(model)
@@ -122,20 +162,24 @@ def initialise(
         for module in model.modules():
             if isinstance(module, nn.Dropout):
                 module.p = config.dropout
-    if initial is None:
-        return
-    expected = initial.get("meta", {}).get("preprocess", config.preprocess)
-    if expected != config.preprocess:
-        warnings.warn(
-            f"{initial['source']} was made for {expected!r} preprocessing but this run uses "
-            f"{config.preprocess!r}; pass --preprocess {expected} unless that is intended",
-            stacklevel=2,
-        )
-    copied = copy_matching_layers(model, initial["state_dict"])
-    layers = {k.rsplit(".", 1)[0] for k in model.state_dict()}
-    fresh = sorted(layers - {k.rsplit(".", 1)[0] for k in copied})
-    say(f"initialised from {initial['source']}; new layers: {', '.join(fresh) or 'none'}")
-    if config.reset_upsampling:
+    if initial is not None:
+        expected = initial.get("meta", {}).get("preprocess", config.preprocess)
+        if expected != config.preprocess:
+            warnings.warn(
+                f"{initial['source']} was made for {expected!r} preprocessing but this run uses "
+                f"{config.preprocess!r}; pass --preprocess {expected} unless that is intended",
+                stacklevel=2,
+            )
+        copied = copy_matching_layers(model, initial["state_dict"])
+        widened = widen_first_conv(model, initial["state_dict"])
+        layers = {k.rsplit(".", 1)[0] for k in model.state_dict()}
+        fresh = sorted(layers - {k.rsplit(".", 1)[0] for k in copied} - {widened})
+        say(f"initialised from {initial['source']}; new layers: {', '.join(fresh) or 'none'}")
+        if widened:
+            say(f"{widened}: the extra input channels start at the mean of the given filters")
+    if config.init_streams:
+        _init_streams(model, config.init_streams, say)
+    if config.reset_upsampling and (initial is not None or config.init_streams):
         reset = reset_upsampling(model)
         if reset:
             say(f"upsampling reset to bilinear: {', '.join(reset)}")
