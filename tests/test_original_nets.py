@@ -10,7 +10,7 @@ from fcnseg.errors import ConfigError
 from fcnseg.models.layers import crop_like
 from fcnseg.tasks.siftflow import HeadsLoss, SiftFlowTask
 from fcnseg.train.config import TrainConfig
-from fcnseg.train.initial import initialise, widen_first_conv
+from fcnseg.train.initial import initial_weights, initialise, widen_first_conv
 from fcnseg.train.losses import SegmentationLoss
 
 TINY = (4, 8, 8, 16, 16, 32)
@@ -84,17 +84,23 @@ def test_init_streams_fill_each_stream_and_name_unknown_ones(tmp_path):
 
     color = _randomise(build_model("fcn32s", 5, widths=TINY), seed=1)
     fcnseg.save_checkpoint(color, tmp_path / "color.pt")
-    fused = build_model("fcn32s-late-fusion", 5, widths=TINY, in_channels=6)
-    config = TrainConfig(weight_init="default", init_streams={"color": str(tmp_path / "color.pt")})
-    initialise(fused, config, None, print)
+    fused = build_model("fcn32s-late-fusion", 5, widths=TINY)
+    config = TrainConfig(
+        arch="fcn32s-late-fusion", weight_init="default", init_streams={"color": str(tmp_path / "color.pt")}
+    )
+    said = []
+    initialise(fused, config, initial_weights(config, said.append), said.append)
     assert torch.equal(fused.streams["color"].backbone.conv1_1.weight, color.backbone.conv1_1.weight)
     assert not torch.equal(fused.streams["hha"].backbone.conv1_1.weight, color.backbone.conv1_1.weight)
-    with pytest.raises(ConfigError, match="depth; the net's streams are color, hha"):
-        initialise(fused, TrainConfig(init_streams={"depth": "x.pt"}), None, print)
-    with pytest.raises(ConfigError, match="late-fusion"):
-        initialise(
-            build_model("fcn32s", 5, widths=TINY), TrainConfig(init_streams={"color": "x.pt"}), None, print
-        )
+    assert said[0].startswith(
+        f"initialised from color from {tmp_path / 'color.pt'}; new layers: streams.hha."
+    )
+    with pytest.raises(ConfigError, match=r"streams color, hha \(got depth\)"):
+        TrainConfig(arch="fcn32s-late-fusion", init_streams={"depth": "x.pt"})
+    with pytest.raises(ConfigError, match="replaces init"):
+        TrainConfig(arch="fcn32s-late-fusion", init="voc-fcn32s", init_streams={"color": "x.pt"})
+    with pytest.raises(ConfigError, match="not fcn32s"):
+        TrainConfig(arch="fcn32s", init_streams={"color": "x.pt"})
 
 
 def test_rgbd_first_layer_takes_the_colour_filters_and_their_mean_for_depth():

@@ -12,6 +12,7 @@ from typing import Any
 from fcnseg.data.preprocess import get_preprocessing
 from fcnseg.data.registry import DATASETS, MODALITY_CHANNELS
 from fcnseg.errors import ConfigError
+from fcnseg.models.registry import FUSION_STREAMS
 from fcnseg.tasks import get_task
 from fcnseg.train.losses import REDUCTIONS, SAMPLING_SCOPES
 
@@ -168,6 +169,17 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        if self.init_streams is not None:
+            if self.arch != "fcn32s-late-fusion":
+                raise ConfigError(
+                    f"init_streams is for a late-fusion net (fcn32s-late-fusion), not {self.arch}"
+                )
+            unknown = sorted(set(self.init_streams) - set(FUSION_STREAMS))
+            if unknown or self.init not in (None, AUTO):
+                raise ConfigError(
+                    f"init_streams takes the streams {', '.join(FUSION_STREAMS)} (got {', '.join(self.init_streams)}) "
+                    f"and replaces init (got {self.init!r})"
+                )
         if self.modality is not None and self.modality not in MODALITY_CHANNELS:
             raise ConfigError(
                 f"modality must be one of {', '.join(MODALITY_CHANNELS)}; got {self.modality!r}"

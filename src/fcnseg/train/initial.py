@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from fcnseg.data.preprocess import DEFAULT_PREPROCESS
-from fcnseg.errors import ConfigError
 from fcnseg.models.fcn import FCN
 from fcnseg.models.layers import bilinear_kernel
 from fcnseg.models.registry import ARCHITECTURES
@@ -48,8 +47,12 @@ def initial_weights(
     """The checkpoint to start from (``config.init``), or None to train from scratch.
 
     "auto" takes the ImageNet classifier that fits the net when it can be had, and says so
-    either way: training a full VGG16 from scratch needs far more data and time.
+    either way: training a full VGG16 from scratch needs far more data and time. A late-fusion
+    net's ``init_streams`` make one checkpoint of each stream's (nyud-fcn32s-color-hha's solve.py:
+    the colour stream from the colour net, the HHA stream from the HHA net).
     """
+    if config.init_streams:
+        return _streams_checkpoint(config.init_streams)
     name = config.init
     if name == AUTO:
         name = IMAGENET.get(config.arch)
@@ -76,6 +79,14 @@ def initial_weights(
     initial = read_checkpoint(path)
     initial["source"] = name
     return initial
+
+
+def _streams_checkpoint(sources: dict[str, str]) -> dict[str, Any]:
+    """One initial checkpoint of several, each one's layers under ``streams.<name>.``."""
+    state = {}
+    for stream, source in sources.items():
+        state |= {f"streams.{stream}.{k}": v for k, v in read_checkpoint(source)["state_dict"].items()}
+    return {"state_dict": state, "source": ", ".join(f"{k} from {v}" for k, v in sources.items())}
 
 
 def settle_preprocess(
@@ -133,53 +144,36 @@ def widen_first_conv(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> s
     return name
 
 
-def _init_streams(model: nn.Module, sources: dict[str, str], say: Callable[[str], None]) -> None:
-    """Each stream of a late-fusion net from its own checkpoint (nyud-fcn32s-color-hha's solve.py:
-    the colour stream from the colour net, the HHA stream from the HHA net)."""
-    streams = getattr(model, "streams", None)
-    if streams is None:
-        raise ConfigError("init_streams is for a late-fusion net (fcn32s-late-fusion), which has streams")
-    unknown = sorted(set(sources) - set(streams))
-    if unknown:
-        raise ConfigError(
-            f"init_streams names {', '.join(unknown)}; the net's streams are {', '.join(streams)}"
-        )
-    for name, source in sources.items():
-        copied = copy_matching_layers(streams[name], read_checkpoint(source)["state_dict"])
-        say(f"stream {name} initialised from {source} ({len(copied)} tensors)")
-
-
 def initialise(
     model: nn.Module, config: TrainConfig, initial: dict[str, Any] | None, say: Callable[[str], None]
 ) -> None:
     """Apply ``weight_init`` and ``dropout`` to a fresh ``model``, then copy in the layers of
     ``initial`` that fit (a wider first convolution too: :func:`widen_first_conv`), saying which
-    layers are new, and each stream's ``init_streams``; then, with ``reset_upsampling``, every
-    upsampling starts bilinear again, whatever the initial weights had learned."""
+    layers are new; then, with ``reset_upsampling``, every upsampling starts bilinear again,
+    whatever the initial weights had learned."""
     if config.weight_init == "kaiming":
         kaiming_init(model)
     if config.dropout is not None:
         for module in model.modules():
             if isinstance(module, nn.Dropout):
                 module.p = config.dropout
-    if initial is not None:
-        expected = initial.get("meta", {}).get("preprocess", config.preprocess)
-        if expected != config.preprocess:
-            warnings.warn(
-                f"{initial['source']} was made for {expected!r} preprocessing but this run uses "
-                f"{config.preprocess!r}; pass --preprocess {expected} unless that is intended",
-                stacklevel=2,
-            )
-        copied = copy_matching_layers(model, initial["state_dict"])
-        widened = widen_first_conv(model, initial["state_dict"])
-        layers = {k.rsplit(".", 1)[0] for k in model.state_dict()}
-        fresh = sorted(layers - {k.rsplit(".", 1)[0] for k in copied} - {widened})
-        say(f"initialised from {initial['source']}; new layers: {', '.join(fresh) or 'none'}")
-        if widened:
-            say(f"{widened}: the extra input channels start at the mean of the given filters")
-    if config.init_streams:
-        _init_streams(model, config.init_streams, say)
-    if config.reset_upsampling and (initial is not None or config.init_streams):
+    if initial is None:
+        return
+    expected = initial.get("meta", {}).get("preprocess", config.preprocess)
+    if expected != config.preprocess:
+        warnings.warn(
+            f"{initial['source']} was made for {expected!r} preprocessing but this run uses "
+            f"{config.preprocess!r}; pass --preprocess {expected} unless that is intended",
+            stacklevel=2,
+        )
+    copied = copy_matching_layers(model, initial["state_dict"])
+    widened = widen_first_conv(model, initial["state_dict"])
+    layers = {k.rsplit(".", 1)[0] for k in model.state_dict()}
+    fresh = sorted(layers - {k.rsplit(".", 1)[0] for k in copied} - {widened})
+    say(f"initialised from {initial['source']}; new layers: {', '.join(fresh) or 'none'}")
+    if widened:
+        say(f"{widened}: the extra input channels start at the mean of the given filters")
+    if config.reset_upsampling:
         reset = reset_upsampling(model)
         if reset:
             say(f"upsampling reset to bilinear: {', '.join(reset)}")
