@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import fcnseg
 from fcnseg import build_model
 from fcnseg.errors import ConfigError
 from fcnseg.models.layers import crop_like
@@ -62,7 +63,7 @@ def test_heads_loss_is_the_sum_of_each_heads_loss_and_collate_stacks_labels():
     assert (labels[0, :, 4:] == 255).all() and (labels[0, :, :4] == 1).all()
 
 
-def test_late_fusion_equals_upsampling_the_averaged_scores_as_the_original():
+def test_late_fusion_equals_upsampling_the_averaged_scores_as_the_original(tmp_path):
     fused = _randomise(build_model("fcn32s-late-fusion", 5, widths=TINY, in_channels=6))
     for stream in fused.streams.values():
         stream.trim_padding = False
@@ -75,12 +76,13 @@ def test_late_fusion_equals_upsampling_the_averaged_scores_as_the_original():
     averaged = 0.5 * scores["color"] + 0.5 * scores["hha"]  # score_fused: Eltwise SUM, coeff 0.5, 0.5
     expected = crop_like(color.upscore(averaged), color.output_offset, 29, 35)
     torch.testing.assert_close(out, expected)
+    fcnseg.save_checkpoint(fused, tmp_path / "fused.pt")
+    torch.testing.assert_close(fcnseg.load(tmp_path / "fused.pt")(x), out)
     with pytest.raises(ValueError, match="6 input channels"):
         build_model("fcn32s-late-fusion", 5, widths=TINY, in_channels=4)
 
 
 def test_init_streams_fill_each_stream_and_name_unknown_ones(tmp_path):
-    import fcnseg
 
     color = _randomise(build_model("fcn32s", 5, widths=TINY), seed=1)
     fcnseg.save_checkpoint(color, tmp_path / "color.pt")
@@ -111,3 +113,18 @@ def test_rgbd_first_layer_takes_the_colour_filters_and_their_mean_for_depth():
     assert torch.equal(w[:, :3], given) and torch.allclose(w[:, 3], given.mean(1))
     assert torch.equal(rgbd.backbone.conv1_1.bias, colour.backbone.conv1_1.bias)
     assert widen_first_conv(build_model("fcn32s", 5, widths=TINY), colour.state_dict()) is None
+
+
+def test_a_two_headed_checkpoint_rebuilds_its_heads_and_predict_refuses_it(tmp_path):
+    import numpy as np
+
+    from fcnseg.infer.predict import predict_batch
+
+    both = _randomise(build_model("fcn16s", 36, widths=TINY, heads=[33, 3]))
+    fcnseg.save_checkpoint(both, tmp_path / "sift.pt")
+    again = fcnseg.load(tmp_path / "sift.pt")
+    assert again.heads == (33, 3)
+    x = torch.randn(1, 3, 21, 19)
+    torch.testing.assert_close(again(x), both(x))
+    with pytest.raises(ValueError, match=r"2 heads.*model\.split"):
+        predict_batch(again, np.zeros((1, 8, 8, 3), np.uint8))

@@ -35,6 +35,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     dataset_name = args.dataset or ("synthetic" if args.data == "synthetic" else "folder")
     model = load(args.weights)
+    if getattr(model, "heads", None):
+        raise ValueError(
+            f"{args.weights} has {len(model.heads)} heads: its training run's log.csv scores each"
+        )
     dataset = open_dataset(
         dataset_name, args.data, args.split, num_images=args.images, num_classes=model.num_classes
     )

@@ -213,6 +213,11 @@ def predict_batch(
     implied by test-time augmentation. ``model`` is moved to ``device`` if given.
     ``precision`` is one of :data:`PRECISIONS`.
     """
+    if getattr(model, "heads", None):
+        raise ValueError(
+            f"this net has {len(model.heads)} heads ({model.heads} classes): predict each with "
+            "model.split(model(x)); fcnseg predict, evaluate and serve take one-headed nets"
+        )
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"expected (N, H, W, 3) uint8 RGB images, got shape {images.shape} {images.dtype}")
