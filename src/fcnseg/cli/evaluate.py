@@ -43,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
         crf.require()
     dataset_name = args.dataset or ("synthetic" if args.data == "synthetic" else "folder")
     model = load(args.weights)
+    if getattr(model, "heads", None):
+        raise ValueError(
+            f"{args.weights} has {len(model.heads)} heads: its training run's log.csv scores each"
+        )
     dataset = open_dataset(
         dataset_name, args.data, args.split, num_images=args.images, num_classes=model.num_classes
     )

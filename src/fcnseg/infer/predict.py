@@ -217,6 +217,11 @@ def predict_batch(
     CRF's (:func:`fcnseg.infer.crf.refine`) over the probabilities; the probabilities
     returned stay the net's.
     """
+    if getattr(model, "heads", None):
+        raise ValueError(
+            f"this net has {len(model.heads)} heads ({model.heads} classes): predict each with "
+            "model.split(model(x)); fcnseg predict, evaluate and serve take one-headed nets"
+        )
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"expected (N, H, W, 3) uint8 RGB images, got shape {images.shape} {images.dtype}")
