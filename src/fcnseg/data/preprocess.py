@@ -72,6 +72,18 @@ def preprocessing_of(model: torch.nn.Module) -> str:
     return getattr(model, "meta", {}).get("preprocess", DEFAULT_PREPROCESS)
 
 
+def same_colour_coding(a: str, b: str) -> bool:
+    """Whether weights made for preset ``a`` read colour as ``b`` gives it: the same channel order,
+    scale and spread. Only the mean pixel may differ, as between the Caffe presets, each of which
+    subtracts its own data set's mean from the same BGR 0-255 values."""
+
+    def colour(preset: Preprocessing) -> tuple:
+        first = preset.parts[0] if preset.parts else preset
+        return first.bgr, first.scale, first.std, first.log
+
+    return colour(get_preprocessing(a)) == colour(get_preprocessing(b))
+
+
 def get_preprocessing(name: str) -> Preprocessing:
     if name not in PRESETS:
         raise ConfigError(f"unknown preprocessing {name!r}; choose one of {sorted(PRESETS)}")

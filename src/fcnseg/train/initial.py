@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from fcnseg.data.preprocess import DEFAULT_PREPROCESS
+from fcnseg.data.preprocess import DEFAULT_PREPROCESS, PRESETS, same_colour_coding
 from fcnseg.models.fcn import FCN
 from fcnseg.models.layers import bilinear_kernel
 from fcnseg.models.registry import ARCHITECTURES
@@ -160,7 +160,9 @@ def initialise(
     if initial is None:
         return
     expected = initial.get("meta", {}).get("preprocess", config.preprocess)
-    if expected != config.preprocess:
+    # Another modality (HHA, depth) is a deliberate change of input; colour must be coded alike.
+    colour_run = (config.modality or "rgb") == "rgb"
+    if colour_run and (expected not in PRESETS or not same_colour_coding(expected, config.preprocess)):
         warnings.warn(
             f"{initial['source']} was made for {expected!r} preprocessing but this run uses "
             f"{config.preprocess!r}; pass --preprocess {expected} unless that is intended",
