@@ -1,7 +1,7 @@
 """Training step time on the CPU: the padded net, the images' reach (the default), and torchfcn.
 
 One step = forward, loss, backward and optimizer update, with the trainer's optimizer
-(``fcnseg.train.trainer``: fused on the CPU) for every variant. Two nets:
+(``fcnseg.train.optim``: fused on the CPU) for every variant. Two nets:
 
 - the demo's: FCN-8s of widths (4, 8, 16, 32, 32, 64), batch 4 of 64x96 images,
   channels_last, mean loss, Adam (``fcnseg demo``'s settings); also the reach in
@@ -44,7 +44,8 @@ from _results import machine, write_section  # noqa: E402
 from fcnseg import build_model  # noqa: E402
 from fcnseg.cli.demo import FULL as DEMO_RECIPE  # noqa: E402
 from fcnseg.data.synthetic import CLASS_NAMES  # noqa: E402
-from fcnseg.train.trainer import RECIPES, TrainConfig, _optimizer  # noqa: E402
+from fcnseg.train.config import RECIPES, TrainConfig  # noqa: E402
+from fcnseg.train.optim import make_optimizer  # noqa: E402
 
 
 def seeded_net(widths, classes: int) -> nn.Module:
@@ -131,7 +132,7 @@ def build_case(
             model.trim_padding = variant != "padded"
         model = model.to(memory_format=layout)
         x = images.contiguous(memory_format=layout)
-        optimizer = _optimizer(model, config)
+        optimizer = make_optimizer(model, config)
         out, grads = scores_and_grads(model, x, labels, reduction, names)
         assert grads.keys() == reference[1].keys(), sorted(set(grads) ^ set(reference[1]))
         errors[variant] = (

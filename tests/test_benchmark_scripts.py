@@ -49,3 +49,18 @@ def test_section3_study_quick_run(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     for heading in ("does sampling speed convergence?", "| FCN-32s + shift-and-stitch x4 | 8 | 16 |"):
         assert heading in done.stdout
+
+
+def test_bench_training_quick_run():
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "bench_training.py"),
+            *("--cases", "demo", "--rounds", "1", "--threads", "1", "--no-write"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| demo net (4, 8, 16, 32, 32, 64), batch 4, 64x96, Adam | 1 | reach |" in done.stdout

@@ -5,6 +5,7 @@ import pytest
 import torch
 from mat_writer import Sparse, Stored, write_mat
 from PIL import Image
+from tiny_datasets import SCENES, write_image, write_lines, write_mask
 
 from fcnseg.data.context import PascalContextSegmentation
 from fcnseg.data.datasets import InMemory
@@ -22,17 +23,10 @@ RNG = np.random.default_rng(0)
 
 
 def _image(path, h=H, w=W):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rgb = RNG.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
-    Image.fromarray(rgb).save(path)
-    return rgb
+    return write_image(path, RNG, h, w)
 
 
-def _mask(path, ids):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    im = Image.fromarray(np.asarray(ids, dtype=np.uint8), mode="P")
-    im.putpalette(pascal_palette(256).reshape(-1).tolist())
-    im.save(path)
+_mask, _lines = write_mask, write_lines
 
 
 def _ids(num_classes, h=H, w=W, void=True):
@@ -40,11 +34,6 @@ def _ids(num_classes, h=H, w=W, void=True):
     if void:
         ids[0, 0] = 255
     return ids
-
-
-def _lines(path, lines):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{line}\n" for line in lines))
 
 
 # --- PASCAL VOC and SBD -------------------------------------------------------------------
@@ -256,8 +245,26 @@ def test_nyud_modalities(nyud):
     d = NYUDSegmentation(root, "val", "depth")[0][0]
     assert d.shape == (H, W, 1) and d.dtype == np.uint16
     np.testing.assert_array_equal(d[:, :, 0], depth)
+    rgbd = NYUDSegmentation(root, "val", "rgbd")[0][0]
+    assert rgbd.shape == (H, W, 4) and rgbd.dtype == np.uint16
+    np.testing.assert_array_equal(rgbd, np.concatenate([rgb, depth[:, :, None]], axis=2))
     with pytest.raises(ValueError, match="modality"):
         NYUDSegmentation(root, "val", "lidar")
+
+
+def test_nyud_trains_on_trainval_and_scores_on_test_as_the_original(nyud):
+    root = nyud[0]
+    _lines(root / "train.txt", ["5001"])
+    with pytest.raises(FileNotFoundError, match="test.txt not found"):
+        open_dataset("nyud", str(root))  # the default split is test
+    _lines(root / "test.txt", ["5001"])
+    assert open_dataset("nyud", str(root), modality="hha").modality == "hha"
+    both = NYUDSegmentation(root, "trainval")  # without trainval.txt: train then val
+    assert len(both) == 2
+    _lines(root / "trainval.txt", ["5001"])
+    assert len(NYUDSegmentation(root, "trainval")) == 1
+    with pytest.raises(ValueError, match="only RGB"):
+        open_dataset("context", str(root), "train", modality="hha")
 
 
 def test_nyud_v73_label_file_says_how_to_resave(nyud):
@@ -269,8 +276,6 @@ def test_nyud_v73_label_file_says_how_to_resave(nyud):
 
 
 # --- SIFT Flow -----------------------------------------------------------------------------
-
-SCENES = "spatial_envelope_256x256_static_8outdoorcategories"
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ def tiny() -> fcnseg.FCN:
 
 def assert_runs_like_torch(run, model):
     for n, h, w in SIZES:
-        x = torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(h))
+        x = torch.randn(n, model.in_channels, h, w, generator=torch.Generator().manual_seed(h))
         with torch.no_grad():
             expected = model(x).numpy()
         got = run(x)

@@ -93,11 +93,77 @@ def test_shape_mismatch_names_both_shapes():
         confusion_matrix(torch.zeros(2, 3, dtype=torch.long), torch.zeros(3, 2, dtype=torch.long), 2)
 
 
-def test_float_labels_and_wrong_rank_raise():
-    with pytest.raises(ValueError, match="integer"):
-        confusion_matrix(torch.zeros(2, 2), torch.zeros(2, 2, dtype=torch.long), 2)
-    with pytest.raises(ValueError, match=r"\(H, W\)"):
-        confusion_matrix(torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long), 2)
+def test_non_integral_labels_and_wrong_shapes_raise():
+    with pytest.raises(ValueError, match=r"pred holds non-integral class ids \[0\.5, nan\]"):
+        confusion_matrix(torch.tensor([[0.5, float("nan")], [0, 1]]), torch.zeros(2, 2, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match=r"target holds non-integral class ids \[1\.25\]"):
+        confusion_matrix(np.zeros((2, 2), np.int64), np.array([[0, 1.25], [0, 255]], np.float32), 2)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\) with C=3.*argmax"):
+        confusion_matrix(torch.zeros(1, 3, 2, 2), torch.zeros(1, 1, 2, 2), 3)
+    with pytest.raises(ValueError, match=r"\(N, 1, H, W\).*\(1, 1, 1, 2, 2\)"):
+        confusion_matrix(torch.zeros(1, 1, 1, 2, 2), torch.zeros(1, 1, 1, 2, 2), 3)
+    with pytest.raises(ValueError, match=r"pred \(4,\), target \(2, 2\)"):
+        confusion_matrix(torch.zeros(4, dtype=torch.long), torch.zeros(2, 2, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match="out_of_range must be one of error, drop"):
+        confusion_matrix(PRED, TARGET, 3, out_of_range="clip")
+
+
+def test_out_of_range_target_error_points_to_drop():
+    with pytest.raises(ValueError, match='out_of_range="drop"'):
+        confusion_matrix(PRED, TARGET.clamp(max=3), 3)
+
+
+def fast_hist(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    """The original ``score.py``'s histogram, verbatim: ground truth ``a`` and prediction ``b``, flattened."""
+    k = (a >= 0) & (a < n)
+    return np.bincount(n * a[k].astype(int) + b[k], minlength=n**2).reshape(n, n)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_every_input_score_py_takes_counts_as_fast_hist(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 30))
+    batch, height, width = (int(v) for v in rng.integers(1, 9, size=3))
+    pred = rng.integers(0, n, size=(batch, height, width))
+    # ids past num_classes and the void label 255, which score.py drops with the rest of [n, inf)
+    target = rng.integers(0, n + 3, size=(batch, height, width))
+    target[rng.random(target.shape) < 0.2] = 255
+    expected = fast_hist(target.flatten(), pred.flatten(), n)
+    assert expected.sum() == ((target < n) & (target >= 0)).sum()
+
+    blob = target[:, None].astype(np.float32)  # Caffe's label blob, (N, 1, H, W) float32
+    forms = [
+        (pred, target),
+        (pred.ravel(), target.ravel()),  # fast_hist's own flattened inputs
+        (pred, blob),
+        (pred[:, None], blob),
+        (pred.astype(np.float64), target.astype(np.float64)),
+        (pred.astype(np.uint8), target.astype(np.uint8)),
+        (pred.astype(np.int32), target.astype(np.int16)),
+        (torch.from_numpy(pred), torch.from_numpy(blob)),
+        (pred[:, ::-1], target[:, ::-1]),  # negative strides: the same pixel pairs
+    ]
+    for p, t in forms:
+        hist = confusion_matrix(p, t, n, out_of_range="drop")
+        assert hist.dtype == torch.int64
+        np.testing.assert_array_equal(hist.numpy(), expected)
+    for i in range(batch):  # one image at a time, as compute_hist adds them up
+        np.testing.assert_array_equal(
+            confusion_matrix(pred[i], blob[i : i + 1], n, out_of_range="drop").numpy(),
+            fast_hist(blob[i, 0].flatten(), pred[i].flatten(), n),
+        )
+    # where the ground truth holds only [0, n) and 255, the strict default counts the same
+    in_range = np.where(target < n, target, 255)
+    np.testing.assert_array_equal(
+        confusion_matrix(pred, in_range[:, None].astype(np.float32), n).numpy(),
+        fast_hist(in_range.flatten(), pred.flatten(), n),
+    )
+
+
+def test_boolean_masks_are_two_classes():
+    target = np.array([[True, False], [True, True]])
+    pred = np.array([[True, True], [False, True]])
+    assert confusion_matrix(pred, target, 2).tolist() == fast_hist(target.ravel(), pred.ravel(), 2).tolist()
 
 
 def test_empty_confusion_raises():

@@ -18,7 +18,7 @@ def tiny(arch: str, num_classes: int = 5) -> fcnseg.FCN:
 
 @pytest.mark.parametrize("size", [(1, 1), (2, 3), (31, 17), (64, 64), (97, 131)])
 def test_output_has_the_input_size(tiny_model, size):
-    out = tiny_model(torch.randn(2, 3, *size))
+    out = tiny_model(torch.randn(2, tiny_model.in_channels, *size))
     assert out.shape == (2, 3, *size)
 
 
@@ -28,7 +28,7 @@ def test_checkpoint_round_trip_rebuilds_the_same_net(tiny_model, tmp_path):
     loaded = fcnseg.load(path)
     assert loaded.config == tiny_model.config and loaded.meta["preprocess"] == "caffe"
     assert loaded.state_dict().keys() == tiny_model.state_dict().keys()
-    x = torch.randn(1, 3, 21, 34, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(1, tiny_model.in_channels, 21, 34, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert torch.equal(loaded(x), tiny_model(x))
 
@@ -110,14 +110,21 @@ def test_bilinear_kernel_interpolates_per_class_without_mixing():
     assert torch.allclose(y[0, 0, 1, 1:3], torch.tensor([0.75, 1.25]))
 
 
-def test_final_upsampling_frozen_by_default_and_optional():
+def test_every_upsampling_frozen_by_default_as_in_the_repository_and_optional():
     model = fcnseg.build_model("fcn8s", widths=TINY_VGG)
-    assert not model.upscore8.weight.requires_grad
-    assert model.upscore2.weight.requires_grad
+    assert model.config["frozen_upsampling"] == "all"
+    assert not any(getattr(model, n).weight.requires_grad for n in ("upscore2", "upscore_pool4", "upscore8"))
     free = fcnseg.build_model("fcn8s", widths=TINY_VGG, frozen_upsampling="none")
     assert free.upscore8.weight.requires_grad
-    frozen = fcnseg.build_model("fcn8s", widths=TINY_VGG, frozen_upsampling="all")
-    assert not frozen.upscore2.weight.requires_grad
+    paper = fcnseg.build_model("fcn8s", widths=TINY_VGG, frozen_upsampling="final")
+    assert paper.upscore2.weight.requires_grad and not paper.upscore8.weight.requires_grad
+
+
+def test_checkpoint_rebuilds_the_upsampling_it_was_saved_with(tmp_path):
+    paper = fcnseg.build_model("fcn16s", widths=TINY_VGG, frozen_upsampling="final")
+    fcnseg.save_checkpoint(paper, tmp_path / "paper.pt")
+    again = fcnseg.load(tmp_path / "paper.pt")
+    assert again.config["frozen_upsampling"] == "final" and again.upscore2.weight.requires_grad
 
 
 def test_fcn32s_fixed_trains_only_the_score_layer():
@@ -151,7 +158,7 @@ def test_backward_reaches_every_trainable_parameter(tiny_model):
     for p in model.parameters():  # score layers start at zero; give them signal
         if p.requires_grad:  # positive biases: no narrow branch of two channels dies at its ReLU
             nn.init.normal_(p, std=0.1) if p.dim() > 1 else nn.init.uniform_(p, 0.05, 0.15)
-    model(torch.randn(1, 3, 40, 36)).square().mean().backward()
+    model(torch.randn(1, model.in_channels, 40, 36)).square().mean().backward()
     for name, p in model.named_parameters():
         if p.requires_grad:
             assert p.grad is not None and p.grad.abs().sum() > 0, name

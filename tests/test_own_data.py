@@ -138,6 +138,13 @@ def test_the_cli_says_how_to_continue_after_ctrl_c(tmp_path, folder, monkeypatch
     assert "continue it with --resume" in capsys.readouterr().err
     assert torch.load(out / "last.pt", weights_only=True)["step"] == 2
 
+    monkeypatch.undo()
+    stop_at_step(monkeypatch, 1, signal.SIGINT)
+    args = ["train", "--data", str(folder), "--out", str(out), "--widths", "4,8,8,16,16,32", "--resume"]
+    assert main(args) == 128 + signal.SIGINT
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 3
+    assert f"resuming {out / 'last.pt'} at step 2 (epoch 1)" in capsys.readouterr().out
+
 
 def test_last_checkpoint_is_written_on_the_clock_between_validations(tmp_path, folder, monkeypatch):
     saves = []

@@ -31,3 +31,32 @@ def test_preprocessing_errors():
         fcnseg.preprocess(np.zeros((2, 2, 3), np.uint8), "tf")
     with pytest.raises(ValueError, match=r"got shape \(2, 2, 4\)"):
         fcnseg.preprocess(np.zeros((2, 2, 4), np.uint8))
+
+
+def test_same_colour_coding_differs_only_by_mean():
+    from fcnseg.data.preprocess import same_colour_coding
+
+    assert same_colour_coding("caffe", "siftflow")
+    assert same_colour_coding("caffe", "nyud-color-depth")  # colour first, coded as Caffe's
+    assert not same_colour_coding("caffe", "imagenet")
+    assert not same_colour_coding("caffe", "nyud-hha")
+
+
+@pytest.mark.parametrize(
+    ("preprocess", "modality", "warns"),
+    [("imagenet", None, True), ("siftflow", None, False), ("caffe", None, False), ("nyud-hha", "hha", False)],
+)
+def test_initial_weights_warn_only_when_colour_is_coded_otherwise(preprocess, modality, warns):
+    import warnings
+
+    from fcnseg.models.registry import build_model
+    from fcnseg.train.config import TrainConfig
+    from fcnseg.train.initial import initialise
+
+    model = build_model("fcn32s", 3, widths=(4, 4, 4, 4, 4, 8))
+    initial = {"source": "given.pt", "state_dict": model.state_dict(), "meta": {"preprocess": "caffe"}}
+    config = TrainConfig(preprocess=preprocess, modality=modality, weight_init="default")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        initialise(model, config, initial, say=lambda line: None)
+    assert any("preprocessing but this run uses" in str(w.message) for w in caught) == warns

@@ -118,7 +118,8 @@ def test_segmentation_is_the_default_and_an_unknown_task_lists_the_known_ones(ca
     with pytest.raises(SystemExit):
         main(["train", "--task", "edges"])
     assert re.search(
-        r"--task: invalid choice: 'edges' \(choose from '?segmentation'?\)", capsys.readouterr().err
+        r"--task: invalid choice: 'edges' \(choose from '?segmentation'?, '?siftflow'?\)",
+        capsys.readouterr().err,
     )
 
 

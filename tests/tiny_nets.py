@@ -43,7 +43,7 @@ def tiny_fcn(arch: str = "fcn8s", num_classes: int = 5) -> fcnseg.FCN:
     model = fcnseg.build_model(arch, num_classes, widths=tiny_widths(arch)).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.startswith("score"):
+            if any(part.startswith("score") for part in name.split(".")):  # also a fusion's streams
                 p.normal_(0, 0.5)
     return model
 

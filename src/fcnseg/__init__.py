@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 _HOMES = {
     "ARCHITECTURES": "fcnseg.models.registry",
+    "CRFSettings": "fcnseg.infer.crf",
     "FCN": "fcnseg.models.fcn",
     "FcnsegError": "fcnseg.errors",
     "TrainConfig": "fcnseg.train.config",

@@ -76,6 +76,10 @@ def describe(
         raise ValueError(f"{net!r} is neither an architecture ({', '.join(ARCHITECTURES)}) nor a file")
     with torch.device("meta"):  # shapes only: nothing is allocated or computed
         model = build_model(**config)
+    if not hasattr(model, "backbone"):
+        raise ValueError(
+            f"{title} is a late fusion of {len(model.streams)} fcn32s streams: `fcnseg info fcn32s` describes each"
+        )
     cost = compute_cost(model, size)
     lines = [f"{title}: {model.num_classes} classes, input {'x'.join(map(str, cost.input_shape))}", ""]
     fields = {name: (tap.stride, tap.field) for name, tap in model.backbone.taps.items()}

@@ -18,6 +18,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from fcnseg.data.images import MAX_PIXELS, read_image
+from fcnseg.infer import crf
 from fcnseg.infer.predict import PRECISIONS, predict_batch, resolve_device
 from fcnseg.infer.tiling import parse_memory
 from fcnseg.models.fcn import FCN
@@ -170,6 +171,7 @@ def _segment(
                 tta_scales=args.tta_scales,
                 max_memory=args.max_memory,
                 precision=args.precision,
+                crf=crf.CRFSettings() if args.crf else None,
             )
         except (ValueError, RuntimeError) as error:
             failures.extend(_describe(path, error) for path, _, _ in group)
@@ -215,6 +217,8 @@ def run(args: argparse.Namespace) -> int:
     stems = output_stems(files, _output_suffixes(args))
     _check_out_is_no_input_folder(out, args.inputs, files)
     _check_no_overwrite(files, weights, [out / (s + x) for s in stems for x in _output_suffixes(args)])
+    if args.crf:
+        crf.require()
     _prepare_out(out)
     model = load(weights)
     if model.num_classes > 256:
@@ -308,6 +312,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tta-flip", action="store_true", help="average with the mirrored image")
     parser.add_argument(
         "--tta-scales", type=_scales, default=None, help="average over rescaled copies, e.g. 0.75,1,1.25"
+    )
+    parser.add_argument(
+        "--crf",
+        action="store_true",
+        help="refine the labels with a dense CRF (DeepLab's VOC parameters, 10 mean-field iterations, "
+        f"on the CPU; needs pip install '{crf.EXTRA}')",
     )
     parser.add_argument(
         "--device", choices=("cpu", "cuda", "auto"), default="auto", help="auto: CUDA when available"

@@ -10,10 +10,12 @@ from typing import Any
 
 from fcnseg import distributed
 from fcnseg.cli import shown_default
-from fcnseg.data.registry import DATASETS
+from fcnseg.data.preprocess import PRESETS
+from fcnseg.data.registry import DATASETS, MODALITY_CHANNELS
 from fcnseg.errors import ConfigError
 from fcnseg.tasks import TASKS
 from fcnseg.train.config import RECIPES, TrainConfig
+from fcnseg.train.losses import REDUCTIONS
 from fcnseg.train.run_folder import RunFolder
 from fcnseg.train.trainer import Trainer, TrainingInterrupted
 
@@ -25,7 +27,13 @@ else:  # the same parser, from PyPI
 # Flags that map one to one onto TrainConfig fields (dest == field name).
 _FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--task", {"choices": tuple(TASKS), "help": "what to train"}),
-    ("--arch", {"help": "fcn32s, fcn32s-fixed, fcn16s, fcn8s, fcn8s-atonce or fcn-alexnet"}),
+    (
+        "--arch",
+        {
+            "help": "fcn32s, fcn32s-fixed, fcn16s, fcn8s, fcn8s-atonce, fcn-alexnet or fcn32s-late-fusion "
+            "(NYUD colour + HHA)"
+        },
+    ),
     (
         "--widths",
         {"type": lambda s: tuple(int(w) for w in s.split(",")), "help": "narrow VGG16: c1,c2,c3,c4,c5,fc"},
@@ -46,7 +54,10 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
     ),
     (
         "--frozen-upsampling",
-        {"choices": ("final", "all", "none"), "help": "which bilinear upsamplers stay fixed"},
+        {
+            "choices": ("all", "final", "none"),
+            "help": "which bilinear upsamplers stay fixed (all: the original nets; final: the paper's text)",
+        },
     ),
     (
         "--dataset",
@@ -60,6 +71,10 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
         {"type": int, "help": "folder data set without classes.txt (else counted in the masks)"},
     ),
     ("--train-split", {"help": "split to train on (default: the paper's)"}),
+    (
+        "--modality",
+        {"choices": tuple(MODALITY_CHANNELS), "help": "NYUD input: rgb, hha, depth, rgbd or rgbhha"},
+    ),
     ("--val-split", {"help": "split to validate on (default: the paper's)"}),
     ("--train-images", {"type": int, "help": "synthetic: number of training images"}),
     ("--val-images", {"type": int, "help": "synthetic: number of validation images"}),
@@ -67,14 +82,21 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
     (
         "--preprocess",
         {
-            "choices": ("auto", "caffe", "imagenet"),
+            "choices": ("auto", *PRESETS),
             "help": "input preprocessing (auto: the initial weights')",
         },
     ),
     ("--flip", {"action": "store_const", "const": True, "help": "random horizontal flips"}),
     ("--scale-range", {"type": float, "nargs": 2, "metavar": ("MIN", "MAX"), "help": "random rescaling"}),
     ("--crop", {"type": int, "help": "random crops of this side, padded with the ignore label"}),
-    ("--loss", {"choices": ("sum", "mean"), "help": "sum: the paper's unnormalised loss; mean: per pixel"}),
+    (
+        "--loss",
+        {
+            "choices": REDUCTIONS,
+            "help": "sum: the paper's unnormalised loss; mean: per pixel; image-mean: per pixel in each "
+            "image, then over the images",
+        },
+    ),
     ("--class-balance", {"action": "store_const", "const": True, "help": "median-frequency class weights"}),
     ("--class-balance-power", {"type": float, "help": "class weights to this power (0.5: gentler balance)"}),
     (
@@ -186,8 +208,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     flags = {name: value for name, value in vars(args).items() if name in fields and value is not None}
     values.update(flags)
-    if args.quiet:
-        values["progress"] = False
+    values["progress"] = not args.quiet  # this invocation's choice, also on --resume
     return TrainConfig.from_dict(values)
 
 

@@ -11,7 +11,7 @@ from fcnseg.data.datasets import SegmentationDataset, read_id_list, require_file
 from fcnseg.data.images import read_depth, read_image
 from fcnseg.data.matlab import load_label_map
 
-__all__ = ["NYUD_CLASSES", "NYUDSegmentation"]
+__all__ = ["MODALITIES", "NYUD_CLASSES", "NYUDSegmentation"]
 
 NYUD_CLASSES = (
     "wall",
@@ -56,7 +56,8 @@ NYUD_CLASSES = (
     "otherprop",
 )
 
-_MODALITY_DIRS = {"rgb": "images", "hha": "hha", "rgbhha": "images", "depth": "depth"}
+_MODALITY_DIRS = {"rgb": "images", "hha": "hha", "rgbhha": "images", "depth": "depth", "rgbd": "images"}
+MODALITIES = tuple(_MODALITY_DIRS)
 
 
 class NYUDSegmentation(SegmentationDataset):
@@ -70,27 +71,36 @@ class NYUDSegmentation(SegmentationDataset):
         root/data/hha/img_<id>.png       HHA encoding of depth, 3 x uint8
         root/data/depth/img_<id>.png     16-bit depth
         root/segmentation/img_<id>.mat   variable ``segmentation``, 0 = unlabelled, 1..40
-        root/{train,val,test}.txt
+        root/{train,val,test,trainval}.txt
+
+    The original nets train on ``trainval`` (795 images) and are scored on ``test`` (654); without
+    a ``trainval.txt`` it is ``train.txt`` then ``val.txt``.
 
     ``modality`` picks the image: ``"rgb"`` or ``"hha"`` (H, W, 3) uint8, ``"rgbhha"`` (H, W, 6)
-    uint8 (RGB channels first), or ``"depth"`` (H, W, 1) uint16, unscaled so that the log-depth
-    preprocessing of the paper keeps its precision.
+    uint8 (RGB channels first), ``"depth"`` (H, W, 1) uint16, unscaled so that the log-depth
+    preprocessing of the paper keeps its precision, or ``"rgbd"`` (H, W, 4) uint16, RGB then depth.
     """
 
     def __init__(self, root: str | Path, split: str = "train", modality: str = "rgb"):
         if modality not in _MODALITY_DIRS:
             raise ValueError(f"modality must be one of {sorted(_MODALITY_DIRS)}, got {modality!r}")
         self.root, self.modality, self.split = Path(root), modality, split
-        ids = read_id_list(self.root / f"{split}.txt")
+        listed = self.root / f"{split}.txt"
+        if split == "trainval" and not listed.is_file():
+            ids = read_id_list(self.root / "train.txt") + read_id_list(self.root / "val.txt")
+            listed = self.root / "train.txt"
+        else:
+            ids = read_id_list(listed)
         data = self.root / "data"
         files = [
             (data / _MODALITY_DIRS[modality] / f"img_{i}.png", self.root / "segmentation" / f"img_{i}.mat")
             for i in ids
         ]
         needed = [p for pair in files for p in pair]
-        if modality == "rgbhha":
-            needed += [data / "hha" / f"img_{i}.png" for i in ids]
-        require_files(needed, self.root / f"{split}.txt")
+        extra = {"rgbhha": "hha", "rgbd": "depth"}.get(modality)
+        if extra:
+            needed += [data / extra / f"img_{i}.png" for i in ids]
+        require_files(needed, listed)
         super().__init__(files, NYUD_CLASSES)
 
     def load_image(self, index: int) -> np.ndarray:
@@ -98,12 +108,15 @@ class NYUDSegmentation(SegmentationDataset):
         if self.modality == "depth":
             return read_depth(path)[:, :, None]
         image = read_image(path)
-        if self.modality == "rgbhha":
-            hha_path = path.parent.parent / "hha" / path.name
-            hha = read_image(hha_path)
-            if hha.shape != image.shape:
-                raise ValueError(f"{path} is {image.shape[:2]} but {hha_path} is {hha.shape[:2]}")
-            image = np.concatenate([image, hha], axis=2)
+        if self.modality in ("rgbhha", "rgbd"):
+            other_path = path.parent.parent / _MODALITY_DIRS["depth" if self.modality == "rgbd" else "hha"]
+            other_path = other_path / path.name
+            other = (
+                read_image(other_path) if self.modality == "rgbhha" else read_depth(other_path)[:, :, None]
+            )
+            if other.shape[:2] != image.shape[:2]:
+                raise ValueError(f"{path} is {image.shape[:2]} but {other_path} is {other.shape[:2]}")
+            image = np.concatenate([image.astype(other.dtype), other], axis=2)
         return image
 
     def load_label(self, index: int) -> np.ndarray:

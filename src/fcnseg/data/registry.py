@@ -6,18 +6,21 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-__all__ = ["DATASETS", "DEFAULT_SPLITS", "open_dataset"]
+__all__ = ["DATASETS", "DEFAULT_SPLITS", "MODALITY_CHANNELS", "open_dataset"]
 
 DATASETS = ("synthetic", "folder", "voc", "sbd", "nyud", "siftflow", "context")
 
 DEFAULT_SPLITS = {
     "voc": ("sbd-train", "seg11valid"),  # the paper's PASCAL protocol
     "sbd": ("sbd-train", "seg11valid"),
-    "nyud": ("train", "val"),
+    "nyud": ("trainval", "test"),  # the original repository's NYUD nets
     "siftflow": ("trainval", "test"),
     "context": ("train", "val"),
 }
-"""(train, validation) split of each data set that has splits, as the paper used them."""
+"""(train, validation) split of each data set that has splits, as the original nets used them."""
+
+MODALITY_CHANNELS = {"rgb": 3, "hha": 3, "depth": 1, "rgbd": 4, "rgbhha": 6}
+"""The input channels of each image kind NYUD offers (``TrainConfig.modality``)."""
 
 
 def open_dataset(
@@ -28,6 +31,7 @@ def open_dataset(
     num_images: int = 50,
     image_size: tuple[int, int] = (64, 128),
     num_classes: int | None = None,
+    modality: str | None = None,
 ) -> Dataset:
     """One split of a data set by name: raw (image, label) numpy pairs with ``class_names``.
 
@@ -35,7 +39,8 @@ def open_dataset(
     ``synthetic``, split "train" is seed 0 and any other split seed 1, so the two
     never share an image; ``num_images`` and ``image_size`` size it. For ``folder``,
     ``root`` is the whole set and ``split`` is ignored; ``num_classes`` stands in
-    for a missing ``classes.txt``.
+    for a missing ``classes.txt``. ``modality`` picks NYUD's input channels (rgb, hha, depth, rgbd,
+    rgbhha; default rgb); other data sets have only RGB.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
@@ -47,6 +52,8 @@ def open_dataset(
         return SyntheticSegmentation(num_images, seed=seed, size_range=image_size)
     if not root:
         raise ValueError(f"data set {name!r} needs its folder")
+    if modality not in (None, "rgb") and name != "nyud":
+        raise ValueError(f"data set {name!r} has only RGB images, not modality {modality!r}")
     if name == "folder":
         from fcnseg.data.folder import FolderSegmentation
 
@@ -60,7 +67,7 @@ def open_dataset(
     if name == "nyud":
         from fcnseg.data.nyud import NYUDSegmentation
 
-        return NYUDSegmentation(root, split)
+        return NYUDSegmentation(root, split, modality or "rgb")
     if name == "siftflow":
         from fcnseg.data.siftflow import SiftFlowSegmentation
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 import fcnseg
-from fcnseg.data.preprocess import get_preprocessing, preprocessing_of
+from fcnseg.data.preprocess import Preprocessing, get_preprocessing, preprocessing_of
 from fcnseg.errors import MissingExtraError
 from fcnseg.models.fcn import FCN
 from fcnseg.weights.checkpoint import atomic_write_path
@@ -55,11 +55,19 @@ def onnx_metadata(model: FCN) -> dict[str, str]:
         "num_classes": str(model.num_classes),
         "preprocess": preprocess.name,
         "preprocess_params": json.dumps(
-            {"bgr": preprocess.bgr, "scale": preprocess.scale, "mean": preprocess.mean, "std": preprocess.std}
+            {"parts": [_params(part) for part in preprocess.parts]}
+            if preprocess.parts
+            else _params(preprocess)
         ),
         "input": "image: (N, 3, H, W) float32, preprocessed as preprocess_params say",
         "output": "scores: (N, C, H, W) float32 class scores (logits); argmax over C gives labels",
     }
+
+
+def _params(preset: Preprocessing) -> dict[str, Any]:
+    """One preset's arithmetic; ``log``: the natural log of the value (at least 1) comes first."""
+    params = {"bgr": preset.bgr, "scale": preset.scale, "mean": preset.mean, "std": preset.std}
+    return {**params, "log": True} if preset.log else params
 
 
 def _export_graph(model: FCN, path: Path, dynamo: bool, opset: int | None) -> None:

@@ -18,6 +18,7 @@ from torch import nn
 
 from fcnseg.models.canvas import AxisPlan, gather, layer_windows, plan_canvas, upsample_and_crop
 from fcnseg.models.fcn import FCN
+from fcnseg.models.fusion import LateFusionFCN
 from fcnseg.models.layers import crop_like
 from fcnseg.models.trunk import SequentialTrunk
 
@@ -174,6 +175,7 @@ class FastFCN(nn.Module):
         super().__init__()
         self.dtype = dtype
         self.in_channels = model.in_channels
+        self.num_classes = model.num_classes
         self.skips = model.skips
         self.fusions = list(model.fusions)
         self.final_name = model.final_name
@@ -261,10 +263,13 @@ class FastFCN(nn.Module):
         ).contiguous()
 
 
-def optimize(model: FCN, dtype: torch.dtype = torch.float32) -> FastFCN:
+def optimize(model: FCN | LateFusionFCN, dtype: torch.dtype = torch.float32) -> nn.Module:
     """An inference-only copy of ``model`` whose output equals ``model.eval()(x)`` for every input size.
 
     float32 agrees to float rounding (about 1e-6 relative); bfloat16 trades
-    exactness for speed only on CPUs with native bfloat16 arithmetic.
+    exactness for speed only on CPUs with native bfloat16 arithmetic. A late fusion
+    gets a fast twin per stream.
     """
+    if isinstance(model, LateFusionFCN):
+        return LateFusionFCN([FastFCN(stream, dtype) for stream in model.streams.values()], model.names)
     return FastFCN(model, dtype)

@@ -23,6 +23,7 @@ from PIL import Image
 from fcnseg.data.images import read_image
 from fcnseg.data.preprocess import preprocess, preprocessing_of
 from fcnseg.errors import ConfigError
+from fcnseg.infer.crf import CRFSettings, refine
 from fcnseg.infer.fast import FastFCN, optimize
 from fcnseg.infer.tiling import (
     BYTES_PER_VALUE,
@@ -204,6 +205,7 @@ def predict_batch(
     device: str | torch.device | None = None,
     max_memory: int | None = None,
     precision: str = "fp32",
+    crf: CRFSettings | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(N, H, W, 3) uint8 RGB images of one size -> (N, H, W) labels and (N, C, H, W) probabilities.
 
@@ -211,8 +213,15 @@ def predict_batch(
     memory available on the device); an image too large for it alone is segmented
     in overlapping tiles. Probabilities (float32) are ``None`` unless asked for or
     implied by test-time augmentation. ``model`` is moved to ``device`` if given.
-    ``precision`` is one of :data:`PRECISIONS`.
+    ``precision`` is one of :data:`PRECISIONS`. With ``crf`` the labels are the dense
+    CRF's (:func:`fcnseg.infer.crf.refine`) over the probabilities; the probabilities
+    returned stay the net's.
     """
+    if getattr(model, "heads", None):
+        raise ValueError(
+            f"this net has {len(model.heads)} heads ({model.heads} classes): predict each with "
+            "model.split(model(x)); fcnseg predict, evaluate and serve take one-headed nets"
+        )
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"expected (N, H, W, 3) uint8 RGB images, got shape {images.shape} {images.dtype}")
@@ -224,14 +233,22 @@ def predict_batch(
     model.to(device)
     budget = max_memory if max_memory is not None else default_max_memory(device)
     x = preprocess(images, preprocessing_of(model)).to(device)
+    augmented = tta_flip or scales != (1.0,)
     with _evaluating(model):
-        if return_probs or tta_flip or scales != (1.0,):
+        if return_probs or augmented or crf is not None:
             probs = _tta_probabilities(model, x, tta_flip, scales, budget, dtype)
             labels = probs.argmax(1)
         else:
             probs, labels = None, _scores(model, x, budget, dtype).argmax(1)
-    labels = labels.cpu().numpy().astype(_label_dtype(model.num_classes))
-    return labels, (probs.cpu().numpy() if probs is not None else None)
+    probs = probs.cpu().numpy() if probs is not None else None
+    if crf is None:
+        labels = labels.cpu().numpy()
+    else:
+        labels = np.stack(
+            [refine(im, p, are_probs=True, settings=crf) for im, p in zip(images, probs, strict=True)]
+        )
+        probs = probs if return_probs or augmented else None
+    return labels.astype(_label_dtype(model.num_classes)), probs
 
 
 def predict(
@@ -244,6 +261,7 @@ def predict(
     device: str | torch.device | None = None,
     max_memory: int | None = None,
     precision: str = "fp32",
+    crf: CRFSettings | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Segment one image: (H, W, 3) uint8 RGB (or a path, or a PIL image) -> (H, W) label map.
 
@@ -254,7 +272,8 @@ def predict(
     Preprocessing is the one in ``model.meta["preprocess"]`` (``"caffe"`` if unset).
     ``precision="bf16"`` runs the backbone in bfloat16: faster on CPUs with native
     bfloat16, with labels that may differ from float32's at a few pixels; ``"auto"``
-    picks it where the hardware has it.
+    picks it where the hardware has it. ``crf=CRFSettings()`` refines the labels with a
+    dense CRF (DeepLab's VOC parameters; needs the ``crf`` extra).
     """
     labels, probs = predict_batch(
         model,
@@ -265,5 +284,6 @@ def predict(
         device=device,
         max_memory=max_memory,
         precision=precision,
+        crf=crf,
     )
     return (labels[0], probs[0]) if return_probs else labels[0]

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-from fcnseg.models.dense import output_stride
+from fcnseg.models.dense import output_stride as stride_of
 from fcnseg.models.fcn import FCN
+from fcnseg.models.fusion import LateFusionFCN, streams_of
 
 BYTES_PER_VALUE = 4
 """Activations are float32."""
@@ -35,16 +36,20 @@ DEFAULT_MEMORY_FRACTION = 0.5
 """Share of the memory available now that inference may use by default."""
 
 
-def activation_bytes(model: FCN, height: int, width: int, batch: int = 1) -> int:
-    """Estimated peak activation memory of one forward pass on (batch, 3, height, width).
+def activation_bytes(model: FCN | LateFusionFCN, height: int, width: int, batch: int = 1) -> int:
+    """Estimated peak activation memory of one forward pass on (batch, C, height, width).
 
     Walks the trunk's taps with their sizes (the input padding included) and takes
     the largest input + output pair of any step, scaled by ``BACKEND_FACTOR``; a
     step that changes neither the blob's shape nor its receptive field (ReLU,
     dropout, LRN) is taken as computed in place. Adds the class-score maps of the
     head at the final upsampled size (scores, their crop and the softmax). Weights
-    are not counted.
+    are not counted. A late fusion's streams are summed.
     """
+    return sum(_stream_bytes(stream, height, width, batch) for stream in streams_of(model))
+
+
+def _stream_bytes(model: FCN, height: int, width: int, batch: int) -> int:
     trunk = model.backbone
     sizes = trunk.blob_sizes(height, width)
     before, field = (model.in_channels, height, width), 1
@@ -54,15 +59,20 @@ def activation_bytes(model: FCN, height: int, width: int, batch: int = 1) -> int
         if (shape, tap.field) != (before, field):
             peak = max(peak, math.prod(before) + math.prod(shape))
         before, field = shape, tap.field
-    stride = output_stride(model)
+    stride = stride_of(model)
     up_h, up_w = (before[1] + 1) * stride, (before[2] + 1) * stride
     head = 3 * model.num_classes * up_h * up_w
     return int(batch * BYTES_PER_VALUE * (BACKEND_FACTOR * peak + head))
 
 
-def receptive_field(model: FCN) -> int:
+def receptive_field(model: FCN | LateFusionFCN) -> int:
     """Side of the square of input pixels that one coarse score sees (404 for VGG16)."""
-    return model.backbone.output.field
+    return max(stream.backbone.output.field for stream in streams_of(model))
+
+
+def output_stride(model: FCN | LateFusionFCN) -> int:
+    """Input pixels between coarse scores (32 for VGG16): tiles start on multiples of it."""
+    return math.lcm(*(stride_of(stream) for stream in streams_of(model)))
 
 
 def available_memory(device: torch.device) -> int:
@@ -98,7 +108,7 @@ def parse_memory(text: str) -> int:
     return int(amount * units[unit])
 
 
-def context_margin(model: FCN) -> int:
+def context_margin(model: FCN | LateFusionFCN) -> int:
     """Pixels a score needs on each side to be unaffected by a tile border, rounded up to the stride.
 
     Half the receptive field, plus two strides for the upsampling kernels that
@@ -130,7 +140,7 @@ class TilePlan:
         return self.tile - self.step
 
 
-def plan_tiles(model: FCN, budget: int) -> TilePlan:
+def plan_tiles(model: FCN | LateFusionFCN, budget: int) -> TilePlan:
     """The largest stride-aligned square tile whose forward pass fits ``budget`` bytes.
 
     Tiles overlap by ``2 * context_margin + stride`` (608 pixels for VGG16).

@@ -26,6 +26,9 @@ class FCN(nn.Module):
     align and summed; the last upsampling (``upscore``, ``upscore16``,
     ``upscore8``) returns to the input's resolution and is cropped to exactly its
     height and width. Every crop offset comes from the layers' geometry.
+    ``frozen_upsampling`` keeps "all" upsamplings bilinear (the original
+    repository's nets), only the "final" one (the paper's text: the 2x ones
+    learn), or "none".
 
     The forward pass skips the constant input padding where that is exact (each
     image computes only what it reaches, the rest once per batch: see
@@ -43,7 +46,7 @@ class FCN(nn.Module):
         skips: Sequence[str] = (),
         skip_scales: Sequence[float] | None = None,
         final_kernel: int | None = None,
-        frozen_upsampling: str = "final",
+        frozen_upsampling: str = "all",
     ) -> None:
         super().__init__()
         if num_classes < 1:

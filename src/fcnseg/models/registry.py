@@ -8,7 +8,9 @@ from typing import Any
 from fcnseg.models.alexnet import ALEXNET_WIDTHS, alexnet_backbone
 from fcnseg.models.dense import DILATED_ARCHS, vgg_fcn_dilated
 from fcnseg.models.fcn import FCN
+from fcnseg.models.fusion import LateFusionFCN
 from fcnseg.models.googlenet import GOOGLENET_WIDTHS, googlenet_backbone
+from fcnseg.models.heads import MultiHeadFCN
 from fcnseg.models.vgg import VGG16_WIDTHS, vgg16_backbone
 
 AT_ONCE_SCALES = (0.01, 0.0001)
@@ -16,11 +18,26 @@ AT_ONCE_SCALES = (0.01, 0.0001)
 
 
 def _vgg_fcn(skips: tuple[str, ...] = (), skip_scales: tuple[float, ...] | None = None):
-    def build(num_classes: int, widths, in_channels: int, **head: Any) -> FCN:
+    def build(num_classes: int, widths, in_channels: int, heads=None, **head: Any) -> FCN:
         backbone = vgg16_backbone(widths or VGG16_WIDTHS, in_channels=in_channels)
-        return FCN(backbone, num_classes, skips=skips, skip_scales=skip_scales, **head)
+        if heads is None:
+            return FCN(backbone, num_classes, skips=skips, skip_scales=skip_scales, **head)
+        if sum(heads) != num_classes:
+            raise ValueError(f"heads {list(heads)} must add up to num_classes {num_classes}")
+        return MultiHeadFCN(backbone, heads, skips=skips, skip_scales=skip_scales, **head)
 
     return build
+
+
+FUSION_STREAMS = ("color", "hha")
+"""The streams of ``fcn32s-late-fusion``, in input channel order (nyud-fcn32s-color-hha)."""
+
+
+def _late_fusion(num_classes: int, widths, in_channels: int, **head: Any) -> LateFusionFCN:
+    if in_channels != 3 * len(FUSION_STREAMS):
+        raise ValueError(f"fcn32s-late-fusion reads colour and HHA: 6 input channels, not {in_channels}")
+    streams = [_vgg_fcn()(num_classes, widths, 3, **head) for _ in FUSION_STREAMS]
+    return LateFusionFCN(streams, FUSION_STREAMS)
 
 
 def _fcn32s_fixed(num_classes: int, widths, in_channels: int, **head: Any) -> FCN:
@@ -48,6 +65,7 @@ ARCHITECTURES: dict[str, Callable[..., FCN]] = {
     "fcn8s-atonce": _vgg_fcn(("pool4", "pool3"), AT_ONCE_SCALES),
     "fcn-alexnet": _fcn_alexnet,
     "fcn32s-googlenet": _fcn_googlenet,
+    "fcn32s-late-fusion": _late_fusion,
     # section 3: FCN-32s with pool5 (stride 16), then pool4 (stride 8) rarefied away
     **{name: vgg_fcn_dilated(stride) for stride, name in DILATED_ARCHS.items()},
 }
@@ -65,8 +83,8 @@ def build_model(
     num_classes: int = 21,
     *,
     widths: tuple[int, ...] | None = None,
-    in_channels: int = 3,
-    frozen_upsampling: str = "final",
+    in_channels: int | None = None,
+    frozen_upsampling: str = "all",
     **options: Any,
 ) -> FCN:
     """Build an FCN by name, with freshly initialised weights.
@@ -74,11 +92,16 @@ def build_model(
     ``widths`` narrows the backbone (conv1..conv5 channels, then fc6/fc7), e.g.
     ``(4, 8, 16, 32, 32, 64)`` for a tiny test net (GoogLeNet: one per convolution,
     see ``GOOGLENET_WIDTHS``); ``options`` reach the
-    backbone (``groups``, ``lrn`` for AlexNet). The arguments are recorded in
+    backbone (``groups``, ``lrn`` for AlexNet) or the head (``heads=(33, 3)``: a
+    :class:`~fcnseg.models.heads.MultiHeadFCN` of the VGG16 nets, SIFT Flow's).
+    ``fcn32s-late-fusion`` is two FCN-32s streams on 6 channels, colour and HHA,
+    scores averaged (NYUDv2). ``in_channels`` defaults to 3 (6 for the fusion). The arguments are recorded in
     ``model.config`` so that a checkpoint can rebuild the same net.
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
+    if in_channels is None:
+        in_channels = 3 * len(FUSION_STREAMS) if arch == "fcn32s-late-fusion" else 3
     model = ARCHITECTURES[arch](
         num_classes,
         tuple(widths) if widths is not None else None,

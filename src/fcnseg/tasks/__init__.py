@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from fcnseg.errors import ConfigError
 from fcnseg.tasks.segmentation import SegmentationTask
+from fcnseg.tasks.siftflow import SiftFlowTask
 
 if TYPE_CHECKING:
     import numpy as np
@@ -88,7 +89,7 @@ class Task(Protocol):
         ...
 
 
-TASKS: dict[str, Callable[[], Task]] = {"segmentation": SegmentationTask}
+TASKS: dict[str, Callable[[], Task]] = {"segmentation": SegmentationTask, "siftflow": SiftFlowTask}
 """The tasks fcnseg trains, by the name ``TrainConfig.task`` (``fcnseg train --task``) gives."""
 
 

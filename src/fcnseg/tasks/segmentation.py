@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from fcnseg.data.datasets import Split, check_pairs, files_of, holdout
+from fcnseg.data.preprocess import get_preprocessing
 from fcnseg.data.registry import DEFAULT_SPLITS, open_dataset
 from fcnseg.data.transforms import (
     Compose,
@@ -62,8 +63,8 @@ class SegmentationTask:
             return holdout(train, config.val_fraction, seed=0)
         splits = DEFAULT_SPLITS[name]
         return (
-            open_dataset(name, config.data, config.train_split or splits[0]),
-            open_dataset(name, config.data, config.val_split or splits[1]),
+            open_dataset(name, config.data, config.train_split or splits[0], modality=config.modality),
+            open_dataset(name, config.data, config.val_split or splits[1], modality=config.modality),
         )
 
     def check_data(
@@ -95,6 +96,7 @@ class SegmentationTask:
             config.arch,
             train_set.num_classes,
             widths=config.widths,
+            in_channels=get_preprocessing(config.preprocess).channels,
             frozen_upsampling=config.frozen_upsampling,
         )
         model.meta = {"class_names": list(train_set.class_names), "preprocess": config.preprocess}

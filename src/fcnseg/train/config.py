@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from fcnseg.data.preprocess import get_preprocessing
-from fcnseg.data.registry import DATASETS
+from fcnseg.data.registry import DATASETS, MODALITY_CHANNELS
 from fcnseg.errors import ConfigError
+from fcnseg.models.registry import FUSION_STREAMS
 from fcnseg.tasks import get_task
 from fcnseg.train.losses import REDUCTIONS, SAMPLING_SCOPES
 
@@ -77,9 +78,14 @@ class TrainConfig:
     # Net
     arch: str = "fcn8s"
     widths: tuple[int, ...] | None = None
-    frozen_upsampling: str = "final"
+    # "all": every upsampling stays bilinear (the original repository); "final": the 2x ones learn
+    # (the paper's text); "none"
+    frozen_upsampling: str = "all"
+    reset_upsampling: bool = True  # upsamplings restart bilinear after init, as the repository's solve.py
     # A checkpoint, a published name (weights.hub.resolve; "imagenet"), "auto" or None (from scratch).
     init: str | None = AUTO
+    # A late-fusion net's streams, each from its own checkpoint: {color = "...", hha = "..."}
+    init_streams: dict[str, str] | None = None
     weight_init: str = "kaiming"  # of the backbone before any init is copied in; "default": PyTorch's
     dropout: float | None = None  # overrides fc6/fc7 dropout (VGG's 0.5); 0 learns faster from scratch
     # Data
@@ -89,6 +95,9 @@ class TrainConfig:
     val_fraction: float = 0.1
     train_split: str | None = None
     val_split: str | None = None
+    # NYUD's input: rgb, hha, depth, rgbd or rgbhha (None: rgb); its preprocessing must take as many
+    # channels, which are the net's input channels
+    modality: str | None = None
     train_images: int = 400  # synthetic only
     val_images: int = 50
     image_size: tuple[int, int] = (64, 128)  # synthetic: range of heights and widths
@@ -110,6 +119,8 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     caffe_bias: bool = False  # True: biases learn at twice the lr, without weight decay, as in the Caffe nets
+    # ... the backbone's too; None: as the arch's original net (FCN-AlexNet's backbone has no multipliers)
+    caffe_bias_backbone: bool | None = None
     lr_schedule: str = "poly"
     batch_size: int = 1
     epochs: int = 20
@@ -152,13 +163,35 @@ class TrainConfig:
             "lr_schedule": ("fixed", "poly"),
             "amp": ("off", "bf16", "fp16"),
             "weight_init": ("default", "kaiming"),
+            "frozen_upsampling": ("all", "final", "none"),
         }
         get_task(self.task)  # an unknown name raises, listing the known ones
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        if self.init_streams is not None:
+            if self.arch != "fcn32s-late-fusion":
+                raise ConfigError(
+                    f"init_streams is for a late-fusion net (fcn32s-late-fusion), not {self.arch}"
+                )
+            unknown = sorted(set(self.init_streams) - set(FUSION_STREAMS))
+            if unknown or self.init not in (None, AUTO):
+                raise ConfigError(
+                    f"init_streams takes the streams {', '.join(FUSION_STREAMS)} (got {', '.join(self.init_streams)}) "
+                    f"and replaces init (got {self.init!r})"
+                )
+        if self.modality is not None and self.modality not in MODALITY_CHANNELS:
+            raise ConfigError(
+                f"modality must be one of {', '.join(MODALITY_CHANNELS)}; got {self.modality!r}"
+            )
         if self.preprocess != AUTO:
-            get_preprocessing(self.preprocess)
+            channels = get_preprocessing(self.preprocess).channels
+            wanted = MODALITY_CHANNELS[self.modality or "rgb"]
+            if channels != wanted:
+                raise ConfigError(
+                    f"preprocess {self.preprocess!r} takes {channels} channels but modality "
+                    f"{self.modality or 'rgb'!r} gives {wanted}"
+                )
         if self.num_classes is not None and self.num_classes < 1:
             raise ConfigError(f"num_classes must be positive, got {self.num_classes}")
         if self.checkpoint_every < 0:

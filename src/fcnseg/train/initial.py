@@ -8,9 +8,12 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
-from fcnseg.data.preprocess import DEFAULT_PREPROCESS
+from fcnseg.data.preprocess import DEFAULT_PREPROCESS, PRESETS, same_colour_coding
+from fcnseg.models.fcn import FCN
+from fcnseg.models.layers import bilinear_kernel
 from fcnseg.models.registry import ARCHITECTURES
 from fcnseg.train.config import AUTO
 from fcnseg.weights.checkpoint import read_checkpoint
@@ -20,13 +23,22 @@ from fcnseg.weights.transfer import copy_matching_layers
 if TYPE_CHECKING:
     from fcnseg.train.config import TrainConfig
 
-__all__ = ["IMAGENET", "initial_weights", "initialise", "kaiming_init", "settle_preprocess"]
+__all__ = [
+    "IMAGENET",
+    "initial_weights",
+    "initialise",
+    "kaiming_init",
+    "reset_upsampling",
+    "widen_first_conv",
+    "settle_preprocess",
+]
 
-IMAGENET = {arch: "imagenet" for arch in ARCHITECTURES if arch != "fcn-alexnet"} | {
-    "fcn-alexnet": "imagenet-caffe"
-}
+IMAGENET = {
+    arch: "imagenet" for arch in ARCHITECTURES if arch not in ("fcn-alexnet", "fcn32s-late-fusion")
+} | {"fcn-alexnet": "imagenet-caffe"}
 """The ImageNet weights that "auto" starts each net from (torchvision's VGG16 has no AlexNet twin:
-torchvision's AlexNet is single-tower, without LRN, so FCN-AlexNet takes the Caffe one)."""
+torchvision's AlexNet is single-tower, without LRN, so FCN-AlexNet takes the Caffe one). A
+late-fusion net starts from its single-modality nets instead (``init_streams``)."""
 
 
 def initial_weights(
@@ -35,8 +47,12 @@ def initial_weights(
     """The checkpoint to start from (``config.init``), or None to train from scratch.
 
     "auto" takes the ImageNet classifier that fits the net when it can be had, and says so
-    either way: training a full VGG16 from scratch needs far more data and time.
+    either way: training a full VGG16 from scratch needs far more data and time. A late-fusion
+    net's ``init_streams`` make one checkpoint of each stream's (nyud-fcn32s-color-hha's solve.py:
+    the colour stream from the colour net, the HHA stream from the HHA net).
     """
+    if config.init_streams:
+        return _streams_checkpoint(config.init_streams)
     name = config.init
     if name == AUTO:
         name = IMAGENET.get(config.arch)
@@ -65,6 +81,14 @@ def initial_weights(
     return initial
 
 
+def _streams_checkpoint(sources: dict[str, str]) -> dict[str, Any]:
+    """One initial checkpoint of several, each one's layers under ``streams.<name>.``."""
+    state = {}
+    for stream, source in sources.items():
+        state |= {f"streams.{stream}.{k}": v for k, v in read_checkpoint(source)["state_dict"].items()}
+    return {"state_dict": state, "source": ", ".join(f"{k} from {v}" for k, v in sources.items())}
+
+
 def settle_preprocess(
     config: TrainConfig, saved: dict[str, Any] | None, initial: dict[str, Any] | None
 ) -> TrainConfig:
@@ -82,18 +106,51 @@ def settle_preprocess(
 
 
 def kaiming_init(model: nn.Module) -> None:
-    """He initialisation of the backbone: a deep plain VGG trains from scratch only with it."""
-    for module in model.backbone.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-            nn.init.zeros_(module.bias)
+    """He initialisation of the backbones: a deep plain VGG trains from scratch only with it."""
+    for fcn in (m for m in model.modules() if isinstance(m, FCN)):
+        for module in fcn.backbone.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+
+
+def reset_upsampling(model: nn.Module) -> list[str]:
+    """Set every upsampling (transposed convolution) back to bilinear, as the original solve.py does
+    to each ``up*`` layer after copying weights in (surgery.interp); returns their names."""
+    names = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ConvTranspose2d):
+            with torch.no_grad():
+                module.weight.copy_(bilinear_kernel(module.out_channels, module.kernel_size[0]))
+            names.append(name)
+    return names
+
+
+def widen_first_conv(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> str | None:
+    """nyud-fcn32s-color-d's surgery: a first convolution that reads more channels than the initial
+    weights' (colour and depth, from a colour net) takes their filters for the first channels and
+    their mean over channels for each extra one. Returns its name, or None when it does not apply."""
+    name, conv = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    given, bias = state_dict.get(f"{name}.weight"), state_dict.get(f"{name}.bias")
+    if given is None or given.dim() != 4 or given.shape[1] >= conv.in_channels:
+        return None
+    if given.shape[0] != conv.out_channels or given.shape[2:] != conv.weight.shape[2:]:
+        return None
+    with torch.no_grad():
+        conv.weight[:, : given.shape[1]] = given
+        conv.weight[:, given.shape[1] :] = given.mean(1, keepdim=True)
+        if bias is not None and conv.bias is not None and bias.shape == conv.bias.shape:
+            conv.bias.copy_(bias)
+    return name
 
 
 def initialise(
     model: nn.Module, config: TrainConfig, initial: dict[str, Any] | None, say: Callable[[str], None]
 ) -> None:
     """Apply ``weight_init`` and ``dropout`` to a fresh ``model``, then copy in the layers of
-    ``initial`` that fit, saying which layers are new."""
+    ``initial`` that fit (a wider first convolution too: :func:`widen_first_conv`), saying which
+    layers are new; then, with ``reset_upsampling``, every upsampling starts bilinear again,
+    whatever the initial weights had learned."""
     if config.weight_init == "kaiming":
         kaiming_init(model)
     if config.dropout is not None:
@@ -103,13 +160,22 @@ def initialise(
     if initial is None:
         return
     expected = initial.get("meta", {}).get("preprocess", config.preprocess)
-    if expected != config.preprocess:
+    # Another modality (HHA, depth) is a deliberate change of input; colour must be coded alike.
+    colour_run = (config.modality or "rgb") == "rgb"
+    if colour_run and (expected not in PRESETS or not same_colour_coding(expected, config.preprocess)):
         warnings.warn(
             f"{initial['source']} was made for {expected!r} preprocessing but this run uses "
             f"{config.preprocess!r}; pass --preprocess {expected} unless that is intended",
             stacklevel=2,
         )
     copied = copy_matching_layers(model, initial["state_dict"])
+    widened = widen_first_conv(model, initial["state_dict"])
     layers = {k.rsplit(".", 1)[0] for k in model.state_dict()}
-    fresh = sorted(layers - {k.rsplit(".", 1)[0] for k in copied})
+    fresh = sorted(layers - {k.rsplit(".", 1)[0] for k in copied} - {widened})
     say(f"initialised from {initial['source']}; new layers: {', '.join(fresh) or 'none'}")
+    if widened:
+        say(f"{widened}: the extra input channels start at the mean of the given filters")
+    if config.reset_upsampling:
+        reset = reset_upsampling(model)
+        if reset:
+            say(f"upsampling reset to bilinear: {', '.join(reset)}")

@@ -28,7 +28,7 @@ __all__ = [
     "segmentation_loss",
 ]
 
-REDUCTIONS = ("sum", "mean")
+REDUCTIONS = ("sum", "mean", "image-mean")
 SAMPLING_SCOPES = ("image", "batch")
 
 
@@ -81,7 +81,9 @@ def segmentation_loss(
 
     ``reduction="sum"`` adds every kept pixel's (weighted) loss, as the original nets
     do; ``"mean"`` divides by the sum of the kept pixels' weights (their count when
-    unweighted), as ``F.cross_entropy`` does. Pixels labelled ``ignore_index``
+    unweighted), as ``F.cross_entropy`` does; ``"image-mean"`` takes that mean in each image
+    and averages the images, as Caffe's normalised loss accumulated over ``iter_size`` single
+    images does (FCN-AlexNet), so a small image counts as much as a large one. Pixels labelled ``ignore_index``
     contribute nothing. ``weight`` holds one factor per class (see
     :func:`median_frequency_weights`). ``keep_prob`` < 1 samples the loss terms
     (see :func:`loss_sampling_mask`); with ``keep_prob=1`` the loss is exact.
@@ -115,10 +117,14 @@ def segmentation_loss(
     pixel_weight = labelled.to(per_pixel.dtype)
     if weight is not None:
         pixel_weight = pixel_weight * weight.to(per_pixel)[safe_target]
+    tiny = torch.finfo(per_pixel.dtype).tiny
+    if reduction == "image-mean":
+        per_image = (per_pixel * pixel_weight).flatten(1).sum(1)
+        return (per_image / pixel_weight.flatten(1).sum(1).clamp_min(tiny)).mean()
     total = (per_pixel * pixel_weight).sum()
     if reduction == "sum":
         return total
-    return total / pixel_weight.sum().clamp_min(torch.finfo(per_pixel.dtype).tiny)
+    return total / pixel_weight.sum().clamp_min(tiny)
 
 
 class SegmentationLoss(nn.Module):

@@ -10,7 +10,11 @@ from torch import nn
 if TYPE_CHECKING:
     from fcnseg.train.config import TrainConfig
 
-__all__ = ["make_optimizer", "set_lr"]
+__all__ = ["BARE_BACKBONES", "make_optimizer", "set_lr"]
+
+BARE_BACKBONES = ("fcn-alexnet",)
+"""Nets whose original definition gives the backbone no lr multipliers: with ``caffe_bias`` only
+the score layers' biases learn at twice the lr, the backbone's at the lr, with weight decay."""
 
 
 def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
@@ -19,8 +23,14 @@ def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]
         raise ValueError(f"{config.arch} has no trainable parameters")
     if not config.caffe_bias:
         return [{"params": [p for _, p in trainable], "lr_mult": 1.0}]
-    weights = [p for n, p in trainable if not n.endswith("bias")]
-    biases = [p for n, p in trainable if n.endswith("bias")]
+    backbone_too = config.caffe_bias_backbone
+    if backbone_too is None:
+        backbone_too = config.arch not in BARE_BACKBONES
+    doubled = {
+        n for n, _ in trainable if n.endswith("bias") and (backbone_too or ".backbone." not in f".{n}")
+    }
+    weights = [p for n, p in trainable if n not in doubled]
+    biases = [p for n, p in trainable if n in doubled]
     return [
         {"params": weights, "lr_mult": 1.0},
         {"params": biases, "lr_mult": 2.0, "weight_decay": 0.0},
@@ -29,7 +39,8 @@ def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """SGD or Adam over the trainable parameters; with ``caffe_bias`` biases learn at twice the lr,
-    without weight decay, as in the Caffe nets."""
+    without weight decay, as in the Caffe nets (the backbone's too unless ``caffe_bias_backbone``
+    is False, or None for a net of :data:`BARE_BACKBONES`)."""
     groups = _param_groups(model, config)
     # On the CPU one fused kernel updates all parameters: the same step to float rounding, several
     # times faster (VGG16's SGD step 0.35 -> 0.06 s, the demo net's Adam 1.5 -> 0.3 ms).

@@ -216,6 +216,7 @@ class Trainer:
             if saved.get("scaler"):
                 scaler.load_state_dict(saved["scaler"])
             state = RunState.from_dict(saved)
+            say(f"resuming {self.folder.last} at step {state.step} (epoch {state.epoch + 1})")
             rng = saved["rng"]
             set_rng_state(rng[context.rank] if len(rng) == context.world_size else rng[0])
         else:

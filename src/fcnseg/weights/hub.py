@@ -88,7 +88,8 @@ _BVLC = "http://dl.caffe.berkeleyvision.org"
 _VOC = "PASCAL VOC + SBD"
 _TWO_HEADS = (
     "two score heads on one VGG16 trunk, 33 semantic and 3 geometric classes (score_fr_sem, "
-    "score_fr_geo and their skips); fcnseg's FCN has one head"
+    "score_fr_geo and their skips); fcnseg trains this net (--task siftflow) but does not yet convert "
+    "its Caffe layers"
 )
 
 
@@ -145,7 +146,8 @@ WEIGHTS: dict[str, Weights] = {
         "NYUDv2 (colour + HHA)",
         NYUD_CLASSES,
         missing="late fusion: two VGG16 streams, colour and HHA, whose scores are averaged "
-        "(score_frcolor, score_frhha); fcnseg builds one stream",
+        "(score_frcolor, score_frhha); fcnseg trains this net (fcn32s-late-fusion) but does not yet "
+        "convert its Caffe layers",
     ),
     **{
         f"siftflow-{arch}": _fcn(

@@ -1,0 +1,165 @@
+"""SIFT Flow's joint task: semantic (33 classes) and geometric (3 classes) labels from one net with two
+heads and one loss each, as the original siftflow-fcn* nets train."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from fcnseg import distributed
+from fcnseg.data.datasets import IGNORE_INDEX, DataError
+from fcnseg.data.preprocess import get_preprocessing, preprocessing_of
+from fcnseg.data.registry import DEFAULT_SPLITS
+from fcnseg.data.transforms import NetPairs, pad_collate
+from fcnseg.errors import ConfigError
+from fcnseg.metrics.segmentation import confusion_matrix, format_metrics, scores
+from fcnseg.models.heads import MultiHeadFCN
+from fcnseg.models.registry import build_model
+from fcnseg.tasks.segmentation import SegmentationTask
+from fcnseg.train.losses import SegmentationLoss
+
+if TYPE_CHECKING:
+    from fcnseg.distributed import Context
+    from fcnseg.train.config import TrainConfig
+
+__all__ = ["HEADS", "HeadsLoss", "SiftFlowTask"]
+
+HEADS = ("sem", "geo")
+"""The heads, in channel order: ``score_sem`` then ``score_geo`` of the original nets."""
+_METRICS = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")
+
+
+class HeadsLoss(nn.Module):
+    """The sum of one softmax loss per head (the original ``loss`` and ``loss_geo``), over (N, 2, H, W)
+    targets that hold each head's labels."""
+
+    def __init__(self, heads: tuple[int, ...], loss: SegmentationLoss):
+        super().__init__()
+        self.heads, self.loss = heads, loss
+
+    def forward(
+        self, scores: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        parts = scores.split(self.heads, dim=1)
+        return sum(self.loss(part, target[:, i], generator) for i, part in enumerate(parts))
+
+
+class SiftFlowTask(SegmentationTask):
+    """Two heads on one trunk; best.pt is the best semantic mean IU. Log columns are each metric of
+    each head (``sem_mean_iu``, ``geo_pixel_acc``, ...).
+
+    The original notes that SIFT Flow's test set lacks some semantic classes: the mean IU here
+    averages over the classes present (absent ones are NaN and dropped), as the paper scores them.
+    """
+
+    name = "siftflow"
+    score = "sem_mean_iu"
+    metrics = tuple(f"{head}_{metric}" for head in HEADS for metric in _METRICS)
+    curves = {"sem_mean_iu": "semantic mean IU", "geo_pixel_acc": "geometric pixel acc."}
+
+    def datasets(self, config: TrainConfig) -> tuple[Dataset, Dataset]:
+        if config.dataset != "siftflow":
+            raise ConfigError(f"task siftflow reads the SIFT Flow data set, not {config.dataset!r}")
+        if config.flip or config.scale_range or config.crop or config.class_balance:
+            raise ConfigError("task siftflow takes no flip, scale_range, crop or class_balance")
+        from fcnseg.data.siftflow import SiftFlowSegmentation
+
+        splits = DEFAULT_SPLITS["siftflow"]
+        return (
+            SiftFlowSegmentation(config.data, config.train_split or splits[0], task="both"),
+            SiftFlowSegmentation(config.data, config.val_split or splits[1], task="both"),
+        )
+
+    def check_data(
+        self, train_set: Dataset, val_set: Dataset | None, say: Callable[[str], None], progress: bool
+    ) -> None:
+        """Read every image and both label files once; one DataError lists all that cannot be used."""
+        problems = []
+        for dataset in (d for d in (train_set, val_set) if d is not None):
+            for index in tqdm(range(len(dataset)), desc="checking images and labels", disable=not progress):
+                try:
+                    dataset[index]
+                except (ValueError, OSError) as error:
+                    problems.append(str(error))
+        if problems:
+            shown = "\n  ".join(problems[:20])
+            raise DataError(f"{len(problems)} SIFT Flow samples cannot be used:\n  {shown}", problems)
+        val = len(val_set) if val_set is not None else 0
+        say(
+            f"data: {len(train_set)} training and {val} validation images; heads of {train_set.num_classes} classes"
+        )
+
+    def build_model(self, config: TrainConfig, train_set: Dataset) -> MultiHeadFCN:
+        heads = list(train_set.num_classes)
+        model = build_model(
+            config.arch,
+            sum(heads),
+            widths=config.widths,
+            in_channels=get_preprocessing(config.preprocess).channels,
+            frozen_upsampling=config.frozen_upsampling,
+            heads=heads,
+        )
+        names = [name for head in train_set.class_names for name in head]
+        model.meta = {"class_names": names, "heads": heads, "preprocess": config.preprocess}
+        return model
+
+    @staticmethod
+    def collate(samples: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (N, C, H, W) and labels (N, 2, H, W), padded with the ignore label."""
+        images, first = pad_collate([(image, label[0]) for image, label in samples])
+        labels = [first] + [
+            pad_collate([(im, lab[i]) for im, lab in samples])[1] for i in range(1, len(HEADS))
+        ]
+        return images, torch.stack(labels, 1)
+
+    def criterion(self, config: TrainConfig, train_set: Dataset) -> HeadsLoss:
+        loss = SegmentationLoss(
+            reduction=config.loss,
+            keep_prob=config.loss_keep_prob,
+            sampling_scope=config.loss_sampling,
+            sampling_cell=config.loss_sampling_cell,
+        )
+        return HeadsLoss(tuple(train_set.num_classes), loss)
+
+    def evaluate(
+        self, model: nn.Module, dataset: Dataset, config: TrainConfig, context: Context, progress: bool
+    ) -> dict[str, Any]:
+        """Each head's four metrics (and per-class IU), from one confusion matrix per head."""
+        shard = list(range(context.rank, len(dataset), context.world_size))
+        loader = DataLoader(
+            NetPairs(dataset, preprocessing_of(model)),
+            batch_size=config.val_batch_size,
+            sampler=[(0, i) for i in shard],
+            collate_fn=self.collate,
+        )
+        confusions = [torch.zeros(n, n, dtype=torch.int64, device=context.device) for n in model.heads]
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            for images, labels in tqdm(loader, desc="validate", leave=False, disable=not progress):
+                labels = labels.to(context.device)
+                for i, part in enumerate(model.split(model(images.to(context.device)))):
+                    confusions[i] += confusion_matrix(
+                        part.argmax(1), labels[:, i], model.heads[i], IGNORE_INDEX
+                    )
+        model.train(was_training)
+        result: dict[str, Any] = {}
+        for head, confusion in zip(HEADS, confusions, strict=True):
+            for key, value in scores(distributed.all_reduce_sum(confusion, context).cpu()).items():
+                result[f"{head}_{key}"] = value
+        return result
+
+    def summary(self, metrics: dict[str, Any], model: nn.Module) -> str:
+        names = model.meta.get("class_names") or [str(i) for i in range(model.num_classes)]
+        bounds = np.cumsum([0, *model.heads])
+        tables = []
+        for i, head in enumerate(HEADS):
+            own = {key[len(head) + 1 :]: v for key, v in metrics.items() if key.startswith(f"{head}_")}
+            tables.append(f"{head}:\n" + format_metrics(own, names[bounds[i] : bounds[i + 1]]))
+        return "\n\n".join(tables)

@@ -1,0 +1,104 @@
+"""Tiny copies of the data sets in their real on-disk layouts, for tests that read them by name."""
+
+from pathlib import Path
+
+import numpy as np
+from mat_writer import Sparse, Stored, write_mat
+from PIL import Image
+
+from fcnseg.data.palette import pascal_palette
+
+SCENES = "spatial_envelope_256x256_static_8outdoorcategories"
+
+
+def write_image(path: Path, rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rgb = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(path)
+    return rgb
+
+
+def write_mask(path: Path, ids: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im = Image.fromarray(np.asarray(ids, dtype=np.uint8), mode="P")
+    im.putpalette(pascal_palette(256).reshape(-1).tolist())
+    im.save(path)
+
+
+def write_lines(path: Path, lines) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{line}\n" for line in lines))
+
+
+def write_pascal(root: Path, h: int = 24, w: int = 32, seed: int = 0) -> Path:
+    """VOC2012 and SBD side by side: SBD train of 3 images, seg11valid of 2 (VOC val less SBD train)."""
+    rng = np.random.default_rng(seed)
+    voc = root / "VOCdevkit" / "VOC2012"
+    val, sbd_train = (
+        ["2007_000033", "2008_000002", "2011_000005"],
+        ["2008_000002", "2009_000001", "2010_000123"],
+    )
+    for i in val:
+        write_image(voc / "JPEGImages" / f"{i}.jpg", rng, h, w)
+        write_mask(voc / "SegmentationClass" / f"{i}.png", rng.integers(0, 21, size=(h, w)))
+    write_lines(voc / "ImageSets" / "Segmentation" / "val.txt", val)
+    sbd = root / "benchmark_RELEASE" / "dataset"
+    (sbd / "cls").mkdir(parents=True)
+    for i in sbd_train:
+        write_image(sbd / "img" / f"{i}.jpg", rng, h, w + 4)  # sizes differ: batches are padded
+        ids = rng.integers(0, 21, size=(h, w + 4)).astype(np.uint8)
+        gt = {"Boundaries": [Sparse(ids == 1)], "Segmentation": ids, "CategoriesPresent": 1.0}
+        write_mat(sbd / "cls" / f"{i}.mat", {"GTcls": gt}, compress=True)
+    write_lines(sbd / "train.txt", sbd_train)
+    return root
+
+
+def write_nyud(root: Path, h: int = 24, w: int = 32, seed: int = 0) -> Path:
+    """nyud.tar.gz's layout: train 2, val 1 (no trainval.txt: train then val), test 1."""
+    rng = np.random.default_rng(seed)
+    splits = {"train": ["5001", "5002"], "val": ["5003"], "test": ["5004"]}
+    (root / "data" / "depth").mkdir(parents=True)
+    (root / "segmentation").mkdir()
+    for split, ids in splits.items():
+        write_lines(root / f"{split}.txt", ids)
+        for i in ids:
+            write_image(root / "data" / "images" / f"img_{i}.png", rng, h, w)
+            write_image(root / "data" / "hha" / f"img_{i}.png", rng, h, w)
+            depth = rng.integers(500, 10000, size=(h, w)).astype(np.uint16)
+            Image.fromarray(depth).save(root / "data" / "depth" / f"img_{i}.png")
+            raw = rng.integers(0, 41, size=(h, w)).astype(np.uint8)
+            write_mat(root / "segmentation" / f"img_{i}.mat", {"segmentation": raw}, compress=True)
+    return root
+
+
+def write_siftflow(root: Path, h: int = 24, w: int = 32, seed: int = 0) -> Path:
+    """SiftFlowDataset.zip's layout with the FCN split lists: trainval 2, test 1."""
+    rng = np.random.default_rng(seed)
+    splits = {"trainval": ["coast_natu975", "forest_for15"], "test": ["street_art1"]}
+    for split, ids in splits.items():
+        write_lines(root / f"{split}.txt", ids)
+        for i in ids:
+            write_image(root / "Images" / SCENES / f"{i}.jpg", rng, h, w)
+            semantic = rng.integers(0, 34, size=(h, w)).astype(np.float64)
+            geometric = rng.integers(-1, 4, size=(h, w)).astype(np.float64)
+            for kind, s in (("SemanticLabels", semantic), ("GeoLabels", geometric)):
+                (root / kind / SCENES).mkdir(parents=True, exist_ok=True)
+                write_mat(root / kind / SCENES / f"{i}.mat", {"S": Stored(s, "i1"), "names": ["awning"]})
+    return root
+
+
+def write_context(root: Path, h: int = 24, w: int = 32, seed: int = 0) -> Path:
+    """VOC2010 with the PASCAL-Context annotations beside it; a 4-class task (plus background)."""
+    rng = np.random.default_rng(seed)
+    voc = root / "VOCdevkit" / "VOC2010"
+    splits = {"train": ["2008_000002", "2008_000003"], "val": ["2008_000007"]}
+    write_lines(root / "labels.txt", ["1: accordion", "2: aeroplane", "3: table", "4: cloth", "5: sky"])
+    write_lines(root / "59_labels.txt", ["1: aeroplane", "2: diningtable", "3: clothes", "4: sky"])
+    (root / "trainval").mkdir()
+    for split, ids in splits.items():
+        write_lines(voc / "ImageSets" / "Main" / f"{split}.txt", ids)
+        for i in ids:
+            write_image(voc / "JPEGImages" / f"{i}.jpg", rng, h, w)
+            label_map = rng.integers(0, 6, size=(h, w)).astype(np.uint16)
+            write_mat(root / "trainval" / f"{i}.mat", {"LabelMap": label_map}, compress=True)
+    return root
