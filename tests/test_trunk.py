@@ -250,9 +250,21 @@ def test_a_tap_is_its_layers_output_whatever_an_in_place_relu_does_next():
     for p in model.parameters():
         nn.init.normal_(p, std=0.1)
     x = torch.randn(2, 3, 40, 50, dtype=torch.float64)
+    wanted = ("conv1_2", "conv2_2", "conv3_3", "conv4_3", "conv5_3", "relu5_3", "pool4", "fc7")  # HED's, more
+    weights = {name: torch.randn(1, dtype=torch.float64) for name in wanted}
+    grads = []
+    for trim in (True, False):  # training through every tap: the same gradients on both paths
+        model.backbone.zero_grad()
+        taps, _ = model.backbone.run(x, wanted, trim=trim)
+        sum((weights[name] * taps[name].tanh()).sum() for name in wanted).backward()
+        grads.append([p.grad.clone() for p in model.backbone.parameters()])
+    for trimmed, padded in zip(*grads, strict=True):
+        assert torch.allclose(trimmed, padded, rtol=1e-9, atol=1e-12 * padded.abs().max())
     with torch.no_grad():
-        for trim in (True, False):
-            taps, _ = model.backbone.run(x, ("conv5_3", "relu5_3"), trim=trim)
+        trimmed, padded = (model.backbone.run(x, wanted, trim=trim)[0] for trim in (True, False))
+        for name in wanted:
+            assert torch.allclose(trimmed[name], padded[name], rtol=1e-9, atol=1e-12), name
+        for taps in (trimmed, padded):
             assert taps["conv5_3"].min() < 0 and torch.equal(taps["relu5_3"], taps["conv5_3"].relu())
         padded = model.backbone.run(x, (), trim=False)[1]
         assert torch.allclose(model.backbone.run(x, ("conv5_3",))[1], padded, rtol=1e-9, atol=0)

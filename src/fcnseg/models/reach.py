@@ -360,7 +360,11 @@ def run_trunk(
                 found[outputs[i + 1]] = full
             if i + 1 in (plan.whole, cut):
                 h = full
-            if h is full and i + 1 in outputs and _in_place(named[i + 1][1] if i + 1 < len(named) else None):
+            if (
+                i + 1 in outputs
+                and _in_place(named[i + 1][1] if i + 1 < len(named) else None)
+                and _shared(h, full)
+            ):
                 h = h.clone()  # the tap is the layer's output, not what an in-place ReLU makes of it
     if rest:
         h = h.contiguous(memory_format=torch.channels_last if natural else torch.contiguous_format)
@@ -382,6 +386,8 @@ def _frames(
         h = _step(layer, h, i == 0, cpu)
         if i + 1 in wanted:
             frames[i + 1] = h
+            if i + 1 < len(layers) and _in_place(layers[i + 1]):
+                h = h.clone()  # the frame is the layer's output, as the tap it fills in
     return frames
 
 
@@ -399,7 +405,8 @@ def _assemble(
     (ha, hb), (wa, wb) = plan.held[0][j], plan.held[1][j]
     top, bottom, left, right = max(ra, ha), min(rb, hb), max(ca, wa), min(cb, wb)
     inner = own[:, :, top - ha : bottom - ha, left - wa : right - wa]
-    if frame is None:  # nothing but padding around
+    if frame is None or (j, what) not in plan.frames:  # nothing but padding around (the frame of j
+        # may be there for another assembly of j: a tap's whole blob, when the reads need none of it)
         return F.pad(inner, (left - ca, cb - right, top - ra, rb - bottom), value=fill)
     layout = torch.channels_last if _strictly_channels_last(own) else torch.contiguous_format
     rows, cols = plan.frames[(j, what)]
@@ -450,6 +457,11 @@ def _run_padded(
             if i + 1 < len(layers) and _in_place(layers[i + 1][1]):
                 x = x.clone()  # the tap is the layer's output, not what an in-place ReLU makes of it
     return found, x
+
+
+def _shared(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors share memory (one is, or views, the other's)."""
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def _in_place(layer: nn.Module | None) -> bool:
