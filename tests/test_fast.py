@@ -104,8 +104,9 @@ def test_fused_convolution_routes_agree(shape, kernel, stride, padding, im2col, 
             assert relative_error(pointwise(y), F.conv2d(y, pointwise.weight, pointwise.bias)) <= 1e-5
 
 
-def test_bfloat16_keeps_most_labels() -> None:
-    model = padded_net("fcn8s")
+@pytest.mark.parametrize("arch", ["fcn8s", "fcn-alexnet", "fcn32s-googlenet"])  # the last two have LRN
+def test_bfloat16_keeps_most_labels(arch) -> None:
+    model = padded_net(arch)
     x = 60 * torch.randn(1, 3, 40, 56)
     with torch.no_grad():
         expected = model(x)

@@ -162,6 +162,23 @@ def canvas_reason(trunk: nn.Module) -> str | None:
     return None
 
 
+class _Float32LRN(nn.LocalResponseNorm):
+    """Local response normalisation computed in float32 whatever its input's dtype: PyTorch's CPU
+    kernel (an average pooling over channels) has no bfloat16 version."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).to(x.dtype)
+
+
+def _lrn_in_float32(module: nn.Module) -> nn.Module:
+    """``module`` with every LocalResponseNorm in it (itself included) computing in float32."""
+    if type(module) is nn.LocalResponseNorm:
+        return _Float32LRN(module.size, module.alpha, module.beta, module.k)
+    for name, child in module.named_children():
+        setattr(module, name, _lrn_in_float32(child))
+    return module
+
+
 class FastFCN(nn.Module):
     """Inference-only twin of an :class:`FCN`: same output, computed on a trimmed canvas.
 
@@ -183,7 +200,7 @@ class FastFCN(nn.Module):
         self.as_written: FCN | None = None
         if canvas_reason(model.backbone) is not None:
             self.as_written = copy.deepcopy(model).eval().requires_grad_(False)
-            self.as_written.backbone.to(dtype)
+            self.as_written.backbone = _lrn_in_float32(self.as_written.backbone.to(dtype))
             return
         children = [(n, m) for n, m in model.backbone.named_children() if not isinstance(m, nn.Dropout)]
         steps: list[nn.Module] = []
@@ -208,7 +225,7 @@ class FastFCN(nn.Module):
             names.append(children[i + 1][0] if fuse else name)
             i += 2 if fuse else 1
         self.pad0 = tuple(model.backbone[0].padding)  # type: ignore[arg-type]
-        self.steps = nn.ModuleList(steps).to(dtype)
+        self.steps = _lrn_in_float32(nn.ModuleList(steps).to(dtype))
         for step in self.steps:
             if isinstance(step, _ConvReLU):
                 step.pack()
