@@ -377,3 +377,34 @@ def test_a_data_folder_without_a_data_set_name_means_folder():
     assert TrainConfig.from_dict({"data": "my-data"}).dataset == "folder"
     assert TrainConfig().dataset == "synthetic"
     assert TrainConfig(dataset="voc", data="VOC").dataset == "voc"
+
+
+def test_iter_size_accumulates_batches_into_one_step(tmp_path):
+    """k batches of one image whose gradients are averaged make the step that one batch of k makes,
+    for a loss summed over each image's pixels and divided by the batch (HED's)."""
+    common = dict(
+        task="edges",
+        widths=(4, 8, 8, 8, 8),
+        init=None,
+        train_images=4,
+        val_images=0,
+        image_size=(24, 24),
+        loss="sum",
+        optimizer="sgd",
+        lr=1e-3,
+        momentum=0.9,
+        weight_decay=2e-4,
+        caffe_bias=True,
+        max_steps=2,
+        progress=False,
+        checkpoint_every=0,
+    )
+    whole = train(TrainConfig(**common, batch_size=4, iter_size=1, out=str(tmp_path / "whole")))
+    parts = train(TrainConfig(**common, batch_size=1, iter_size=4, out=str(tmp_path / "parts")))
+    assert whole.steps == parts.steps == 2
+    for (name, a), b in zip(whole.model.state_dict().items(), parts.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    moved = train(
+        TrainConfig(**{**common, "max_steps": 1}, batch_size=1, iter_size=1, out=str(tmp_path / "one"))
+    )
+    assert not torch.equal(moved.model.backbone.conv1_1.weight, whole.model.backbone.conv1_1.weight)

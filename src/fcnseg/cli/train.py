@@ -25,7 +25,7 @@ else:  # the same parser, from PyPI
 # Flags that map one to one onto TrainConfig fields (dest == field name).
 _FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--task", {"choices": tuple(TASKS), "help": "what to train"}),
-    ("--arch", {"help": "fcn32s, fcn32s-fixed, fcn16s, fcn8s, fcn8s-atonce or fcn-alexnet"}),
+    ("--arch", {"help": "fcn32s, fcn32s-fixed, fcn16s, fcn8s, fcn8s-atonce, fcn-alexnet; hed, fsds"}),
     (
         "--widths",
         {"type": lambda s: tuple(int(w) for w in s.split(",")), "help": "narrow VGG16: c1,c2,c3,c4,c5,fc"},
@@ -90,11 +90,14 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--lr", {"type": float, "help": "learning rate (paper: 1e-10 with the summed loss)"}),
     ("--momentum", {"type": float}),
     ("--weight-decay", {"type": float}),
-    ("--lr-schedule", {"choices": ("fixed", "poly")}),
+    ("--lr-schedule", {"choices": ("fixed", "poly", "step")}),
+    ("--lr-step-size", {"type": int, "help": "step schedule: steps between lr drops"}),
+    ("--lr-gamma", {"type": float, "help": "step schedule: factor of each lr drop"}),
     (
         "--batch-size",
         {"type": int, "help": "images per step; different sizes are padded with the ignore label"},
     ),
+    ("--iter-size", {"type": int, "help": "batches whose mean gradient makes one step (Caffe's iter_size)"}),
     ("--epochs", {"type": int}),
     ("--max-steps", {"type": int, "help": "stop after this many steps"}),
     (

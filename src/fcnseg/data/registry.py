@@ -8,7 +8,18 @@ from torch.utils.data import Dataset
 
 __all__ = ["DATASETS", "DEFAULT_SPLITS", "open_dataset"]
 
-DATASETS = ("synthetic", "folder", "voc", "sbd", "nyud", "siftflow", "context")
+DATASETS = (
+    "synthetic",
+    "folder",
+    "voc",
+    "sbd",
+    "nyud",
+    "siftflow",
+    "context",
+    "bsds500",
+    "sk-large",
+    "sk506",
+)
 
 DEFAULT_SPLITS = {
     "voc": ("sbd-train", "seg11valid"),  # the paper's PASCAL protocol
@@ -16,6 +27,9 @@ DEFAULT_SPLITS = {
     "nyud": ("train", "val"),
     "siftflow": ("trainval", "test"),
     "context": ("train", "val"),
+    "bsds500": ("train", "val"),  # edges
+    "sk-large": ("train", "test"),  # skeletons
+    "sk506": ("train", "test"),
 }
 """(train, validation) split of each data set that has splits, as the paper used them."""
 
@@ -29,7 +43,8 @@ def open_dataset(
     image_size: tuple[int, int] = (64, 128),
     num_classes: int | None = None,
 ) -> Dataset:
-    """One split of a data set by name: raw (image, label) numpy pairs with ``class_names``.
+    """One split of a data set by name: raw (image, label) numpy pairs with ``class_names``; for
+    the edge and skeleton sets (bsds500, sk-large, sk506) (image, boundaries) and (image, scales).
 
     ``split`` defaults to the paper's validation split of each data set. For
     ``synthetic``, split "train" is seed 0 and any other split seed 1, so the two
@@ -61,6 +76,14 @@ def open_dataset(
         from fcnseg.data.nyud import NYUDSegmentation
 
         return NYUDSegmentation(root, split)
+    if name == "bsds500":
+        from fcnseg.data.edges import BSDS500
+
+        return BSDS500(root, split)
+    if name in ("sk-large", "sk506"):
+        from fcnseg.data.edges import SkeletonDataset
+
+        return SkeletonDataset(root, split, name)
     if name == "siftflow":
         from fcnseg.data.siftflow import SiftFlowSegmentation
 

@@ -1,4 +1,4 @@
-"""Original Caffe FCN models (``.caffemodel``) into our nets, by layer name, without Caffe."""
+"""Original Caffe FCN, HED and FSDS models (``.caffemodel``) into our nets, by layer name, without Caffe."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 
 from fcnseg.models.alexnet import ALEXNET_CONVS
 from fcnseg.models.fcn import FCN
-from fcnseg.models.registry import build_model
+from fcnseg.models.registry import SIDE_OUTPUT_ARCHS, build_model
+from fcnseg.models.sides import FSDS, HED
 from fcnseg.models.vgg import VGG16_CONVS
 from fcnseg.weights.caffe_format import CaffeLayer, read_caffemodel
 from fcnseg.weights.transfer import WeightsMismatchError, copy_into
@@ -24,7 +25,11 @@ def learned_blobs(layers: list[CaffeLayer]) -> dict[str, list[np.ndarray]]:
 
 
 def infer_arch(blobs: dict[str, list[np.ndarray]], source: str) -> str:
-    """Which FCN a Caffe model holds, from the names of its learned layers."""
+    """Which net a Caffe model holds, from the names of its learned layers."""
+    if "conv1_1" in blobs and "score-dsn1" in blobs:
+        return "hed"
+    if "conv1_1" in blobs and "score-dsn-2" in blobs:
+        return "fsds"
     if "conv1_1" in blobs:
         if "score_pool3" in blobs:
             return "fcn8s-atonce" if "scale_pool3" in blobs else "fcn8s"
@@ -32,8 +37,8 @@ def infer_arch(blobs: dict[str, list[np.ndarray]], source: str) -> str:
     if "conv1" in blobs and "score_fr" in blobs:
         return "fcn-alexnet"
     raise WeightsMismatchError(
-        f"{source}: not an FCN model: found layers {', '.join(list(blobs)[:12])}; "
-        "expected conv1_1 (VGG16) or conv1 (AlexNet) and score_fr"
+        f"{source}: not an FCN, HED or FSDS model: found layers {', '.join(list(blobs)[:12])}; "
+        "expected conv1_1 (VGG16) or conv1 (AlexNet) and score_fr, score-dsn1 (HED) or score-dsn-2 (FSDS)"
     )
 
 
@@ -45,7 +50,8 @@ def _is_weight(weight: np.ndarray) -> bool:
 def infer_build_args(blobs: dict[str, list[np.ndarray]], arch: str, source: str) -> dict:
     """Widths, classes, input channels and groups of the net the blobs were made for."""
     convs = ALEXNET_CONVS if arch == "fcn-alexnet" else VGG16_STAGE_FIRSTS
-    needed = [*convs, "fc6"] + (["score_fr"] if "score_fr" in blobs else [])
+    trunk = [*convs] if arch in SIDE_OUTPUT_ARCHS else [*convs, "fc6"]  # HED and FSDS end at conv5_3
+    needed = trunk + (["score_fr"] if "score_fr" in blobs else [])
     missing = [name for name in needed if name not in blobs]
     if missing:
         raise WeightsMismatchError(f"{source}: {arch} needs layers that the file lacks: {', '.join(missing)}")
@@ -55,7 +61,7 @@ def infer_build_args(blobs: dict[str, list[np.ndarray]], arch: str, source: str)
             f"{source}: these weights should be filters (out, in, height, width) or matrices (out, in) "
             f"with no empty dimension: {', '.join(odd)}"
         )
-    widths = [int(blobs[name][0].shape[0]) for name in (*convs, "fc6")]
+    widths = [int(blobs[name][0].shape[0]) for name in trunk]
     args: dict = {"arch": arch, "widths": widths, "in_channels": int(blobs[convs[0]][0].shape[1])}
     if "score_fr" in blobs:
         args["num_classes"] = int(blobs["score_fr"][0].shape[0])
@@ -64,8 +70,8 @@ def infer_build_args(blobs: dict[str, list[np.ndarray]], arch: str, source: str)
     return args
 
 
-def load_caffe_fcn(path: str | os.PathLike, arch: str | None = None, **build_options) -> FCN:
-    """An FCN with the weights of a Caffe FCN model; the net's shape comes from the file.
+def load_caffe_fcn(path: str | os.PathLike, arch: str | None = None, **build_options) -> FCN | HED | FSDS:
+    """An FCN (or HED, FSDS) with the weights of a Caffe model; the net's shape comes from the file.
 
     The architecture, the widths and the class count are read off the blob shapes
     (``arch`` is checked against the file when given). Every learned layer must
@@ -90,6 +96,8 @@ def load_caffe_fcn(path: str | os.PathLike, arch: str | None = None, **build_opt
     model = build_model(**args, **build_options)
     copy_into(model, blobs, source=str(path), reshape="legacy")
     model.meta = {"preprocess": "caffe", "source": path.name}
+    if model.config["arch"] in SIDE_OUTPUT_ARCHS:
+        model.meta["task"] = model.task
     return model.eval()
 
 
