@@ -408,3 +408,15 @@ def test_iter_size_accumulates_batches_into_one_step(tmp_path):
         TrainConfig(**{**common, "max_steps": 1}, batch_size=1, iter_size=1, out=str(tmp_path / "one"))
     )
     assert not torch.equal(moved.model.backbone.conv1_1.weight, whole.model.backbone.conv1_1.weight)
+
+
+def test_poly_lr_is_zero_past_the_time_limit():
+    """A validation can overrun the time limit: the schedule then ends at 0, a real number."""
+    from fcnseg.train.optim import set_lr
+
+    model = torch.nn.Conv2d(1, 1, 1)
+    config = TrainConfig(optimizer="sgd", lr=0.1, init=None)
+    optimizer = torch.optim.SGD([{"params": model.parameters(), "lr_mult": 1.0}], lr=0.1)
+    assert set_lr(optimizer, config, 1.3) == 0.0 and optimizer.param_groups[0]["lr"] == 0.0
+    step = TrainConfig(optimizer="sgd", lr=0.1, init=None, lr_schedule="step", lr_step_size=10, lr_gamma=0.1)
+    assert [set_lr(optimizer, step, 0.5, s) for s in (0, 9, 10, 25)] == pytest.approx([0.1, 0.1, 0.01, 0.001])

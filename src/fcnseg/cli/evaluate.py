@@ -1,13 +1,20 @@
-"""``fcnseg evaluate``: the paper's four metrics and per-class IU of saved weights on a data set."""
+"""``fcnseg evaluate``: the paper's four metrics and per-class IU of saved weights on a data set; for
+edge and skeleton nets (HED, FSDS) the benchmark's ODS, OIS and AP."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
+import torch
+
+from fcnseg.data.preprocess import preprocessing_of
 from fcnseg.data.registry import DATASETS, open_dataset
+from fcnseg.distributed import Context
 from fcnseg.infer.predict import resolve_device
 from fcnseg.metrics.segmentation import evaluate_confusion, format_metrics, scores
+from fcnseg.tasks import get_task
+from fcnseg.train.config import TrainConfig
 from fcnseg.weights.load import load
 
 
@@ -16,7 +23,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "evaluate",
         help="score saved weights on a labelled data set",
         description="Pixel accuracy, mean accuracy, mean IU and frequency-weighted IU (percent), "
-        "and the IU of every class, of WEIGHTS on DATA.",
+        "and the IU of every class, of WEIGHTS on DATA; for an edge (HED) or skeleton (FSDS) net, "
+        "ODS, OIS and AP as the BSDS benchmark computes them (--dataset bsds500, sk-large, sk506).",
     )
     parser.add_argument("weights", help="an fcnseg checkpoint (.pt) or a Caffe model")
     parser.add_argument(
@@ -35,6 +43,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     dataset_name = args.dataset or ("synthetic" if args.data == "synthetic" else "folder")
     model = load(args.weights)
+    if model.task != "segmentation":
+        return _run_task(args, model, dataset_name)
     dataset = open_dataset(
         dataset_name, args.data, args.split, num_images=args.images, num_classes=model.num_classes
     )
@@ -53,4 +63,30 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"{args.weights} on {args.data} ({len(dataset)} images)")
         print(format_metrics(metrics, class_names))
+    return 0
+
+
+def _run_task(args: argparse.Namespace, model: torch.nn.Module, dataset_name: str) -> int:
+    """Score a net of another task (the one it was made for) on that task's validation split."""
+    task = get_task(model.task)
+    synthetic = dataset_name == "synthetic"
+    config = TrainConfig(
+        task=model.task,
+        arch=model.config["arch"],
+        dataset=dataset_name,
+        data=None if synthetic else args.data,
+        val_split=args.split,
+        val_images=args.images,
+        train_images=0,
+        init=None,
+        preprocess=preprocessing_of(model),
+    )
+    _, dataset = task.datasets(config)
+    device = resolve_device(args.device or "auto")
+    metrics = task.evaluate(model.to(device), dataset, config, Context(device=device), progress=True)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(f"{args.weights} ({model.task}) on {args.data} ({len(dataset)} images)")
+        print(task.summary(metrics, model))
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -37,7 +38,9 @@ THRESHOLDS = 99
 
 def _edge_eval():
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # it prints a note about .mat readers on import
+        # it prints a note about .mat readers on import, and imports a deprecated scipy name
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
             from pyEdgeEval.common.binary_label import evaluate_boundaries_threshold_multiple_gts
             from pyEdgeEval.preprocess import fast_nms
     except ImportError:

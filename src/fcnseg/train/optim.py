@@ -65,8 +65,8 @@ def set_lr(optimizer: torch.optim.Optimizer, config: TrainConfig, progress: floa
     """Set the lr for a run ``progress`` (in [0, 1]) of the way through, before update ``step`` (from 0);
     return the base lr. "step" is Caffe's policy: times ``lr_gamma`` every ``lr_step_size`` updates."""
     factor = 1.0
-    if config.lr_schedule == "poly":
-        factor = (1 - progress) ** 0.9
+    if config.lr_schedule == "poly":  # progress passes 1 when a validation overran the time limit
+        factor = (1 - min(progress, 1.0)) ** 0.9
     elif config.lr_schedule == "step":
         factor = config.lr_gamma ** (step // config.lr_step_size)
     lr = config.lr * factor
