@@ -135,7 +135,16 @@ def test_recipes_are_valid_configs(recipe):
 
 def test_there_are_recipes_for_the_papers_nets():
     names = {p.stem.split("_")[0] for p in RECIPES}
-    assert {"fcn32s", "fcn32s-fixed", "fcn16s", "fcn8s", "fcn8s-atonce", "fcn-alexnet", "hed", "fsds"} <= names
+    assert {
+        "fcn32s",
+        "fcn32s-fixed",
+        "fcn16s",
+        "fcn8s",
+        "fcn8s-atonce",
+        "fcn-alexnet",
+        "hed",
+        "fsds",
+    } <= names
 
 
 def test_evaluate_on_cuda_without_cuda_says_so(tmp_path, capsys, monkeypatch):
