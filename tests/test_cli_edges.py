@@ -77,3 +77,28 @@ def test_quick_demo(task, tmp_path, capsys):
     assert "ODS" in printed and "OIS" in printed and "AP" in printed
     assert set(json.loads((tmp_path / "demo" / "metrics.json").read_text())) == {"ods", "ois", "ap"}
     assert (tmp_path / "demo" / "overlays" / "sample_0.png").is_file()
+
+
+def test_info_lists_the_side_outputs(capsys):
+    assert main(["info", "hed", "--size", "321x481"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("hed: edges, 6 outputs, input 3x321x481")
+    assert "new-score-weighting conv 1x1" in printed
+    fields = [
+        int(line.split("receptive field ")[1].split("x")[0])
+        for line in printed.splitlines()
+        if " on conv" in line
+    ]
+    assert fields == [5, 14, 40, 92, 196]  # the receptive fields FSDS's scale classes are drawn from
+    assert "score-dsn5        on conv5_3: stride 16, receptive field 196x196, crop at 42" in printed
+
+
+def test_evaluation_without_the_edges_extra_says_what_to_install(monkeypatch):
+    import sys
+
+    import fcnseg
+    from fcnseg.errors import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "pyEdgeEval.common.binary_label", None)
+    with pytest.raises(MissingExtraError, match=r"pip install 'fcnseg\[edges\]'"):
+        fcnseg.evaluate_edges([np.zeros((4, 4))], [[np.zeros((4, 4), bool)]])

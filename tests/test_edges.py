@@ -323,3 +323,23 @@ def test_convert_hed_caffemodel(tmp_path):
     write_caffemodel(path, [layer for layer in layers if layer.name != "score-dsn3"])
     with pytest.raises(WeightsMismatchError, match="score-dsn3"):
         load_caffe_fcn(path)
+
+
+def test_bad_files_are_listed_together(tmp_path):
+    from fcnseg.tasks.edges import EdgeTask
+
+    data = tmp_path / "BSDS500" / "data"
+    (data / "groundTruth" / "train").mkdir(parents=True)
+    for name in ("a", "b"):
+        _image(data / "images" / "train" / f"{name}.jpg", (6, 8), 0)
+        (data / "groundTruth" / "train" / f"{name}.mat").write_bytes(b"not a MAT-file")
+    with pytest.raises(DataError, match="2 sample") as error:
+        EdgeTask().check_data(BSDS500(tmp_path, "train"), None, print, progress=False)
+    assert ["a.mat" in error.value.problems[0], "b.mat" in error.value.problems[1]] == [True, True]
+
+
+def test_hed_and_fsds_keep_their_own_outputs():
+    with pytest.raises(ValueError, match="HED predicts 1 class"):
+        fcnseg.build_model("hed", 21)
+    assert fcnseg.build_model("fsds", 5, widths=TINY).config["num_classes"] == 5
+    assert fcnseg.build_model("fcn8s", widths=(4, 8, 8, 16, 16, 32)).num_classes == 21

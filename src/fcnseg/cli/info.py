@@ -12,6 +12,7 @@ from fcnseg.models.fcn import FCN
 from fcnseg.models.flops import ComputeCost, compute_cost
 from fcnseg.models.geometry import path_map, receptive_fields
 from fcnseg.models.registry import ARCHITECTURES, build_model
+from fcnseg.models.sides import FSDS, HED
 from fcnseg.weights.checkpoint import read_checkpoint
 
 
@@ -26,7 +27,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "net", metavar="ARCH|WEIGHTS", help=f"one of {', '.join(ARCHITECTURES)}, or a checkpoint"
     )
     parser.add_argument("--size", type=parse_size, default=(500, 500), help="input HxW (default: 500x500)")
-    parser.add_argument("--num-classes", type=int, default=21, help="architecture only (default: 21)")
+    parser.add_argument(
+        "--num-classes", type=int, help="architecture only (default: 21; HED and FSDS have their own)"
+    )
     parser.add_argument(
         "--widths", type=parse_widths, help="architecture only: narrower widths, e.g. 4,8,16,32,32,64"
     )
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 def describe(
     net: str,
     size: tuple[int, int],
-    num_classes: int = 21,
+    num_classes: int | None = None,
     widths: tuple[int, ...] | None = None,
     all_layers: bool = False,
 ) -> str:
@@ -77,10 +80,13 @@ def describe(
     with torch.device("meta"):  # shapes only: nothing is allocated or computed
         model = build_model(**config)
     cost = compute_cost(model, size)
-    lines = [f"{title}: {model.num_classes} classes, input {'x'.join(map(str, cost.input_shape))}", ""]
-    fields = receptive_fields([*model.backbone.named_children(), ("score_fr", model.score_fr)])
+    side_outputs = isinstance(model, HED | FSDS)
+    predicts = f"{model.task}, {model.outputs} outputs" if side_outputs else f"{model.num_classes} classes"
+    lines = [f"{title}: {predicts}, input {'x'.join(map(str, cost.input_shape))}", ""]
+    last = [] if side_outputs else [("score_fr", model.score_fr)]
+    fields = receptive_fields([*model.backbone.named_children(), *last])
     lines += _layer_table(model, cost, all_layers, fields)
-    lines += [""] + _summary(model, cost, fields)
+    lines += [""] + (_side_summary(model, cost, fields) if side_outputs else _summary(model, cost, fields))
     return "\n".join(lines)
 
 
@@ -117,11 +123,31 @@ def _layer_table(
         shape = "x".join(map(str, row.output_shape))
         gmacs = f"{row.macs / 1e9:.3f}" if row.macs else ""
         params = f"{row.params:,}" if row.params else ""
-        row = f"{short:<16}{_kind(layer):<24}{shape:>16}{stride:>8}{field:>7}{params:>13}{gmacs:>9}"
+        row = f"{short + ' ':<16}{_kind(layer):<24}{shape:>16}{stride:>8}{field:>7}{params:>13}{gmacs:>9}"
         lines.append(row.rstrip())
+    if isinstance(model, HED | FSDS):
+        output = f"{model.outputs}x{cost.input_shape[1]}x{cost.input_shape[2]}"
+        lines.append(f"{'(output)':<16}{'sides, then fused':<24}{output:>16}")
+        return lines
     output = f"{model.num_classes}x{cost.input_shape[1]}x{cost.input_shape[2]}"
     lines.append(f"{'(output)':<16}{f'crop at {model.output_offset}':<24}{output:>16}")
     return lines
+
+
+def _side_summary(model: HED | FSDS, cost: ComputeCost, fields: dict[str, tuple[int, int]]) -> list[str]:
+    lines = []
+    for tap, (score, _, offset) in zip(model.taps, model.sides, strict=True):
+        stride, field = fields[tap.layer]
+        lines.append(
+            f"{score:<17} on {tap.layer.replace('relu', 'conv')}: stride {stride}, receptive field "
+            f"{field}x{field}, crop at {offset}"
+        )
+    return [
+        *lines,
+        f"parameters        {cost.params:,} ({cost.params / 1e6:.1f} M)",
+        f"compute           {cost.macs / 1e9:.1f} GMACs = {cost.gflops:.1f} GFLOPs "
+        f"per {cost.input_shape[1]}x{cost.input_shape[2]} image (1 MAC = 2 FLOPs)",
+    ]
 
 
 def _summary(model: FCN, cost: ComputeCost, fields: dict[str, tuple[int, int]]) -> list[str]:

@@ -222,7 +222,9 @@ def run(args: argparse.Namespace) -> int:
     model = load(weights)
     if model.task != "segmentation":
         if args.probs or args.tta_flip or args.tta_scales:
-            raise ValueError(f"{weights} is a {model.task} net: --probs and --tta-* are for segmentation")
+            raise ValueError(
+                f"{weights} is a net of the {model.task} task: --probs and --tta-* are for segmentation"
+            )
         model.to(resolve_device(args.device))
         start = time.perf_counter()
         done = _edge_maps(args, model, files, stems, failures)

@@ -105,9 +105,8 @@ class _SideOutputNet(nn.Module):
             for name, m in trunk.named_children()
             if isinstance(m, nn.Conv2d)
         }
-        for tap, width in zip(self.taps, channels, strict=True):
-            stage = int(tap.layer[len("relu")])
-            score = score_name.format(stage=stage)
+        for layer, tap, width in zip(layers, self.taps, channels, strict=True):
+            score = score_name.format(stage=layer.removeprefix("conv").split("_")[0])
             self.add_module(score, nn.Conv2d(tap.channels, width, 1))
             self.lr_mults[score] = _SIDE_MULTS
             geometry, upsample = tap.geometry, None

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from fcnseg import distributed
 from fcnseg.data.datasets import DataError
-from fcnseg.data.edges import SyntheticEdges, edge_labels
+from fcnseg.data.edges import BSDS500, SkeletonDataset, SyntheticEdges, edge_labels
 from fcnseg.data.preprocess import preprocess, preprocessing_of
 from fcnseg.data.registry import DEFAULT_SPLITS, open_dataset
 from fcnseg.data.transforms import (
@@ -99,7 +99,7 @@ class EdgeTask:
         """Read every sample of the sets made of files; list all that cannot be read."""
         problems = []
         for dataset in (train_set, val_set):
-            if dataset is None or not hasattr(dataset, "pairs"):
+            if not isinstance(dataset, BSDS500 | SkeletonDataset):
                 continue
             for i in tqdm(range(len(dataset)), desc="checking data", disable=not progress, leave=False):
                 try:
