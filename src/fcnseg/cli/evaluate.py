@@ -13,8 +13,6 @@ from fcnseg.data.registry import DATASETS, open_dataset
 from fcnseg.distributed import Context
 from fcnseg.infer.predict import resolve_device
 from fcnseg.metrics.segmentation import evaluate_confusion, format_metrics, scores
-from fcnseg.tasks import get_task
-from fcnseg.train.config import TrainConfig
 from fcnseg.weights.load import load
 
 
@@ -68,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_task(args: argparse.Namespace, model: torch.nn.Module, dataset_name: str) -> int:
     """Score a net of another task (the one it was made for) on that task's validation split."""
+    from fcnseg.tasks import get_task  # the tasks know the training settings; segmentation needs neither
+    from fcnseg.train.config import TrainConfig
+
     task = get_task(model.task)
     synthetic = dataset_name == "synthetic"
     config = TrainConfig(

@@ -25,7 +25,13 @@ else:  # the same parser, from PyPI
 # Flags that map one to one onto TrainConfig fields (dest == field name).
 _FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--task", {"choices": tuple(TASKS), "help": "what to train"}),
-    ("--arch", {"help": "fcn32s, fcn32s-fixed, fcn16s, fcn8s, fcn8s-atonce, fcn-alexnet; hed, fsds"}),
+    (
+        "--arch",
+        {
+            "help": "fcn32s, fcn32s-fixed, fcn16s, fcn8s, fcn8s-atonce, fcn-alexnet; hed, fsds "
+            "(default: fcn8s; hed for --task edges, fsds for --task skeleton)"
+        },
+    ),
     (
         "--widths",
         {"type": lambda s: tuple(int(w) for w in s.split(",")), "help": "narrow VGG16: c1,c2,c3,c4,c5,fc"},
