@@ -102,3 +102,30 @@ def test_evaluation_without_the_edges_extra_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "pyEdgeEval.common.binary_label", None)
     with pytest.raises(MissingExtraError, match=r"pip install 'fcnseg\[edges\]'"):
         fcnseg.evaluate_edges([np.zeros((4, 4))], [[np.zeros((4, 4), bool)]])
+
+
+def test_evaluate_on_bsds500(tmp_path, capsys):
+    import scipy.io
+
+    from fcnseg import build_model, save_checkpoint
+
+    data = tmp_path / "BSR" / "BSDS500" / "data"
+    (data / "groundTruth" / "val").mkdir(parents=True)
+    (data / "images" / "val").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("1", "2"):
+        Image.fromarray(rng.integers(0, 255, (24, 30, 3), dtype=np.uint8)).save(
+            data / "images" / "val" / f"{name}.jpg"
+        )
+        cells = np.empty((1, 1), object)
+        boundaries = np.zeros((24, 30), np.uint16)
+        boundaries[12] = 1
+        cells[0, 0] = {"Boundaries": boundaries}
+        scipy.io.savemat(data / "groundTruth" / "val" / f"{name}.mat", {"groundTruth": cells})
+    torch.manual_seed(0)
+    weights = save_checkpoint(build_model("hed", widths=(4, 8, 8, 8, 8)), tmp_path / "hed.pt")
+    assert (
+        main(["evaluate", str(weights), str(tmp_path / "BSR"), "--dataset", "bsds500", "--split", "val"]) == 0
+    )
+    printed = capsys.readouterr().out
+    assert "(edges) on" in printed and "(2 images)" in printed and "ODS" in printed

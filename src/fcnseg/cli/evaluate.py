@@ -9,7 +9,7 @@ import json
 import torch
 
 from fcnseg.data.preprocess import preprocessing_of
-from fcnseg.data.registry import DATASETS, open_dataset
+from fcnseg.data.registry import DATASETS, DEFAULT_SPLITS, open_dataset
 from fcnseg.distributed import Context
 from fcnseg.infer.predict import resolve_device
 from fcnseg.metrics.segmentation import evaluate_confusion, format_metrics, scores
@@ -82,7 +82,15 @@ def _run_task(args: argparse.Namespace, model: torch.nn.Module, dataset_name: st
         init=None,
         preprocess=preprocessing_of(model),
     )
-    _, dataset = task.datasets(config)
+    if synthetic:
+        _, dataset = task.datasets(config)
+    elif dataset_name not in getattr(task, "datasets_known", ()):
+        known = ", ".join(getattr(task, "datasets_known", ()))
+        raise ValueError(
+            f"{args.weights} is a net of the {model.task} task: give --dataset, one of {known}, not {dataset_name}"
+        )
+    else:  # the split alone: the training split need not be there
+        dataset = open_dataset(dataset_name, args.data, args.split or DEFAULT_SPLITS[dataset_name][1])
     device = resolve_device(args.device or "auto")
     metrics = task.evaluate(model.to(device), dataset, config, Context(device=device), progress=True)
     if args.json:
