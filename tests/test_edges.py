@@ -343,3 +343,23 @@ def test_hed_and_fsds_keep_their_own_outputs():
         fcnseg.build_model("hed", 21)
     assert fcnseg.build_model("fsds", 5, widths=TINY).config["num_classes"] == 5
     assert fcnseg.build_model("fcn8s", widths=(4, 8, 8, 16, 16, 32)).num_classes == 21
+
+
+def test_hed_pair_list_and_its_consensus(tmp_path):
+    from fcnseg.data.registry import open_dataset
+
+    root = tmp_path / "HED-BSDS"
+    _image(root / "train" / "aug_data" / "0.0_1_0" / "a.jpg", (2, 3), 0)
+    (root / "train" / "aug_gt" / "0.0_1_0").mkdir(parents=True)
+    mean = np.array([[0, 51, 127], [128, 204, 255]], np.uint8)  # 0/5 ... 5/5 annotators, and 127, 128
+    Image.fromarray(mean).save(root / "train" / "aug_gt" / "0.0_1_0" / "a.png")
+    (root / "train_pair.lst").write_text("train/aug_data/0.0_1_0/a.jpg train/aug_gt/0.0_1_0/a.png\n")
+    dataset = open_dataset("hed-bsds", str(root), "train")
+    image, truth = dataset[0]
+    assert image.shape == (2, 3, 3) and truth.shape == (1, 2, 3)
+    # Caffe's integer label / 255 rounds: 128 and up (at least half the annotators) is an edge
+    np.testing.assert_array_equal(edge_labels(truth), [[0, 0, 0], [1, 1, 1]])
+    (root / "train_pair.lst").write_text("train/a.jpg train/a.png\nonly-one-name\n")
+    with pytest.raises(DataError, match="2 line") as error:
+        open_dataset("hed-bsds", str(root), "train")
+    assert "no such file" in error.value.problems[0] and "only-one-name" in error.value.problems[1]

@@ -59,7 +59,7 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
         {"choices": DATASETS, "help": "data set kind (default: folder with --data, else synthetic)"},
     ),
     ("--data", {"help": "data folder: images/ and masks/, or the root of --dataset"}),
-    ("--val-data", {"help": "folder data set: a separate validation folder"}),
+    ("--val-data", {"help": "folder data set: a separate validation folder; hed-bsds: the BSDS500 folder"}),
     ("--val-fraction", {"type": float, "help": "folder data set: fraction held out for validation"}),
     (
         "--num-classes",

@@ -14,13 +14,14 @@ import numpy as np
 import torch
 
 from fcnseg.data.datasets import IGNORE_INDEX, DataError
-from fcnseg.data.images import read_image
+from fcnseg.data.images import read_image, read_label
 from fcnseg.data.matlab import MatReadError, load_mat
 from fcnseg.data.synthetic import DEFAULT_SIZE_RANGE, make_sample, sample_seed
 from fcnseg.errors import MissingExtraError
 
 __all__ = [
     "BSDS500",
+    "HEDPairs",
     "SCALE_THRESHOLDS",
     "SkeletonDataset",
     "SyntheticEdges",
@@ -258,3 +259,44 @@ class SkeletonDataset(torch.utils.data.Dataset):
                 )
             maps[key] = value != 0
         return image, skeleton_scales(maps["symmetry"], maps["edge"])
+
+
+class HEDPairs(torch.utils.data.Dataset):
+    """HED's training list (``HED-BSDS/train_pair.lst``: lines ``image ground-truth`` relative to the
+    list's folder), whose ground truths are grey PNGs of the annotators' mean (255: all of them).
+    Items are (image, mean (1, H, W) float32), which :func:`edge_labels` turns into HED's labels."""
+
+    def __init__(self, root: str | Path, split: str = "train"):
+        root = Path(root)
+        self.list = root / f"{split}_pair.lst"
+        if not self.list.is_file():
+            raise DataError(f"{root}: no {self.list.name} (HED-BSDS lists its pairs in train_pair.lst)", [])
+        self.pairs, problems = [], []
+        for number, line in enumerate(self.list.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            names = line.split()
+            if len(names) != 2:
+                problems.append(f"{self.list}:{number}: expected 'image ground-truth', got {line!r}")
+                continue
+            pair = (root / names[0], root / names[1])
+            missing = [str(p) for p in pair if not p.is_file()]
+            if missing:
+                problems.append(f"{self.list}:{number}: no such file {', '.join(missing)}")
+            self.pairs.append(pair)
+        if problems:
+            raise DataError(f"{self.list}: {len(problems)} line(s) cannot be used", problems)
+        if not self.pairs:
+            raise DataError(f"{self.list} lists no pairs", [])
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        image_path, truth_path = self.pairs[index]
+        image, truth = read_image(image_path), read_label(truth_path)
+        if truth.shape != image.shape[:2]:
+            raise DataError(
+                f"{truth_path}: size {truth.shape} differs from {image_path}'s {image.shape[:2]}", []
+            )
+        return image, (truth.astype(np.float32) / 255)[None]

@@ -17,6 +17,7 @@ DATASETS = (
     "siftflow",
     "context",
     "bsds500",
+    "hed-bsds",
     "sk-large",
     "sk506",
 )
@@ -28,6 +29,7 @@ DEFAULT_SPLITS = {
     "siftflow": ("trainval", "test"),
     "context": ("train", "val"),
     "bsds500": ("train", "val"),  # edges
+    "hed-bsds": ("train", "val"),  # HED's augmented training pairs; validation on BSDS500 (val_data)
     "sk-large": ("train", "test"),  # skeletons
     "sk506": ("train", "test"),
 }
@@ -80,6 +82,10 @@ def open_dataset(
         from fcnseg.data.edges import BSDS500
 
         return BSDS500(root, split)
+    if name == "hed-bsds":
+        from fcnseg.data.edges import HEDPairs
+
+        return HEDPairs(root, split)
     if name in ("sk-large", "sk506"):
         from fcnseg.data.edges import SkeletonDataset
 

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from fcnseg import distributed
 from fcnseg.data.datasets import DataError
-from fcnseg.data.edges import BSDS500, SkeletonDataset, SyntheticEdges, edge_labels
+from fcnseg.data.edges import BSDS500, HEDPairs, SkeletonDataset, SyntheticEdges, edge_labels
 from fcnseg.data.preprocess import preprocess, preprocessing_of
 from fcnseg.data.registry import DEFAULT_SPLITS, open_dataset
 from fcnseg.data.transforms import (
@@ -73,11 +73,12 @@ class EdgeTask:
     metrics = ("ods", "ois", "ap")
     curves = {"ods": "ODS F", "ap": "AP"}
     synthetic = SyntheticEdges
-    datasets_known = ("synthetic", "bsds500")
+    datasets_known = ("synthetic", "bsds500", "hed-bsds")
     max_dist = EDGE_MAX_DIST
 
-    def datasets(self, config: TrainConfig) -> tuple[Dataset, Dataset]:
-        """The synthetic world's boundaries, or a data set's splits."""
+    def datasets(self, config: TrainConfig) -> tuple[Dataset, Dataset | None]:
+        """The synthetic world's boundaries, or a data set's splits (HED-BSDS: its pairs, and
+        BSDS500's validation split from ``val_data``)."""
         name = config.dataset
         if name not in self.datasets_known:
             raise ConfigError(f"the {self.name} task reads {', '.join(self.datasets_known)}, not {name!r}")
@@ -88,10 +89,11 @@ class EdgeTask:
                 self.synthetic(config.val_images, seed=1, size_range=size),
             )
         splits = DEFAULT_SPLITS[name]
-        return (
-            open_dataset(name, config.data, config.train_split or splits[0]),
-            open_dataset(name, config.data, config.val_split or splits[1]),
-        )
+        train = open_dataset(name, config.data, config.train_split or splits[0])
+        if name == "hed-bsds":  # HED's augmented pairs have no validation split: BSDS500's, when given
+            val_split = config.val_split or splits[1]
+            return train, open_dataset("bsds500", config.val_data, val_split) if config.val_data else None
+        return train, open_dataset(name, config.data, config.val_split or splits[1])
 
     def check_data(
         self, train_set: Dataset, val_set: Dataset | None, say: Callable[[str], None], progress: bool
@@ -99,7 +101,7 @@ class EdgeTask:
         """Read every sample of the sets made of files; list all that cannot be read."""
         problems = []
         for dataset in (train_set, val_set):
-            if not isinstance(dataset, BSDS500 | SkeletonDataset):
+            if not isinstance(dataset, BSDS500 | HEDPairs | SkeletonDataset):
                 continue
             for i in tqdm(range(len(dataset)), desc="checking data", disable=not progress, leave=False):
                 try:

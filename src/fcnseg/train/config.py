@@ -85,7 +85,8 @@ class TrainConfig:
     # Data
     dataset: str | None = None  # None: "folder" when data names a folder, else "synthetic"
     data: str | None = None
-    val_data: str | None = None  # folder data set: a second folder, else val_fraction of data
+    # folder data set: a second folder, else val_fraction of data; hed-bsds: the BSDS500 folder to validate on
+    val_data: str | None = None
     val_fraction: float = 0.1
     train_split: str | None = None
     val_split: str | None = None
