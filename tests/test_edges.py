@@ -295,9 +295,9 @@ def test_scores_from_counts_by_hand():
 
 
 # Caffe import
-def _hed_layers(seed: int) -> list[CaffeLayer]:
+def _caffe_layers(arch: str, seed: int) -> list[CaffeLayer]:
     rng = np.random.default_rng(seed)
-    model = tiny("hed")
+    model = tiny(arch)
     layers = []
     for name, module in model.named_modules():
         if list(module.parameters(recurse=False)):
@@ -310,7 +310,7 @@ def _hed_layers(seed: int) -> list[CaffeLayer]:
 
 
 def test_convert_hed_caffemodel(tmp_path):
-    layers = _hed_layers(0)
+    layers = _caffe_layers("hed", 0)
     path = tmp_path / "hed_pretrained_bsds.caffemodel"
     write_caffemodel(path, layers)
     model = load_caffe_fcn(path, "hed")
@@ -363,3 +363,16 @@ def test_hed_pair_list_and_its_consensus(tmp_path):
     with pytest.raises(DataError, match="2 line") as error:
         open_dataset("hed-bsds", str(root), "train")
     assert "no such file" in error.value.problems[0] and "only-one-name" in error.value.problems[1]
+
+
+def test_convert_fsds_caffemodel(tmp_path):
+    layers = _caffe_layers("fsds", 1)
+    assert {"score-dsn-2", "upsample-16", "cat2-score"} <= {layer.name for layer in layers}
+    path = tmp_path / "fsds.caffemodel"
+    write_caffemodel(path, layers)
+    model = load_caffe_fcn(path)
+    assert model.config["arch"] == "fsds" and model.meta["task"] == "skeleton"
+    blobs = {layer.name: layer.blobs for layer in layers}
+    np.testing.assert_array_equal(
+        getattr(model, "cat2-score").weight.detach().numpy(), blobs["cat2-score"][0]
+    )
