@@ -1,5 +1,6 @@
-"""Edge and skeleton data: BSDS500, SK-LARGE and SK506 readers, the synthetic world's boundaries and
-medial axes, and the label rules of HED and FSDS (consensus edges, skeleton scales and their classes).
+"""Edge and skeleton data: BSDS500, HED-BSDS, SK-LARGE and SK506 readers, the synthetic world's
+boundaries and medial axes, and the label rules of HED and FSDS (consensus edges, skeleton scales
+and their classes).
 
 Edge samples are ``(image (H, W, 3) uint8, boundaries (K, H, W) bool)``, one map per annotator;
 skeleton samples are ``(image, scales (H, W) float32)``, the skeleton's scale (twice the distance
