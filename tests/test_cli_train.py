@@ -128,13 +128,23 @@ def test_recipes_are_valid_configs(recipe):
     arch, backbone, data, batch = recipe.stem.split("_")
     assert config.arch == arch
     assert backbone in ("vgg16", "alexnet", "vgg16-narrow")
-    assert batch == f"batch{config.batch_size}"
+    accumulated = f"x{config.iter_size}" if config.iter_size > 1 else ""  # batches per step
+    assert batch == f"batch{config.batch_size}{accumulated}"
     assert config.notes, "every recipe says what experiment it is"
 
 
 def test_there_are_recipes_for_the_papers_nets():
     names = {p.stem.split("_")[0] for p in RECIPES}
-    assert {"fcn32s", "fcn32s-fixed", "fcn16s", "fcn8s", "fcn8s-atonce", "fcn-alexnet"} <= names
+    assert {
+        "fcn32s",
+        "fcn32s-fixed",
+        "fcn16s",
+        "fcn8s",
+        "fcn8s-atonce",
+        "fcn-alexnet",
+        "hed",
+        "fsds",
+    } <= names
 
 
 def test_evaluate_on_cuda_without_cuda_says_so(tmp_path, capsys, monkeypatch):

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_datasets import write_context, write_nyud, write_pascal, write_siftflow
+from tiny_datasets import (
+    write_bsds500,
+    write_context,
+    write_hed_bsds,
+    write_nyud,
+    write_pascal,
+    write_siftflow,
+    write_sk_large,
+)
 
 from fcnseg import build_model, save_checkpoint
 from fcnseg.cli.train import load_recipe
@@ -16,7 +24,14 @@ from fcnseg.train.trainer import train
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.toml"))
 TINY = {"vgg16": (4, 8, 8, 16, 16, 32), "alexnet": (4, 8, 8, 8, 8, 16)}
-WRITERS = {"voc": write_pascal, "nyud": write_nyud, "siftflow": write_siftflow, "context": write_context}
+WRITERS = {
+    "voc": write_pascal,
+    "nyud": write_nyud,
+    "siftflow": write_siftflow,
+    "context": write_context,
+    "hed-bsds": write_hed_bsds,
+    "sk-large": write_sk_large,
+}
 CLASSES = {
     "voc": 21,
     "nyud": 40,
@@ -58,7 +73,9 @@ def test_every_experiment_of_the_original_repository_has_a_recipe():
 def test_recipe_trains_a_step_on_a_tiny_copy_of_its_data(path, tmp_path):
     values = load_recipe(path)
     written = TrainConfig.from_dict(values)  # the recipe as written is a valid config
-    assert path.stem.startswith(f"{written.arch}_") and path.stem.endswith(f"_batch{written.batch_size}")
+    accumulated = f"x{written.iter_size}" if written.iter_size > 1 else ""  # batches per step
+    assert path.stem.startswith(f"{written.arch}_")
+    assert path.stem.endswith(f"_batch{written.batch_size}{accumulated}")
     assert written.out == f"runs/{path.stem}"
     backbone = path.stem.split("_")[1].removesuffix("-narrow")
     dataset = written.dataset
@@ -67,6 +84,8 @@ def test_recipe_trains_a_step_on_a_tiny_copy_of_its_data(path, tmp_path):
         values["data"] = str(WRITERS[dataset](tmp_path / "data"))
     else:
         values.update(train_images=4, val_images=2)
+    if written.val_data:  # HED trains on HED-BSDS and is scored on BSDS500
+        values["val_data"] = str(write_bsds500(tmp_path / "val"))
     if written.init not in (None, "auto"):
         staged = written.init.startswith("runs/")
         arch = (
@@ -81,5 +100,5 @@ def test_recipe_trains_a_step_on_a_tiny_copy_of_its_data(path, tmp_path):
     assert result.steps == 1 and math.isfinite(result.history[-1]["train_loss"])
     model = result.model
     assert model.in_channels == get_preprocessing(written.preprocess).channels
-    score = {"siftflow": "sem_mean_iu"}.get(written.task, "mean_iu")
+    score = {"siftflow": "sem_mean_iu", "edges": "ods", "skeleton": "ods"}.get(written.task, "mean_iu")
     assert 0 <= result.history[-1][score] <= 1

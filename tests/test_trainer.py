@@ -377,3 +377,46 @@ def test_a_data_folder_without_a_data_set_name_means_folder():
     assert TrainConfig.from_dict({"data": "my-data"}).dataset == "folder"
     assert TrainConfig().dataset == "synthetic"
     assert TrainConfig(dataset="voc", data="VOC").dataset == "voc"
+
+
+def test_iter_size_accumulates_batches_into_one_step(tmp_path):
+    """k batches of one image whose gradients are averaged make the step that one batch of k makes,
+    for a loss summed over each image's pixels and divided by the batch (HED's)."""
+    common = dict(
+        task="edges",
+        widths=(4, 8, 8, 8, 8),
+        init=None,
+        train_images=4,
+        val_images=0,
+        image_size=(24, 24),
+        loss="sum",
+        optimizer="sgd",
+        lr=1e-3,
+        momentum=0.9,
+        weight_decay=2e-4,
+        caffe_bias=True,
+        max_steps=2,
+        progress=False,
+        checkpoint_every=0,
+    )
+    whole = train(TrainConfig(**common, batch_size=4, iter_size=1, out=str(tmp_path / "whole")))
+    parts = train(TrainConfig(**common, batch_size=1, iter_size=4, out=str(tmp_path / "parts")))
+    assert whole.steps == parts.steps == 2
+    for (name, a), b in zip(whole.model.state_dict().items(), parts.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    moved = train(
+        TrainConfig(**{**common, "max_steps": 1}, batch_size=1, iter_size=1, out=str(tmp_path / "one"))
+    )
+    assert not torch.equal(moved.model.backbone.conv1_1.weight, whole.model.backbone.conv1_1.weight)
+
+
+def test_poly_lr_is_zero_past_the_time_limit():
+    """A validation can overrun the time limit: the schedule then ends at 0, a real number."""
+    from fcnseg.train.optim import set_lr
+
+    model = torch.nn.Conv2d(1, 1, 1)
+    config = TrainConfig(optimizer="sgd", lr=0.1, init=None)
+    optimizer = torch.optim.SGD([{"params": model.parameters(), "lr_mult": 1.0}], lr=0.1)
+    assert set_lr(optimizer, config, 1.3) == 0.0 and optimizer.param_groups[0]["lr"] == 0.0
+    step = TrainConfig(optimizer="sgd", lr=0.1, init=None, lr_schedule="step", lr_step_size=10, lr_gamma=0.1)
+    assert [set_lr(optimizer, step, 0.5, s) for s in (0, 9, 10, 25)] == pytest.approx([0.1, 0.1, 0.01, 0.001])

@@ -102,3 +102,56 @@ def write_context(root: Path, h: int = 24, w: int = 32, seed: int = 0) -> Path:
             label_map = rng.integers(0, 6, size=(h, w)).astype(np.uint16)
             write_mat(root / "trainval" / f"{i}.mat", {"LabelMap": label_map}, compress=True)
     return root
+
+
+def write_bsds500(root: Path, h: int = 24, w: int = 32, seed: int = 0) -> Path:
+    """BSR/BSDS500/data: images and groundTruth .mat files of two annotators, train/val/test."""
+    import scipy.io
+
+    rng = np.random.default_rng(seed)
+    data = root / "BSR" / "BSDS500" / "data"
+    for split in ("train", "val", "test"):
+        (data / "groundTruth" / split).mkdir(parents=True)
+        for stem in ("100", "101"):
+            write_image(data / "images" / split / f"{stem}.jpg", rng, h, w)
+            cells = np.empty((1, 2), object)
+            for k in range(2):
+                boundaries = np.zeros((h, w), np.uint16)
+                boundaries[rng.integers(2, h - 2), :] = 1
+                cells[0, k] = {"Segmentation": np.ones((h, w), np.uint16), "Boundaries": boundaries}
+            scipy.io.savemat(data / "groundTruth" / split / f"{stem}.mat", {"groundTruth": cells})
+    return root
+
+
+def write_hed_bsds(root: Path, h: int = 24, w: int = 32, seed: int = 0) -> Path:
+    """HED-BSDS: augmented images and the annotators' mean as grey PNGs, listed in train_pair.lst."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for stem in ("a", "b"):
+        image, truth = f"train/aug_data/0.0_1_0/{stem}.jpg", f"train/aug_gt/0.0_1_0/{stem}.png"
+        write_image(root / image, rng, h, w)
+        mean = np.zeros((h, w), np.uint8)
+        mean[rng.integers(2, h - 2), :] = 255
+        (root / truth).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mean).save(root / truth)
+        pairs.append(f"{image} {truth}")
+    write_lines(root / "train_pair.lst", pairs)
+    return root
+
+
+def write_sk_large(root: Path, h: int = 24, w: int = 40, seed: int = 0) -> Path:
+    """SK-LARGE: images and groundTruth .mat files holding the object's edge and symmetry maps."""
+    import scipy.io
+
+    rng = np.random.default_rng(seed)
+    for split in ("train", "test"):
+        (root / "groundTruth" / split).mkdir(parents=True)
+        for stem in ("a", "b"):
+            write_image(root / "images" / split / f"{stem}.jpg", rng, h, w)
+            edge, symmetry = np.zeros((h, w), np.uint8), np.zeros((h, w), np.uint8)
+            edge[2], edge[h - 3] = 1, 1
+            symmetry[h // 2, 5 : w - 5] = 1
+            scipy.io.savemat(
+                root / "groundTruth" / split / f"{stem}.mat", {"edge": edge, "symmetry": symmetry}
+            )
+    return root

@@ -11,6 +11,7 @@ from torch import nn
 
 import fcnseg
 from fcnseg.models.googlenet import GOOGLENET_CONVS, GOOGLENET_WIDTHS, googlenet_backbone
+from fcnseg.models.registry import SIDE_OUTPUT_ARCHS
 
 TINY = (4, 8, 8, 16, 16, 32)
 TINY_ALEXNET = (8, 8, 8, 8, 8, 16)
@@ -20,8 +21,9 @@ NARROW = {
     "alexnet": (8, 8, 16, 16, 8, 32),
     "googlenet": tuple(max(2, width // 16) for width in GOOGLENET_WIDTHS),
 }
-ARCHS = sorted(fcnseg.ARCHITECTURES)
-"""Every registered architecture: the shared model tests run over all of them."""
+ARCHS = sorted(set(fcnseg.ARCHITECTURES) - set(SIDE_OUTPUT_ARCHS))
+"""Every registered FCN: the shared model tests run over all of them (HED and FSDS, whose outputs
+are edges and skeletons, have their own: tests/test_edges.py)."""
 
 
 def family(arch: str) -> str:

@@ -19,6 +19,8 @@ _HOMES = {
     "build_model": "fcnseg.models.registry",
     "confusion_matrix": "fcnseg.metrics.segmentation",
     "convolutionalize": "fcnseg.models.convolutionalize",
+    "evaluate_edges": "fcnseg.metrics.edges",
+    "evaluate_skeletons": "fcnseg.metrics.edges",
     "fcn_from_imagenet": "fcnseg.weights.imagenet",
     "load": "fcnseg.weights.load",
     "load_checkpoint": "fcnseg.weights.checkpoint",

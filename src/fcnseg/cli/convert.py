@@ -15,7 +15,7 @@ from fcnseg.weights.imagenet import fcn_from_imagenet
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("convert", help="convert Caffe or torchvision weights to a checkpoint")
     sources = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
-    caffe = sources.add_parser("caffe", help="an original Caffe FCN model (.caffemodel)")
+    caffe = sources.add_parser("caffe", help="an original Caffe FCN, HED or FSDS model (.caffemodel)")
     caffe.add_argument("weights", type=Path, help="the .caffemodel file")
     caffe.add_argument(
         "--arch", choices=sorted(ARCHITECTURES), help="expected net (read from the file if left out)"
@@ -45,7 +45,7 @@ def _read_class_names(path: Path | None, num_classes: int) -> list[str] | None:
 
 def _save(model, args: argparse.Namespace) -> int:
     names = _read_class_names(args.classes, model.num_classes)
-    if names is None and model.num_classes == len(VOC_CLASSES):
+    if names is None and model.task == "segmentation" and model.num_classes == len(VOC_CLASSES):
         names = list(VOC_CLASSES)
     if names is not None:
         model.meta["class_names"] = names
@@ -53,8 +53,9 @@ def _save(model, args: argparse.Namespace) -> int:
         raise ValueError(f"--out {args.out} would overwrite the input")
     save_checkpoint(model, args.out)
     widths = ",".join(map(str, model.config["widths"]))
+    predicts = f"{model.num_classes} classes" if model.task == "segmentation" else model.task
     print(
-        f"{args.weights} -> {args.out}: {model.config['arch']}, {model.num_classes} classes, "
+        f"{args.weights} -> {args.out}: {model.config['arch']}, {predicts}, "
         f"widths {widths}, preprocess {model.meta['preprocess']}, "
         f"{sum(p.numel() for p in model.parameters()):,} parameters"
     )

@@ -15,10 +15,12 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from fcnseg import distributed
 from fcnseg.data.datasets import InMemory
 from fcnseg.data.preprocess import preprocess
 from fcnseg.data.synthetic import CLASS_NAMES, SyntheticSegmentation
@@ -61,6 +63,26 @@ FULL = {
 FULL_DATA = {"train_images": 2000, "val_images": 30, "test_images": 100, "image_size": (64, 96)}
 QUICK = {**FULL, "widths": (4, 8, 8, 16, 16, 32), "epochs": 1, "time_limit": None, "val_every": 0}
 QUICK_DATA = {"train_images": 16, "val_images": 4, "test_images": 6, "image_size": (32, 48)}
+# Edges and skeletons: a narrow HED or FSDS from scratch with the loop's defaults (per-pixel mean of
+# the class-balanced loss, Adam). In 60 s on one thread HED made 371 steps to 0.456 validation ODS
+# and FSDS 327 steps to 0.316 F; validation runs once, at the end, as matching is slow.
+SIDES = {
+    "widths": (8, 16, 32, 32, 32),
+    "weight_init": "kaiming",
+    "init": None,
+    "preprocess": "imagenet",
+    "loss": "mean",
+    "optimizer": "adam",
+    "lr": 2e-3,
+    "lr_schedule": "poly",
+    "batch_size": 4,
+    "flip": True,
+    "epochs": 100,
+    "time_limit": 60.0,
+}
+SIDES_DATA = {"train_images": 1000, "val_images": 10, "test_images": 20, "image_size": (64, 96)}
+SIDES_QUICK = {**SIDES, "widths": (4, 8, 8, 8, 8), "epochs": 1, "time_limit": None}
+SIDES_QUICK_DATA = {"train_images": 8, "val_images": 2, "test_images": 2, "image_size": (32, 40)}
 _OUTPUTS = ("last.pt", "best.pt", "model.pt", "log.csv", "curves.png", "metrics.json", "overlays")
 
 
@@ -72,6 +94,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "held-out images and write overlays, curves, metrics.json and the checkpoint to --out.",
     )
     parser.add_argument("--out", type=Path, default=Path("fcnseg-demo"), help="output folder")
+    parser.add_argument(
+        "--task",
+        choices=("segmentation", "edges", "skeleton"),
+        default="segmentation",
+        help="edges: a narrow HED on the synthetic boundaries; skeleton: a narrow FSDS on their medial "
+        "axes (about 2 minutes each)",
+    )
     parser.add_argument("--quick", action="store_true", help="a tiny net for a few seconds (for tests)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the training run")
     parser.add_argument("--overlays", type=int, default=4, help="how many overlay PNGs to write")
@@ -93,8 +122,10 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = _prepare(args.out)
-    settings, data = (QUICK, QUICK_DATA) if args.quick else (FULL, FULL_DATA)
     progress = not args.quiet
+    if args.task != "segmentation":
+        return _sides_demo(args, out, progress, start)
+    settings, data = (QUICK, QUICK_DATA) if args.quick else (FULL, FULL_DATA)
     size = data["image_size"]
     train_set = InMemory(
         SyntheticSegmentation(data["train_images"], seed=0, size_range=size), "generating train set", progress
@@ -169,3 +200,54 @@ def _write_overlays(model, dataset: Dataset, mode: str, folder: Path, count: int
             atomic_write(folder / f"sample_{i}.png", functools.partial(picture.save, format="PNG"))
         )
     return written
+
+
+def _sides_demo(args: argparse.Namespace, out: Path, progress: bool, start: float) -> int:
+    """Train a narrow HED (edges) or FSDS (skeleton) on the synthetic world and score held-out images."""
+    from fcnseg.data.edges import SyntheticEdges, SyntheticSkeletons
+    from fcnseg.tasks import get_task
+    from fcnseg.tasks.edges import predict_map
+
+    settings, data = (SIDES_QUICK, SIDES_QUICK_DATA) if args.quick else (SIDES, SIDES_DATA)
+    kind = SyntheticEdges if args.task == "edges" else SyntheticSkeletons
+    size = data["image_size"]
+    sets = [
+        InMemory(
+            kind(data[f"{split}_images"], seed=seed, size_range=size), f"generating {split} set", progress
+        )
+        for seed, split in enumerate(("train", "val", "test"))
+    ]
+    config = TrainConfig(
+        task=args.task, **settings, seed=args.seed, out=str(out), device=args.device, progress=progress,
+        image_size=size,
+    )  # fmt: skip
+    result = Trainer(config, train_set=sets[0], val_set=sets[1]).fit()
+    model, task = result.model, get_task(args.task)
+    device = next(model.parameters()).device
+    metrics = task.evaluate(model, sets[2], config, distributed.Context(device=device), progress)
+    model.meta["metrics"] = metrics
+    save_checkpoint(model.cpu(), out / "model.pt")
+    summary = json.dumps(metrics, indent=2) + "\n"
+    atomic_write(out / "metrics.json", lambda f: f.write(summary.encode()))
+    folder = out / "overlays"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(min(args.overlays, len(sets[2]))):
+        image, truth = sets[2][i]
+        shown = [
+            image,
+            *(np.repeat(m[..., None], 3, 2) for m in (task.truths(truth)[0], predict_map(model, image))),
+        ]
+        panels = np.concatenate([np.clip(np.asarray(p, np.float32) * (255 if p.dtype != np.uint8 else 1), 0, 255)
+                                 for p in shown], axis=1).astype(np.uint8)  # fmt: skip
+        picture = Image.fromarray(panels.repeat(3, 0).repeat(3, 1))
+        atomic_write(folder / f"sample_{i}.png", functools.partial(picture.save, format="PNG"))
+    net = "HED" if args.task == "edges" else "FSDS"
+    print(
+        f"\n{net} {settings['widths']} trained {result.steps} steps; held-out synthetic images ({len(sets[2])}):"
+    )
+    print(task.summary(metrics, model))
+    print(
+        f"\nwrote {out}/: model.pt, best.pt, last.pt, metrics.json, log.csv, curves.png, overlays (image | truth | prediction)"
+    )
+    print(f"total time {time.perf_counter() - start:.0f} s")
+    return 0

@@ -1,11 +1,16 @@
-"""``fcnseg evaluate``: the paper's four metrics and per-class IU of saved weights on a data set."""
+"""``fcnseg evaluate``: the paper's four metrics and per-class IU of saved weights on a data set; for
+edge and skeleton nets (HED, FSDS) the benchmark's ODS, OIS and AP."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from fcnseg.data.registry import DATASETS, open_dataset
+import torch
+
+from fcnseg.data.preprocess import preprocessing_of
+from fcnseg.data.registry import DATASETS, DEFAULT_SPLITS, open_dataset
+from fcnseg.distributed import Context
 from fcnseg.infer import crf
 from fcnseg.infer.predict import resolve_device
 from fcnseg.metrics.segmentation import evaluate_confusion, format_metrics, scores
@@ -17,7 +22,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "evaluate",
         help="score saved weights on a labelled data set",
         description="Pixel accuracy, mean accuracy, mean IU and frequency-weighted IU (percent), "
-        "and the IU of every class, of WEIGHTS on DATA.",
+        "and the IU of every class, of WEIGHTS on DATA; for an edge (HED) or skeleton (FSDS) net, "
+        "ODS, OIS and AP as the BSDS benchmark computes them (--dataset bsds500, sk-large, sk506).",
     )
     parser.add_argument("weights", help="an fcnseg checkpoint (.pt) or a Caffe model")
     parser.add_argument(
@@ -47,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"{args.weights} has {len(model.heads)} heads: its training run's log.csv scores each"
         )
+    if model.task != "segmentation":
+        return _run_task(args, model, dataset_name)
     dataset = open_dataset(
         dataset_name, args.data, args.split, num_images=args.images, num_classes=model.num_classes
     )
@@ -71,4 +79,41 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"{args.weights} on {args.data} ({len(dataset)} images{', dense CRF' if args.crf else ''})")
         print(format_metrics(metrics, class_names))
+    return 0
+
+
+def _run_task(args: argparse.Namespace, model: torch.nn.Module, dataset_name: str) -> int:
+    """Score a net of another task (the one it was made for) on that task's validation split."""
+    from fcnseg.tasks import get_task  # the tasks know the training settings; segmentation needs neither
+    from fcnseg.train.config import TrainConfig
+
+    task = get_task(model.task)
+    synthetic = dataset_name == "synthetic"
+    config = TrainConfig(
+        task=model.task,
+        arch=model.config["arch"],
+        dataset=dataset_name,
+        data=None if synthetic else args.data,
+        val_split=args.split,
+        val_images=args.images,
+        train_images=0,
+        init=None,
+        preprocess=preprocessing_of(model),
+    )
+    if synthetic:
+        _, dataset = task.datasets(config)
+    elif dataset_name not in getattr(task, "datasets_known", ()):
+        known = ", ".join(getattr(task, "datasets_known", ()))
+        raise ValueError(
+            f"{args.weights} is a net of the {model.task} task: give --dataset, one of {known}, not {dataset_name}"
+        )
+    else:  # the split alone: the training split need not be there
+        dataset = open_dataset(dataset_name, args.data, args.split or DEFAULT_SPLITS[dataset_name][1])
+    device = resolve_device(args.device or "auto")
+    metrics = task.evaluate(model.to(device), dataset, config, Context(device=device), progress=True)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(f"{args.weights} ({model.task}) on {args.data} ({len(dataset)} images)")
+        print(task.summary(metrics, model))
     return 0

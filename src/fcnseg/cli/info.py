@@ -11,6 +11,7 @@ from torch import nn
 from fcnseg.models.fcn import FCN
 from fcnseg.models.flops import ComputeCost, compute_cost
 from fcnseg.models.registry import ARCHITECTURES, build_model
+from fcnseg.models.sides import FSDS, HED
 from fcnseg.weights.checkpoint import read_checkpoint
 from fcnseg.weights.transfer import caffe_name
 
@@ -26,7 +27,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "net", metavar="ARCH|WEIGHTS", help=f"one of {', '.join(ARCHITECTURES)}, or a checkpoint"
     )
     parser.add_argument("--size", type=parse_size, default=(500, 500), help="input HxW (default: 500x500)")
-    parser.add_argument("--num-classes", type=int, default=21, help="architecture only (default: 21)")
+    parser.add_argument(
+        "--num-classes", type=int, help="architecture only (default: 21; HED and FSDS have their own)"
+    )
     parser.add_argument(
         "--widths", type=parse_widths, help="architecture only: narrower widths, e.g. 4,8,16,32,32,64"
     )
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 def describe(
     net: str,
     size: tuple[int, int],
-    num_classes: int = 21,
+    num_classes: int | None = None,
     widths: tuple[int, ...] | None = None,
     all_layers: bool = False,
 ) -> str:
@@ -81,11 +84,14 @@ def describe(
             f"{title} is a late fusion of {len(model.streams)} fcn32s streams: `fcnseg info fcn32s` describes each"
         )
     cost = compute_cost(model, size)
-    lines = [f"{title}: {model.num_classes} classes, input {'x'.join(map(str, cost.input_shape))}", ""]
+    side_outputs = isinstance(model, HED | FSDS)
+    predicts = f"{model.task}, {model.outputs} outputs" if side_outputs else f"{model.num_classes} classes"
+    lines = [f"{title}: {predicts}, input {'x'.join(map(str, cost.input_shape))}", ""]
     fields = {name: (tap.stride, tap.field) for name, tap in model.backbone.taps.items()}
-    fields["score_fr"] = fields[model.backbone.output.name]  # 1x1: the trunk output's positions
+    if not side_outputs:
+        fields["score_fr"] = fields[model.backbone.output.name]  # 1x1: the trunk output's positions
     lines += _layer_table(model, cost, all_layers, fields)
-    lines += [""] + _summary(model, cost, fields)
+    lines += [""] + (_side_summary(model, cost, fields) if side_outputs else _summary(model, cost, fields))
     return "\n".join(lines)
 
 
@@ -128,9 +134,29 @@ def _layer_table(
         params = f"{row.params:,}" if row.params else ""
         row = f"{short:<{width}}{_kind(layer):<24}{shape:>16}{stride:>8}{field:>7}{params:>13}{gmacs:>9}"
         lines.append(row.rstrip())
+    if isinstance(model, HED | FSDS):
+        output = f"{model.outputs}x{cost.input_shape[1]}x{cost.input_shape[2]}"
+        lines.append(f"{'(output)':<{width}}{'sides, then fused':<24}{output:>16}")
+        return lines
     output = f"{model.num_classes}x{cost.input_shape[1]}x{cost.input_shape[2]}"
     lines.append(f"{'(output)':<{width}}{f'crop at {model.output_offset}':<24}{output:>16}")
     return lines
+
+
+def _side_summary(model: HED | FSDS, cost: ComputeCost, fields: dict[str, tuple[int, int]]) -> list[str]:
+    lines = []
+    for tap, (score, _, offset) in zip(model.taps, model.sides, strict=True):
+        stride, field = fields[tap.name]
+        lines.append(
+            f"{score:<17} on {tap.name.replace('relu', 'conv')}: stride {stride}, receptive field "
+            f"{field}x{field}, crop at {offset}"
+        )
+    return [
+        *lines,
+        f"parameters        {cost.params:,} ({cost.params / 1e6:.1f} M)",
+        f"compute           {cost.macs / 1e9:.1f} GMACs = {cost.gflops:.1f} GFLOPs "
+        f"per {cost.input_shape[1]}x{cost.input_shape[2]} image (1 MAC = 2 FLOPs)",
+    ]
 
 
 def _summary(model: FCN, cost: ComputeCost, fields: dict[str, tuple[int, int]]) -> list[str]:

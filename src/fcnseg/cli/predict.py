@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -22,6 +23,8 @@ from fcnseg.infer import crf
 from fcnseg.infer.predict import PRECISIONS, predict_batch, resolve_device
 from fcnseg.infer.tiling import parse_memory
 from fcnseg.models.fcn import FCN
+from fcnseg.tasks import get_task
+from fcnseg.tasks.edges import predict_map
 from fcnseg.tasks.segmentation import SegmentationTask
 from fcnseg.weights.load import load
 
@@ -221,6 +224,15 @@ def run(args: argparse.Namespace) -> int:
         crf.require()
     _prepare_out(out)
     model = load(weights)
+    if model.task != "segmentation":
+        if args.probs or args.tta_flip or args.tta_scales:
+            raise ValueError(
+                f"{weights} is a net of the {model.task} task: --probs and --tta-* are for segmentation"
+            )
+        model.to(resolve_device(args.device))
+        start = time.perf_counter()
+        done = _edge_maps(args, model, files, stems, failures)
+        return _report(done, files, out, start, failures, "drew edge or skeleton maps of")
     if model.num_classes > 256:
         raise ValueError(
             f"{weights}: model has {model.num_classes} classes but a palette PNG holds at most 256"
@@ -228,8 +240,38 @@ def run(args: argparse.Namespace) -> int:
     model.to(resolve_device(args.device))
     start = time.perf_counter()
     done = _segment(args, model, files, stems, failures) if files else 0
+    return _report(done, files, out, start, failures, "segmented")
+
+
+def _edge_maps(
+    args: argparse.Namespace,
+    model: torch.nn.Module,
+    files: Sequence[Path],
+    stems: Sequence[str],
+    failures: list[str],
+) -> int:
+    """An edge (HED) or skeleton (FSDS) map per image, written by the net's task; returns how many."""
+    task = get_task(model.task)
+    device = next(model.parameters()).device
+    done = 0
+    for path, stem in tqdm(
+        list(zip(files, stems, strict=True)), unit="img", desc="fcnseg predict", disable=None
+    ):
+        try:
+            image = read_image(path, max_pixels=args.max_megapixels)
+            edges = predict_map(model, image, device)
+            task.write_prediction(
+                Path(args.out) / stem, image, edges, **_output_options(args), overlay_alpha=args.overlay_alpha
+            )
+            done += 1
+        except (ValueError, OSError, RuntimeError) as error:
+            failures.append(_describe(path, error))
+    return done
+
+
+def _report(done: int, files: Sequence[Path], out: Path, start: float, failures: list[str], verb: str) -> int:
     seconds = time.perf_counter() - start
-    print(f"segmented {done} of {len(files)} images into {out} in {seconds:.1f} s")
+    print(f"{verb} {done} of {len(files)} images into {out} in {seconds:.1f} s")
     if failures:
         print(f"fcnseg predict: {len(failures)} input(s) failed:", file=sys.stderr)
         for line in failures:
@@ -280,10 +322,11 @@ def _positive(text: str) -> int:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
-        help="segment images with a trained model",
+        help="segment images (or draw edge or skeleton maps) with a trained model",
         description=(
             "Segment images: for each input write <stem>.png, a palette PNG of class ids in the "
-            "PASCAL colours, into --out. Images of one size are batched together; larger images "
+            "PASCAL colours, into --out; with an edge (HED) or skeleton (FSDS) net, <stem>.png is the "
+            "map in grey (white: sure) and --overlay draws it in red over the image. Images of one size are batched together; larger images "
             "than --max-memory allows are segmented in overlapping, blended tiles."
         ),
     )

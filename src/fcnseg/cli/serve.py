@@ -26,6 +26,11 @@ def run(args: argparse.Namespace) -> int:
     # A taken port fails before a model is loaded (or downloaded).
     with web.listen(args.host, args.port) as sock:
         model = load(args.weights)
+        if model.task != "segmentation":
+            raise ValueError(
+                f"{args.weights} is a net of the {model.task} task; fcnseg serve shows segmentations "
+                "(fcnseg predict draws its maps)"
+            )
         model.to(resolve_device(args.device))
         segmenter = web.Segmenter(model, Path(args.weights).name, max_pixels=args.max_megapixels)
         print(

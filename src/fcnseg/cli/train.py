@@ -30,8 +30,9 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
     (
         "--arch",
         {
-            "help": "fcn32s, fcn32s-fixed, fcn16s, fcn8s, fcn8s-atonce, fcn-alexnet or fcn32s-late-fusion "
-            "(NYUD colour + HHA)"
+            "help": "fcn32s, fcn32s-fixed, fcn16s, fcn8s, fcn8s-atonce, fcn-alexnet, fcn32s-googlenet, "
+            "fcn32s-late-fusion (NYUD colour + HHA); hed, fsds "
+            "(default: fcn8s; hed for --task edges, fsds for --task skeleton)"
         },
     ),
     (
@@ -64,7 +65,7 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
         {"choices": DATASETS, "help": "data set kind (default: folder with --data, else synthetic)"},
     ),
     ("--data", {"help": "data folder: images/ and masks/, or the root of --dataset"}),
-    ("--val-data", {"help": "folder data set: a separate validation folder"}),
+    ("--val-data", {"help": "folder data set: a separate validation folder; hed-bsds: the BSDS500 folder"}),
     ("--val-fraction", {"type": float, "help": "folder data set: fraction held out for validation"}),
     (
         "--num-classes",
@@ -112,11 +113,14 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--lr", {"type": float, "help": "learning rate (paper: 1e-10 with the summed loss)"}),
     ("--momentum", {"type": float}),
     ("--weight-decay", {"type": float}),
-    ("--lr-schedule", {"choices": ("fixed", "poly")}),
+    ("--lr-schedule", {"choices": ("fixed", "poly", "step")}),
+    ("--lr-step-size", {"type": int, "help": "step schedule: steps between lr drops"}),
+    ("--lr-gamma", {"type": float, "help": "step schedule: factor of each lr drop"}),
     (
         "--batch-size",
         {"type": int, "help": "images per step; different sizes are padded with the ignore label"},
     ),
+    ("--iter-size", {"type": int, "help": "batches whose mean gradient makes one step (Caffe's iter_size)"}),
     ("--epochs", {"type": int}),
     ("--max-steps", {"type": int, "help": "stop after this many steps"}),
     (

@@ -8,7 +8,19 @@ from torch.utils.data import Dataset
 
 __all__ = ["DATASETS", "DEFAULT_SPLITS", "MODALITY_CHANNELS", "open_dataset"]
 
-DATASETS = ("synthetic", "folder", "voc", "sbd", "nyud", "siftflow", "context")
+DATASETS = (
+    "synthetic",
+    "folder",
+    "voc",
+    "sbd",
+    "nyud",
+    "siftflow",
+    "context",
+    "bsds500",
+    "hed-bsds",
+    "sk-large",
+    "sk506",
+)
 
 DEFAULT_SPLITS = {
     "voc": ("sbd-train", "seg11valid"),  # the paper's PASCAL protocol
@@ -16,6 +28,10 @@ DEFAULT_SPLITS = {
     "nyud": ("trainval", "test"),  # the original repository's NYUD nets
     "siftflow": ("trainval", "test"),
     "context": ("train", "val"),
+    "bsds500": ("train", "val"),  # edges
+    "hed-bsds": ("train", "val"),  # HED's augmented training pairs; validation on BSDS500 (val_data)
+    "sk-large": ("train", "test"),  # skeletons
+    "sk506": ("train", "test"),
 }
 """(train, validation) split of each data set that has splits, as the original nets used them."""
 
@@ -33,7 +49,8 @@ def open_dataset(
     num_classes: int | None = None,
     modality: str | None = None,
 ) -> Dataset:
-    """One split of a data set by name: raw (image, label) numpy pairs with ``class_names``.
+    """One split of a data set by name: raw (image, label) numpy pairs with ``class_names``; for
+    the edge and skeleton sets (bsds500, sk-large, sk506) (image, boundaries) and (image, scales).
 
     ``split`` defaults to the paper's validation split of each data set. For
     ``synthetic``, split "train" is seed 0 and any other split seed 1, so the two
@@ -68,6 +85,18 @@ def open_dataset(
         from fcnseg.data.nyud import NYUDSegmentation
 
         return NYUDSegmentation(root, split, modality or "rgb")
+    if name == "bsds500":
+        from fcnseg.data.edges import BSDS500
+
+        return BSDS500(root, split)
+    if name == "hed-bsds":
+        from fcnseg.data.edges import HEDPairs
+
+        return HEDPairs(root, split)
+    if name in ("sk-large", "sk506"):
+        from fcnseg.data.edges import SkeletonDataset
+
+        return SkeletonDataset(root, split, name)
     if name == "siftflow":
         from fcnseg.data.siftflow import SiftFlowSegmentation
 

@@ -1,1 +1,2 @@
-"""How good predictions are: one module per task (``segmentation``), for evaluation and training alike."""
+"""How good predictions are: one module per task (``segmentation``, ``edges`` for edges and skeletons),
+for evaluation and training alike."""

@@ -39,6 +39,8 @@ class FCN(nn.Module):
     (N, in_channels, H, W) -> (N, num_classes, H, W) for any H, W >= 1.
     """
 
+    task = "segmentation"  # what it predicts: the fcnseg.tasks entry that trains and evaluates it
+
     def __init__(
         self,
         backbone: Trunk | nn.Sequential,

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fcnseg.models.fcn import FCN
-
 __all__ = ["ComputeCost", "LayerCost", "compute_cost"]
 
 
@@ -95,7 +93,7 @@ def compute_cost(model: nn.Module, size: tuple[int, int], in_channels: int | Non
     leaves = [(name, m) for name, m in model.named_modules() if not list(m.children())]
     handles = [m.register_forward_hook(record(name)) for name, m in leaves]
     training = model.training
-    trimmed = {m: m.trim_padding for m in model.modules() if isinstance(m, FCN)}
+    trimmed = {m: m.trim_padding for m in model.modules() if hasattr(m, "trim_padding")}
     try:
         for m in trimmed:
             m.trim_padding = False

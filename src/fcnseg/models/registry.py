@@ -11,6 +11,7 @@ from fcnseg.models.fcn import FCN
 from fcnseg.models.fusion import LateFusionFCN
 from fcnseg.models.googlenet import GOOGLENET_WIDTHS, googlenet_backbone
 from fcnseg.models.heads import MultiHeadFCN
+from fcnseg.models.sides import FSDS, HED
 from fcnseg.models.vgg import VGG16_WIDTHS, vgg16_backbone
 
 AT_ONCE_SCALES = (0.01, 0.0001)
@@ -57,7 +58,19 @@ def _fcn_googlenet(num_classes: int, widths, in_channels: int, **head: Any) -> F
     return FCN(backbone, num_classes, final_kernel=63, **head)
 
 
-ARCHITECTURES: dict[str, Callable[..., FCN]] = {
+def _side_output_net(net: type[HED] | type[FSDS]):
+    """HED or FSDS: their outputs are fixed (edges; background and four scales), so ``num_classes``
+    must be theirs, and the FCN head's options do not apply."""
+
+    def build(num_classes: int | None, widths, in_channels: int, **head: Any) -> HED | FSDS:
+        if num_classes is not None and num_classes != net.num_classes:
+            raise ValueError(f"{net.__name__} predicts {net.num_classes} class(es), not {num_classes}")
+        return net(widths, in_channels)
+
+    return build
+
+
+ARCHITECTURES: dict[str, Callable[..., FCN | HED | FSDS]] = {
     "fcn32s": _vgg_fcn(),
     "fcn32s-fixed": _fcn32s_fixed,
     "fcn16s": _vgg_fcn(("pool4",)),
@@ -68,6 +81,9 @@ ARCHITECTURES: dict[str, Callable[..., FCN]] = {
     "fcn32s-late-fusion": _late_fusion,
     # section 3: FCN-32s with pool5 (stride 16), then pool4 (stride 8) rarefied away
     **{name: vgg_fcn_dilated(stride) for stride, name in DILATED_ARCHS.items()},
+    # edges and skeletons: side outputs of every VGG16 stage
+    "hed": _side_output_net(HED),
+    "fsds": _side_output_net(FSDS),
 }
 
 
@@ -78,16 +94,20 @@ def trunk_family(arch: str) -> str:
     return "googlenet" if arch.endswith("-googlenet") else "vgg16"
 
 
+SIDE_OUTPUT_ARCHS = ("hed", "fsds")
+"""The nets that predict edges and skeletons from side outputs rather than classes."""
+
+
 def build_model(
     arch: str,
-    num_classes: int = 21,
+    num_classes: int | None = None,
     *,
     widths: tuple[int, ...] | None = None,
     in_channels: int | None = None,
     frozen_upsampling: str = "all",
     **options: Any,
-) -> FCN:
-    """Build an FCN by name, with freshly initialised weights.
+) -> FCN | HED | FSDS:
+    """Build a net by name (an FCN, or HED / FSDS), with freshly initialised weights.
 
     ``widths`` narrows the backbone (conv1..conv5 channels, then fc6/fc7), e.g.
     ``(4, 8, 16, 32, 32, 64)`` for a tiny test net (GoogLeNet: one per convolution,
@@ -95,13 +115,17 @@ def build_model(
     backbone (``groups``, ``lrn`` for AlexNet) or the head (``heads=(33, 3)``: a
     :class:`~fcnseg.models.heads.MultiHeadFCN` of the VGG16 nets, SIFT Flow's).
     ``fcn32s-late-fusion`` is two FCN-32s streams on 6 channels, colour and HHA,
-    scores averaged (NYUDv2). ``in_channels`` defaults to 3 (6 for the fusion). The arguments are recorded in
+    scores averaged (NYUDv2). ``in_channels`` defaults to 3 (6 for the fusion).
+    ``num_classes`` is 21 (PASCAL VOC) unless given; HED and FSDS have their own (1 and 5).
+    The arguments are recorded in
     ``model.config`` so that a checkpoint can rebuild the same net.
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
     if in_channels is None:
         in_channels = 3 * len(FUSION_STREAMS) if arch == "fcn32s-late-fusion" else 3
+    if num_classes is None and arch not in SIDE_OUTPUT_ARCHS:
+        num_classes = 21  # PASCAL VOC's
     model = ARCHITECTURES[arch](
         num_classes,
         tuple(widths) if widths is not None else None,
@@ -111,7 +135,7 @@ def build_model(
     )
     model.config = {
         "arch": arch,
-        "num_classes": num_classes,
+        "num_classes": model.num_classes,
         "widths": list(widths) if widths is not None else None,
         "in_channels": in_channels,
         "frozen_upsampling": frozen_upsampling,

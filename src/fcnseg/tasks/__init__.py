@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fcnseg.errors import ConfigError
+from fcnseg.tasks.edges import EdgeTask
 from fcnseg.tasks.segmentation import SegmentationTask
 from fcnseg.tasks.siftflow import SiftFlowTask
+from fcnseg.tasks.skeleton import SkeletonTask
 
 if TYPE_CHECKING:
     import numpy as np
@@ -32,6 +34,8 @@ class Task(Protocol):
     """The parts of training that differ between tasks. Methods get the run's settled config."""
 
     name: str
+    arch: str
+    """The net a run builds unless the config names another."""
     score: str
     """The key of :meth:`evaluate`'s result that picks ``best.pt``; higher is better."""
     metrics: tuple[str, ...]
@@ -89,7 +93,12 @@ class Task(Protocol):
         ...
 
 
-TASKS: dict[str, Callable[[], Task]] = {"segmentation": SegmentationTask, "siftflow": SiftFlowTask}
+TASKS: dict[str, Callable[[], Task]] = {
+    "segmentation": SegmentationTask,
+    "siftflow": SiftFlowTask,
+    "edges": EdgeTask,
+    "skeleton": SkeletonTask,
+}
 """The tasks fcnseg trains, by the name ``TrainConfig.task`` (``fcnseg train --task``) gives."""
 
 

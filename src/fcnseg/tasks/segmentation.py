@@ -41,6 +41,7 @@ class SegmentationTask:
     """A class per pixel; best.pt is the best validation mean IU."""
 
     name = "segmentation"
+    arch = "fcn8s"
     score = "mean_iu"
     metrics = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")
     curves = {"mean_iu": "mean IU", "pixel_acc": "pixel acc."}

@@ -76,7 +76,7 @@ class TrainConfig:
 
     task: str = "segmentation"  # what to train: a name of fcnseg.tasks.TASKS
     # Net
-    arch: str = "fcn8s"
+    arch: str | None = None  # None: the task's net (fcn8s, hed for edges, fsds for skeletons)
     widths: tuple[int, ...] | None = None
     # "all": every upsampling stays bilinear (the original repository); "final": the 2x ones learn
     # (the paper's text); "none"
@@ -91,7 +91,8 @@ class TrainConfig:
     # Data
     dataset: str | None = None  # None: "folder" when data names a folder, else "synthetic"
     data: str | None = None
-    val_data: str | None = None  # folder data set: a second folder, else val_fraction of data
+    # folder data set: a second folder, else val_fraction of data; hed-bsds: the BSDS500 folder to validate on
+    val_data: str | None = None
     val_fraction: float = 0.1
     train_split: str | None = None
     val_split: str | None = None
@@ -118,11 +119,16 @@ class TrainConfig:
     lr: float = 1e-4
     momentum: float = 0.9
     weight_decay: float = 0.0
-    caffe_bias: bool = False  # True: biases learn at twice the lr, without weight decay, as in the Caffe nets
+    # True: biases learn at twice the lr, without weight decay, as in the Caffe nets; HED and FSDS take
+    # their prototxts' per-layer lr and decay multipliers
+    caffe_bias: bool = False
     # ... the backbone's too; None: as the arch's original net (FCN-AlexNet's backbone has no multipliers)
     caffe_bias_backbone: bool | None = None
-    lr_schedule: str = "poly"
+    lr_schedule: str = "poly"  # or "fixed", or "step": lr x lr_gamma every lr_step_size steps (Caffe's)
+    lr_step_size: int = 10000
+    lr_gamma: float = 0.1
     batch_size: int = 1
+    iter_size: int = 1  # batches whose mean gradient makes one step (Caffe's iter_size)
     epochs: int = 20
     max_steps: int | None = None
     time_limit: float | None = None  # seconds; stops early (and makes "poly" anneal by time) when reached
@@ -142,6 +148,8 @@ class TrainConfig:
     notes: str = ""  # what the experiment is, kept with the run
 
     def __post_init__(self) -> None:
+        if self.arch is None:
+            self.arch = get_task(self.task).arch
         if self.dataset is None:
             self.dataset = "folder" if self.data else "synthetic"
         if self.init is not None and self.init.lower() == "none":  # TOML and flags cannot say None
@@ -160,7 +168,7 @@ class TrainConfig:
             "loss": REDUCTIONS,
             "loss_sampling": SAMPLING_SCOPES,
             "optimizer": ("sgd", "adam"),
-            "lr_schedule": ("fixed", "poly"),
+            "lr_schedule": ("fixed", "poly", "step"),
             "amp": ("off", "bf16", "fp16"),
             "weight_init": ("default", "kaiming"),
             "frozen_upsampling": ("all", "final", "none"),
@@ -196,7 +204,16 @@ class TrainConfig:
             raise ConfigError(f"num_classes must be positive, got {self.num_classes}")
         if self.checkpoint_every < 0:
             raise ConfigError(f"checkpoint_every must be >= 0 seconds, got {self.checkpoint_every}")
-        positive = ("lr", "batch_size", "epochs", "val_batch_size", "loss_sampling_cell")
+        positive = (
+            "lr",
+            "lr_step_size",
+            "lr_gamma",
+            "batch_size",
+            "iter_size",
+            "epochs",
+            "val_batch_size",
+            "loss_sampling_cell",
+        )
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")

@@ -40,6 +40,10 @@ IMAGENET = {
 torchvision's AlexNet is single-tower, without LRN, so FCN-AlexNet takes the Caffe one). A
 late-fusion net starts from its single-modality nets instead (``init_streams``)."""
 
+IMAGENET_DONORS = {"hed": "fcn32s", "fsds": "fcn32s"}
+"""Nets whose trunk is an FCN's VGG16 without pool5 and the fc layers: they take that FCN's conversion
+of a published name, layer by layer (``backbone.conv1_1`` ...)."""
+
 
 def initial_weights(
     config: TrainConfig, say: Callable[[str], None], progress: bool = False
@@ -64,7 +68,7 @@ def initial_weights(
             say(f"training from scratch ({reason})")
             return None
         try:
-            path = resolve(name, config.arch, config.widths, progress)
+            path = resolve(name, IMAGENET_DONORS.get(config.arch, config.arch), config.widths, progress)
         except (OSError, ValueError) as error:
             say(
                 f"training from scratch: ImageNet weights ({name}) cannot be had: {error}\n"
@@ -75,7 +79,7 @@ def initial_weights(
     elif name is None:
         return None
     else:
-        path = resolve(name, config.arch, config.widths, progress)
+        path = resolve(name, IMAGENET_DONORS.get(config.arch, config.arch), config.widths, progress)
     initial = read_checkpoint(path)
     initial["source"] = name
     return initial

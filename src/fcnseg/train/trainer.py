@@ -141,16 +141,17 @@ class Trainer:
         shard = DistributedSampler(
             train_set, num_replicas=context.world_size, rank=context.rank, shuffle=True, seed=config.seed
         )
-        steps_per_epoch = math.ceil(len(shard) / config.batch_size)
+        steps_per_epoch = math.ceil(math.ceil(len(shard) / config.batch_size) / config.iter_size)
         total_steps = min(config.epochs * steps_per_epoch, config.max_steps or math.inf)
         samples = self.task.train_samples(train_set, config)
         with _Progress(run, steps_per_epoch, total_steps) as progress, _stop_on_signals(say) as stop:
-            for inputs, targets in self._batches(run, samples, shard, total_steps):
-                lr = set_lr(run.optimizer, config, max(state.step / total_steps, run.time_used()))
+            for batches in self._batches(run, samples, shard, total_steps):
+                lr = set_lr(run.optimizer, config, max(state.step / total_steps, run.time_used()), state.step)
                 epoch = state.epoch
-                summed = self._step(run, inputs, targets)  # the loss, summed over processes
+                summed = self._step(run, batches)  # the loss, summed over processes
                 end_of_epoch = state.add_step(summed, context.world_size, steps_per_epoch)
-                progress.step(epoch, summed / context.world_size, len(inputs) * context.world_size)
+                images = sum(len(inputs) for inputs, _ in batches) * context.world_size
+                progress.step(epoch, summed / context.world_size, images)
                 out_of_time = run.time_used() >= 1
                 if out_of_time and context.is_main and state.step < total_steps:
                     tqdm.write(f"time limit of {config.time_limit:g} s reached at step {state.step}")
@@ -241,44 +242,50 @@ class Trainer:
 
     def _batches(
         self, run: _Run, samples: Dataset, shard: DistributedSampler, total_steps: int
-    ) -> Iterator[tuple[torch.Tensor, Any]]:
-        """Batches from where the run is to ``total_steps``, epoch after epoch, in the order of a
-        run that was never interrupted."""
+    ) -> Iterator[list[tuple[torch.Tensor, Any]]]:
+        """The batches of each step (``iter_size`` of them; fewer at the end of an epoch) from where the
+        run is to ``total_steps``, epoch after epoch, in the order of a run that was never interrupted."""
         config, state = run.config, run.state
         while state.step < total_steps:
+            skip = state.epoch_step * config.iter_size * config.batch_size
             loader = DataLoader(
                 samples,
                 batch_size=config.batch_size,
-                sampler=_EpochSampler(shard, state.epoch, skip=state.epoch_step * config.batch_size),
+                sampler=_EpochSampler(shard, state.epoch, skip=skip),
                 num_workers=config.workers,
                 collate_fn=self.task.collate,
                 generator=torch.Generator().manual_seed(config.seed + state.epoch),
                 pin_memory=run.context.device.type == "cuda",
             )
-            yield from itertools.islice(loader, total_steps - state.step)
+            yield from itertools.islice(_chunks(iter(loader), config.iter_size), total_steps - state.step)
 
-    def _step(self, run: _Run, inputs: torch.Tensor, targets: Any) -> float:
-        """One forward/backward/update; returns the loss summed over processes, or raises on a
-        non-finite one (on every process, when any has one)."""
+    def _step(self, run: _Run, batches: list[tuple[torch.Tensor, Any]]) -> float:
+        """One update from the mean gradient of ``batches`` (Caffe's ``iter_size``), each forward and
+        backward in turn; returns their mean loss summed over processes, or raises on a non-finite
+        one (on every process, when any has one)."""
         config, context, state = run.config, run.context, run.state
-        inputs = inputs.to(context.device, non_blocking=True, memory_format=_memory_format(config))
-        with _autocast(context.device, config.amp):
-            outputs = run.net(inputs)
         generator = step_generator(config.seed, context.rank, state.step)
-        loss = run.criterion(outputs, _to_device(targets, context.device), generator)
-        total = float(distributed.all_reduce_sum(loss.detach().double().reshape(1), context))
-        if not math.isfinite(total):
-            kept = (
-                f"; the last good checkpoint {self.folder.last} is untouched"
-                if self.folder.last.exists()
-                else ""
-            )
-            raise TrainingDiverged(
-                f"loss is {total / context.world_size} at step {state.step + 1} (epoch {state.epoch + 1}): "
-                f"training diverged (lower the lr, or use loss = 'mean' with a larger one){kept}"
-            )
         run.optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
+        total = 0.0
+        for inputs, targets in batches:
+            inputs = inputs.to(context.device, non_blocking=True, memory_format=_memory_format(config))
+            with _autocast(context.device, config.amp):
+                outputs = run.net(inputs)
+            loss = run.criterion(outputs, _to_device(targets, context.device), generator) / len(batches)
+            part = float(distributed.all_reduce_sum(loss.detach().double().reshape(1), context))
+            if not math.isfinite(part):
+                kept = (
+                    f"; the last good checkpoint {self.folder.last} is untouched"
+                    if self.folder.last.exists()
+                    else ""
+                )
+                raise TrainingDiverged(
+                    f"loss is {part * len(batches) / context.world_size} at step {state.step + 1} "
+                    f"(epoch {state.epoch + 1}): training diverged (lower the lr, or use loss = 'mean' "
+                    f"with a larger one){kept}"
+                )
+            run.scaler.scale(loss).backward()
+            total += part
         run.scaler.step(run.optimizer)
         run.scaler.update()
         return total
@@ -346,6 +353,12 @@ class Trainer:
 def train(config: TrainConfig, resume: bool = False, **datasets: Dataset) -> TrainResult:
     """Run ``config`` with a :class:`Trainer`; ``datasets`` may give ``train_set``/``val_set``."""
     return Trainer(config, **datasets).fit(resume=resume)
+
+
+def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    """``items`` in lists of ``size`` (the last one shorter)."""
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
 
 
 def _speaker(config: TrainConfig, context: distributed.Context) -> Callable[[str], None]:

@@ -1,4 +1,4 @@
-"""Original Caffe FCN models (``.caffemodel``) into our nets, by layer name, without Caffe."""
+"""Original Caffe FCN, HED and FSDS models (``.caffemodel``) into our nets, by layer name, without Caffe."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch
 from fcnseg.models.alexnet import ALEXNET_CONVS
 from fcnseg.models.fcn import FCN
 from fcnseg.models.googlenet import GOOGLENET_CONVS
-from fcnseg.models.registry import build_model, trunk_family
+from fcnseg.models.registry import SIDE_OUTPUT_ARCHS, build_model, trunk_family
+from fcnseg.models.sides import FSDS, HED
 from fcnseg.models.vgg import VGG16_CONVS
 from fcnseg.weights.caffe_format import CaffeLayer, read_caffemodel
 from fcnseg.weights.transfer import WeightsMismatchError, copy_into
@@ -31,7 +32,11 @@ def learned_blobs(layers: list[CaffeLayer]) -> dict[str, list[np.ndarray]]:
 
 
 def infer_arch(blobs: dict[str, list[np.ndarray]], source: str) -> str:
-    """Which FCN a Caffe model holds, from the names of its learned layers."""
+    """Which net a Caffe model holds, from the names of its learned layers."""
+    if "conv1_1" in blobs and "score-dsn1" in blobs:
+        return "hed"
+    if "conv1_1" in blobs and "score-dsn-2" in blobs:
+        return "fsds"
     if "conv1_1" in blobs:
         if "score_pool3" in blobs:
             return "fcn8s-atonce" if "scale_pool3" in blobs else "fcn8s"
@@ -41,8 +46,9 @@ def infer_arch(blobs: dict[str, list[np.ndarray]], source: str) -> str:
     if "conv1/7x7_s2" in blobs and "score_fr" in blobs:
         return "fcn32s-googlenet"
     raise WeightsMismatchError(
-        f"{source}: not an FCN model: found layers {', '.join(list(blobs)[:12])}; "
-        "expected conv1_1 (VGG16), conv1 (AlexNet) or conv1/7x7_s2 (GoogLeNet) and score_fr"
+        f"{source}: not an FCN, HED or FSDS model: found layers {', '.join(list(blobs)[:12])}; "
+        "expected conv1_1 (VGG16), conv1 (AlexNet) or conv1/7x7_s2 (GoogLeNet) and score_fr, "
+        "score-dsn1 (HED) or score-dsn-2 (FSDS)"
     )
 
 
@@ -53,7 +59,8 @@ def _is_weight(weight: np.ndarray) -> bool:
 
 def infer_build_args(blobs: dict[str, list[np.ndarray]], arch: str, source: str) -> dict:
     """Widths, classes, input channels and groups of the net the blobs were made for."""
-    sized = WIDTH_LAYERS[trunk_family(arch)]
+    # HED and FSDS end at conv5_3
+    sized = VGG16_STAGE_FIRSTS if arch in SIDE_OUTPUT_ARCHS else WIDTH_LAYERS[trunk_family(arch)]
     needed = [*sized] + (["score_fr"] if "score_fr" in blobs else [])
     missing = [name for name in needed if name not in blobs]
     if missing:
@@ -73,8 +80,8 @@ def infer_build_args(blobs: dict[str, list[np.ndarray]], arch: str, source: str)
     return args
 
 
-def load_caffe_fcn(path: str | os.PathLike, arch: str | None = None, **build_options) -> FCN:
-    """An FCN with the weights of a Caffe FCN model; the net's shape comes from the file.
+def load_caffe_fcn(path: str | os.PathLike, arch: str | None = None, **build_options) -> FCN | HED | FSDS:
+    """An FCN (or HED, FSDS) with the weights of a Caffe model; the net's shape comes from the file.
 
     The architecture, the widths and the class count are read off the blob shapes
     (``arch`` is checked against the file when given). Every learned layer must
@@ -99,6 +106,8 @@ def load_caffe_fcn(path: str | os.PathLike, arch: str | None = None, **build_opt
     model = build_model(**args, **build_options)
     copy_into(model, blobs, source=str(path), reshape="legacy")
     model.meta = {"preprocess": "caffe", "source": path.name}
+    if model.config["arch"] in SIDE_OUTPUT_ARCHS:
+        model.meta["task"] = model.task
     return model.eval()
 
 

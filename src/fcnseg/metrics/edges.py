@@ -1,0 +1,156 @@
+"""Edge and skeleton scores as the BSDS benchmark computes them: ODS, OIS and AP over 99 thresholds.
+
+Each predicted map is thinned by non-maximum suppression (HED's evaluation runs the structured-edge
+toolbox's ``edgesNmsMex`` first), cut at each threshold, thinned to one pixel (``bwmorph thin``) and
+matched one-to-one to every annotator's boundaries within ``max_dist`` of the image diagonal
+(``correspondPixels``). The matching and thinning are pyEdgeEval's ports of the benchmark's C++ and
+MATLAB code (the ``edges`` extra). Recall counts the annotators' pixels that are matched; precision
+the predicted pixels matched to any annotator. Like the benchmark's, the matching samples its sparse
+graph with a time-seeded generator: a pixel or two may match differently from one run to the next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+from fcnseg.errors import MissingExtraError
+
+__all__ = [
+    "EDGE_MAX_DIST",
+    "SKELETON_MAX_DIST",
+    "edge_counts",
+    "evaluate_edges",
+    "evaluate_skeletons",
+    "scores",
+]
+
+EDGE_MAX_DIST = 0.0075
+"""The BSDS benchmark's matching tolerance, as a fraction of the image diagonal."""
+SKELETON_MAX_DIST = 0.01
+"""The skeleton benchmarks' tolerance (SYMMAX, SK506, SK-LARGE), a fraction of the diagonal."""
+THRESHOLDS = 99
+
+
+def _edge_eval():
+    try:
+        # it prints a note about .mat readers on import, and imports a deprecated scipy name
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from pyEdgeEval.common.binary_label import evaluate_boundaries_threshold_multiple_gts
+            from pyEdgeEval.preprocess import fast_nms
+    except ImportError:
+        raise MissingExtraError(
+            "edge and skeleton evaluation needs pyEdgeEval: pip install 'fcnseg[edges]'"
+        ) from None
+    return evaluate_boundaries_threshold_multiple_gts, fast_nms
+
+
+def thresholds(count: int = THRESHOLDS) -> np.ndarray:
+    """The benchmark's thresholds: ``count`` evenly spaced in (0, 1), ends excluded."""
+    return np.linspace(1 / (count + 1), 1 - 1 / (count + 1), count)
+
+
+def edge_counts(
+    prediction: np.ndarray,
+    ground_truths: Sequence[np.ndarray],
+    *,
+    max_dist: float = EDGE_MAX_DIST,
+    nms: bool = True,
+    count: int = THRESHOLDS,
+) -> np.ndarray:
+    """One image's (4, count) matches: matched and total annotator pixels, matched and total predicted
+    pixels, at each threshold. Summed over images they give the data set's scores (:func:`scores`)."""
+    evaluate, fast_nms = _edge_eval()
+    prediction = np.asarray(prediction, dtype=np.float64)
+    if prediction.ndim != 2:
+        raise ValueError(f"a prediction must be an (H, W) map, got shape {prediction.shape}")
+    truths = [np.asarray(t, dtype=bool) for t in ground_truths]
+    wrong = [f"annotator {k + 1}: {t.shape}" for k, t in enumerate(truths) if t.shape != prediction.shape]
+    if wrong or not truths:
+        raise ValueError(
+            f"ground truths must be (H, W) maps of the prediction's size {prediction.shape}; got "
+            + (", ".join(wrong) or "none")
+        )
+    if nms:
+        prediction = fast_nms(np.clip(prediction, 0, 1), r=1, s=5, m=1.01)
+    matched_r, total_r, matched_p, total_p = evaluate(
+        thresholds(count), prediction, truths, max_dist=max_dist, apply_thinning=True, apply_nms=False
+    )
+    return np.stack([matched_r, total_r, matched_p, total_p])
+
+
+def _rpf(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    matched_r, total_r, matched_p, total_p = counts
+    recall = matched_r / np.where(total_r == 0, 1, total_r)
+    precision = matched_p / np.where(total_p == 0, 1, total_p)
+    f = 2 * precision * recall / np.where(precision + recall == 0, 1, precision + recall)
+    return recall, precision, f
+
+
+def _best_interpolated(recall: np.ndarray, precision: np.ndarray) -> float:
+    """The best F on the segments between neighbouring thresholds (the benchmark's ``findBestRPF``)."""
+    t = np.linspace(0, 1, 101)[:, None]
+    r = recall[1:] * t + recall[:-1] * (1 - t)
+    p = precision[1:] * t + precision[:-1] * (1 - t)
+    f = 2 * p * r / np.where(p + r == 0, 1, p + r)
+    first = 2 * precision[0] * recall[0] / max(precision[0] + recall[0], 1e-300)
+    return float(max(first, f.max(initial=0)))
+
+
+def scores(per_image: Sequence[np.ndarray]) -> dict[str, float]:
+    """ODS (the best F at one threshold for all images), OIS (each image at its best threshold) and
+    AP (precision averaged over recall 0, 0.01, ..., 1 along the curve) from :func:`edge_counts`."""
+    total = np.sum(per_image, axis=0)
+    recall, precision, _ = _rpf(total)
+    ods = _best_interpolated(recall, precision)
+    best = np.zeros(4)
+    for counts in per_image:
+        best += counts[:, int(np.argmax(_rpf(counts)[2]))]
+    ois = float(_rpf(best[:, None])[2][0])
+    order = np.argsort(recall, kind="stable")
+    r, first = np.unique(recall[order], return_index=True)
+    p = precision[order][first]
+    ap = 0.0
+    if len(r) > 1:
+        grid = np.linspace(0, 1, 101)
+        inside = (grid >= r[0]) & (grid <= r[-1])
+        ap = float(np.interp(grid[inside], r, p).sum() / 100)
+    return {"ods": ods, "ois": ois, "ap": ap}
+
+
+def evaluate_edges(
+    predictions: Sequence[np.ndarray],
+    ground_truths: Sequence[Sequence[np.ndarray]],
+    *,
+    max_dist: float = EDGE_MAX_DIST,
+    nms: bool = True,
+) -> dict[str, float]:
+    """ODS, OIS and AP of edge maps (each (H, W) in [0, 1]) against each image's annotators' boundary
+    maps (a list of (H, W) bool maps per image), as the BSDS benchmark scores them."""
+    if len(predictions) != len(ground_truths):
+        raise ValueError(f"{len(predictions)} predictions but {len(ground_truths)} ground truths")
+    if not predictions:
+        raise ValueError("nothing to evaluate: no predictions")
+    return scores(
+        [
+            edge_counts(p, t, max_dist=max_dist, nms=nms)
+            for p, t in zip(predictions, ground_truths, strict=True)
+        ]
+    )
+
+
+def evaluate_skeletons(
+    predictions: Sequence[np.ndarray],
+    ground_truths: Sequence[np.ndarray],
+    *,
+    max_dist: float = SKELETON_MAX_DIST,
+) -> dict[str, float]:
+    """The skeleton benchmarks' scores of skeleton maps (each (H, W) in [0, 1]) against one (H, W)
+    bool skeleton per image: the same matching at their tolerance, after the same NMS as FSDS's
+    evaluation. ``ods`` is the F-measure these benchmarks report."""
+    return evaluate_edges(predictions, [[t] for t in ground_truths], max_dist=max_dist)
