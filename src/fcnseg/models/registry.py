@@ -1,4 +1,5 @@
-"""The named architectures of the paper and ``build_model``, the one way to make them."""
+"""The named architectures (the paper's FCNs, and SSD300 for detection) and ``build_model``, the one way
+to make them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 from fcnseg.models.alexnet import ALEXNET_WIDTHS, alexnet_backbone
 from fcnseg.models.dense import DILATED_ARCHS, vgg_fcn_dilated
 from fcnseg.models.fcn import FCN
+from fcnseg.models.ssd import SSD, SSD300_WIDTHS
 from fcnseg.models.vgg import VGG16_WIDTHS, vgg16_backbone
 
 AT_ONCE_SCALES = (0.01, 0.0001)
@@ -45,6 +47,17 @@ ARCHITECTURES: dict[str, Callable[..., FCN]] = {
 }
 
 
+def _ssd300(num_classes: int, widths, in_channels: int, frozen_upsampling: str = "final") -> SSD:
+    return SSD(num_classes, widths or SSD300_WIDTHS, in_channels)  # nothing to upsample: the flag is moot
+
+
+DETECTORS: dict[str, Callable[..., SSD]] = {"ssd300": _ssd300}
+"""Detection nets: widths are conv1..conv5 and fc6/fc7 (1024 in SSD300); the extras follow fc7's."""
+
+BUILDERS: dict[str, Callable[..., FCN | SSD]] = {**ARCHITECTURES, **DETECTORS}
+"""Every name ``build_model`` knows: the segmentation nets of :data:`ARCHITECTURES` and the detectors."""
+
+
 def build_model(
     arch: str,
     num_classes: int = 21,
@@ -53,17 +66,17 @@ def build_model(
     in_channels: int = 3,
     frozen_upsampling: str = "final",
     **options: Any,
-) -> FCN:
-    """Build an FCN by name, with freshly initialised weights.
+) -> FCN | SSD:
+    """Build a net by name (:data:`BUILDERS`), with freshly initialised weights.
 
     ``widths`` narrows the backbone (conv1..conv5 channels, then fc6/fc7), e.g.
     ``(4, 8, 16, 32, 32, 64)`` for a tiny test net; ``options`` reach the
     backbone (``groups``, ``lrn`` for AlexNet). The arguments are recorded in
     ``model.config`` so that a checkpoint can rebuild the same net.
     """
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
-    model = ARCHITECTURES[arch](
+    if arch not in BUILDERS:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(BUILDERS)}")
+    model = BUILDERS[arch](
         num_classes,
         tuple(widths) if widths is not None else None,
         in_channels,
