@@ -111,14 +111,15 @@ class Edges:
 
 def test_segmentation_is_the_default_and_an_unknown_task_lists_the_known_ones(capsys):
     assert TrainConfig().task == "segmentation" and isinstance(get_task("segmentation"), SegmentationTask)
-    with pytest.raises(ConfigError, match="unknown task 'edges'; choose one of segmentation"):
+    with pytest.raises(ConfigError, match="unknown task 'edges'; choose one of segmentation, detection"):
         TrainConfig(task="edges")
     with pytest.raises(ConfigError, match="unknown task 'boxes'"):
         TrainConfig.from_dict({"task": "boxes"})
     with pytest.raises(SystemExit):
         main(["train", "--task", "edges"])
     assert re.search(
-        r"--task: invalid choice: 'edges' \(choose from '?segmentation'?\)", capsys.readouterr().err
+        r"--task: invalid choice: 'edges' \(choose from '?segmentation'?, '?detection'?\)",
+        capsys.readouterr().err,
     )
 
 

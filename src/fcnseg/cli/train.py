@@ -25,7 +25,13 @@ else:  # the same parser, from PyPI
 # Flags that map one to one onto TrainConfig fields (dest == field name).
 _FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--task", {"choices": tuple(TASKS), "help": "what to train"}),
-    ("--arch", {"help": "fcn32s, fcn32s-fixed, fcn16s, fcn8s, fcn8s-atonce or fcn-alexnet"}),
+    (
+        "--arch",
+        {
+            "help": "fcn32s, fcn32s-fixed, fcn16s, fcn8s, fcn8s-atonce or fcn-alexnet; ssd300 for detection "
+            "(default: the task's, fcn8s or ssd300)"
+        },
+    ),
     (
         "--widths",
         {"type": lambda s: tuple(int(w) for w in s.split(",")), "help": "narrow VGG16: c1,c2,c3,c4,c5,fc"},
@@ -90,7 +96,12 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--lr", {"type": float, "help": "learning rate (paper: 1e-10 with the summed loss)"}),
     ("--momentum", {"type": float}),
     ("--weight-decay", {"type": float}),
-    ("--lr-schedule", {"choices": ("fixed", "poly")}),
+    ("--lr-schedule", {"choices": ("fixed", "poly", "multistep")}),
+    (
+        "--lr-steps",
+        {"type": lambda s: tuple(int(v) for v in s.split(",")), "help": "multistep: e.g. 80000,100000"},
+    ),
+    ("--lr-gamma", {"type": float, "help": "multistep: lr factor at each of --lr-steps"}),
     (
         "--batch-size",
         {"type": int, "help": "images per step; different sizes are padded with the ignore label"},

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fcnseg.errors import ConfigError
+from fcnseg.tasks.detection import DetectionTask
 from fcnseg.tasks.segmentation import SegmentationTask
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ class Task(Protocol):
         ...
 
 
-TASKS: dict[str, Callable[[], Task]] = {"segmentation": SegmentationTask}
+TASKS: dict[str, Callable[[], Task]] = {"segmentation": SegmentationTask, "detection": DetectionTask}
 """The tasks fcnseg trains, by the name ``TrainConfig.task`` (``fcnseg train --task``) gives."""
 
 

@@ -15,7 +15,7 @@ from fcnseg.errors import ConfigError
 from fcnseg.tasks import get_task
 from fcnseg.train.losses import REDUCTIONS, SAMPLING_SCOPES
 
-__all__ = ["AUTO", "RECIPES", "TrainConfig"]
+__all__ = ["AUTO", "DEFAULT_ARCHS", "RECIPES", "TrainConfig"]
 
 RECIPES: dict[str, dict[str, Any]] = {
     "fcnseg": {},
@@ -36,6 +36,9 @@ RECIPES: dict[str, dict[str, Any]] = {
 normalised loss with Adam, which learns on any data without tuning. "paper" is the solver of
 the original repository: the summed per-pixel loss with SGD at lr 1e-10, momentum 0.99, weight
 decay 5e-4, biases at twice the lr and without decay, one image per step, fixed lr."""
+
+DEFAULT_ARCHS = {"segmentation": "fcn8s", "detection": "ssd300"}
+"""The net each task trains when ``arch`` is not given."""
 
 AUTO = "auto"
 """``init``: ImageNet weights where the net can take them and they can be had, else from scratch.
@@ -75,7 +78,7 @@ class TrainConfig:
 
     task: str = "segmentation"  # what to train: a name of fcnseg.tasks.TASKS
     # Net
-    arch: str = "fcn8s"
+    arch: str | None = None  # None: the task's net (fcn8s for segmentation, ssd300 for detection)
     widths: tuple[int, ...] | None = None
     frozen_upsampling: str = "final"
     # A checkpoint, a published name (weights.hub.resolve; "imagenet"), "auto" or None (from scratch).
@@ -111,6 +114,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     caffe_bias: bool = False  # True: biases learn at twice the lr, without weight decay, as in the Caffe nets
     lr_schedule: str = "poly"
+    lr_steps: tuple[int, ...] | None = (
+        None  # "multistep": the steps at which the lr is multiplied by lr_gamma
+    )
+    lr_gamma: float = 0.1
     batch_size: int = 1
     epochs: int = 20
     max_steps: int | None = None
@@ -131,12 +138,16 @@ class TrainConfig:
     notes: str = ""  # what the experiment is, kept with the run
 
     def __post_init__(self) -> None:
+        if self.arch is None:
+            self.arch = DEFAULT_ARCHS.get(self.task, DEFAULT_ARCHS["segmentation"])
         if self.dataset is None:
             self.dataset = "folder" if self.data else "synthetic"
         if self.init is not None and self.init.lower() == "none":  # TOML and flags cannot say None
             self.init = None
         if self.widths is not None:
             self.widths = tuple(int(w) for w in self.widths)
+        if self.lr_steps is not None:
+            self.lr_steps = tuple(int(s) for s in self.lr_steps)
         self.image_size = tuple(int(s) for s in self.image_size)
         if self.scale_range is not None:
             self.scale_range = tuple(float(s) for s in self.scale_range)
@@ -149,7 +160,7 @@ class TrainConfig:
             "loss": REDUCTIONS,
             "loss_sampling": SAMPLING_SCOPES,
             "optimizer": ("sgd", "adam"),
-            "lr_schedule": ("fixed", "poly"),
+            "lr_schedule": ("fixed", "poly", "multistep"),
             "amp": ("off", "bf16", "fp16"),
             "weight_init": ("default", "kaiming"),
         }
@@ -167,6 +178,13 @@ class TrainConfig:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        steps = list(self.lr_steps or ())
+        if steps != sorted(set(steps)) or any(s < 1 for s in steps):
+            raise ConfigError(f"lr_steps must be increasing positive step numbers, got {steps}")
+        if self.lr_schedule == "multistep" and not self.lr_steps:
+            raise ConfigError("lr_schedule multistep needs lr_steps, e.g. lr_steps = [80000, 100000]")
+        if not 0 < self.lr_gamma <= 1:
+            raise ConfigError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be positive, got {self.max_steps}")
         if self.dropout is not None and not 0 <= self.dropout < 1:

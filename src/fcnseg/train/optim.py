@@ -1,4 +1,4 @@
-"""The optimiser of a run and its learning-rate schedule (fixed, or poly by steps or by time)."""
+"""The optimiser of a run and its learning-rate schedule (fixed; poly by steps or by time; multistep)."""
 
 from __future__ import annotations
 
@@ -41,9 +41,15 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, config: TrainConfig, progress: float) -> float:
-    """Set the lr for a run ``progress`` (in [0, 1]) of the way through; return the base lr."""
-    factor = (1 - progress) ** 0.9 if config.lr_schedule == "poly" else 1.0
+def set_lr(optimizer: torch.optim.Optimizer, config: TrainConfig, progress: float, step: int = 0) -> float:
+    """Set the lr for a run ``progress`` (in [0, 1]) of the way through, before step ``step`` (0-based);
+    return the base lr. "multistep" is Caffe's: ``lr * lr_gamma ** k`` once ``step`` has reached
+    k of ``lr_steps``."""
+    factor = 1.0
+    if config.lr_schedule == "poly":
+        factor = (1 - progress) ** 0.9
+    elif config.lr_schedule == "multistep":
+        factor = config.lr_gamma ** sum(step >= s for s in config.lr_steps or ())
     lr = config.lr * factor
     for group in optimizer.param_groups:
         group["lr"] = lr * group["lr_mult"]

@@ -146,7 +146,7 @@ class Trainer:
         samples = self.task.train_samples(train_set, config)
         with _Progress(run, steps_per_epoch, total_steps) as progress, _stop_on_signals(say) as stop:
             for inputs, targets in self._batches(run, samples, shard, total_steps):
-                lr = set_lr(run.optimizer, config, max(state.step / total_steps, run.time_used()))
+                lr = set_lr(run.optimizer, config, max(state.step / total_steps, run.time_used()), state.step)
                 epoch = state.epoch
                 summed = self._step(run, inputs, targets)  # the loss, summed over processes
                 end_of_epoch = state.add_step(summed, context.world_size, steps_per_epoch)

@@ -212,9 +212,7 @@ def _structure_problems(data: Any) -> list[str]:
     if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
         problems.append("'config' is not a dict of build arguments")
     elif not isinstance(config.get("arch"), str) or config["arch"] not in BUILDERS:
-        problems.append(
-            f"config names architecture {config.get('arch')!r}, not one of {', '.join(BUILDERS)}"
-        )
+        problems.append(f"config names architecture {config.get('arch')!r}, not one of {', '.join(BUILDERS)}")
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
