@@ -117,3 +117,27 @@ def test_bad_arguments():
         fcnseg.build_model("ssd300", widths=(1, 2, 3))
     with pytest.raises(ValueError, match="at least 2"):
         fcnseg.build_model("ssd300", 1, widths=TINY_SSD)
+
+
+def test_ssd_from_an_imagenet_vgg16_reduces_fc6_and_fc7():
+    from fcnseg.train.initial import IMAGENET
+    from fcnseg.weights.imagenet import ssd_from_imagenet
+
+    gen = torch.Generator().manual_seed(0)
+    widths, state, index, channels = (4, 8, 8, 16, 16), {}, 0, 3
+    for width, repeats in zip(widths, (2, 2, 3, 3, 3), strict=True):
+        for _ in range(repeats):
+            state[f"features.{index}.weight"] = torch.randn(width, channels, 3, 3, generator=gen)
+            state[f"features.{index}.bias"] = torch.randn(width, generator=gen)
+            index, channels = index + 2, width
+        index += 1
+    for n, shape in ((0, (64, 16 * 7 * 7)), (3, (64, 64)), (6, (10, 64))):  # fc6, fc7, fc8 (dropped)
+        state[f"classifier.{n}.weight"] = torch.randn(*shape, generator=gen)
+        state[f"classifier.{n}.bias"] = torch.randn(shape[0], generator=gen)
+    model = ssd_from_imagenet(state, num_classes=4)
+    assert model.config["widths"] == [*widths, 16] and model.meta["preprocess"] == "imagenet"
+    fc6 = state["classifier.0.weight"].reshape(64, 16, 7, 7)
+    torch.testing.assert_close(model.backbone.fc6.weight, fc6[::4, :, ::3, ::3])
+    torch.testing.assert_close(model.backbone.fc7.weight[:, :, 0, 0], state["classifier.3.weight"][::4, ::4])
+    torch.testing.assert_close(model.backbone.conv5_3.weight, state["features.28.weight"])
+    assert IMAGENET["ssd300"] == "imagenet"  # training starts from it by default, as the reference

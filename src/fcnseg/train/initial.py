@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from fcnseg.data.preprocess import DEFAULT_PREPROCESS
-from fcnseg.models.registry import ARCHITECTURES
+from fcnseg.models.registry import BUILDERS
 from fcnseg.train.config import AUTO
 from fcnseg.weights.checkpoint import read_checkpoint
 from fcnseg.weights.hub import resolve
@@ -22,10 +22,11 @@ if TYPE_CHECKING:
 
 __all__ = ["IMAGENET", "initial_weights", "initialise", "kaiming_init", "settle_preprocess"]
 
-IMAGENET = {arch: "imagenet" for arch in ARCHITECTURES if arch != "fcn-alexnet"} | {
+IMAGENET = {arch: "imagenet" for arch in BUILDERS if arch != "fcn-alexnet"} | {
     "fcn-alexnet": "imagenet-caffe"
 }
-"""The ImageNet weights that "auto" starts each net from (torchvision's VGG16 has no AlexNet twin:
+"""The ImageNet weights that "auto" starts each net from (SSD300: VGG16 reduced as the reference's
+fc_reduced; torchvision's VGG16 has no AlexNet twin:
 torchvision's AlexNet is single-tower, without LRN, so FCN-AlexNet takes the Caffe one)."""
 
 
