@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from fcnseg.data.voc import VOC_CLASSES
-from fcnseg.models.registry import ARCHITECTURES
-from fcnseg.weights.caffe import load_caffe_fcn
+from fcnseg.models.registry import ARCHITECTURES, BUILDERS
+from fcnseg.weights.caffe import load_caffe
 from fcnseg.weights.checkpoint import save_checkpoint
 from fcnseg.weights.imagenet import fcn_from_imagenet
 
@@ -15,10 +15,10 @@ from fcnseg.weights.imagenet import fcn_from_imagenet
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("convert", help="convert Caffe or torchvision weights to a checkpoint")
     sources = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
-    caffe = sources.add_parser("caffe", help="an original Caffe FCN model (.caffemodel)")
+    caffe = sources.add_parser("caffe", help="an original Caffe FCN or SSD model (.caffemodel)")
     caffe.add_argument("weights", type=Path, help="the .caffemodel file")
     caffe.add_argument(
-        "--arch", choices=sorted(ARCHITECTURES), help="expected net (read from the file if left out)"
+        "--arch", choices=sorted(BUILDERS), help="expected net (read from the file if left out)"
     )
     caffe.add_argument("--out", type=Path, required=True, help="checkpoint to write (.pt)")
     caffe.add_argument("--classes", type=Path, help="text file with one class name per line")
@@ -62,7 +62,7 @@ def _save(model, args: argparse.Namespace) -> int:
 
 
 def run_caffe(args: argparse.Namespace) -> int:
-    return _save(load_caffe_fcn(args.weights, args.arch), args)
+    return _save(load_caffe(args.weights, args.arch), args)
 
 
 def run_imagenet(args: argparse.Namespace) -> int:

@@ -34,6 +34,8 @@ PRESETS: dict[str, Preprocessing] = {
     # HHA images in file order minus the HHA mean.
     "nyud-color": Preprocessing("nyud-color", True, 1.0, (116.190, 97.203, 92.318), (1.0,) * 3),
     "nyud-hha": Preprocessing("nyud-hha", False, 1.0, (132.431, 94.076, 118.477), (1.0,) * 3),
+    # weiliu89/caffe's SSD models (ssd_pascal.py): BGR, 0-255, minus the mean pixel (104, 117, 123).
+    "ssd": Preprocessing("ssd", True, 1.0, (104.0, 117.0, 123.0), (1.0,) * 3),
 }
 
 

@@ -13,7 +13,7 @@ from fcnseg.weights.checkpoint import load_checkpoint, weights_format
 
 
 def load(path: str | os.PathLike, arch: str | None = None, map_location: str | torch.device = "cpu") -> FCN:
-    """A ready model (eval mode) from an fcnseg checkpoint, an original Caffe FCN model, or a
+    """A ready model (eval mode) from an fcnseg checkpoint, an original Caffe FCN or SSD model, or a
     published model by name (``"voc-fcn8s"``; ``fcnseg weights list``), downloaded and converted once.
 
     Caffe models are recognised by their ``.caffemodel`` suffix or their first bytes
@@ -26,9 +26,9 @@ def load(path: str | os.PathLike, arch: str | None = None, map_location: str | t
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     if weights_format(path) == "caffe":
-        from fcnseg.weights.caffe import load_caffe_fcn  # the protobuf schema, for Caffe files only
+        from fcnseg.weights.caffe import load_caffe  # the protobuf schema, for Caffe files only
 
-        return load_caffe_fcn(path, arch)
+        return load_caffe(path, arch)
     model = load_checkpoint(path, map_location)
     if arch is not None and model.config["arch"] != arch:
         raise ValueError(f"{path} holds an {model.config['arch']} model, not {arch}")
