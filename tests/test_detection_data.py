@@ -213,3 +213,5 @@ def test_predict_and_evaluate_a_detection_checkpoint(tmp_path, capsys):
     assert main(["evaluate", str(result.out / "best.pt"), "synthetic", "--images", "3", "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert 0 <= metrics["map07"] <= 1 and len(metrics["ap"]) == 6
+    assert main(["export", "onnx", str(result.out / "best.pt"), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "holds a ssd300 detector; fcnseg export works on segmentation nets" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from fcnseg.models.flops import ComputeCost, compute_cost
 from fcnseg.models.geometry import path_map, receptive_fields
 from fcnseg.models.registry import ARCHITECTURES, build_model
 from fcnseg.weights.checkpoint import read_checkpoint
+from fcnseg.weights.load import segmentation_only
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -75,7 +76,7 @@ def describe(
     else:
         raise ValueError(f"{net!r} is neither an architecture ({', '.join(ARCHITECTURES)}) nor a file")
     with torch.device("meta"):  # shapes only: nothing is allocated or computed
-        model = build_model(**config)
+        model = segmentation_only(build_model(**config), net, "info")
     cost = compute_cost(model, size)
     lines = [f"{title}: {model.num_classes} classes, input {'x'.join(map(str, cost.input_shape))}", ""]
     fields = receptive_fields([*model.backbone.named_children(), ("score_fr", model.score_fr)])

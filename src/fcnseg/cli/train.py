@@ -73,7 +73,7 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
     (
         "--preprocess",
         {
-            "choices": ("auto", "caffe", "imagenet"),
+            "choices": ("auto", "caffe", "imagenet", "ssd"),
             "help": "input preprocessing (auto: the initial weights')",
         },
     ),

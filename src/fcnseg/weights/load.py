@@ -8,11 +8,14 @@ from pathlib import Path
 import torch
 
 from fcnseg.models.fcn import FCN
+from fcnseg.models.ssd import SSD
 from fcnseg.weights import hub
 from fcnseg.weights.checkpoint import load_checkpoint, weights_format
 
 
-def load(path: str | os.PathLike, arch: str | None = None, map_location: str | torch.device = "cpu") -> FCN:
+def load(
+    path: str | os.PathLike, arch: str | None = None, map_location: str | torch.device = "cpu"
+) -> FCN | SSD:
     """A ready model (eval mode) from an fcnseg checkpoint, an original Caffe FCN or SSD model, or a
     published model by name (``"voc-fcn8s"``; ``fcnseg weights list``), downloaded and converted once.
 
@@ -33,3 +36,13 @@ def load(path: str | os.PathLike, arch: str | None = None, map_location: str | t
     if arch is not None and model.config["arch"] != arch:
         raise ValueError(f"{path} holds an {model.config['arch']} model, not {arch}")
     return model
+
+
+def segmentation_only(model: torch.nn.Module, source: str | os.PathLike, command: str) -> FCN:
+    """``model`` if it segments; a ValueError saying what to do with a detector instead."""
+    if isinstance(model, FCN):
+        return model
+    raise ValueError(
+        f"{source} holds a {model.config['arch']} detector; fcnseg {command} works on segmentation nets "
+        "(fcnseg predict and evaluate take detectors)"
+    )
