@@ -159,20 +159,17 @@ class DetectionTask:
         least ``min_score`` drawn on the image."""
         found, names = prediction
         height, width = image.shape[:2]
-        record = {
-            "width": width,
-            "height": height,
-            "detections": [
-                {
-                    "class": names[int(c)],
-                    "label": int(c),
-                    "score": round(float(s), 5),
-                    "box": [round(float(v), 2) for v in b],
-                }
-                for b, s, c in zip(found["boxes"], found["scores"], found["labels"], strict=True)
-            ],
-        }
-        text = json.dumps(record, indent=1) + "\n"
+        detections = [
+            {
+                "class": names[int(c)],
+                "label": int(c),
+                "score": round(float(s), 5),
+                "box": [round(float(v), 2) for v in b],
+            }
+            for b, s, c in zip(found["boxes"], found["scores"], found["labels"], strict=True)
+        ]
+        rows = ",\n  ".join(json.dumps(d) for d in detections)  # one detection per line
+        text = f'{{"width": {width}, "height": {height}, "detections": [\n  {rows}\n]}}\n'
         atomic_write(f"{stem}.json", lambda f: f.write(text.encode()))
         if overlay_format:
             shown = draw_boxes(image, found, names, min_score)
