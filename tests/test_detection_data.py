@@ -23,6 +23,7 @@ from fcnseg.data.detection import (
 )
 from fcnseg.data.synthetic import make_detection_sample, make_sample, sample_seed
 from fcnseg.detection.loss import MultiBoxLoss
+from fcnseg.tasks.detection import DetectionTask
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.optim import set_lr
 from fcnseg.train.trainer import train
@@ -73,6 +74,9 @@ def test_voc07_plus_12_reads_boxes_classes_and_difficult_flags(voc):
     assert target["labels"].tolist() == [12, 8] and target["difficult"].tolist() == [False, True]  # dog, cat
     assert train[1][1]["labels"].tolist() == [7]  # car, from VOC2012
     assert check_annotations(train) == 3
+    said = []
+    DetectionTask().check_data(train, voc_detection_split("2007-test", voc), said.append, progress=False)
+    assert said == ["data: 2 training and 1 validation images, 4 boxes; 20 classes"]
     with pytest.raises(ValueError, match="<year>-<split>"):
         voc_detection_split("trainval", voc)
 

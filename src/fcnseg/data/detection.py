@@ -26,6 +26,7 @@ from fcnseg.data.voc import VOC_CLASSES, find_voc_dir
 __all__ = [
     "DEFAULT_DETECTION_SPLITS",
     "DetectionSamples",
+    "annotation_files",
     "VOCDetection",
     "check_annotations",
     "detection_collate",
@@ -142,10 +143,15 @@ def voc_detection_split(name: str, root: str | Path) -> Dataset:
     return parts[0] if len(parts) == 1 else _Concat(parts)
 
 
+def annotation_files(dataset: Dataset) -> list[tuple[Path, Path]]:
+    """The (image, annotation) files of a VOC data set or a join of them; none for a made one."""
+    return [f for part in getattr(dataset, "parts", [dataset]) for f in getattr(part, "files", [])]
+
+
 def check_annotations(dataset: Dataset, progress: bool = False, listed: int = 20) -> int:
     """Read every annotation of a VOC data set (or a join of them): a DataError lists all bad ones;
     returns the number of boxes."""
-    files = [f for part in getattr(dataset, "parts", [dataset]) for f in getattr(part, "files", [])]
+    files = annotation_files(dataset)
     problems, boxes = [], 0
     for _, annotation in tqdm(files, desc="checking annotations", disable=not progress or len(files) < 100):
         try:

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from fcnseg.data.detection import (
     DEFAULT_DETECTION_SPLITS,
     DetectionSamples,
+    annotation_files,
     check_annotations,
     detection_collate,
     normalised_target,
@@ -90,16 +91,14 @@ class DetectionTask:
     def check_data(
         self, train_set: Dataset, val_set: Dataset | None, say: Callable[[str], None], progress: bool
     ) -> None:
-        """Read every annotation of a VOC set, listing all that cannot be used; say what the data is."""
-        boxes = [
-            check_annotations(d, progress)
-            for d in (train_set, val_set)
-            if d is not None and not hasattr(d, "seed")
-        ]
-        if boxes:
+        """Read every annotation of a VOC set, listing all that cannot be used; say what the data is.
+        The synthetic sets are made, not read: nothing to check."""
+        read = [d for d in (train_set, val_set) if d is not None and annotation_files(d)]
+        boxes = sum(check_annotations(d, progress) for d in read)
+        if read:
             val = f"{len(val_set)} validation images" if val_set is not None else "no validation images"
             say(
-                f"data: {len(train_set)} training and {val}, {sum(boxes)} boxes; {train_set.num_classes - 1} classes"
+                f"data: {len(train_set)} training and {val}, {boxes} boxes; {train_set.num_classes - 1} classes"
             )
 
     def build_model(self, config: TrainConfig, train_set: Dataset) -> nn.Module:
