@@ -4,12 +4,14 @@ boxes, and the detection task through the one training loop."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import fcnseg
 from fcnseg.cli import main
 from fcnseg.data.datasets import DataError
 from fcnseg.data.detection import (
@@ -63,6 +65,14 @@ def voc(tmp_path):
     write_voc(tmp_path, "2007", "test", {"000001": [("person", (20, 10, 50, 55))]})
     write_voc(tmp_path, "2012", "trainval", {"2008_000002": [("car", (5, 6, 70, 50))]})
     return tmp_path
+
+
+def test_evaluate_a_detector_on_voc2007_test(voc, tmp_path, capsys):
+    fcnseg.save_checkpoint(fcnseg.build_model("ssd300", 21, widths=TINY_SSD), tmp_path / "ssd.pt")
+    assert main(["evaluate", str(tmp_path / "ssd.pt"), str(voc), "--dataset", "voc", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["class_names"][15] == "person" and not math.isnan(metrics["ap"][15])
+    assert sum(not math.isnan(ap) for ap in metrics["ap"]) == 1  # only person has a box in 2007 test
 
 
 def test_voc07_plus_12_reads_boxes_classes_and_difficult_flags(voc):
@@ -189,14 +199,18 @@ def test_detection_trains_through_the_loop_and_resumes_exactly(tmp_path, monkeyp
 
 
 def test_predict_and_evaluate_a_detection_checkpoint(tmp_path, capsys):
-    result = train(tiny_config(tmp_path, "run", max_steps=2))
+    flags = "--task detection --widths 4,8,8,16,16,16 --train-images 4 --val-images 2 --image-size 40 60 "
+    flags += f"--batch-size 2 --max-steps 2 --preprocess caffe --quiet --out {tmp_path / 'run'}"
+    assert main(["train", *flags.split()]) == 0
+    assert "trained ssd300 for 2 steps" in capsys.readouterr().out
+    best = tmp_path / "run" / "best.pt"
     image = make_detection_sample(3)[0]
     Image.fromarray(image).save(tmp_path / "shapes.png")
     assert (
         main(
             [
                 "predict",
-                str(result.out / "best.pt"),
+                str(best),
                 str(tmp_path / "shapes.png"),
                 "--out",
                 str(tmp_path / "out"),
@@ -214,8 +228,8 @@ def test_predict_and_evaluate_a_detection_checkpoint(tmp_path, capsys):
         assert found["class"] in ("disc", "square", "triangle", "ring", "bar")
     assert Image.open(tmp_path / "out" / "shapes_boxes.jpg").size == (image.shape[1], image.shape[0])
     capsys.readouterr()
-    assert main(["evaluate", str(result.out / "best.pt"), "synthetic", "--images", "3", "--json"]) == 0
+    assert main(["evaluate", str(best), "synthetic", "--images", "3", "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert 0 <= metrics["map07"] <= 1 and len(metrics["ap"]) == 6
-    assert main(["export", "onnx", str(result.out / "best.pt"), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert main(["export", "onnx", str(best), "--out", str(tmp_path / "m.onnx")]) == 2
     assert "holds a ssd300 detector; fcnseg export works on segmentation nets" in capsys.readouterr().err

@@ -14,6 +14,7 @@ _HOMES = {
     "ARCHITECTURES": "fcnseg.models.registry",
     "FCN": "fcnseg.models.fcn",
     "FcnsegError": "fcnseg.errors",
+    "SSD": "fcnseg.models.ssd",
     "TrainConfig": "fcnseg.train.config",
     "build_model": "fcnseg.models.registry",
     "confusion_matrix": "fcnseg.metrics.segmentation",
