@@ -232,4 +232,4 @@ def test_predict_and_evaluate_a_detection_checkpoint(tmp_path, capsys):
     metrics = json.loads(capsys.readouterr().out)
     assert 0 <= metrics["map07"] <= 1 and len(metrics["ap"]) == 6
     assert main(["export", "onnx", str(best), "--out", str(tmp_path / "m.onnx")]) == 2
-    assert "holds a ssd300 detector; fcnseg export works on segmentation nets" in capsys.readouterr().err
+    assert "holds a detector (ssd300); fcnseg export works on segmentation nets" in capsys.readouterr().err

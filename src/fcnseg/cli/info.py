@@ -11,7 +11,7 @@ from torch import nn
 from fcnseg.models.fcn import FCN
 from fcnseg.models.flops import ComputeCost, compute_cost
 from fcnseg.models.geometry import path_map, receptive_fields
-from fcnseg.models.registry import ARCHITECTURES, build_model
+from fcnseg.models.registry import ARCHITECTURES, BUILDERS, build_model
 from fcnseg.weights.checkpoint import read_checkpoint
 from fcnseg.weights.load import segmentation_only
 
@@ -67,7 +67,7 @@ def describe(
     all_layers: bool = False,
 ) -> str:
     """The report ``fcnseg info`` prints, for an architecture name or a checkpoint path."""
-    if net in ARCHITECTURES:
+    if net in BUILDERS:
         config = {"arch": net, "num_classes": num_classes, "widths": widths}
         title = net
     elif Path(net).is_file():

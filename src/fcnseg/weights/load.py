@@ -43,6 +43,6 @@ def segmentation_only(model: torch.nn.Module, source: str | os.PathLike, command
     if isinstance(model, FCN):
         return model
     raise ValueError(
-        f"{source} holds a {model.config['arch']} detector; fcnseg {command} works on segmentation nets "
+        f"{source} holds a detector ({model.config['arch']}); fcnseg {command} works on segmentation nets "
         "(fcnseg predict and evaluate take detectors)"
     )
