@@ -78,8 +78,11 @@ class MultiBoxLoss(nn.Module):
                 )
             matched, overlap = match_priors(boxes, self.priors, self.threshold)
             hit = matched >= 0
-            index = matched.clamp(min=0)
-            label = torch.where(hit, classes[index] if len(classes) else matched.new_zeros(()), 0)
+            label = (
+                torch.where(hit, classes[matched.clamp(min=0)], 0)
+                if len(classes)
+                else torch.zeros_like(matched)
+            )
             code = self.priors.new_zeros(self.priors.shape)
             if bool(hit.any()):
                 code[hit] = encode(boxes[matched[hit]], self.priors[hit], self.variances)
