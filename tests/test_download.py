@@ -152,6 +152,7 @@ def test_fetch_downloads_and_extracts_once(archive, tmp_path, monkeypatch):
 
 def test_known_archives_carry_published_checksums():
     assert ARCHIVES["voc2012"].md5 == "6cd6e144f989b92b3379bac3b3de84fd"
+    assert ARCHIVES["voc2007-test"].filename == "VOCtest_06-Nov-2007.tar"
     assert ARCHIVES["sbd"].md5 == "82b4d87ceb2ed10f6038a1cba92111cb"
     assert ARCHIVES["sbd"].filename == "benchmark.tgz"
     assert ARCHIVES["nyud"].md5 is None and ARCHIVES["nyud"].sha256 is None  # none published

@@ -14,6 +14,7 @@ from tiny_datasets import (
     write_pascal,
     write_siftflow,
     write_sk_large,
+    write_voc_detection,
 )
 
 from fcnseg import build_model, save_checkpoint
@@ -80,7 +81,9 @@ def test_recipe_trains_a_step_on_a_tiny_copy_of_its_data(path, tmp_path):
     backbone = path.stem.split("_")[1].removesuffix("-narrow")
     dataset = written.dataset
     values.update(widths=list(TINY[backbone]), max_steps=1, out=str(tmp_path / "run"), progress=False)
-    if dataset in WRITERS:
+    if written.task == "detection":
+        values["data"] = str(write_voc_detection(tmp_path / "data"))
+    elif dataset in WRITERS:
         values["data"] = str(WRITERS[dataset](tmp_path / "data"))
     else:
         values.update(train_images=4, val_images=2)
@@ -100,5 +103,6 @@ def test_recipe_trains_a_step_on_a_tiny_copy_of_its_data(path, tmp_path):
     assert result.steps == 1 and math.isfinite(result.history[-1]["train_loss"])
     model = result.model
     assert model.in_channels == get_preprocessing(written.preprocess).channels
-    score = {"siftflow": "sem_mean_iu", "edges": "ods", "skeleton": "ods"}.get(written.task, "mean_iu")
+    scores = {"siftflow": "sem_mean_iu", "edges": "ods", "skeleton": "ods", "detection": "map07"}
+    score = scores.get(written.task, "mean_iu")
     assert 0 <= result.history[-1][score] <= 1

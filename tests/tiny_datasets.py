@@ -155,3 +155,35 @@ def write_sk_large(root: Path, h: int = 24, w: int = 40, seed: int = 0) -> Path:
                 root / "groundTruth" / split / f"{stem}.mat", {"edge": edge, "symmetry": symmetry}
             )
     return root
+
+
+def _object(name, box, difficult=0):
+    x0, y0, x1, y1 = box
+    return (
+        f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>{x0}</xmin>"
+        f"<ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+    )
+
+
+def write_voc(root, year, split, images):
+    """A VOCdevkit/VOC<year> folder: ``images`` maps an id to its objects (name, box, difficult)."""
+    base = root / "VOCdevkit" / f"VOC{year}"
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for image_id, objects in images.items():
+        Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(
+            base / "JPEGImages" / f"{image_id}.jpg"
+        )
+        body = "".join(_object(*o) for o in objects)
+        xml = f"<annotation><size><width>80</width><height>60</height></size>{body}</annotation>"
+        (base / "Annotations" / f"{image_id}.xml").write_text(xml)
+    (base / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(images) + "\n")
+
+
+def write_voc_detection(root: Path) -> Path:
+    """VOC2007 trainval and test and VOC2012 trainval with a few boxes, one of them difficult."""
+    write_voc(root, "2007", "trainval", {"000005": [("dog", (10, 5, 40, 30)), ("cat", (1, 1, 80, 60), 1)]})
+    write_voc(root, "2007", "test", {"000001": [("person", (20, 10, 50, 55))]})
+    write_voc(root, "2012", "trainval", {"2008_000002": [("car", (5, 6, 70, 50))]})
+    return root

@@ -15,6 +15,7 @@ _HOMES = {
     "CRFSettings": "fcnseg.infer.crf",
     "FCN": "fcnseg.models.fcn",
     "FcnsegError": "fcnseg.errors",
+    "SSD": "fcnseg.models.ssd",
     "TrainConfig": "fcnseg.train.config",
     "build_model": "fcnseg.models.registry",
     "confusion_matrix": "fcnseg.metrics.segmentation",

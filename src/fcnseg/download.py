@@ -72,6 +72,16 @@ ARCHIVES: dict[str, RemoteFile] = {
         "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
         md5="6cd6e144f989b92b3379bac3b3de84fd",
     ),
+    "voc2007": RemoteFile(
+        "http://host.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtrainval_06-Nov-2007.tar",
+        md5="c52e279531787c972589f7e41ab4ae64",
+        note="Detection (SSD): with 'voc2007-test' and 'voc2012' under one folder, VOC07+12.",
+    ),
+    "voc2007-test": RemoteFile(
+        "http://host.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtest_06-Nov-2007.tar",
+        md5="b6e924de25625d8de591ea690078ad9f",
+        note="VOC2007 test, where detectors are scored.",
+    ),
     "voc2011": RemoteFile(
         "http://host.robots.ox.ac.uk/pascal/VOC/voc2011/VOCtrainval_25-May-2011.tar",
         md5="6c3384ef61512963050cb5d687e5bf1e",

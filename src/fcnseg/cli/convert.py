@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from fcnseg.data.voc import VOC_CLASSES
-from fcnseg.models.registry import ARCHITECTURES
-from fcnseg.weights.caffe import load_caffe_fcn
+from fcnseg.models.registry import ARCHITECTURES, BUILDERS
+from fcnseg.weights.caffe import load_caffe
 from fcnseg.weights.checkpoint import save_checkpoint
 from fcnseg.weights.imagenet import fcn_from_imagenet
 
@@ -15,10 +15,10 @@ from fcnseg.weights.imagenet import fcn_from_imagenet
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("convert", help="convert Caffe or torchvision weights to a checkpoint")
     sources = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
-    caffe = sources.add_parser("caffe", help="an original Caffe FCN, HED or FSDS model (.caffemodel)")
+    caffe = sources.add_parser("caffe", help="an original Caffe FCN, HED, FSDS or SSD model (.caffemodel)")
     caffe.add_argument("weights", type=Path, help="the .caffemodel file")
     caffe.add_argument(
-        "--arch", choices=sorted(ARCHITECTURES), help="expected net (read from the file if left out)"
+        "--arch", choices=sorted(BUILDERS), help="expected net (read from the file if left out)"
     )
     caffe.add_argument("--out", type=Path, required=True, help="checkpoint to write (.pt)")
     caffe.add_argument("--classes", type=Path, help="text file with one class name per line")
@@ -53,7 +53,7 @@ def _save(model, args: argparse.Namespace) -> int:
         raise ValueError(f"--out {args.out} would overwrite the input")
     save_checkpoint(model, args.out)
     widths = ",".join(map(str, model.config["widths"]))
-    predicts = f"{model.num_classes} classes" if model.task == "segmentation" else model.task
+    predicts = f"{model.num_classes} classes" if model.task in ("segmentation", "detection") else model.task
     print(
         f"{args.weights} -> {args.out}: {model.config['arch']}, {predicts}, "
         f"widths {widths}, preprocess {model.meta['preprocess']}, "
@@ -63,7 +63,7 @@ def _save(model, args: argparse.Namespace) -> int:
 
 
 def run_caffe(args: argparse.Namespace) -> int:
-    return _save(load_caffe_fcn(args.weights, args.arch), args)
+    return _save(load_caffe(args.weights, args.arch), args)
 
 
 def run_imagenet(args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
 """``fcnseg evaluate``: the paper's four metrics and per-class IU of saved weights on a data set; for
-edge and skeleton nets (HED, FSDS) the benchmark's ODS, OIS and AP."""
+edge and skeleton nets (HED, FSDS) the benchmark's ODS, OIS and AP; for a detector VOC mean average
+precision."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from fcnseg.distributed import Context
 from fcnseg.infer import crf
 from fcnseg.infer.predict import resolve_device
 from fcnseg.metrics.segmentation import evaluate_confusion, format_metrics, scores
+from fcnseg.models.ssd import SSD
 from fcnseg.weights.load import load
 
 
@@ -23,7 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="score saved weights on a labelled data set",
         description="Pixel accuracy, mean accuracy, mean IU and frequency-weighted IU (percent), "
         "and the IU of every class, of WEIGHTS on DATA; for an edge (HED) or skeleton (FSDS) net, "
-        "ODS, OIS and AP as the BSDS benchmark computes them (--dataset bsds500, sk-large, sk506).",
+        "ODS, OIS and AP as the BSDS benchmark computes them (--dataset bsds500, sk-large, sk506); "
+        "for a detector (ssd300), VOC mAP (VOC07 11-point and area under the curve, difficult boxes "
+        "ignored) and the AP of every class.",
     )
     parser.add_argument("weights", help="an fcnseg checkpoint (.pt) or a Caffe model")
     parser.add_argument(
@@ -31,7 +35,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="a folder (images/ and masks/), the root of --dataset, or 'synthetic' for the held-out synthetic set",
     )
     parser.add_argument("--dataset", choices=DATASETS, help="data set kind (default: folder, or synthetic)")
-    parser.add_argument("--split", help="split of --dataset (default: the paper's validation split)")
+    parser.add_argument(
+        "--split",
+        help="split of --dataset (default: the paper's validation split; detection on voc: 2007-test)",
+    )
     parser.add_argument("--images", type=int, default=100, help="synthetic only: how many images")
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass (padded)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -49,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
         crf.require()
     dataset_name = args.dataset or ("synthetic" if args.data == "synthetic" else "folder")
     model = load(args.weights)
+    if isinstance(model, SSD):
+        return _run_detection(args, model, dataset_name)
     if getattr(model, "heads", None):
         raise ValueError(
             f"{args.weights} has {len(model.heads)} heads: its training run's log.csv scores each"
@@ -116,4 +125,29 @@ def _run_task(args: argparse.Namespace, model: torch.nn.Module, dataset_name: st
     else:
         print(f"{args.weights} ({model.task}) on {args.data} ({len(dataset)} images)")
         print(task.summary(metrics, model))
+    return 0
+
+
+def _run_detection(args: argparse.Namespace, model: SSD, dataset_name: str) -> int:
+    from fcnseg.data.detection import DEFAULT_DETECTION_SPLITS, voc_detection_split
+    from fcnseg.data.synthetic import SyntheticDetection
+    from fcnseg.tasks.detection import DetectionTask, evaluate_detector
+
+    if dataset_name == "synthetic":
+        dataset = SyntheticDetection(args.images, seed=1)  # the training runs' validation images
+    elif dataset_name == "voc":
+        dataset = voc_detection_split(args.split or DEFAULT_DETECTION_SPLITS[1], args.data)
+    else:
+        raise ValueError(f"a detector is evaluated on --dataset synthetic or voc, not {dataset_name}")
+    if model.num_classes != dataset.num_classes:
+        raise ValueError(
+            f"{args.weights} detects {model.num_classes - 1} classes but {args.data} has {dataset.num_classes - 1}"
+        )
+    model.to(resolve_device(args.device or "auto"))
+    metrics = evaluate_detector(model, dataset, args.batch_size, progress=True)
+    if args.json:
+        print(json.dumps({**metrics, "class_names": list(dataset.class_names)}, indent=2))
+    else:
+        print(f"{args.weights} on {args.data} ({len(dataset)} images)")
+        print(DetectionTask().summary(metrics, model))
     return 0

@@ -6,14 +6,14 @@ import argparse
 from pathlib import Path
 
 from fcnseg.infer.export import export_onnx, export_torchscript
-from fcnseg.weights.load import load
+from fcnseg.weights.load import load, segmentation_only
 
 
 def run(args: argparse.Namespace) -> int:
     weights, out = Path(args.weights), Path(args.out)
     if out.resolve() == weights.resolve():
         raise ValueError(f"--out {out} is the weights file itself; choose another path")
-    model = load(weights)
+    model = segmentation_only(load(weights), weights, "export")
     if args.format == "onnx":
         export_onnx(model, out, dynamo=False if args.legacy else None, opset=args.opset)
     else:

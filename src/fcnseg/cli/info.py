@@ -10,9 +10,10 @@ from torch import nn
 
 from fcnseg.models.fcn import FCN
 from fcnseg.models.flops import ComputeCost, compute_cost
-from fcnseg.models.registry import ARCHITECTURES, build_model
+from fcnseg.models.registry import ARCHITECTURES, BUILDERS, build_model
 from fcnseg.models.sides import FSDS, HED
 from fcnseg.weights.checkpoint import read_checkpoint
+from fcnseg.weights.load import segmentation_only
 from fcnseg.weights.transfer import caffe_name
 
 
@@ -24,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "without computing anything: the net is built on PyTorch's meta device.",
     )
     parser.add_argument(
-        "net", metavar="ARCH|WEIGHTS", help=f"one of {', '.join(ARCHITECTURES)}, or a checkpoint"
+        "net", metavar="ARCH|WEIGHTS", help=f"one of {', '.join(ARCHITECTURES)}, hed, fsds, or a checkpoint"
     )
     parser.add_argument("--size", type=parse_size, default=(500, 500), help="input HxW (default: 500x500)")
     parser.add_argument(
@@ -69,16 +70,18 @@ def describe(
     all_layers: bool = False,
 ) -> str:
     """The report ``fcnseg info`` prints, for an architecture name or a checkpoint path."""
-    if net in ARCHITECTURES:
+    if net in BUILDERS:
         config = {"arch": net, "num_classes": num_classes, "widths": widths}
         title = net
     elif Path(net).is_file():
         config = read_checkpoint(net, map_location="meta")["config"]
         title = f"{net} ({config['arch']})"
     else:
-        raise ValueError(f"{net!r} is neither an architecture ({', '.join(ARCHITECTURES)}) nor a file")
+        raise ValueError(f"{net!r} is neither an architecture ({', '.join(BUILDERS)}) nor a file")
     with torch.device("meta"):  # shapes only: nothing is allocated or computed
         model = build_model(**config)
+    if getattr(model, "task", "segmentation") == "detection":
+        segmentation_only(model, net, "info")
     if not hasattr(model, "backbone"):
         raise ValueError(
             f"{title} is a late fusion of {len(model.streams)} fcn32s streams: `fcnseg info fcn32s` describes each"

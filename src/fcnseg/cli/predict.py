@@ -1,4 +1,5 @@
-"""``fcnseg predict``: segment files, folders and globs into palette PNGs, overlays and probabilities."""
+"""``fcnseg predict``: segment files, folders and globs into palette PNGs, overlays and probabilities;
+or, with a detector, find boxes and write them as JSON and drawn on the image."""
 
 from __future__ import annotations
 
@@ -20,10 +21,13 @@ from tqdm import tqdm
 
 from fcnseg.data.images import MAX_PIXELS, read_image
 from fcnseg.infer import crf
+from fcnseg.infer.detect import detect_images
 from fcnseg.infer.predict import PRECISIONS, predict_batch, resolve_device
 from fcnseg.infer.tiling import parse_memory
 from fcnseg.models.fcn import FCN
+from fcnseg.models.ssd import SSD
 from fcnseg.tasks import get_task
+from fcnseg.tasks.detection import DetectionTask
 from fcnseg.tasks.edges import predict_map
 from fcnseg.tasks.segmentation import SegmentationTask
 from fcnseg.weights.load import load
@@ -35,6 +39,7 @@ MAX_PENDING_FACTOR = 2
 """Images waiting for a same-size batch are flushed beyond this many batches' worth."""
 
 SEGMENTATION = SegmentationTask()
+DETECTION = DetectionTask()
 """What predict writes: the task's files for each image."""
 
 
@@ -113,7 +118,11 @@ def _output_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"overlay_format": args.overlay_format if args.overlay else None}
 
 
-def _output_suffixes(args: argparse.Namespace) -> list[str]:
+def _output_suffixes(args: argparse.Namespace, model: torch.nn.Module) -> list[str]:
+    if isinstance(model, SSD):
+        return DETECTION.prediction_suffixes(overlay_format=args.overlay_format)
+    if model.task != "segmentation":
+        return get_task(model.task).prediction_suffixes(**_output_options(args))
     return SEGMENTATION.prediction_suffixes(**_output_options(args), probs=args.probs)
 
 
@@ -214,21 +223,47 @@ def _segment(
     return done
 
 
+def _detect(
+    args: argparse.Namespace, model: SSD, files: Sequence[Path], stems: Sequence[str], failures: list[str]
+) -> int:
+    """Read, detect and write one image at a time; returns how many images were written."""
+    done = 0
+    names = list(model.meta.get("class_names") or map(str, range(model.num_classes)))
+    for path, stem in tqdm(
+        list(zip(files, stems, strict=True)), unit="img", desc="fcnseg predict", disable=None
+    ):
+        try:
+            image = read_image(path, max_pixels=args.max_megapixels)
+            found = detect_images(model, [image])[0]
+            options = {"overlay_format": args.overlay_format, "min_score": args.min_score}
+            DETECTION.write_prediction(Path(args.out) / stem, image, (found, names), **options)
+            done += 1
+        except (ValueError, OSError, RuntimeError) as error:
+            failures.append(_describe(path, error))
+    return done
+
+
 def run(args: argparse.Namespace) -> int:
     weights, out = Path(args.weights), Path(args.out)
     files, failures = collect_inputs(args.inputs)
-    stems = output_stems(files, _output_suffixes(args))
+    model = load(weights)
+    suffixes = _output_suffixes(args, model)
+    stems = output_stems(files, suffixes)
     _check_out_is_no_input_folder(out, args.inputs, files)
-    _check_no_overwrite(files, weights, [out / (s + x) for s in stems for x in _output_suffixes(args)])
+    _check_no_overwrite(files, weights, [out / (s + x) for s in stems for x in suffixes])
+    if model.task != "segmentation" and (args.probs or args.tta_flip or args.tta_scales or args.crf):
+        raise ValueError(
+            f"{weights} is a net of the {model.task} task: --probs, --tta-* and --crf are for segmentation"
+        )
     if args.crf:
         crf.require()
     _prepare_out(out)
-    model = load(weights)
+    if isinstance(model, SSD):
+        model.to(resolve_device(args.device))
+        start = time.perf_counter()
+        done = _detect(args, model, files, stems, failures) if files else 0
+        return _report(done, files, out, start, failures, "found boxes in")
     if model.task != "segmentation":
-        if args.probs or args.tta_flip or args.tta_scales:
-            raise ValueError(
-                f"{weights} is a net of the {model.task} task: --probs and --tta-* are for segmentation"
-            )
         model.to(resolve_device(args.device))
         start = time.perf_counter()
         done = _edge_maps(args, model, files, stems, failures)
@@ -322,12 +357,14 @@ def _positive(text: str) -> int:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
-        help="segment images (or draw edge or skeleton maps) with a trained model",
+        help="segment images (or draw edge or skeleton maps, or find boxes) with a trained model",
         description=(
             "Segment images: for each input write <stem>.png, a palette PNG of class ids in the "
-            "PASCAL colours, into --out; with an edge (HED) or skeleton (FSDS) net, <stem>.png is the "
-            "map in grey (white: sure) and --overlay draws it in red over the image. Images of one size are batched together; larger images "
-            "than --max-memory allows are segmented in overlapping, blended tiles."
+            "PASCAL colours, into --out. Images of one size are batched together; larger images "
+            "than --max-memory allows are segmented in overlapping, blended tiles. With an edge (HED) "
+            "or skeleton (FSDS) net, <stem>.png is the map in grey (white: sure) and --overlay draws it "
+            "in red over the image. With a detector (ssd300) write <stem>.json, every box with its "
+            "class and score, and <stem>_boxes.jpg."
         ),
     )
     parser.add_argument("weights", help="fcnseg checkpoint")
@@ -341,7 +378,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--overlay", action="store_true", help="also write <stem>_overlay.jpg: colours over the image"
     )
-    parser.add_argument("--overlay-format", choices=("jpg", "png"), default="jpg", help="overlay file type")
+    parser.add_argument(
+        "--overlay-format", choices=("jpg", "png"), default="jpg", help="overlay (and drawn boxes) file type"
+    )
+    parser.add_argument(
+        "--min-score",
+        type=float,
+        default=0.3,
+        help="detectors: draw the boxes of at least this score (JSON has all)",
+    )
     parser.add_argument("--overlay-alpha", type=_alpha, default=0.5, help="colour weight in the overlay")
     parser.add_argument(
         "--probs", action="store_true", help="also write <stem>_probs.npy: (C, H, W) softmax probabilities"

@@ -10,7 +10,7 @@ from pathlib import Path
 from fcnseg.cli.predict import _megapixels
 from fcnseg.data.images import MAX_PIXELS
 from fcnseg.infer.predict import resolve_device
-from fcnseg.weights.load import load
+from fcnseg.weights.load import load, segmentation_only
 
 
 def _is_loopback(host: str) -> bool:
@@ -25,12 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
     # A taken port fails before a model is loaded (or downloaded).
     with web.listen(args.host, args.port) as sock:
-        model = load(args.weights)
-        if model.task != "segmentation":
-            raise ValueError(
-                f"{args.weights} is a net of the {model.task} task; fcnseg serve shows segmentations "
-                "(fcnseg predict draws its maps)"
-            )
+        model = segmentation_only(load(args.weights), args.weights, "serve")
         model.to(resolve_device(args.device))
         segmenter = web.Segmenter(model, Path(args.weights).name, max_pixels=args.max_megapixels)
         print(

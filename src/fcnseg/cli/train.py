@@ -31,8 +31,8 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
         "--arch",
         {
             "help": "fcn32s, fcn32s-fixed, fcn16s, fcn8s, fcn8s-atonce, fcn-alexnet, fcn32s-googlenet, "
-            "fcn32s-late-fusion (NYUD colour + HHA); hed, fsds "
-            "(default: fcn8s; hed for --task edges, fsds for --task skeleton)"
+            "fcn32s-late-fusion (NYUD colour + HHA); hed, fsds; ssd300 "
+            "(default: the task's: fcn8s; hed for --task edges, fsds for skeleton, ssd300 for detection)"
         },
     ),
     (
@@ -113,9 +113,13 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--lr", {"type": float, "help": "learning rate (paper: 1e-10 with the summed loss)"}),
     ("--momentum", {"type": float}),
     ("--weight-decay", {"type": float}),
-    ("--lr-schedule", {"choices": ("fixed", "poly", "step")}),
+    ("--lr-schedule", {"choices": ("fixed", "poly", "step", "multistep")}),
     ("--lr-step-size", {"type": int, "help": "step schedule: steps between lr drops"}),
-    ("--lr-gamma", {"type": float, "help": "step schedule: factor of each lr drop"}),
+    (
+        "--lr-steps",
+        {"type": lambda s: tuple(int(v) for v in s.split(",")), "help": "multistep: e.g. 80000,100000"},
+    ),
+    ("--lr-gamma", {"type": float, "help": "step and multistep schedules: factor of each lr drop"}),
     (
         "--batch-size",
         {"type": int, "help": "images per step; different sizes are padded with the ignore label"},
@@ -149,7 +153,7 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="train an FCN from a recipe file or flags",
+        help="train an FCN (or SSD) from a recipe file or flags",
         description="Train an FCN. Settings come from the defaults, then --recipe, then --config, "
         "then flags. Under torchrun every process trains its share; rank 0 writes.",
     )

@@ -60,6 +60,8 @@ PRESETS: dict[str, Preprocessing] = {
     # The FCN authors' SIFT Flow and PASCAL-Context data layers: BGR minus each set's mean pixel.
     "siftflow": Preprocessing("siftflow", True, 1.0, (114.578, 115.294, 108.353), (1.0,) * 3),
     "pascal-context": Preprocessing("pascal-context", True, 1.0, (104.007, 116.669, 122.679), (1.0,) * 3),
+    # weiliu89/caffe's SSD models (ssd_pascal.py): BGR, 0-255, minus the mean pixel (104, 117, 123).
+    "ssd": Preprocessing("ssd", True, 1.0, (104.0, 117.0, 123.0), (1.0,) * 3),
 }
 
 

@@ -1,4 +1,4 @@
-"""A seeded synthetic segmentation data set: textured shapes on cluttered backgrounds.
+"""A seeded synthetic data set: textured shapes on cluttered backgrounds, with masks or boxes.
 
 It is the built-in data for the demo and the tests: no download, and every image
 is a pure function of its seed. Like real classes, each class has its own look, a
@@ -25,7 +25,10 @@ __all__ = [
     "CLASS_LOOKS",
     "CLASS_NAMES",
     "DEFAULT_SIZE_RANGE",
+    "DIFFICULT_VISIBLE",
+    "SyntheticDetection",
     "SyntheticSegmentation",
+    "make_detection_sample",
     "make_sample",
     "sample_seed",
     "write_synthetic_folder",
@@ -69,6 +72,49 @@ def make_sample(
     inclusive ``size_range``. Returns image (H, W, 3) uint8 RGB and label (H, W)
     int64 with ids into :data:`CLASS_NAMES`.
     """
+    image, label, _, _ = _draw(seed, size, size_range)
+    return image, label
+
+
+def make_detection_sample(
+    seed: int,
+    size: tuple[int, int] | None = None,
+    *,
+    size_range: tuple[int, int] = DEFAULT_SIZE_RANGE,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The image of :func:`make_sample` and a box around what shows of each of its objects.
+
+    Boxes are pixel corners (xmin, ymin, xmax, ymax) of the object's visible pixels (float32,
+    xmax = last column + 1); an object hidden entirely by later ones or by clutter has no box, and
+    one of which less than :data:`DIFFICULT_VISIBLE` shows is marked ``difficult``. Labels are ids
+    into :data:`CLASS_NAMES` (never 0).
+    """
+    image, _, instances, shapes = _draw(seed, size, size_range)
+    boxes, labels, difficult = [], [], []
+    for k, (class_id, area) in enumerate(shapes, start=1):
+        rows, cols = np.nonzero(instances == k)
+        if len(rows) == 0:
+            continue
+        boxes.append([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1])
+        labels.append(class_id)
+        difficult.append(len(rows) < DIFFICULT_VISIBLE * area)
+    return image, {
+        "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        "labels": np.asarray(labels, dtype=np.int64),
+        "difficult": np.asarray(difficult, dtype=bool),
+    }
+
+
+DIFFICULT_VISIBLE = 0.25
+"""An object of which less than this share of its pixels shows is ``difficult`` (VOC's sense:
+it counts neither for nor against a detector)."""
+
+
+def _draw(
+    seed: int, size: tuple[int, int] | None, size_range: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """Image, label map, instance map (k for the k-th object, 0 elsewhere) and each object's
+    (class id, pixel count before occlusion)."""
     rng = np.random.default_rng(seed)
     if size is None:
         low, high = _check_size_range(size_range)
@@ -80,6 +126,8 @@ def make_sample(
 
     image = _background(rng, yy, xx)
     label = np.zeros((height, width), dtype=np.int64)
+    instances = np.zeros((height, width), dtype=np.int64)
+    shapes = []
     for _ in range(rng.integers(1, 4)):
         _paint(rng, image, yy, xx, _blob_mask(rng, height, width), _clutter_look(rng))
     for _ in range(rng.integers(2, 6)):
@@ -87,12 +135,15 @@ def make_sample(
         mask = _SHAPES[class_id](rng, yy, xx, *_placement(rng, height, width))
         _paint(rng, image, yy, xx, mask, class_id)
         label[mask] = class_id
+        shapes.append((class_id, int(mask.sum())))
+        instances[mask] = len(shapes)
     if rng.random() < 0.3:  # clutter in front of the objects
         mask = _blob_mask(rng, height, width, coverage=0.06)
         _paint(rng, image, yy, xx, mask, _clutter_look(rng))
         label[mask] = 0
+        instances[mask] = 0
     image += rng.normal(0.0, rng.uniform(2.0, 10.0), size=image.shape).astype(np.float32)
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8), label
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), label, instances, shapes
 
 
 class SyntheticSegmentation(torch.utils.data.Dataset):
@@ -118,6 +169,20 @@ class SyntheticSegmentation(torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for {self.num_images} images")
         index %= self.num_images
         return make_sample(sample_seed(self.seed, index), size_range=self.size_range)
+
+
+class SyntheticDetection(SyntheticSegmentation):
+    """The same images as :class:`SyntheticSegmentation`, with boxes: item i is
+    ``make_detection_sample(sample_seed(seed, i), size_range=size_range)``, (image, target)."""
+
+    class_names: tuple[str, ...] = CLASS_NAMES
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        if not -self.num_images <= index < self.num_images:
+            raise IndexError(f"index {index} out of range for {self.num_images} images")
+        return make_detection_sample(
+            sample_seed(self.seed, index % self.num_images), size_range=self.size_range
+        )
 
 
 def write_synthetic_folder(

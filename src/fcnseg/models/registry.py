@@ -1,4 +1,5 @@
-"""The named architectures of the paper and ``build_model``, the one way to make them."""
+"""The named architectures (the paper's FCNs, and SSD300 for detection) and ``build_model``, the one way
+to make them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from fcnseg.models.fusion import LateFusionFCN
 from fcnseg.models.googlenet import GOOGLENET_WIDTHS, googlenet_backbone
 from fcnseg.models.heads import MultiHeadFCN
 from fcnseg.models.sides import FSDS, HED
+from fcnseg.models.ssd import SSD, SSD300_WIDTHS
 from fcnseg.models.vgg import VGG16_WIDTHS, vgg16_backbone
 
 AT_ONCE_SCALES = (0.01, 0.0001)
@@ -70,7 +72,7 @@ def _side_output_net(net: type[HED] | type[FSDS]):
     return build
 
 
-ARCHITECTURES: dict[str, Callable[..., FCN | HED | FSDS]] = {
+ARCHITECTURES: dict[str, Callable[..., FCN]] = {
     "fcn32s": _vgg_fcn(),
     "fcn32s-fixed": _fcn32s_fixed,
     "fcn16s": _vgg_fcn(("pool4",)),
@@ -81,10 +83,16 @@ ARCHITECTURES: dict[str, Callable[..., FCN | HED | FSDS]] = {
     "fcn32s-late-fusion": _late_fusion,
     # section 3: FCN-32s with pool5 (stride 16), then pool4 (stride 8) rarefied away
     **{name: vgg_fcn_dilated(stride) for stride, name in DILATED_ARCHS.items()},
-    # edges and skeletons: side outputs of every VGG16 stage
+}
+"""The segmentation nets (FCNs)."""
+
+SIDE_OUTPUT_NETS: dict[str, Callable[..., HED | FSDS]] = {
     "hed": _side_output_net(HED),
     "fsds": _side_output_net(FSDS),
 }
+"""Edges and skeletons: side outputs of every VGG16 stage."""
+
+SIDE_OUTPUT_ARCHS = tuple(SIDE_OUTPUT_NETS)
 
 
 def trunk_family(arch: str) -> str:
@@ -94,8 +102,19 @@ def trunk_family(arch: str) -> str:
     return "googlenet" if arch.endswith("-googlenet") else "vgg16"
 
 
-SIDE_OUTPUT_ARCHS = ("hed", "fsds")
-"""The nets that predict edges and skeletons from side outputs rather than classes."""
+def _ssd300(num_classes: int, widths, in_channels: int, frozen_upsampling: str = "final") -> SSD:
+    return SSD(num_classes, widths or SSD300_WIDTHS, in_channels)  # nothing to upsample: the flag is moot
+
+
+DETECTORS: dict[str, Callable[..., SSD]] = {"ssd300": _ssd300}
+"""Detection nets: widths are conv1..conv5 and fc6/fc7 (1024 in SSD300); the extras follow fc7's."""
+
+BUILDERS: dict[str, Callable[..., FCN | HED | FSDS | SSD]] = {
+    **ARCHITECTURES,
+    **SIDE_OUTPUT_NETS,
+    **DETECTORS,
+}
+"""Every name ``build_model`` knows: the FCNs, HED and FSDS, and the detectors."""
 
 
 def build_model(
@@ -106,8 +125,8 @@ def build_model(
     in_channels: int | None = None,
     frozen_upsampling: str = "all",
     **options: Any,
-) -> FCN | HED | FSDS:
-    """Build a net by name (an FCN, or HED / FSDS), with freshly initialised weights.
+) -> FCN | HED | FSDS | SSD:
+    """Build a net by name (:data:`BUILDERS`: an FCN, HED, FSDS or SSD300), with freshly initialised weights.
 
     ``widths`` narrows the backbone (conv1..conv5 channels, then fc6/fc7), e.g.
     ``(4, 8, 16, 32, 32, 64)`` for a tiny test net (GoogLeNet: one per convolution,
@@ -120,13 +139,13 @@ def build_model(
     The arguments are recorded in
     ``model.config`` so that a checkpoint can rebuild the same net.
     """
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
+    if arch not in BUILDERS:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(BUILDERS)}")
     if in_channels is None:
         in_channels = 3 * len(FUSION_STREAMS) if arch == "fcn32s-late-fusion" else 3
     if num_classes is None and arch not in SIDE_OUTPUT_ARCHS:
         num_classes = 21  # PASCAL VOC's
-    model = ARCHITECTURES[arch](
+    model = BUILDERS[arch](
         num_classes,
         tuple(widths) if widths is not None else None,
         in_channels,

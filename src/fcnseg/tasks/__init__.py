@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fcnseg.errors import ConfigError
+from fcnseg.tasks.detection import DetectionTask
 from fcnseg.tasks.edges import EdgeTask
 from fcnseg.tasks.segmentation import SegmentationTask
 from fcnseg.tasks.siftflow import SiftFlowTask
@@ -98,6 +99,7 @@ TASKS: dict[str, Callable[[], Task]] = {
     "siftflow": SiftFlowTask,
     "edges": EdgeTask,
     "skeleton": SkeletonTask,
+    "detection": DetectionTask,
 }
 """The tasks fcnseg trains, by the name ``TrainConfig.task`` (``fcnseg train --task``) gives."""
 

@@ -76,7 +76,9 @@ class TrainConfig:
 
     task: str = "segmentation"  # what to train: a name of fcnseg.tasks.TASKS
     # Net
-    arch: str | None = None  # None: the task's net (fcn8s, hed for edges, fsds for skeletons)
+    arch: str | None = (
+        None  # None: the task's net (fcn8s; hed for edges, fsds for skeletons, ssd300 for detection)
+    )
     widths: tuple[int, ...] | None = None
     # "all": every upsampling stays bilinear (the original repository); "final": the 2x ones learn
     # (the paper's text); "none"
@@ -124,8 +126,11 @@ class TrainConfig:
     caffe_bias: bool = False
     # ... the backbone's too; None: as the arch's original net (FCN-AlexNet's backbone has no multipliers)
     caffe_bias_backbone: bool | None = None
-    lr_schedule: str = "poly"  # or "fixed", or "step": lr x lr_gamma every lr_step_size steps (Caffe's)
+    # or "fixed"; Caffe's "step": lr x lr_gamma every lr_step_size steps; Caffe's "multistep": lr x lr_gamma
+    # at each of lr_steps
+    lr_schedule: str = "poly"
     lr_step_size: int = 10000
+    lr_steps: tuple[int, ...] | None = None
     lr_gamma: float = 0.1
     batch_size: int = 1
     iter_size: int = 1  # batches whose mean gradient makes one step (Caffe's iter_size)
@@ -156,6 +161,8 @@ class TrainConfig:
             self.init = None
         if self.widths is not None:
             self.widths = tuple(int(w) for w in self.widths)
+        if self.lr_steps is not None:
+            self.lr_steps = tuple(int(s) for s in self.lr_steps)
         self.image_size = tuple(int(s) for s in self.image_size)
         if self.scale_range is not None:
             self.scale_range = tuple(float(s) for s in self.scale_range)
@@ -168,7 +175,7 @@ class TrainConfig:
             "loss": REDUCTIONS,
             "loss_sampling": SAMPLING_SCOPES,
             "optimizer": ("sgd", "adam"),
-            "lr_schedule": ("fixed", "poly", "step"),
+            "lr_schedule": ("fixed", "poly", "step", "multistep"),
             "amp": ("off", "bf16", "fp16"),
             "weight_init": ("default", "kaiming"),
             "frozen_upsampling": ("all", "final", "none"),
@@ -217,6 +224,13 @@ class TrainConfig:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        steps = list(self.lr_steps or ())
+        if steps != sorted(set(steps)) or any(s < 1 for s in steps):
+            raise ConfigError(f"lr_steps must be increasing positive step numbers, got {steps}")
+        if self.lr_schedule == "multistep" and not self.lr_steps:
+            raise ConfigError("lr_schedule multistep needs lr_steps, e.g. lr_steps = [80000, 100000]")
+        if not 0 < self.lr_gamma <= 1:
+            raise ConfigError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be positive, got {self.max_steps}")
         if self.dropout is not None and not 0 <= self.dropout < 1:

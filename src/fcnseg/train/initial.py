@@ -14,7 +14,7 @@ from torch import nn
 from fcnseg.data.preprocess import DEFAULT_PREPROCESS, PRESETS, same_colour_coding
 from fcnseg.models.fcn import FCN
 from fcnseg.models.layers import bilinear_kernel
-from fcnseg.models.registry import ARCHITECTURES
+from fcnseg.models.registry import BUILDERS
 from fcnseg.train.config import AUTO
 from fcnseg.weights.checkpoint import read_checkpoint
 from fcnseg.weights.hub import resolve
@@ -33,12 +33,14 @@ __all__ = [
     "settle_preprocess",
 ]
 
-IMAGENET = {
-    arch: "imagenet" for arch in ARCHITECTURES if arch not in ("fcn-alexnet", "fcn32s-late-fusion")
-} | {"fcn-alexnet": "imagenet-caffe"}
-"""The ImageNet weights that "auto" starts each net from (torchvision's VGG16 has no AlexNet twin:
-torchvision's AlexNet is single-tower, without LRN, so FCN-AlexNet takes the Caffe one). A
-late-fusion net starts from its single-modality nets instead (``init_streams``)."""
+_CAFFE_ONLY = ("fcn-alexnet", "fcn32s-googlenet")
+IMAGENET = {arch: "imagenet" for arch in BUILDERS if arch not in (*_CAFFE_ONLY, "fcn32s-late-fusion")} | {
+    arch: "imagenet-caffe" for arch in _CAFFE_ONLY
+}
+"""The ImageNet weights that "auto" starts each net from (SSD300: VGG16 reduced as the reference's
+fc_reduced). torchvision has no twin of Caffe's AlexNet (its AlexNet is single-tower, without LRN)
+or GoogLeNet (other layers), so those take the Caffe classifiers. A late-fusion net starts from its
+single-modality nets instead (``init_streams``)."""
 
 IMAGENET_DONORS = {"hed": "fcn32s", "fsds": "fcn32s"}
 """Nets whose trunk is an FCN's VGG16 without pool5 and the fc layers: they take that FCN's conversion
@@ -166,7 +168,12 @@ def initialise(
     expected = initial.get("meta", {}).get("preprocess", config.preprocess)
     # Another modality (HHA, depth) is a deliberate change of input; colour must be coded alike.
     colour_run = (config.modality or "rgb") == "rgb"
-    if colour_run and (expected not in PRESETS or not same_colour_coding(expected, config.preprocess)):
+    coded_alike = (
+        expected in PRESETS
+        and config.preprocess in PRESETS
+        and same_colour_coding(expected, config.preprocess)
+    )
+    if colour_run and expected != config.preprocess and not coded_alike:
         warnings.warn(
             f"{initial['source']} was made for {expected!r} preprocessing but this run uses "
             f"{config.preprocess!r}; pass --preprocess {expected} unless that is intended",

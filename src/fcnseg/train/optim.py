@@ -1,4 +1,4 @@
-"""The optimiser of a run and its learning-rate schedule (fixed, Caffe's step, or poly by steps or by time)."""
+"""The optimiser of a run and its learning-rate schedule (fixed; Caffe's step and multistep; poly by steps or by time)."""
 
 from __future__ import annotations
 
@@ -74,12 +74,15 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
 
 def set_lr(optimizer: torch.optim.Optimizer, config: TrainConfig, progress: float, step: int = 0) -> float:
     """Set the lr for a run ``progress`` (in [0, 1]) of the way through, before update ``step`` (from 0);
-    return the base lr. "step" is Caffe's policy: times ``lr_gamma`` every ``lr_step_size`` updates."""
+    return the base lr. "step" and "multistep" are Caffe's policies: times ``lr_gamma`` every
+    ``lr_step_size`` updates, or once ``step`` has reached each of ``lr_steps``."""
     factor = 1.0
     if config.lr_schedule == "poly":  # progress passes 1 when a validation overran the time limit
         factor = (1 - min(progress, 1.0)) ** 0.9
     elif config.lr_schedule == "step":
         factor = config.lr_gamma ** (step // config.lr_step_size)
+    elif config.lr_schedule == "multistep":
+        factor = config.lr_gamma ** sum(step >= s for s in config.lr_steps or ())
     lr = config.lr * factor
     for group in optimizer.param_groups:
         group["lr"] = lr * group["lr_mult"]

@@ -1,4 +1,4 @@
-"""Original Caffe FCN, HED and FSDS models (``.caffemodel``) into our nets, by layer name, without Caffe."""
+"""Original Caffe FCN, HED, FSDS and SSD models (``.caffemodel``) into our nets, by layer name, without Caffe."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fcnseg.detection.priors import SSD300_PRIORS
 from fcnseg.models.alexnet import ALEXNET_CONVS
 from fcnseg.models.fcn import FCN
 from fcnseg.models.googlenet import GOOGLENET_CONVS
 from fcnseg.models.registry import SIDE_OUTPUT_ARCHS, build_model, trunk_family
 from fcnseg.models.sides import FSDS, HED
+from fcnseg.models.ssd import SSD
 from fcnseg.models.vgg import VGG16_CONVS
 from fcnseg.weights.caffe_format import CaffeLayer, read_caffemodel
 from fcnseg.weights.transfer import WeightsMismatchError, copy_into
@@ -32,7 +34,9 @@ def learned_blobs(layers: list[CaffeLayer]) -> dict[str, list[np.ndarray]]:
 
 
 def infer_arch(blobs: dict[str, list[np.ndarray]], source: str) -> str:
-    """Which net a Caffe model holds, from the names of its learned layers."""
+    """Which net (an FCN, HED, FSDS or SSD300) a Caffe model holds, from the names of its learned layers."""
+    if "conv4_3_norm_mbox_conf" in blobs:
+        return "ssd300"
     if "conv1_1" in blobs and "score-dsn1" in blobs:
         return "hed"
     if "conv1_1" in blobs and "score-dsn-2" in blobs:
@@ -80,6 +84,62 @@ def infer_build_args(blobs: dict[str, list[np.ndarray]], arch: str, source: str)
     return args
 
 
+def load_caffe(path: str | os.PathLike, arch: str | None = None, **build_options) -> FCN | HED | FSDS | SSD:
+    """The net a Caffe model holds (an FCN, HED, FSDS, or SSD300 as ``VGG_VOC0712_SSD_300x300``), with its weights;
+    see :func:`load_caffe_fcn` and :func:`load_caffe_ssd`."""
+    path = Path(path)
+    blobs = learned_blobs(read_caffemodel(path))
+    if infer_arch(blobs, str(path)) == "ssd300":
+        return _ssd_from_blobs(blobs, path, arch)
+    return _fcn_from_blobs(blobs, path, arch, **build_options)
+
+
+_SSD_SOURCES = ("conv4_3_norm", "fc7", "conv6_2", "conv7_2", "conv8_2", "conv9_2")
+
+
+def load_caffe_ssd(path: str | os.PathLike, arch: str | None = None) -> SSD:
+    """SSD300 with the weights of a Caffe SSD model (weiliu89/caffe's ssd_pascal.py layout).
+
+    The layers are matched by their prototxt names: conv1_1 .. fc7, conv6_1 .. conv9_2,
+    ``conv4_3_norm`` (its one blob is the per-channel scale) and the heads
+    ``<source>_mbox_loc`` / ``<source>_mbox_conf``; the Permute, Flatten, PriorBox and Concat
+    layers carry no weights, and the net's forward reproduces their layout. Widths and the
+    class count are read off the blobs; every learned layer must fit. Preprocessing "ssd":
+    BGR, 0-255, minus the mean pixel (104, 117, 123).
+    """
+    path = Path(path)
+    return _ssd_from_blobs(learned_blobs(read_caffemodel(path)), path, arch)
+
+
+def _ssd_from_blobs(blobs: dict[str, list[np.ndarray]], path: Path, arch: str | None) -> SSD:
+    if arch is not None and arch != "ssd300":
+        raise WeightsMismatchError(f"{path}: --arch {arch} given, but the file holds an ssd300 model")
+    needed = [*VGG16_STAGE_FIRSTS, "fc7", *(f"{s}_mbox_conf" for s in _SSD_SOURCES)]
+    missing = [name for name in needed if name not in blobs]
+    if missing:
+        raise WeightsMismatchError(f"{path}: ssd300 needs layers that the file lacks: {', '.join(missing)}")
+    widths = [int(blobs[name][0].shape[0]) for name in (*VGG16_STAGE_FIRSTS, "fc7")]
+    per_location = SSD300_PRIORS.per_location[0]
+    classes, rest = divmod(int(blobs["conv4_3_norm_mbox_conf"][0].shape[0]), per_location)
+    if rest or classes < 2:
+        raise WeightsMismatchError(
+            f"{path}: conv4_3_norm_mbox_conf has {blobs['conv4_3_norm_mbox_conf'][0].shape[0]} outputs, "
+            f"not {per_location} priors times a class count"
+        )
+    args = {
+        "arch": "ssd300",
+        "num_classes": classes,
+        "widths": widths,
+        "in_channels": int(blobs["conv1_1"][0].shape[1]),
+    }
+    with torch.device("meta"):  # check the fit before allocating: a corrupt file may describe an enormous net
+        copy_into(build_model(**args), blobs, source=str(path), reshape="legacy")
+    model = build_model(**args)
+    copy_into(model, blobs, source=str(path), reshape="legacy")
+    model.meta = {"preprocess": "ssd", "source": path.name, "task": "detection"}
+    return model.eval()
+
+
 def load_caffe_fcn(path: str | os.PathLike, arch: str | None = None, **build_options) -> FCN | HED | FSDS:
     """An FCN (or HED, FSDS) with the weights of a Caffe model; the net's shape comes from the file.
 
@@ -90,8 +150,15 @@ def load_caffe_fcn(path: str | os.PathLike, arch: str | None = None, **build_opt
     preprocessing ("caffe": BGR, 0-255, mean subtracted).
     """
     path = Path(path)
-    blobs = learned_blobs(read_caffemodel(path))
+    return _fcn_from_blobs(learned_blobs(read_caffemodel(path)), path, arch, **build_options)
+
+
+def _fcn_from_blobs(
+    blobs: dict[str, list[np.ndarray]], path: Path, arch: str | None, **build_options
+) -> FCN | HED | FSDS:
     found = infer_arch(blobs, str(path))
+    if found == "ssd300":
+        raise WeightsMismatchError(f"{path} holds an ssd300 model, not an FCN: load it with load_caffe")
     if arch is not None and arch != found and not (arch == "fcn32s-fixed" and found == "fcn32s"):
         raise WeightsMismatchError(f"{path}: --arch {arch} given, but the file holds an {found} model")
     args = infer_build_args(blobs, arch or found, str(path))

@@ -14,7 +14,7 @@ import torch
 from fcnseg.data.preprocess import DEFAULT_PREPROCESS, PRESETS
 from fcnseg.errors import FcnsegError
 from fcnseg.models.fcn import FCN
-from fcnseg.models.registry import ARCHITECTURES, build_model
+from fcnseg.models.registry import BUILDERS, build_model
 
 FORMAT = "fcnseg"
 VERSION = 1
@@ -211,10 +211,8 @@ def _structure_problems(data: Any) -> list[str]:
     config, state, meta = data.get("config"), data.get("state_dict"), data.get("meta", {})
     if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
         problems.append("'config' is not a dict of build arguments")
-    elif not isinstance(config.get("arch"), str) or config["arch"] not in ARCHITECTURES:
-        problems.append(
-            f"config names architecture {config.get('arch')!r}, not one of {', '.join(ARCHITECTURES)}"
-        )
+    elif not isinstance(config.get("arch"), str) or config["arch"] not in BUILDERS:
+        problems.append(f"config names architecture {config.get('arch')!r}, not one of {', '.join(BUILDERS)}")
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):

@@ -27,7 +27,7 @@ from fcnseg.data.voc import VOC_CLASSES
 from fcnseg.download import RemoteFile, download
 from fcnseg.models.alexnet import ALEXNET_WIDTHS
 from fcnseg.models.googlenet import GOOGLENET_WIDTHS
-from fcnseg.models.registry import ARCHITECTURES, build_model, trunk_family
+from fcnseg.models.registry import BUILDERS, DETECTORS, build_model, trunk_family
 from fcnseg.models.vgg import VGG16_WIDTHS
 from fcnseg.weights.checkpoint import save_checkpoint
 
@@ -389,8 +389,8 @@ def resolve(
         return Path(text)
     if text not in INIT_NAMES:
         get(text)  # an unknown name raises, listing the known ones
-    if arch is not None and arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
+    if arch is not None and arch not in BUILDERS:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(BUILDERS)}")
     if text in INIT_NAMES:
         if arch is None:
             raise ValueError(f"{text} picks an ImageNet classifier by architecture: give arch")
@@ -414,9 +414,9 @@ def resolve(
     if not out.is_file():
         original = fetch(name, progress)
         _note(progress, f"converting {original.name} for {arch} -> {out}")
-        from fcnseg.weights.imagenet import fcn_from_imagenet  # the protobuf schema, to convert only
+        from fcnseg.weights.imagenet import fcn_from_imagenet, ssd_from_imagenet  # protobuf, to convert only
 
-        model = fcn_from_imagenet(arch, original)
+        model = ssd_from_imagenet(original) if arch in DETECTORS else fcn_from_imagenet(arch, original)
         model.meta["weights"] = name
         save_checkpoint(model, out)
     return out

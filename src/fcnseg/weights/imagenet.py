@@ -20,6 +20,7 @@ import torch
 from fcnseg.models.alexnet import ALEXNET_CONVS
 from fcnseg.models.fcn import FCN
 from fcnseg.models.registry import build_model, trunk_family
+from fcnseg.models.ssd import SSD, reduce_vgg16
 from fcnseg.models.vgg import VGG16_CONVS
 from fcnseg.weights.caffe import infer_build_args, learned_blobs
 from fcnseg.weights.caffe_format import read_caffemodel
@@ -112,6 +113,20 @@ def fcn_from_imagenet(
     _convolutionalize_fc(arrays, model, source)
     copy_into(model.backbone, arrays, source=source, reshape="legacy")
     model.meta = {"preprocess": preprocess, "source": Path(source).name}
+    return model
+
+
+def ssd_from_imagenet(weights: str | os.PathLike | dict[str, torch.Tensor], num_classes: int = 21) -> SSD:
+    """SSD300 whose trunk is an ImageNet VGG16 reduced as the reference's
+    VGG_ILSVRC_16_layers_fc_reduced (:func:`fcnseg.models.ssd.reduce_vgg16`): the classifier is
+    convolutionalized as for FCN-32s, rarefied at pool5, and fc6/fc7 subsampled. ``weights`` as
+    :func:`fcn_from_imagenet` takes them; the extra layers and heads start fresh."""
+    fcn = fcn_from_imagenet("fcn32s", weights)
+    trunk = reduce_vgg16(fcn.backbone)
+    widths = [*fcn.config["widths"][:5], trunk.fc7.out_channels]
+    model = build_model("ssd300", num_classes, widths=widths, in_channels=fcn.in_channels)
+    model.backbone.load_state_dict(trunk.state_dict())
+    model.meta = dict(fcn.meta)
     return model
 
 

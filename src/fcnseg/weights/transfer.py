@@ -16,13 +16,20 @@ class WeightsMismatchError(FcnsegError):
     """A weight file does not fit the net: missing, extra or mis-shaped layers."""
 
 
-def caffe_name(path: str) -> str:
-    """A module's Caffe layer name: its path below the trunk, ``/`` for ``.``.
+CONTAINERS = ("backbone", "extras", "heads")
+"""Modules that only group layers: the trunk, and SSD's extra layers and heads. Caffe has no such
+level, so a layer's Caffe name starts below them."""
 
-    ``backbone.conv1_1`` -> ``conv1_1``, ``score_fr`` -> ``score_fr``,
-    ``backbone.inception_3a.3x3_reduce`` -> ``inception_3a/3x3_reduce`` (GoogLeNet).
+
+def caffe_name(path: str) -> str:
+    """A module's Caffe layer name: its path below a container (:data:`CONTAINERS`), ``/`` for ``.``.
+
+    ``backbone.conv1_1`` -> ``conv1_1``, ``score_fr`` -> ``score_fr``, ``heads.fc7_mbox_loc`` ->
+    ``fc7_mbox_loc`` (SSD), ``backbone.inception_3a.3x3_reduce`` -> ``inception_3a/3x3_reduce``
+    (GoogLeNet).
     """
-    return path.removeprefix("backbone.").replace(".", "/")
+    first, _, rest = path.partition(".")
+    return (rest if first in CONTAINERS and rest else path).replace(".", "/")
 
 
 def named_layers(model: nn.Module) -> dict[str, nn.Module]:
