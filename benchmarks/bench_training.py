@@ -8,7 +8,7 @@ One step = forward, loss, backward and optimizer update, with the trainer's opti
   the default layout. torchfcn's nets have fixed widths: no peer here.
 - full VGG16 FCN-8s, batch 1 of 500x500, summed loss, SGD with momentum 0.99 and
   Caffe's bias rule (the recipe "paper"), against torchfcn's ``FCN8s`` holding the
-  same weights (its final upsampling frozen, as in the paper and in fcnseg).
+  same weights (every upsampling frozen, as in the original nets and fcnseg).
 
 Every variant starts from the same weights and sees the same images; before
 timing, one step's scores and gradients are compared with the padded net's in
@@ -120,7 +120,8 @@ def build_case(
         names: dict[str, str] = {}
         if variant == "torchfcn":
             model = torchfcn_twin(base, "fcn8s").train()
-            model.upscore8.weight.requires_grad_(False)
+            for upsampling in (model.upscore2, model.upscore_pool4, model.upscore8):
+                upsampling.weight.requires_grad_(False)  # all frozen, as in fcnseg and the original nets
             for module in model.modules():
                 if isinstance(module, nn.modules.dropout._DropoutNd):
                     module.p = 0.0

@@ -89,7 +89,7 @@ _OUTPUTS = ("last.pt", "best.pt", "model.pt", "log.csv", "curves.png", "metrics.
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="generate data, train a small FCN-8s and show its segmentations (about 4 minutes on a CPU)",
+        help="generate data, train a small FCN-8s and show its segmentations (about 4 minutes on a CPU; --task edges or skeleton: HED or FSDS)",
         description="Generate the synthetic set, train a narrow FCN-8s from scratch, evaluate it on "
         "held-out images and write overlays, curves, metrics.json and the checkpoint to --out.",
     )

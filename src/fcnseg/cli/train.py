@@ -153,7 +153,7 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="train an FCN (or SSD) from a recipe file or flags",
+        help="train an FCN (or HED, FSDS, SSD) from a recipe file or flags",
         description="Train an FCN. Settings come from the defaults, then --recipe, then --config, "
         "then flags. Under torchrun every process trains its share; rank 0 writes.",
     )
