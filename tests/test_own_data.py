@@ -1,6 +1,7 @@
 """Training on one's own folder with no flags: classes from the masks, every pair checked up front,
 ImageNet or a clear line, an estimate of the time, and a checkpoint on Ctrl-C, SIGTERM and the clock."""
 
+import itertools
 import os
 import signal
 
@@ -159,3 +160,15 @@ def test_last_checkpoint_is_written_on_the_clock_between_validations(tmp_path, f
     # After every step but the last, which is the end of the epoch and validates.
     assert [step for step, _ in saves] == list(range(1, 10))
     assert saves[-1] == (9, True)
+
+
+def test_the_estimate_says_when_the_time_limit_stops_the_run(monkeypatch):
+    clock = itertools.count()  # one second per step after the warm-up step
+    monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: float(next(clock)))
+    limited = trainer_module._StepTimer(steps_per_epoch=100, steps_left=1000, seconds_left=60.0)
+    said = [limited.tick() for _ in range(6)]
+    assert said[:5] == [None] * 5
+    assert "per epoch of 100 steps, the time limit stops it after 60.0 s, about 60 steps" in said[5]
+    clock = itertools.count()
+    unlimited = trainer_module._StepTimer(steps_per_epoch=100, steps_left=1000)
+    assert "17 min for the 1000 steps to go" in [unlimited.tick() for _ in range(6)][5]

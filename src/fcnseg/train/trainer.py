@@ -445,7 +445,9 @@ class _Progress:
 
     def __init__(self, run: _Run, steps_per_epoch: int, total_steps: int):
         self.run, self.shown = run, {}
-        self.timer = _StepTimer(steps_per_epoch, total_steps - run.state.step)
+        limit = run.config.time_limit
+        seconds_left = None if limit is None else max(0.0, limit - run.state.seconds)
+        self.timer = _StepTimer(steps_per_epoch, total_steps - run.state.step, seconds_left)
         self.images, self.began = 0, time.perf_counter()
         self.bar = tqdm(
             total=total_steps,
@@ -482,8 +484,8 @@ class _StepTimer:
     WARMUP = 1  # the first step pays once for allocations and kernel choices
     STEPS, SECONDS = 5, 10.0  # measure this many steps, or for this long, whichever comes first
 
-    def __init__(self, steps_per_epoch: int, steps_left: int):
-        self.steps_per_epoch, self.steps_left = steps_per_epoch, steps_left
+    def __init__(self, steps_per_epoch: int, steps_left: int, seconds_left: float | None = None):
+        self.steps_per_epoch, self.steps_left, self.seconds_left = steps_per_epoch, steps_left, seconds_left
         self.count = 0
         self.start: float | None = 0.0
 
@@ -499,10 +501,13 @@ class _StepTimer:
             return None
         self.start = None  # said once
         per_step = elapsed / measured
+        run = f"{_duration(per_step * self.steps_left)} for the {self.steps_left} steps to go"
+        if self.seconds_left is not None and per_step * self.steps_left > self.seconds_left:
+            steps = int(self.seconds_left / per_step)
+            run = f"the time limit stops it after {_duration(self.seconds_left)}, about {steps:,} steps"
         return (
             f"about {_duration(per_step)} per step: {_duration(per_step * self.steps_per_epoch)} per epoch of "
-            f"{self.steps_per_epoch} steps, {_duration(per_step * self.steps_left)} for the {self.steps_left} "
-            "steps to go, plus validation (Ctrl-C saves last.pt; --resume continues)"
+            f"{self.steps_per_epoch} steps, {run}, plus validation (Ctrl-C saves last.pt; --resume continues)"
         )
 
 
