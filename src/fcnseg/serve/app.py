@@ -131,7 +131,8 @@ class Predictor:
         names = list(getattr(model, "meta", {}).get("class_names") or [])
         self.class_names = names + [str(i) for i in range(len(names), model.num_classes)]
         self._lock = threading.Lock()
-        # A first pass builds the model's fast twin (fcnseg.infer.fast), so that no request's time includes it.
+        # A first pass warms the model up (and builds a segmentation net's fast twin, fcnseg.infer.fast),
+        # so that no request's time includes it.
         self._forward(np.zeros((32, 32, 3), np.uint8))
 
     def info(self) -> dict[str, Any]:

@@ -155,8 +155,9 @@ async function show(result, bitmap, name) {
   }
   $("#result").hidden = false;
   const found = result.outputs.detection;
+  const count = found ? found.detections.length : 0;
   const boxes = found
-    ? `, ${found.detections.length} boxes of score ≥ ${found.min_score.toFixed(2)}`
+    ? `, ${count} box${count === 1 ? "" : "es"} of score ≥ ${found.min_score.toFixed(2)}`
     : "";
   setStatus(
     `${name}: ${result.width} × ${result.height} pixels, forward pass ${duration(result.seconds)} ` +
