@@ -32,6 +32,8 @@ def main() -> None:
         driver.get(url)
         state = "return document.body.dataset.state"
         WebDriverWait(driver, 30).until(lambda d: d.execute_script(state) == "ready")
+        loaded = "return Array.from(document.querySelectorAll('#samples img')).every(i => i.complete)"
+        WebDriverWait(driver, 30).until(lambda d: d.execute_script(loaded))  # the buttons stay put
         driver.find_elements(By.CSS_SELECTOR, "#samples button.sample")[args.sample].click()
         WebDriverWait(driver, 30).until(lambda d: d.execute_script(state) == "done")
         height = driver.execute_script("return document.documentElement.scrollHeight")
