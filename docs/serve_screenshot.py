@@ -1,4 +1,4 @@
-"""Takes docs/serve.png: the ``fcnseg serve`` page in headless Chromium, segmenting a built-in sample.
+"""Takes docs/serve.png: the ``fcnseg serve`` page in headless Chromium, on a built-in sample.
 
     python docs/serve_screenshot.py fcnseg-demo/model.pt --sample 0 --out docs/serve.png
 
@@ -25,13 +25,15 @@ WIDTH = 1240
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("weights", type=Path)
-    parser.add_argument("--sample", type=int, default=0, help="which built-in sample to segment")
+    parser.add_argument("--sample", type=int, default=0, help="which built-in sample to show")
     parser.add_argument("--out", type=Path, default=Path("docs/serve.png"))
     args = parser.parse_args()
     with fcnseg_serve(args.weights) as url, chromium(WIDTH, 900) as driver:
         driver.get(url)
         state = "return document.body.dataset.state"
         WebDriverWait(driver, 30).until(lambda d: d.execute_script(state) == "ready")
+        loaded = "return Array.from(document.querySelectorAll('#samples img')).every(i => i.complete)"
+        WebDriverWait(driver, 30).until(lambda d: d.execute_script(loaded))  # the buttons stay put
         driver.find_elements(By.CSS_SELECTOR, "#samples button.sample")[args.sample].click()
         WebDriverWait(driver, 30).until(lambda d: d.execute_script(state) == "done")
         height = driver.execute_script("return document.documentElement.scrollHeight")

@@ -1,4 +1,5 @@
-"""``fcnseg serve``'s HTTP API: /info, /segment on good and bad uploads, concurrency, the command itself."""
+"""``fcnseg serve``'s HTTP API: /info, /predict and /segment on good and bad uploads for nets of every
+task, concurrency, the command itself."""
 
 import base64
 import io
@@ -15,6 +16,7 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 from live_server import fcnseg_serve
 from PIL import Image
 from starlette.testclient import TestClient
@@ -25,9 +27,13 @@ import fcnseg.serve
 from fcnseg.cli import main
 from fcnseg.data.palette import pascal_palette
 from fcnseg.data.synthetic import CLASS_NAMES, make_sample
+from fcnseg.infer.detect import MIN_SCORE, detect_images, detection_records, draw_boxes
 from fcnseg.serve import app as web
+from fcnseg.tasks.edges import grey_map, predict_map
 
 MESSAGE = "fcnseg serve needs the serve extra: pip install 'fcnseg[serve]'"
+TINY_SIDES = (4, 8, 8, 16, 16)
+TINY_SSD = (4, 8, 8, 16, 16, 16)
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +44,34 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def client(model):
-    return TestClient(web.create_app(web.Segmenter(model, "tiny.pt"), max_upload_bytes=200_000))
+def nets(model):
+    """A net of each task: the tiny FCN, HED, FSDS and SSD300 (random weights, seeded)."""
+    torch.manual_seed(0)
+    ssd = fcnseg.build_model("ssd300", len(CLASS_NAMES), widths=TINY_SSD).eval()
+    with torch.no_grad():  # flatter class scores: the boxes' scores straddle the default min score
+        for name, head in ssd.heads.items():
+            if name.endswith("_conf"):
+                head.weight *= 0.09
+    ssd.meta = {"class_names": list(CLASS_NAMES), "preprocess": "caffe"}
+    return {
+        "segmentation": model,
+        "edges": fcnseg.build_model("hed", widths=TINY_SIDES).eval(),
+        "skeleton": fcnseg.build_model("fsds", widths=TINY_SIDES).eval(),
+        "detection": ssd,
+    }
+
+
+@pytest.fixture(scope="module")
+def clients(nets):
+    return {
+        task: TestClient(web.create_app(web.Predictor(net, f"{task}.pt"), max_upload_bytes=200_000))
+        for task, net in nets.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def client(clients):
+    return clients["segmentation"]
 
 
 def png(image: np.ndarray | Image.Image) -> bytes:
@@ -101,27 +133,59 @@ def bomb_png(width: int, height: int) -> bytes:
 
 def test_info_names_the_net_its_classes_colours_and_preprocessing(client):
     info = client.get("/info").json()
-    assert (info["weights"], info["arch"], info["num_classes"]) == ("tiny.pt", "fcn8s", 6)
+    assert (info["weights"], info["arch"], info["num_classes"]) == ("segmentation.pt", "fcn8s", 6)
     assert info["widths"] == [4, 8, 8, 16, 16, 32]
     assert [c["name"] for c in info["classes"]] == list(CLASS_NAMES)
     colours = [tuple(int(c["color"][i : i + 2], 16) for i in (1, 3, 5)) for c in info["classes"]]
     assert colours == [tuple(c) for c in pascal_palette(6)]
     assert info["preprocess"]["name"] == "caffe" and info["preprocess"]["bgr"] is True
     assert info["preprocess"]["mean"] == pytest.approx([104.00698793, 116.66876762, 122.67891434])
-    assert info["outputs"] == ["segmentation"]
+    assert info["task"] == "segmentation" and info["outputs"] == ["segmentation"]
     assert info["max_upload_bytes"] == 200_000
+    assert "legend" not in info and "min_score" not in info
+
+
+@pytest.mark.parametrize(
+    "task, arch, what",
+    [("edges", "hed", "an edge"), ("skeleton", "fsds", "a skeleton (an object's medial axis)")],
+)
+def test_info_of_a_map_says_what_it_shows_and_its_colour(clients, task, arch, what):
+    info = clients[task].get("/info").json()
+    assert (info["arch"], info["task"], info["outputs"], info["widths"]) == (
+        arch,
+        task,
+        [task],
+        [*TINY_SIDES],
+    )
+    assert info["classes"] == []  # a map, no class colours
+    assert f"probability of {what} at each pixel: white is sure, black is none" in info["legend"]
+    assert info["overlay_color"] == "#ff2020"
+
+
+def test_info_of_a_detector_names_its_classes_and_the_default_min_score(clients):
+    info = clients["detection"].get("/info").json()
+    assert (info["arch"], info["task"], info["outputs"]) == ("ssd300", "detection", ["detection"])
+    assert [c["name"] for c in info["classes"]] == list(CLASS_NAMES)
+    assert info["classes"][1]["color"] == "#{:02x}{:02x}{:02x}".format(*pascal_palette(2)[1])
+    assert info["min_score"] == MIN_SCORE
 
 
 def test_info_numbers_classes_that_have_no_name():
-    info = web.Segmenter(tiny_fcn(num_classes=3)).info()
+    info = web.Predictor(tiny_fcn(num_classes=3)).info()
     assert [c["name"] for c in info["classes"]] == ["0", "1", "2"]
 
 
 def test_models_the_page_cannot_show_are_refused():
+    other = tiny_fcn()
+    other.task = "depth"
+    with pytest.raises(
+        ValueError, match="d.pt: a net of the depth task; fcnseg serve shows segmentation, edges"
+    ):
+        web.Predictor(other, "d.pt")
     with pytest.raises(ValueError, match="deep.pt: model takes 4 input channels; the page sends RGB images"):
-        web.Segmenter(fcnseg.build_model("fcn32s", 3, widths=(4, 8, 8, 16, 16, 32), in_channels=4), "deep.pt")
+        web.Predictor(fcnseg.build_model("fcn32s", 3, widths=(4, 8, 8, 16, 16, 32), in_channels=4), "deep.pt")
     with pytest.raises(ValueError, match="model has 300 classes but a palette PNG holds at most 256"):
-        web.Segmenter(fcnseg.build_model("fcn32s", 300, widths=(4, 8, 8, 16, 16, 32)))
+        web.Predictor(fcnseg.build_model("fcn32s", 300, widths=(4, 8, 8, 16, 16, 32)))
 
 
 def test_segment_answers_the_label_png_of_the_images_size(client, model):
@@ -148,6 +212,96 @@ def test_segment_json_has_the_labels_shares_and_time(client, model):
     assert shares == pytest.approx(np.bincount(labels.ravel(), minlength=6) / labels.size)
     with_image = client.post("/segment?format=json&with_image=1", **upload(png(image))).json()
     assert (np.array(Image.open(io.BytesIO(from_data_url(with_image["image"])))) == image).all()
+
+
+def test_predict_on_a_segmentation_net_answers_as_segment_json(client, model):
+    image = sample(2, (40, 30))
+    body = client.post("/predict", **upload(png(image), "shapes.png")).json()
+    assert (body["task"], body["width"], body["height"]) == ("segmentation", 30, 40)
+    assert body["outputs"] == client.post("/segment?format=json", **upload(png(image))).json()["outputs"]
+    as_png = client.post("/predict?format=png", **upload(png(image)))
+    assert (labels_of(as_png.content) == fcnseg.predict(model, image)).all()
+
+
+@pytest.mark.parametrize("task", ["edges", "skeleton"])
+def test_a_map_is_answered_in_grey_at_the_images_size(clients, nets, task):
+    image = sample(3, (37, 53))
+    expected = grey_map(predict_map(nets[task], image))
+    assert expected.shape == (37, 53) and expected.min() < expected.max()  # a map that could be wrong
+    response = clients[task].post("/predict", **upload(png(image), "shapes.png"))
+    assert response.status_code == 200 and float(response.headers["x-forward-seconds"]) > 0
+    body = response.json()
+    assert (body["name"], body["task"], body["width"], body["height"]) == ("shapes.png", task, 53, 37)
+    assert list(body["outputs"]) == [task]
+    shown = Image.open(io.BytesIO(from_data_url(body["outputs"][task]["map"])))
+    assert shown.mode == "L" and (np.array(shown) == expected).all()
+    as_png = clients[task].post("/predict?format=png", **upload(png(image)))
+    assert as_png.headers["content-type"] == "image/png"
+    assert (np.array(Image.open(io.BytesIO(as_png.content))) == expected).all()
+
+
+def test_a_detector_answers_its_boxes_in_the_image_with_classes_and_scores(clients, nets):
+    image = sample(4, (45, 67))
+    found = detect_images(nets["detection"], [image])[0]
+    scores = np.sort(found["scores"])
+    threshold = round(float(scores[len(scores) // 2]), 3)  # about half the boxes pass
+    kept = found["scores"] >= threshold
+    assert 0 < kept.sum() < len(scores)
+    response = clients["detection"].post(f"/predict?min_score={threshold}", **upload(png(image), "s.png"))
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["task"], body["width"], body["height"]) == ("detection", 67, 45)
+    view = body["outputs"]["detection"]
+    assert view["min_score"] == threshold
+    boxes = view["detections"]
+    assert len(boxes) == kept.sum()
+    assert boxes == detection_records({k: v[kept] for k, v in found.items()}, CLASS_NAMES)
+    for box in boxes:
+        x0, y0, x1, y1 = box["box"]
+        assert 0 <= x0 <= x1 <= 67 and 0 <= y0 <= y1 <= 45
+        assert box["score"] >= threshold and box["class"] == CLASS_NAMES[box["label"]] != "background"
+    assert [b["score"] for b in boxes] == sorted((b["score"] for b in boxes), reverse=True)
+    assert view["counts"] == np.bincount([b["label"] for b in boxes], minlength=len(CLASS_NAMES)).tolist()
+    drawn = np.array(Image.open(io.BytesIO(from_data_url(view["drawn"]))))
+    expected = np.array(draw_boxes(image, found, CLASS_NAMES, threshold))
+    assert drawn.shape == image.shape and (drawn == expected).all() and (drawn != image).any()
+
+
+def test_a_detectors_picture_draws_the_boxes_from_the_default_min_score(clients, nets):
+    image = sample(5, (50, 40))
+    answer = clients["detection"].post("/predict?format=png", **upload(png(image)))
+    assert answer.status_code == 200 and answer.headers["content-type"] == "image/png"
+    found = detect_images(nets["detection"], [image])[0]
+    assert (found["scores"] >= MIN_SCORE).any() and (found["scores"] < MIN_SCORE).any()
+    expected = draw_boxes(image, found, CLASS_NAMES, MIN_SCORE)
+    assert (np.array(Image.open(io.BytesIO(answer.content))) == np.array(expected)).all()
+    body = clients["detection"].post("/predict", **upload(png(image))).json()
+    assert body["outputs"]["detection"]["min_score"] == MIN_SCORE
+    assert len(body["outputs"]["detection"]["detections"]) == (found["scores"] >= MIN_SCORE).sum()
+
+
+@pytest.mark.parametrize("task, arch", [("edges", "hed"), ("skeleton", "fsds"), ("detection", "ssd300")])
+def test_segment_refuses_other_tasks_and_names_predict(clients, task, arch):
+    response = clients[task].post("/segment", **upload(png(sample(6, (20, 20)))))
+    assert response.status_code == 400
+    assert response.json()["error"] == (
+        f"POST /segment answers segmentation nets; {task}.pt is a net of the {task} task ({arch}): "
+        "POST /predict answers every task"
+    )
+
+
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        ("format=jpeg", "format must be json or png, got 'jpeg'"),
+        ("min_score=high", "min_score must be a number from 0 to 1, got 'high'"),
+        ("min_score=1.5", "min_score must be a number from 0 to 1, got '1.5'"),
+        ("min_score=nan", "min_score must be a number from 0 to 1, got 'nan'"),
+    ],
+)
+def test_bad_query_values_are_refused_by_name(clients, query, message):
+    response = clients["detection"].post(f"/predict?{query}", **upload(png(sample(7, (20, 20)))))
+    assert response.status_code == 400 and response.json() == {"error": message}
 
 
 def test_segment_reads_any_image_upright(client, model):
@@ -224,17 +378,20 @@ BAD_UPLOADS = {
 
 
 @pytest.mark.parametrize("request_args, status, message", BAD_UPLOADS.values(), ids=BAD_UPLOADS)
-def test_bad_uploads_are_refused_by_name_and_the_server_goes_on(client, model, request_args, status, message):
-    response = client.post("/segment", **request_args)
+@pytest.mark.parametrize("task, route", [("segmentation", "/segment"), ("edges", "/predict")])
+def test_bad_uploads_are_refused_by_name_and_the_server_goes_on(
+    clients, task, route, request_args, status, message
+):
+    client = clients[task]
+    response = client.post(route, **request_args)
     assert response.status_code == status
     assert response.headers["content-type"] == "application/json"
     assert all(
         part in response.json()["error"] for part in ((message,) if isinstance(message, str) else message)
     )
     image = sample(5, (24, 24))
-    assert (
-        labels_of(client.post("/segment", **upload(png(image))).content) == fcnseg.predict(model, image)
-    ).all()
+    again = client.post(f"{route}?format=png", **upload(png(image)))
+    assert again.status_code == 200 and Image.open(io.BytesIO(again.content)).size == (24, 24)
 
 
 def test_an_upload_without_length_is_measured_as_it_comes(client):
@@ -246,7 +403,7 @@ def test_an_upload_without_length_is_measured_as_it_comes(client):
 
 
 def test_pixel_limit_is_the_servers(model):
-    small = TestClient(web.create_app(web.Segmenter(model, max_pixels=500)))
+    small = TestClient(web.create_app(web.Predictor(model, max_pixels=500)))
     refused = small.post("/segment", **upload(png(sample(6, (20, 30))), "big.png"))
     assert (
         refused.status_code == 400
@@ -255,32 +412,37 @@ def test_pixel_limit_is_the_servers(model):
     assert small.post("/segment", **upload(png(sample(6, (20, 25))))).status_code == 200
 
 
-def test_concurrent_requests_take_turns_on_the_model(model, monkeypatch):
-    """Several threads at once: the model runs one request at a time, and each gets its own labels."""
-    active, most, lock = 0, 0, threading.Lock()
-    predict = web.predict
+FORWARD = {"segmentation": "predict", "edges": "predict_map", "detection": "detect_images"}
+"""The function of ``fcnseg.serve.app`` that runs the net of a task."""
 
-    def watched(net, image):
+
+@pytest.mark.parametrize("task", FORWARD)
+def test_concurrent_requests_take_turns_on_the_model(nets, task, monkeypatch):
+    """Several threads at once: the model runs one request at a time, and each gets its own answer."""
+    active, most, lock = 0, 0, threading.Lock()
+    forward = getattr(web, FORWARD[task])
+
+    def watched(*args, **kwargs):
         nonlocal active, most
         with lock:
             active += 1
             most = max(most, active)
         time.sleep(0.02)  # long enough for the others to try to come in
         try:
-            return predict(net, image)
+            return forward(*args, **kwargs)
         finally:
             with lock:
                 active -= 1
 
-    monkeypatch.setattr(web, "predict", watched)
-    client = TestClient(web.create_app(web.Segmenter(model)))
+    monkeypatch.setattr(web, FORWARD[task], watched)
+    client = TestClient(web.create_app(web.Predictor(nets[task])))
     images = [sample(10 + i, (16 + 3 * i, 40 - 2 * i)) for i in range(6)]
     answers: list = [None] * len(images)
     start = threading.Barrier(len(images))
 
     def post(i):
         start.wait()
-        answers[i] = client.post("/segment", **upload(png(images[i]), f"{i}.png"))
+        answers[i] = client.post("/predict?format=png&min_score=0", **upload(png(images[i]), f"{i}.png"))
 
     threads = [threading.Thread(target=post, args=(i,)) for i in range(len(images))]
     for thread in threads:
@@ -289,7 +451,10 @@ def test_concurrent_requests_take_turns_on_the_model(model, monkeypatch):
         thread.join()
     assert most == 1
     for image, answer in zip(images, answers, strict=True):
-        assert (labels_of(answer.content) == predict(model, image)).all()
+        alone = client.post("/predict?format=png&min_score=0", **upload(png(image)))
+        assert answer.status_code == 200 and answer.content == alone.content
+        if task == "segmentation":
+            assert (labels_of(answer.content) == forward(nets[task], image)).all()
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from fcnseg.data.palette import pascal_palette
 from fcnseg.data.synthetic import CLASS_NAMES, make_sample
 from fcnseg.infer.overlay import overlay
 from fcnseg.serve.app import SAMPLE_SIZE
+from fcnseg.tasks.edges import grey_map, predict_map, red_overlay
 
 pytestmark = pytest.mark.browser
 
@@ -87,9 +88,13 @@ def choose(driver, path) -> None:
 
 
 def pixels(driver, selector: str) -> np.ndarray:
-    """A canvas's pixels, (H, W, 3) uint8."""
+    """A canvas's or an image's pixels, (H, W, 3) uint8."""
     width, height, values = driver.execute_script(
-        "const c = document.querySelector(arguments[0]);"
+        "let c = document.querySelector(arguments[0]);"
+        "if (c instanceof HTMLImageElement) {"
+        "  const image = c; c = document.createElement('canvas');"
+        "  c.width = image.naturalWidth; c.height = image.naturalHeight; c.getContext('2d').drawImage(image, 0, 0);"
+        "}"
         "return [c.width, c.height, Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)];",
         selector,
     )
@@ -130,7 +135,7 @@ def test_an_upload_shows_image_overlay_label_map_legend_and_time(page, model, fo
     assert shares == [f"{100 * c / labels.size:.1f}%" for c in counts]
     status = page.find_element(By.ID, "status").text
     assert re.fullmatch(r"shapes\.png: 67 × 45 pixels, forward pass [\d.]+ (ms|s) on cpu", status), status
-    assert "fcn8s, 6 classes, preprocessing caffe" in page.find_element(By.ID, "model").text
+    assert "fcn8s, segmentation, 6 classes, preprocessing caffe" in page.find_element(By.ID, "model").text
 
     assert (pixels(page, "#image") == image).all()
     shown = pixels(page, ".overlay")
@@ -189,3 +194,36 @@ def test_bad_uploads_are_reported_and_the_page_goes_on(page, folder):
     choose(page, folder / "fine.png")
     assert wait_for(page, "done", "error") == "done"
     assert page.find_element(By.ID, "result").is_displayed()
+
+
+def test_an_edge_net_shows_its_map_overlay_and_what_white_means(driver, folder):
+    """A HED checkpoint: the page shows the grey map at the upload's size, the map in red over the
+    image at the slider's opacity, and a legend that says what the grey levels are."""
+    torch.manual_seed(0)
+    hed = fcnseg.build_model("hed", widths=(4, 8, 8, 16, 16)).eval()
+    hed.meta = {"preprocess": "caffe", "task": "edges"}
+    grey = grey_map(predict_map(hed, IMAGE))
+    assert grey.min() < 64 and grey.max() > 192  # a map whose overlay could be wrong
+    Image.fromarray(IMAGE).save(folder / "shapes.png")
+    with fcnseg_serve(fcnseg.save_checkpoint(hed, folder / "hed.pt")) as address:
+        driver.get(address)
+        wait_for(driver, "ready")
+        assert "hed, edges, preprocessing caffe" in driver.find_element(By.ID, "model").text
+        choose(driver, folder / "shapes.png")
+        assert wait_for(driver, "done", "error") == "done", driver.find_element(By.ID, "status").text
+        status = driver.find_element(By.ID, "status").text
+
+        size = driver.execute_script(
+            "const i = document.querySelector('img.map'); return [i.naturalWidth, i.naturalHeight];"
+        )
+        assert size == [67, 45]  # the upload's
+        assert (pixels(driver, "img.map") == grey[..., None]).all()
+        legend = driver.find_element(By.CSS_SELECTOR, ".legend-text").text
+        assert "probability of an edge at each pixel: white is sure, black is none" in legend
+        expected = red_overlay(IMAGE, grey / 255, alpha=0.5)
+        assert np.abs(pixels(driver, ".overlay").astype(int) - expected).max() <= 2  # 8-bit blending
+        set_opacity(driver, 0)
+        assert (pixels(driver, ".overlay") == IMAGE).all()
+        link = driver.find_element(By.CSS_SELECTOR, ".download")
+        assert link.get_attribute("download") == "shapes_edges.png"
+    assert re.fullmatch(r"shapes\.png: 67 × 45 pixels, forward pass [\d.]+ (ms|s) on cpu", status), status

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from fcnseg.data.images import MAX_PIXELS, read_image
 from fcnseg.infer import crf
-from fcnseg.infer.detect import detect_images
+from fcnseg.infer.detect import MIN_SCORE, detect_images
 from fcnseg.infer.predict import PRECISIONS, predict_batch, resolve_device
 from fcnseg.infer.tiling import parse_memory
 from fcnseg.models.fcn import FCN
@@ -384,7 +384,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--min-score",
         type=float,
-        default=0.3,
+        default=MIN_SCORE,
         help="detectors: draw the boxes of at least this score (JSON has all)",
     )
     parser.add_argument("--overlay-alpha", type=_alpha, default=0.5, help="colour weight in the overlay")

@@ -10,7 +10,7 @@ from pathlib import Path
 from fcnseg.cli.predict import _megapixels
 from fcnseg.data.images import MAX_PIXELS
 from fcnseg.infer.predict import resolve_device
-from fcnseg.weights.load import load, segmentation_only
+from fcnseg.weights.load import load
 
 
 def _is_loopback(host: str) -> bool:
@@ -25,17 +25,17 @@ def run(args: argparse.Namespace) -> int:
 
     # A taken port fails before a model is loaded (or downloaded).
     with web.listen(args.host, args.port) as sock:
-        model = segmentation_only(load(args.weights), args.weights, "serve")
-        model.to(resolve_device(args.device))
-        segmenter = web.Segmenter(model, Path(args.weights).name, max_pixels=args.max_megapixels)
+        model = load(args.weights).to(resolve_device(args.device))
+        predictor = web.Predictor(model, Path(args.weights).name, max_pixels=args.max_megapixels)
+        classes = "" if predictor.task in web.MAPS else f", {model.num_classes} classes"
         print(
-            f"fcnseg serve: {args.weights} ({model.config['arch']}, {model.num_classes} classes) "
+            f"fcnseg serve: {args.weights} ({model.config['arch']}, {predictor.task}{classes}) "
             f"at {web.url_of(sock)}  (Ctrl-C to stop)",
             flush=True,
         )
         if not _is_loopback(args.host):
             print(f"fcnseg serve: listening on {args.host}: other machines can reach it", file=sys.stderr)
-        web.serve(web.create_app(segmenter, round(args.max_upload_mb * web.MB)), sock)
+        web.serve(web.create_app(predictor, round(args.max_upload_mb * web.MB)), sock)
     return 0
 
 
@@ -51,11 +51,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "serve",
         help="a local web page to try a model on your images",
         description=(
-            "Serve a page on which to drop an image (or pick a built-in sample) and see the model's "
-            "label map, an overlay, the class legend with each class's share of the pixels and the "
-            "forward time; and the HTTP API under it: GET /info (the model's classes, colours and "
-            "preprocessing as JSON), POST /segment (a multipart field 'image' -> a palette PNG label "
-            "map; ?format=json for the page's JSON). Needs the serve extra: pip install 'fcnseg[serve]'."
+            "Serve a page on which to drop an image (or pick a built-in sample) and see what the model "
+            "makes of it, by its task: a segmentation net's label map, an overlay and each class's share "
+            "of the pixels; an edge (HED) or skeleton (FSDS) net's map in grey and over the image; a "
+            "detector's boxes with their classes and scores, and how many of each class; and the forward "
+            "time. The HTTP API under it: GET /info (the model, its task, classes and preprocessing as "
+            "JSON), POST /predict (a multipart field 'image' -> JSON; ?format=png for the task's picture), "
+            "POST /segment (segmentation nets: a palette PNG label map). Needs the serve extra: "
+            "pip install 'fcnseg[serve]'."
         ),
     )
     parser.add_argument("weights", help="fcnseg checkpoint, Caffe model or published name (voc-fcn8s)")

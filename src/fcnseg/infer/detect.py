@@ -14,7 +14,10 @@ from fcnseg.data.palette import pascal_palette
 from fcnseg.data.preprocess import preprocess, preprocessing_of
 from fcnseg.detection.suppression import detect
 
-__all__ = ["detect_images", "draw_boxes"]
+__all__ = ["MIN_SCORE", "detect_images", "detection_records", "draw_boxes"]
+
+MIN_SCORE = 0.3
+"""The score from which boxes are drawn unless told otherwise (``fcnseg predict --min-score``, ``serve``)."""
 
 
 @torch.no_grad()
@@ -47,6 +50,19 @@ def detect_images(
             }
         )
     return results
+
+
+def detection_records(detections: dict[str, np.ndarray], class_names: Sequence[str]) -> list[dict[str, Any]]:
+    """Each detection for JSON: its class name and id, its score and its pixel box (xmin, ymin, xmax, ymax)."""
+    return [
+        {
+            "class": class_names[int(c)],
+            "label": int(c),
+            "score": round(float(s), 5),
+            "box": [round(float(v), 2) for v in b],
+        }
+        for b, s, c in zip(detections["boxes"], detections["scores"], detections["labels"], strict=True)
+    ]
 
 
 def draw_boxes(

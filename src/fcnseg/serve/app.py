@@ -1,12 +1,13 @@
-"""The web app of ``fcnseg serve``: a page to try a model, on ``GET /info`` and ``POST /segment``.
+"""The web app of ``fcnseg serve``: a page to try a model, on ``GET /info``, ``POST /predict`` and
+``POST /segment``.
 
 One model answers every request, one forward pass at a time: ``predict`` switches the
 model's mode and caches its fast twin, which concurrent calls must not interleave, and one
 pass already uses every core. Reading uploads and encoding results run beside it.
 
-The page (``static/``) shows each entry of ``outputs`` in a response with the view of that
-name (``VIEWS`` in ``static/app.js``); checkpoints hold segmentation nets today, and a task
-with other outputs adds its entry to :func:`outputs` and its view to the page.
+The model is of any task a checkpoint holds: segmentation (label maps), edges and skeleton
+(maps in [0, 1]) or detection (boxes). The page (``static/``) shows each entry of ``outputs``
+in a response with the view of that name, the task's (``VIEWS`` in ``static/app.js``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from fcnseg.data.images import MAX_PIXELS, ImageReadError, read_image
@@ -29,9 +31,10 @@ from fcnseg.data.palette import pascal_palette
 from fcnseg.data.preprocess import get_preprocessing, preprocessing_of
 from fcnseg.data.synthetic import make_sample, sample_seed
 from fcnseg.errors import MissingExtraError
+from fcnseg.infer.detect import MIN_SCORE, detect_images, detection_records, draw_boxes
 from fcnseg.infer.overlay import colorize
 from fcnseg.infer.predict import predict
-from fcnseg.models.fcn import FCN
+from fcnseg.tasks.edges import OVERLAY_COLOUR, grey_map, predict_map
 
 EXTRA = "fcnseg[serve]"
 """What to install for ``fcnseg serve``: Starlette, python-multipart (its form parser) and uvicorn."""
@@ -50,11 +53,11 @@ try:
 except ImportError as error:
     raise MissingExtraError(f"fcnseg serve needs the serve extra: pip install '{EXTRA}'") from error
 
-__all__ = ["EXTRA", "Segmenter", "create_app", "listen", "serve", "url_of"]
+__all__ = ["EXTRA", "Predictor", "create_app", "listen", "serve", "url_of"]
 
 STATIC = Path(__file__).with_name("static")
 FIELD = "image"
-"""The multipart field that carries the image in ``POST /segment``."""
+"""The multipart field that carries the image in ``POST /predict`` and ``POST /segment``."""
 
 SAMPLES = 4
 SAMPLE_SIZE = (96, 128)
@@ -64,9 +67,14 @@ _SAMPLE_SEED = 3  # the demo draws its train, validation and test sets from seed
 MB = 1_000_000
 """A megabyte, as ``--max-upload-mb`` counts them."""
 
+MAPS = {"edges": "an edge", "skeleton": "a skeleton (an object's medial axis)"}
+"""The tasks whose nets draw a map in [0, 1], and what the map is of."""
+TASKS = ("segmentation", *MAPS, "detection")
+"""The tasks the page shows."""
 
-class UploadError(Exception):
-    """An upload refused with an HTTP status and a message that names the problem."""
+
+class RequestError(Exception):
+    """A request refused with an HTTP status and a message that names the problem."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -89,20 +97,27 @@ class _Upload(io.BytesIO):
 
 
 @dataclass(frozen=True)
-class Segmentation:
+class Prediction:
     image: np.ndarray
     """(H, W, 3) uint8 RGB, as the model saw it."""
-    labels: np.ndarray
-    """(H, W) uint8 class ids."""
+    output: Any
+    """The task's: (H, W) uint8 class ids (segmentation), an (H, W) float32 map in [0, 1] (edges,
+    skeleton), or detections as ``fcnseg.infer.detect.detect_images`` gives them (detection)."""
     seconds: float
-    """Time of the forward pass, preprocessing and argmax included, waiting for the model not."""
+    """Time of the forward pass, preprocessing and decoding included, waiting for the model not."""
 
 
-class Segmenter:
-    """A model that segments uploaded image files, one forward pass at a time."""
+class Predictor:
+    """A model that predicts on uploaded image files, one forward pass at a time: label maps,
+    edge or skeleton maps, or boxes, by the model's task."""
 
-    def __init__(self, model: FCN, name: str = "model", max_pixels: int | None = MAX_PIXELS) -> None:
-        if model.num_classes > 256:
+    def __init__(
+        self, model: torch.nn.Module, name: str = "model", max_pixels: int | None = MAX_PIXELS
+    ) -> None:
+        self.task = getattr(model, "task", "segmentation")
+        if self.task not in TASKS:
+            raise ValueError(f"{name}: a net of the {self.task} task; fcnseg serve shows {', '.join(TASKS)}")
+        if self.task == "segmentation" and model.num_classes > 256:
             raise ValueError(
                 f"{name}: model has {model.num_classes} classes but a palette PNG holds at most 256"
             )
@@ -113,41 +128,92 @@ class Segmenter:
         self.model = model.eval()
         self.name = name
         self.max_pixels = max_pixels
+        names = list(getattr(model, "meta", {}).get("class_names") or [])
+        self.class_names = names + [str(i) for i in range(len(names), model.num_classes)]
         self._lock = threading.Lock()
-        # A first pass builds the model's fast twin (fcnseg.infer.fast), so that no request's time includes it.
-        predict(self.model, np.zeros((32, 32, 3), np.uint8))
+        # A first pass warms the model up (and builds a segmentation net's fast twin, fcnseg.infer.fast),
+        # so that no request's time includes it.
+        self._forward(np.zeros((32, 32, 3), np.uint8))
 
     def info(self) -> dict[str, Any]:
-        """What ``GET /info`` answers: the net, its classes with their colours, its preprocessing."""
-        meta = getattr(self.model, "meta", {})
-        names = list(meta.get("class_names") or [])
-        names += [str(i) for i in range(len(names), self.model.num_classes)]
-        colours = pascal_palette(self.model.num_classes)
+        """What ``GET /info`` answers: the net and its task, its classes with their colours (none
+        for a map), its preprocessing; for a map, what it shows and in which colour over the image."""
+        colours = pascal_palette(256)  # as the label PNGs and the drawn boxes colour classes
         preprocess = get_preprocessing(preprocessing_of(self.model))
-        return {
+        info = {
             "weights": self.name,
             "arch": self.model.config["arch"],
+            "task": self.task,
             "widths": list(self.model.config.get("widths") or []),
             "num_classes": self.model.num_classes,
             "classes": [
-                {"id": i, "name": names[i], "color": "#{:02x}{:02x}{:02x}".format(*colours[i])}
-                for i in range(self.model.num_classes)
+                {"id": i, "name": name, "color": _hex(colours[i % 256])}
+                for i, name in enumerate(self.class_names if self.task not in MAPS else [])
             ],
             "preprocess": asdict(preprocess),
             "device": str(next(self.model.parameters()).device),
             "max_pixels": self.max_pixels,
-            "outputs": ["segmentation"],
+            "outputs": [self.task],
         }
+        if self.task in MAPS:
+            info["legend"] = (
+                f"the grey level is the net's probability of {MAPS[self.task]} at each pixel: "
+                "white is sure, black is none"
+            )
+            info["overlay_color"] = _hex(OVERLAY_COLOUR)
+        if self.task == "detection":
+            info["min_score"] = MIN_SCORE
+        return info
 
-    def segment(self, data: bytes, name: str) -> Segmentation:
+    def _forward(self, image: np.ndarray) -> Any:
+        if self.task == "segmentation":
+            return predict(self.model, image)
+        if self.task == "detection":
+            return detect_images(self.model, [image])[0]
+        return predict_map(self.model, image, next(self.model.parameters()).device)
+
+    def predict(self, data: bytes, name: str) -> Prediction:
         """Decode an uploaded file (refused with ``ImageReadError`` if it is no image or too large)
-        and segment it."""
+        and run the model on it."""
         image = read_image(_Upload(data, name), max_pixels=self.max_pixels)
         with self._lock:
             start = time.perf_counter()
-            labels = predict(self.model, image)
+            output = self._forward(image)
             seconds = time.perf_counter() - start
-        return Segmentation(image, labels, seconds)
+        return Prediction(image, output, seconds)
+
+    def picture(self, result: Prediction, min_score: float = MIN_SCORE) -> bytes:
+        """The task's picture of a result as a PNG, as ``fcnseg predict`` draws it: the palette label
+        map, the grey map, or the image with its boxes of at least ``min_score``."""
+        if self.task == "segmentation":
+            return png_bytes(colorize(result.output))
+        if self.task == "detection":
+            return png_bytes(draw_boxes(result.image, result.output, self.class_names, min_score))
+        return png_bytes(Image.fromarray(grey_map(result.output)))
+
+    def outputs(self, result: Prediction, min_score: float = MIN_SCORE) -> dict[str, Any]:
+        """The page's view of a result, under the task's name: the picture as a data URL, and for
+        segmentation each class's share of the pixels; for detection the boxes of at least
+        ``min_score`` and how many of each class."""
+        picture = _data_url(self.picture(result, min_score))
+        if self.task == "segmentation":
+            counts = np.bincount(result.output.ravel(), minlength=self.model.num_classes)
+            view = {"labels": picture, "shares": (counts / max(result.output.size, 1)).tolist()}
+        elif self.task == "detection":
+            found = {key: value[result.output["scores"] >= min_score] for key, value in result.output.items()}
+            view = {
+                "drawn": picture,
+                "min_score": min_score,
+                "detections": detection_records(found, self.class_names),
+                "counts": np.bincount(found["labels"], minlength=self.model.num_classes).tolist(),
+            }
+        else:
+            view = {"map": picture}
+        return {self.task: view}
+
+
+def _hex(colour: Any) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*(int(c) for c in colour))
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -156,24 +222,8 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def label_png(labels: np.ndarray) -> bytes:
-    """(H, W) class ids as the palette PNG that ``fcnseg predict`` writes."""
-    return png_bytes(colorize(labels))
-
-
 def _data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def outputs(result: Segmentation, num_classes: int) -> dict[str, Any]:
-    """The page's views of one result, by name: the label map and each class's share of the pixels."""
-    counts = np.bincount(result.labels.ravel(), minlength=num_classes)
-    return {
-        "segmentation": {
-            "labels": _data_url(label_png(result.labels)),
-            "shares": (counts / max(result.labels.size, 1)).tolist(),
-        }
-    }
 
 
 @cache
@@ -195,7 +245,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if size <= limit:
             body += chunk
     if size > limit:
-        raise UploadError(
+        raise RequestError(
             413,
             f"the upload is {size / MB:.3g} MB, over the {limit / MB:.3g} MB limit (fcnseg serve --max-upload-mb)",
         )
@@ -206,7 +256,7 @@ async def _uploaded_file(request: Request, limit: int) -> tuple[bytes, str]:
     """The bytes and file name of the ``image`` field of a multipart upload of at most ``limit`` bytes."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
-        raise UploadError(
+        raise RequestError(
             400,
             f"expected a multipart/form-data upload with the image in the field '{FIELD}', "
             f"got content type {content_type or 'none'!r} (curl -F {FIELD}=@photo.jpg)",
@@ -221,20 +271,44 @@ async def _uploaded_file(request: Request, limit: int) -> tuple[bytes, str]:
         if not isinstance(upload, UploadFile):
             fields = ", ".join(repr(k) for k in form) or "none"
             kind = "a text value, not a file" if upload is not None else "missing"
-            raise UploadError(400, f"the field '{FIELD}' is {kind} (fields sent: {fields})")
+            raise RequestError(400, f"the field '{FIELD}' is {kind} (fields sent: {fields})")
         return await upload.read(), upload.filename or "upload"
 
 
-def create_app(segmenter: Segmenter, max_upload_bytes: int = 50 * MB) -> Starlette:
-    """The page at ``/``, ``GET /info``, ``POST /segment``, ``GET /samples/{i}.png`` and ``/static``.
+def _query_format(request: Request, default: str) -> str:
+    value = request.query_params.get("format", default)
+    if value not in ("json", "png"):
+        raise RequestError(400, f"format must be json or png, got {value!r}")
+    return value
 
-    ``POST /segment`` takes a multipart upload whose field ``image`` holds an image file and
-    answers the label map, a palette PNG of the image's size, with the forward time in the
-    ``X-Forward-Seconds`` header; with ``?format=json``, JSON: the size, the time and
-    :func:`outputs`, plus the image as the model saw it (a PNG data URL) with ``&with_image=1``.
-    Bad uploads get 400, uploads over ``max_upload_bytes`` 413, with ``{"error": message}``.
+
+def _query_min_score(request: Request) -> float:
+    text = request.query_params.get("min_score")
+    if text is None:
+        return MIN_SCORE
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:
+        raise RequestError(400, f"min_score must be a number from 0 to 1, got {text!r}")
+    return value
+
+
+def create_app(predictor: Predictor, max_upload_bytes: int = 50 * MB) -> Starlette:
+    """The page at ``/``, ``GET /info``, ``POST /predict``, ``POST /segment``,
+    ``GET /samples/{i}.png`` and ``/static``.
+
+    ``POST /predict`` takes a multipart upload whose field ``image`` holds an image file and
+    answers JSON: the task, the image's size, the forward time and :meth:`Predictor.outputs`, plus
+    the image as the model saw it (a PNG data URL) with ``&with_image=1``; ``?format=png`` answers
+    the task's picture (:meth:`Predictor.picture`) instead. ``min_score`` (detection) picks the boxes
+    (default :data:`~fcnseg.infer.detect.MIN_SCORE`). ``POST /segment``, for segmentation nets, is
+    ``/predict`` answering the label map's PNG unless ``?format=json``. Both give the forward time in
+    the ``X-Forward-Seconds`` header. Bad requests get 400, uploads over ``max_upload_bytes`` 413,
+    with ``{"error": message}``.
     """
-    info = segmenter.info() | {"max_upload_bytes": max_upload_bytes, "samples": SAMPLES}
+    info = predictor.info() | {"max_upload_bytes": max_upload_bytes, "samples": SAMPLES}
 
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html")
@@ -248,29 +322,42 @@ def create_app(segmenter: Segmenter, max_upload_bytes: int = 50 * MB) -> Starlet
             raise HTTPException(404, f"no sample {number}: samples are 0 to {SAMPLES - 1}")
         return Response(sample_png(number), media_type="image/png")
 
-    async def segment(request: Request) -> Response:
-        as_json = request.query_params.get("format") == "json"
+    async def answer(request: Request, default_format: str, tasks: tuple[str, ...] = TASKS) -> Response:
         try:
+            kind = _query_format(request, default_format)
+            min_score = _query_min_score(request)
             data, name = await _uploaded_file(request, max_upload_bytes)
-            result = await run_in_threadpool(segmenter.segment, data, name)
-        except UploadError as error:
+            if predictor.task not in tasks:
+                raise RequestError(
+                    400,
+                    f"POST {request.url.path} answers {' and '.join(tasks)} nets; {predictor.name} is a net "
+                    f"of the {predictor.task} task ({info['arch']}): POST /predict answers every task",
+                )
+            result = await run_in_threadpool(predictor.predict, data, name)
+        except RequestError as error:
             return JSONResponse({"error": str(error)}, status_code=error.status)
         except ImageReadError as error:
             return JSONResponse({"error": str(error)}, status_code=400)
-        height, width = result.labels.shape
-        seconds = f"{result.seconds:.6f}"
-        if not as_json:
-            png = await run_in_threadpool(label_png, result.labels)
-            return Response(png, media_type="image/png", headers={"X-Forward-Seconds": seconds})
+        headers = {"X-Forward-Seconds": f"{result.seconds:.6f}"}
+        if kind == "png":
+            png = await run_in_threadpool(predictor.picture, result, min_score)
+            return Response(png, media_type="image/png", headers=headers)
 
-        def answer() -> dict[str, Any]:
-            body = {"name": name, "width": width, "height": height, "seconds": result.seconds}
-            body["outputs"] = outputs(result, segmenter.model.num_classes)
+        def body() -> dict[str, Any]:
+            height, width = result.image.shape[:2]
+            fields = {"name": name, "task": predictor.task, "width": width, "height": height}
+            fields |= {"seconds": result.seconds, "outputs": predictor.outputs(result, min_score)}
             if request.query_params.get("with_image") == "1":
-                body["image"] = _data_url(png_bytes(Image.fromarray(result.image)))
-            return body
+                fields["image"] = _data_url(png_bytes(Image.fromarray(result.image)))
+            return fields
 
-        return JSONResponse(await run_in_threadpool(answer), headers={"X-Forward-Seconds": seconds})
+        return JSONResponse(await run_in_threadpool(body), headers=headers)
+
+    async def post_predict(request: Request) -> Response:
+        return await answer(request, "json")
+
+    async def post_segment(request: Request) -> Response:
+        return await answer(request, "png", ("segmentation",))
 
     async def http_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, HTTPException)
@@ -281,7 +368,8 @@ def create_app(segmenter: Segmenter, max_upload_bytes: int = 50 * MB) -> Starlet
             Route("/", index),
             Route("/info", get_info),
             Route("/samples/{number:int}.png", get_sample),
-            Route("/segment", segment, methods=["POST"]),
+            Route("/predict", post_predict, methods=["POST"]),
+            Route("/segment", post_segment, methods=["POST"]),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
         exception_handlers={HTTPException: http_error},

@@ -28,7 +28,7 @@ from fcnseg.detection.evaluation import evaluate_detections
 from fcnseg.detection.loss import MultiBoxLoss
 from fcnseg.detection.priors import prior_boxes
 from fcnseg.errors import ConfigError
-from fcnseg.infer.detect import detect_images, draw_boxes
+from fcnseg.infer.detect import MIN_SCORE, detect_images, detection_records, draw_boxes
 from fcnseg.models.registry import DETECTORS, build_model
 from fcnseg.weights.checkpoint import atomic_write
 
@@ -152,23 +152,14 @@ class DetectionTask:
         prediction: tuple[dict[str, np.ndarray], list[str]],
         *,
         overlay_format: str | None = "jpg",
-        min_score: float = 0.3,
+        min_score: float = MIN_SCORE,
     ) -> None:
         """``prediction``: one image's detections (pixel boxes) and the class names. Writes
         ``stem.json`` (every detection: class, score, box) and ``stem_boxes.jpg``, the boxes of at
         least ``min_score`` drawn on the image."""
         found, names = prediction
         height, width = image.shape[:2]
-        detections = [
-            {
-                "class": names[int(c)],
-                "label": int(c),
-                "score": round(float(s), 5),
-                "box": [round(float(v), 2) for v in b],
-            }
-            for b, s, c in zip(found["boxes"], found["scores"], found["labels"], strict=True)
-        ]
-        rows = ",\n  ".join(json.dumps(d) for d in detections)  # one detection per line
+        rows = ",\n  ".join(json.dumps(d) for d in detection_records(found, names))  # one detection per line
         text = f'{{"width": {width}, "height": {height}, "detections": [\n  {rows}\n]}}\n'
         atomic_write(f"{stem}.json", lambda f: f.write(text.encode()))
         if overlay_format:

@@ -37,9 +37,10 @@ if TYPE_CHECKING:
     from fcnseg.distributed import Context
     from fcnseg.train.config import TrainConfig
 
-__all__ = ["EdgeTask", "Targets", "predict_map"]
+__all__ = ["OVERLAY_COLOUR", "EdgeTask", "Targets", "grey_map", "predict_map", "red_overlay"]
 
-OVERLAY_COLOUR = np.array([255, 32, 32], dtype=np.float32)
+OVERLAY_COLOUR = (255, 32, 32)
+"""The colour of an edge or skeleton map drawn over its image."""
 
 
 class Targets(Dataset):
@@ -62,6 +63,19 @@ def predict_map(model: nn.Module, image: np.ndarray, device: torch.device | str 
     (H, W, 3) uint8 image, with the preprocessing its weights expect."""
     x = preprocess(image, preprocessing_of(model))[None].to(device)
     return model.edge_map(model(x))[0].float().cpu().numpy()
+
+
+def grey_map(prediction: np.ndarray) -> np.ndarray:
+    """An (H, W) map in [0, 1] as 8-bit grey: white (255) where the net is sure, black where it sees nothing."""
+    return np.clip(np.rint(prediction * 255), 0, 255).astype(np.uint8)
+
+
+def red_overlay(image: np.ndarray, prediction: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """An (H, W) map in [0, 1] in :data:`OVERLAY_COLOUR` over its (H, W, 3) uint8 image: each pixel
+    takes the colour with weight ``alpha`` times the map."""
+    weight = alpha * prediction[..., None].astype(np.float32)
+    shown = (1 - weight) * image.astype(np.float32) + weight * np.array(OVERLAY_COLOUR, dtype=np.float32)
+    return np.clip(np.rint(shown), 0, 255).astype(np.uint8)
 
 
 class EdgeTask:
@@ -183,11 +197,9 @@ class EdgeTask:
         """``prediction``: the (H, W) map in [0, 1]. Writes ``stem.png``, the map in grey (white: sure
         edge); with ``overlay_format`` ("jpg" or "png") ``stem_overlay.jpg``, the map in red over
         the image."""
-        grey = np.clip(np.rint(prediction * 255), 0, 255).astype(np.uint8)
+        grey = grey_map(prediction)
         atomic_write(f"{stem}.png", lambda f: Image.fromarray(grey).save(f, format="PNG"))
         if overlay_format:
-            weight = overlay_alpha * prediction[..., None].astype(np.float32)
-            shown = (1 - weight) * image.astype(np.float32) + weight * OVERLAY_COLOUR
-            picture = Image.fromarray(np.clip(np.rint(shown), 0, 255).astype(np.uint8))
+            picture = Image.fromarray(red_overlay(image, prediction, overlay_alpha))
             kind = "JPEG" if overlay_format == "jpg" else "PNG"
             atomic_write(f"{stem}_overlay.{overlay_format}", lambda f: picture.save(f, format=kind))

@@ -45,5 +45,5 @@ def segmentation_only(model: torch.nn.Module, source: str | os.PathLike, command
         return model
     raise ValueError(
         f"{source} holds a net of the {task} task ({model.config['arch']}); fcnseg {command} works on "
-        "segmentation nets (fcnseg predict and evaluate take every task's)"
+        "segmentation nets (fcnseg predict, evaluate and serve take every task's)"
     )

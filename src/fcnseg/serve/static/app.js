@@ -1,11 +1,23 @@
-// The fcnseg serve page: sends an image to POST /segment?format=json and shows each of the
-// answer's outputs with the view of its name. VIEWS maps output names (fcnseg/serve/app.py,
-// outputs) to the functions that show them: a model with other outputs adds its view here.
+// The fcnseg serve page: sends an image to POST /predict and shows each of the answer's outputs
+// with the view of its name, the model's task. VIEWS maps output names (fcnseg/serve/app.py,
+// Predictor.outputs) to the functions that show them: a task with other outputs adds its view here.
 "use strict";
 
-const VIEWS = { segmentation: showSegmentation };
+const VIEWS = {
+  segmentation: showSegmentation,
+  edges: showMap,
+  skeleton: showMap,
+  detection: showDetection,
+};
 
-const state = { info: null, request: 0, opacity: 50, downloadUrl: null };
+const BUSY = {
+  segmentation: "segmenting",
+  edges: "finding the edges of",
+  skeleton: "finding the skeletons of",
+  detection: "finding boxes in",
+};
+
+const state = { info: null, request: 0, opacity: 50, minScore: 0, upload: null, downloadUrl: null };
 
 const $ = (selector, root = document) => root.querySelector(selector);
 
@@ -37,13 +49,15 @@ async function start() {
     return;
   }
   const info = state.info;
+  const classes = info.classes.length ? `, ${info.num_classes} classes` : "";
   $("#model").textContent =
-    `${info.weights}: ${info.arch}, ${info.num_classes} classes, ` +
+    `${info.weights}: ${info.arch}, ${info.task}${classes}, ` +
     `preprocessing ${info.preprocess.name}, on ${info.device}`;
+  state.minScore = info.min_score ?? 0;
   for (let i = 0; i < info.samples; i++) addSample(i);
   $("#file").addEventListener("change", (event) => {
     const file = event.target.files[0];
-    if (file) segment(file, file.name);
+    if (file) run(file, file.name);
   });
   const drop = $("#drop");
   document.addEventListener("dragover", (event) => {
@@ -55,7 +69,7 @@ async function start() {
     event.preventDefault();
     drop.classList.remove("over");
     const file = event.dataTransfer.files[0];
-    if (file) segment(file, file.name);
+    if (file) run(file, file.name);
   });
   document.body.dataset.state = "ready";
 }
@@ -71,7 +85,7 @@ function addSample(index) {
   button.append(thumbnail);
   button.addEventListener("click", async () => {
     const response = await fetch(`samples/${index}.png`);
-    segment(await response.blob(), `sample-${index}.png`);
+    run(await response.blob(), `sample-${index}.png`);
   });
   $("#samples").append(button);
 }
@@ -79,11 +93,11 @@ function addSample(index) {
 async function post(file, name, withImage) {
   const form = new FormData();
   form.append("image", file, name);
+  const query = new URLSearchParams({ format: "json" });
+  if (withImage) query.set("with_image", "1");
+  if (state.info.task === "detection") query.set("min_score", String(state.minScore));
   try {
-    const response = await fetch(`segment?format=json${withImage ? "&with_image=1" : ""}`, {
-      method: "POST",
-      body: form,
-    });
+    const response = await fetch(`predict?${query}`, { method: "POST", body: form });
     const body = await response
       .json()
       .catch(() => ({ error: `HTTP ${response.status} ${response.statusText}` }));
@@ -93,9 +107,10 @@ async function post(file, name, withImage) {
   }
 }
 
-async function segment(file, name) {
+async function run(file, name) {
   const request = ++state.request; // a newer image makes this one's answer moot
   const info = state.info;
+  state.upload = { file, name };
   if (file.size > info.max_upload_bytes) {
     fail(
       `${name} is ${megabytes(file.size)} MB, over the server's limit of ` +
@@ -103,7 +118,7 @@ async function segment(file, name) {
     );
     return;
   }
-  setStatus(`segmenting ${name}…`);
+  setStatus(`${BUSY[info.task]} ${name}…`);
   document.body.dataset.state = "busy";
   // The page shows the image as the browser reads it; for a format it cannot read, or one it
   // reads at another size (orientation), it shows the server's reading instead.
@@ -139,9 +154,14 @@ async function show(result, bitmap, name) {
     if (output in VIEWS) await VIEWS[output](views, data, { bitmap, result, name });
   }
   $("#result").hidden = false;
+  const found = result.outputs.detection;
+  const count = found ? found.detections.length : 0;
+  const boxes = found
+    ? `, ${count} box${count === 1 ? "" : "es"} of score ≥ ${found.min_score.toFixed(2)}`
+    : "";
   setStatus(
     `${name}: ${result.width} × ${result.height} pixels, forward pass ${duration(result.seconds)} ` +
-      `on ${state.info.device}`,
+      `on ${state.info.device}${boxes}`,
   );
   document.body.dataset.state = "done";
 }
@@ -182,14 +202,8 @@ function blend(canvas, bitmap, layer, opacity) {
   canvas.classList.toggle("small", bitmap.width < 360);
 }
 
-async function showSegmentation(container, output, { bitmap, name }) {
-  const classes = state.info.classes;
-  const view = document.importNode($("#segmentation-view").content, true);
-  const labels = $(".labels", view);
-  labels.src = output.labels;
-  await labels.decode();
-  const layer = colourLayer(labels, classes[0].color);
-
+// The overlay panel of a view: its canvas shows the layer over the image at the slider's opacity.
+function showOverlay(view, bitmap, layer) {
   const overlay = $(".overlay", view);
   const slider = $(".opacity-slider", view);
   const shown = $(".opacity-value", view);
@@ -201,37 +215,122 @@ async function showSegmentation(container, output, { bitmap, name }) {
   };
   slider.addEventListener("input", draw);
   draw();
+}
 
+// A link that downloads `blob` as the upload's name with `suffix` for its extension.
+async function offerDownload(link, blob, name, suffix) {
   if (state.downloadUrl) URL.revokeObjectURL(state.downloadUrl);
-  state.downloadUrl = URL.createObjectURL(await (await fetch(output.labels)).blob());
-  const download = $(".download", view);
-  download.href = state.downloadUrl;
-  download.download = `${name.replace(/\.[^.]*$/, "")}_labels.png`;
+  state.downloadUrl = URL.createObjectURL(blob);
+  link.href = state.downloadUrl;
+  link.download = `${name.replace(/\.[^.]*$/, "")}${suffix}`;
+}
+
+function cell(className, text = "") {
+  const td = document.createElement("td");
+  td.className = className;
+  td.textContent = text;
+  return td;
+}
+
+// A legend row: the class's colour and name, then `cells`; greyed when the class is `absent`.
+function classRow(className, color, absent, ...cells) {
+  const row = document.createElement("tr");
+  row.classList.toggle("absent", absent);
+  const swatch = document.createElement("td");
+  const chip = document.createElement("span");
+  chip.className = "swatch";
+  chip.style.backgroundColor = color;
+  swatch.append(chip);
+  row.append(swatch, cell("name", className), ...cells);
+  return row;
+}
+
+async function showSegmentation(container, output, { bitmap, name }) {
+  const classes = state.info.classes;
+  const view = document.importNode($("#segmentation-view").content, true);
+  const labels = $(".labels", view);
+  labels.src = output.labels;
+  await labels.decode();
+  const layer = colourLayer(labels, classes[0].color);
+
+  showOverlay(view, bitmap, layer);
+  await offerDownload($(".download", view), await (await fetch(output.labels)).blob(), name, "_labels.png");
 
   const rows = $(".legend tbody", view);
   classes.forEach(({ name: className, color }, id) => {
     const share = output.shares[id];
-    const row = document.createElement("tr");
-    row.classList.toggle("absent", share === 0);
-    const swatch = document.createElement("td");
-    const chip = document.createElement("span");
-    chip.className = "swatch";
-    chip.style.backgroundColor = color;
-    swatch.append(chip);
-    const label = document.createElement("td");
-    label.className = "name";
-    label.textContent = className;
-    const percent = document.createElement("td");
-    percent.className = "share";
-    percent.textContent = `${(100 * share).toFixed(1)}%`;
-    const bar = document.createElement("td");
-    bar.className = "bar";
+    const percent = cell("share", `${(100 * share).toFixed(1)}%`);
+    const bar = cell("bar");
     const fill = document.createElement("span");
     fill.style.width = `${100 * share}%`;
     fill.style.backgroundColor = color;
     bar.append(fill);
-    row.append(swatch, label, percent, bar);
-    rows.append(row);
+    rows.append(classRow(className, color, share === 0, percent, bar));
+  });
+  container.append(view);
+}
+
+
+// The map's colour with the map for alpha: over the image at opacity a it gives
+// (1 - a m) * image + a m * colour at a pixel of map value m, as fcnseg.tasks.edges.red_overlay does.
+function mapLayer(map, colour) {
+  const canvas = document.createElement("canvas");
+  canvas.width = map.naturalWidth;
+  canvas.height = map.naturalHeight;
+  const context = canvas.getContext("2d", { willReadFrequently: true });
+  context.drawImage(map, 0, 0);
+  const pixels = context.getImageData(0, 0, canvas.width, canvas.height);
+  const [r, g, b] = rgb(colour);
+  const data = pixels.data;
+  for (let i = 0; i < data.length; i += 4) {
+    data[i + 3] = data[i];
+    data[i] = r;
+    data[i + 1] = g;
+    data[i + 2] = b;
+  }
+  context.putImageData(pixels, 0, 0);
+  return canvas;
+}
+
+async function showMap(container, output, { bitmap, name }) {
+  const info = state.info;
+  const view = document.importNode($("#map-view").content, true);
+  const map = $(".map", view);
+  map.src = output.map;
+  await map.decode();
+  showOverlay(view, bitmap, mapLayer(map, info.overlay_color));
+  $(".map-title", view).textContent = `${info.task} map`;
+  await offerDownload($(".download", view), await (await fetch(output.map)).blob(), name, `_${info.task}.png`);
+  $(".legend-text", view).textContent = info.legend;
+  container.append(view);
+}
+
+async function showDetection(container, output, { name }) {
+  const view = document.importNode($("#detection-view").content, true);
+  const drawn = $(".drawn", view);
+  drawn.src = output.drawn;
+  await drawn.decode();
+
+  const slider = $(".score-slider", view);
+  const shown = $(".score-value", view);
+  slider.value = output.min_score;
+  shown.textContent = output.min_score.toFixed(2);
+  slider.addEventListener("input", () => {
+    shown.textContent = Number(slider.value).toFixed(2);
+  });
+  slider.addEventListener("change", () => {
+    state.minScore = Number(slider.value);
+    if (state.upload) run(state.upload.file, state.upload.name); // the server draws the boxes anew
+  });
+
+  const json = JSON.stringify(output.detections, null, 1);
+  await offerDownload($(".download", view), new Blob([json], { type: "application/json" }), name, "_boxes.json");
+
+  const rows = $(".legend tbody", view);
+  state.info.classes.forEach(({ name: className, color }, id) => {
+    if (id === 0) return; // background: no box is of it
+    const count = output.counts[id];
+    rows.append(classRow(className, color, count === 0, cell("count", String(count))));
   });
   container.append(view);
 }
