@@ -64,3 +64,23 @@ def test_bench_training_quick_run():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| demo net (4, 8, 16, 32, 32, 64), batch 4, 64x96, Adam | 1 | reach |" in done.stdout
+
+
+def test_edges_table_quick_run():
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "edges_table.py"), "--quick", "--jobs", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    for row in (
+        "| HED (4, 8, 8, 8, 8), 5 steps |",
+        "| FSDS (4, 8, 8, 8, 8), 5 steps |",
+        "| distance to Sobel edges |",
+    ):
+        assert row in done.stdout
+    baselines = [
+        line.split("|")[2:5] for line in done.stdout.splitlines() if line.startswith(("| Sobel", "| dist"))
+    ]
+    assert len(baselines) == 3 and all(0 <= float(cell) <= 1 for row in baselines for cell in row)

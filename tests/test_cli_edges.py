@@ -106,27 +106,97 @@ def test_evaluation_without_the_edges_extra_says_what_to_install(monkeypatch):
 
 
 def test_evaluate_on_bsds500(tmp_path, capsys):
-    import scipy.io
-
     from fcnseg import build_model, save_checkpoint
+
+    boundaries = np.zeros((24, 30))
+    boundaries[12] = 1
+    root = _bsds_val(tmp_path, {"1": boundaries, "2": boundaries})
+    torch.manual_seed(0)
+    weights = save_checkpoint(build_model("hed", widths=(4, 8, 8, 8, 8)), tmp_path / "hed.pt")
+    assert main(["evaluate", str(weights), str(root), "--dataset", "bsds500", "--split", "val"]) == 0
+    printed = capsys.readouterr().out
+    assert "(edges) on" in printed and "(2 images)" in printed and "ODS" in printed
+
+
+def _caffe_file(path, model, extra=()):
+    """A .caffemodel of ``model``'s learned layers by their Caffe names, and ``extra`` layers."""
+    layers = [
+        CaffeLayer(name.removeprefix("backbone."), "Convolution", [p.detach().numpy() for p in params], {})
+        for name, module in model.named_modules()
+        if (params := list(module.parameters(recurse=False)))
+    ]
+    write_caffemodel(path, [*layers, *extra])
+    return path
+
+
+@pytest.mark.parametrize(
+    "holds, arch, says",
+    [
+        ("fcn8s", "hed", "--arch hed given, but the file holds an fcn8s model"),
+        ("fcn8s", "fsds", "--arch fsds given, but the file holds an fcn8s model"),
+        ("fsds", "hed", "--arch hed given, but the file holds an fsds model"),
+        ("vgg16", "hed", "a VGG16 trunk with none of the score layers"),
+    ],
+)
+def test_convert_refuses_a_caffemodel_of_another_net(holds, arch, says, tmp_path, capsys):
+    from fcnseg import build_model
+
+    torch.manual_seed(0)
+    widths = (4, 8, 8, 8, 8)
+    if holds == "vgg16":  # an ImageNet classifier: the trunk and fc6..fc8, no score layer
+        trunk = build_model("hed", widths=widths).backbone
+        fc = [
+            CaffeLayer(name, "InnerProduct", [np.zeros((n, m), np.float32), np.zeros(n, np.float32)], {})
+            for name, n, m in (("fc6", 16, 8 * 49), ("fc7", 16, 16), ("fc8", 1000, 16))
+        ]
+        path = _caffe_file(tmp_path / "vgg16.caffemodel", trunk, fc)
+    else:
+        net = build_model(holds, widths=(*widths, 16) if holds == "fcn8s" else widths)
+        path = _caffe_file(tmp_path / f"{holds}.caffemodel", net)
+    out = tmp_path / "out.pt"
+    assert main(["convert", "caffe", str(path), "--arch", arch, "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert str(path) in error and says in error
+    if holds == "vgg16":
+        assert "fc6, fc7, fc8" in error and "fcnseg convert imagenet" in error
+    assert not out.exists() and list(tmp_path.iterdir()) == [path]
+
+
+def _bsds_val(tmp_path, boundaries: dict[str, np.ndarray]):
+    """A BSDS500 validation split of random 24x30 images with one annotator's ``boundaries`` each."""
+    import scipy.io
 
     data = tmp_path / "BSR" / "BSDS500" / "data"
     (data / "groundTruth" / "val").mkdir(parents=True)
     (data / "images" / "val").mkdir(parents=True)
     rng = np.random.default_rng(0)
-    for name in ("1", "2"):
+    for name, truth in boundaries.items():
         Image.fromarray(rng.integers(0, 255, (24, 30, 3), dtype=np.uint8)).save(
             data / "images" / "val" / f"{name}.jpg"
         )
         cells = np.empty((1, 1), object)
-        boundaries = np.zeros((24, 30), np.uint16)
-        boundaries[12] = 1
-        cells[0, 0] = {"Boundaries": boundaries}
+        cells[0, 0] = {"Boundaries": truth.astype(np.uint16)}
         scipy.io.savemat(data / "groundTruth" / "val" / f"{name}.mat", {"groundTruth": cells})
+    return tmp_path / "BSR"
+
+
+def test_evaluate_names_the_file_whose_score_cannot_be_computed(tmp_path, capsys):
+    from fcnseg import build_model, save_checkpoint
+
+    line, empty = np.zeros((24, 30)), np.zeros((24, 30))
+    line[12] = 1
+    root = _bsds_val(tmp_path, {"1": line, "2": empty})
     torch.manual_seed(0)
-    weights = save_checkpoint(build_model("hed", widths=(4, 8, 8, 8, 8)), tmp_path / "hed.pt")
-    assert (
-        main(["evaluate", str(weights), str(tmp_path / "BSR"), "--dataset", "bsds500", "--split", "val"]) == 0
-    )
-    printed = capsys.readouterr().out
-    assert "(edges) on" in printed and "(2 images)" in printed and "ODS" in printed
+    model = build_model("hed", widths=(4, 8, 8, 8, 8))
+    weights = save_checkpoint(model, tmp_path / "hed.pt")
+    args = ["evaluate", str(weights), str(root), "--dataset", "bsds500", "--split", "val", "--json"]
+    # an image with no edges is scored (it adds no recall), not refused
+    assert main(args) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert all(np.isfinite(v) and 0 <= v <= 1 for v in metrics.values())
+    with torch.no_grad():
+        model.backbone.conv1_1.bias.fill_(float("nan"))  # a net that diverged
+    save_checkpoint(model, weights)
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert "groundTruth/val/1.mat: the prediction has 720 NaN pixel(s)" in error

@@ -400,3 +400,66 @@ def test_convert_fsds_caffemodel(tmp_path):
     np.testing.assert_array_equal(
         getattr(model, "cat2-score").weight.detach().numpy(), blobs["cat2-score"][0]
     )
+
+
+# Bad input to the evaluation
+def test_evaluation_lists_every_bad_input_at_once():
+    truth = np.zeros((40, 40), bool)
+    truth[20, 5:35] = True
+    nan = truth.astype(float)
+    nan[3, 4] = np.nan
+    predictions = [np.zeros((40, 41)), nan, 255.0 * truth, truth - 0.5, np.zeros((1, 40, 40))]
+    with pytest.raises(ValueError, match="5 problem") as error:
+        fcnseg.evaluate_edges(predictions, [[truth]] * 5)
+    message = str(error.value)
+    assert "image 0: ground truths must have the prediction's size (40, 41): annotator 1 (40, 40)" in message
+    assert "image 1: the prediction has 1 NaN pixel(s)" in message
+    assert "image 2: the prediction's values lie in [0, 255], not in [0, 1] (an 8-bit map?" in message
+    assert "image 3: the prediction's values lie in [-0.5, 0.5], not in [0, 1]\n" in message
+    assert "image 4: the prediction must be an (H, W) map, got shape (1, 40, 40)" in message
+    # one image alone: a clear error, not the matcher's abort on NaN
+    with pytest.raises(ValueError, match="NaN"):
+        edge_counts(nan, [truth])
+    with pytest.raises(ValueError, match=r"image 0: ground truths must have .*\(41, 40\)"):
+        evaluate_skeletons([np.zeros((40, 40))], [np.zeros((41, 40), bool)])
+
+
+def test_an_image_without_ground_truth_adds_no_recall_and_its_predictions_cost_precision():
+    truth = _lines()
+    found = 0.8 * np.roll(truth, 1, 1)  # a good map of the annotated image
+    alone = fcnseg.evaluate_edges([found], [[truth]], nms=False)
+    empty = np.zeros_like(truth)
+    weak = np.zeros(truth.shape)
+    weak[20, 10:90] = 0.3  # a weak response on an image with nothing to find
+    silent = fcnseg.evaluate_edges([found, np.zeros(truth.shape)], [[truth], [empty]], nms=False)
+    assert silent == pytest.approx(alone, abs=0.01)
+    counts = edge_counts(weak, [empty], nms=False)
+    assert not counts[1].any() and counts[3, 0] == 80 and counts[3, -1] == 0
+    noisy = fcnseg.evaluate_edges([found, weak], [[truth], [empty]], nms=False)
+    # the weak line counts against precision below 0.3: the data set's best threshold lies above it
+    total = edge_counts(found, [truth], nms=False) + counts
+    assert total[2, 0] / total[3, 0] == pytest.approx(truth.sum() / (truth.sum() + 80), abs=0.01)
+    assert noisy["ods"] == pytest.approx(alone["ods"], abs=0.01)
+    # each image at its own best threshold: the unannotated one where it predicts nothing
+    assert noisy["ois"] == pytest.approx(alone["ois"], abs=0.01)
+    skeleton = evaluate_skeletons([found, weak], [truth, empty])
+    assert 0 < skeleton["ods"] <= 1 and all(np.isfinite(list(skeleton.values())))
+    with pytest.raises(ValueError, match="none of the 2 image"):
+        evaluate_skeletons([found, weak], [empty, empty])
+
+
+def test_an_image_with_no_skeleton_trains_as_background(tmp_path):
+    """FSDS's balanced loss of an all-background label is 0 with finite gradients (nothing to learn)."""
+    root = tmp_path / "SK-LARGE"
+    _image(root / "images" / "train" / "a.jpg", (24, 30), 0)
+    (root / "groundTruth" / "train").mkdir(parents=True)
+    nothing = np.zeros((24, 30), np.uint8)
+    scipy.io.savemat(root / "groundTruth" / "train" / "a.mat", {"edge": nothing, "symmetry": nothing})
+    image, scales = SkeletonDataset(tmp_path, "train", "sk-large")[0]
+    label = torch.from_numpy(quantise_scales(scales, SCALE_THRESHOLDS["sk-large"]))[None]
+    assert scales.shape == (24, 30) and not label.any()
+    model = tiny("fsds").train()
+    loss = fcnseg.train.edge_losses.FSDSLoss((2, 3, 4, 5, 5))(model(torch.rand(1, 3, 24, 30)), label)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert loss == 0 and grads and all(torch.isfinite(g).all() for g in grads)

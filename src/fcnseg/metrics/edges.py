@@ -7,6 +7,12 @@ matched one-to-one to every annotator's boundaries within ``max_dist`` of the im
 MATLAB code (the ``edges`` extra). Recall counts the annotators' pixels that are matched; precision
 the predicted pixels matched to any annotator. Like the benchmark's, the matching samples its sparse
 graph with a time-seeded generator: a pixel or two may match differently from one run to the next.
+
+An image with no ground-truth pixels (an empty edge map or skeleton) adds nothing to recall, which
+counts annotated pixels, while every pixel predicted there is unmatched and lowers precision; its F
+is 0 at every threshold, and in OIS it takes the threshold where it predicts the fewest pixels
+(the benchmark's code would take the lowest, charging it with every weak response). Scores with no
+ground-truth pixel in any image are undefined: :func:`scores` raises then.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ __all__ = [
     "edge_counts",
     "evaluate_edges",
     "evaluate_skeletons",
+    "problems",
     "scores",
 ]
 
@@ -55,6 +62,41 @@ def thresholds(count: int = THRESHOLDS) -> np.ndarray:
     return np.linspace(1 / (count + 1), 1 - 1 / (count + 1), count)
 
 
+def problems(prediction: np.ndarray, ground_truths: Sequence[np.ndarray]) -> list[str]:
+    """What keeps one image's prediction and ground truths from being scored (empty when nothing):
+    a prediction that is not an (H, W) map in [0, 1], ground truths missing or of another size."""
+    prediction = np.asarray(prediction, dtype=np.float64)
+    found = []
+    if prediction.ndim != 2:
+        found.append(f"the prediction must be an (H, W) map, got shape {prediction.shape}")
+    nan = int(np.isnan(prediction).sum())
+    if nan:
+        found.append(f"the prediction has {nan} NaN pixel(s)")
+    if nan < prediction.size:
+        low, high = float(np.nanmin(prediction)), float(np.nanmax(prediction))
+        if low < 0 or high > 1:
+            hint = (
+                " (an 8-bit map? divide it by 255)" if low >= 0 and high <= 255 and high.is_integer() else ""
+            )
+            found.append(f"the prediction's values lie in [{low:g}, {high:g}], not in [0, 1]{hint}")
+    if prediction.ndim != 2:
+        return found
+    truths = _annotators(ground_truths)
+    wrong = [f"annotator {k + 1} {t.shape}" for k, t in enumerate(truths) if t.shape != prediction.shape]
+    if wrong:
+        found.append(f"ground truths must have the prediction's size {prediction.shape}: {', '.join(wrong)}")
+    elif not truths:
+        found.append("no ground truth (give a list of (H, W) maps, one per annotator)")
+    return found
+
+
+def _annotators(ground_truths: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
+    """One image's annotators' maps: a list of (H, W) maps or a (K, H, W) array; one (H, W) map is one."""
+    if isinstance(ground_truths, np.ndarray) and ground_truths.ndim == 2:
+        return [ground_truths.astype(bool)]
+    return [np.asarray(t, dtype=bool) for t in ground_truths]
+
+
 def edge_counts(
     prediction: np.ndarray,
     ground_truths: Sequence[np.ndarray],
@@ -64,22 +106,22 @@ def edge_counts(
     count: int = THRESHOLDS,
 ) -> np.ndarray:
     """One image's (4, count) matches: matched and total annotator pixels, matched and total predicted
-    pixels, at each threshold. Summed over images they give the data set's scores (:func:`scores`)."""
+    pixels, at each threshold. Summed over images they give the data set's scores (:func:`scores`).
+    ``prediction``: (H, W) in [0, 1]; ``ground_truths``: the annotators' (H, W) maps."""
     evaluate, fast_nms = _edge_eval()
+    found = problems(prediction, ground_truths)
+    if found:
+        raise ValueError("; ".join(found))
     prediction = np.asarray(prediction, dtype=np.float64)
-    if prediction.ndim != 2:
-        raise ValueError(f"a prediction must be an (H, W) map, got shape {prediction.shape}")
-    truths = [np.asarray(t, dtype=bool) for t in ground_truths]
-    wrong = [f"annotator {k + 1}: {t.shape}" for k, t in enumerate(truths) if t.shape != prediction.shape]
-    if wrong or not truths:
-        raise ValueError(
-            f"ground truths must be (H, W) maps of the prediction's size {prediction.shape}; got "
-            + (", ".join(wrong) or "none")
-        )
     if nms:
-        prediction = fast_nms(np.clip(prediction, 0, 1), r=1, s=5, m=1.01)
+        prediction = fast_nms(prediction, r=1, s=5, m=1.01)
     matched_r, total_r, matched_p, total_p = evaluate(
-        thresholds(count), prediction, truths, max_dist=max_dist, apply_thinning=True, apply_nms=False
+        thresholds(count),
+        prediction,
+        _annotators(ground_truths),
+        max_dist=max_dist,
+        apply_thinning=True,
+        apply_nms=False,
     )
     return np.stack([matched_r, total_r, matched_p, total_p])
 
@@ -108,9 +150,15 @@ def scores(per_image: Sequence[np.ndarray]) -> dict[str, float]:
     total = np.sum(per_image, axis=0)
     recall, precision, _ = _rpf(total)
     ods = _best_interpolated(recall, precision)
+    if not total[1].any():
+        raise ValueError(
+            f"none of the {len(per_image)} image(s) has a ground-truth pixel: recall, and with it ODS, OIS "
+            "and AP, is undefined (are the ground truths empty, or read at the wrong threshold?)"
+        )
     best = np.zeros(4)
     for counts in per_image:
-        best += counts[:, int(np.argmax(_rpf(counts)[2]))]
+        unannotated = not counts[1].any()  # F is 0 everywhere: the fewest false positives is its best
+        best += counts[:, int(np.argmin(counts[3]) if unannotated else np.argmax(_rpf(counts)[2]))]
     ois = float(_rpf(best[:, None])[2][0])
     order = np.argsort(recall, kind="stable")
     r, first = np.unique(recall[order], return_index=True)
@@ -131,11 +179,21 @@ def evaluate_edges(
     nms: bool = True,
 ) -> dict[str, float]:
     """ODS, OIS and AP of edge maps (each (H, W) in [0, 1]) against each image's annotators' boundary
-    maps (a list of (H, W) bool maps per image), as the BSDS benchmark scores them."""
+    maps (a list of (H, W) bool maps per image), as the BSDS benchmark scores them. Every image is
+    checked first and all problems (sizes, NaN, values outside [0, 1]) are raised together."""
     if len(predictions) != len(ground_truths):
         raise ValueError(f"{len(predictions)} predictions but {len(ground_truths)} ground truths")
     if not predictions:
         raise ValueError("nothing to evaluate: no predictions")
+    found = [
+        f"image {i}: {p}"
+        for i, pair in enumerate(zip(predictions, ground_truths, strict=True))
+        for p in problems(*pair)
+    ]
+    if found:
+        raise ValueError(
+            f"{len(found)} problem(s) with the predictions or ground truths:\n  " + "\n  ".join(found)
+        )
     return scores(
         [
             edge_counts(p, t, max_dist=max_dist, nms=nms)

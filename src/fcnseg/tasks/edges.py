@@ -173,7 +173,12 @@ class EdgeTask:
         for i in tqdm(indices, desc="evaluating", disable=not progress, leave=False):
             image, truth = dataset[i]
             edges = predict_map(model, image, context.device)
-            counts.append(edge_counts(edges, self.truths(truth), max_dist=self.max_dist))
+            try:
+                counts.append(edge_counts(edges, self.truths(truth), max_dist=self.max_dist))
+            except ValueError as error:
+                pairs = getattr(dataset, "pairs", None)
+                sample = f"{pairs[i][1]}" if pairs else f"image {i} of {len(dataset)}"
+                raise DataError(f"{sample}: {error}", [str(error)]) from error
         model.train(was_training)
         gathered = [c for part in distributed.all_gather_objects(counts, context) for c in part]
         return scores(gathered)

@@ -41,6 +41,17 @@ def infer_arch(blobs: dict[str, list[np.ndarray]], source: str) -> str:
         return "hed"
     if "conv1_1" in blobs and "score-dsn-2" in blobs:
         return "fsds"
+    if "conv1_1" in blobs and "score_fr" not in blobs:
+        hint = (
+            " (an ImageNet classifier? `fcnseg convert imagenet` builds an FCN on it)"
+            if "fc8" in blobs
+            else ""
+        )
+        raise WeightsMismatchError(
+            f"{source}: a VGG16 trunk with none of the score layers of an FCN (score_fr), HED (score-dsn1), "
+            "FSDS (score-dsn-2) or SSD300 (conv4_3_norm_mbox_conf); its learned layers besides conv*: "
+            f"{', '.join(name for name in blobs if not name.startswith('conv')) or 'none'}{hint}"
+        )
     if "conv1_1" in blobs:
         if "score_pool3" in blobs:
             return "fcn8s-atonce" if "scale_pool3" in blobs else "fcn8s"
