@@ -2,6 +2,7 @@
 task, concurrency, the command itself."""
 
 import base64
+import http.client
 import io
 import json
 import socket
@@ -9,8 +10,7 @@ import struct
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 import uuid
 import zlib
 
@@ -110,12 +110,19 @@ def http_post(url: str, name: str, data: bytes) -> tuple[int, bytes]:
         + data
         + f"\r\n--{boundary}--\r\n".encode()
     )
-    request = urllib.request.Request(url, body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    return http_request(url, "POST", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+
+
+def http_request(url: str, method: str = "GET", body: bytes | None = None, headers=None) -> tuple[int, bytes]:
+    """One request to the local test server at ``url`` (http://127.0.0.1:PORT/path): (status, body)."""
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
+        connection.request(method, parts.path, body, headers or {})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
 
 
 def bomb_png(width: int, height: int) -> bytes:
@@ -482,8 +489,9 @@ def test_the_command_serves_concurrent_and_bad_requests_over_http(weights, model
             thread.start()
         for thread in threads:
             thread.join()
-        with urllib.request.urlopen(url + "info") as response:
-            info = json.load(response)
+        status, body = http_request(url + "info")
+        assert status == 200
+        info = json.loads(body)
     assert info["weights"] == "tiny.pt" and [c["name"] for c in info["classes"]] == list(CLASS_NAMES)
     for name, image in images.items():
         status, body = answers[name]
