@@ -105,3 +105,57 @@ def googlenet_caffe_layers(widths: tuple[int, ...] = TINY_GOOGLENET, num_classes
         *layers,
         CaffeLayer("loss3/classifier", "InnerProduct", [classifier, np.zeros(1000, np.float32)], {}),
     ]
+
+
+def caffe_layer(name: str, module: nn.Module):
+    """One of our layers as Caffe stores it: a Convolution or Deconvolution, weight then bias."""
+    from fcnseg.weights.caffe_format import CaffeLayer
+
+    kind = "Deconvolution" if isinstance(module, nn.ConvTranspose2d) else "Convolution"
+    tensors = [module.weight] + ([module.bias] if module.bias is not None else [])
+    return CaffeLayer(name, kind, [t.detach().numpy().copy() for t in tensors], {})
+
+
+def siftflow_nets(arch: str, heads: tuple[int, int] = (5, 3)) -> tuple[fcnseg.FCN, fcnseg.FCN]:
+    """Two narrow single-head FCNs on one trunk: the semantic and the geometric net of SIFT Flow."""
+    sem = random_net(arch, seed=1, num_classes=heads[0])
+    geo = random_net(arch, seed=2, num_classes=heads[1])
+    geo.backbone.load_state_dict(sem.backbone.state_dict())
+    return sem, geo
+
+
+def siftflow_caffe_layers(sem: fcnseg.FCN, geo: fcnseg.FCN) -> list:
+    """The layers of siftflow-fcn*'s net.py: one trunk (conv1_1 .. fc7), then each head's score and
+    upsampling layers suffixed _sem and _geo (score_fr_sem, upscore2_geo, ...)."""
+    from fcnseg.weights.transfer import named_layers
+
+    trunk = named_layers(sem.backbone)
+    layers = [caffe_layer(name, module) for name, module in trunk.items()]
+    for suffix, net in (("sem", sem), ("geo", geo)):
+        layers += [
+            caffe_layer(f"{name}_{suffix}", module)
+            for name, module in named_layers(net).items()
+            if name not in trunk
+        ]
+    return layers
+
+
+def fusion_nets(num_classes: int = 4) -> tuple[fcnseg.FCN, fcnseg.FCN]:
+    """Two narrow FCN-32s, the colour and the HHA stream of nyud-fcn32s-color-hha."""
+    return random_net("fcn32s", seed=3, num_classes=num_classes), random_net(
+        "fcn32s", seed=4, num_classes=num_classes
+    )
+
+
+def fusion_caffe_layers(color: fcnseg.FCN, hha: fcnseg.FCN) -> list:
+    """The layers of nyud-fcn32s-color-hha's net.py: each stream's conv1_1 .. score_fr suffixed with its
+    name (conv1_1color, score_frhha), then the one upscore of their averaged scores (colour's)."""
+    from fcnseg.weights.transfer import named_layers
+
+    layers = [
+        caffe_layer(f"{name}{stream}", module)
+        for stream, net in (("color", color), ("hha", hha))
+        for name, module in named_layers(net).items()
+        if name != "upscore"
+    ]
+    return [*layers, caffe_layer("upscore", color.upscore)]

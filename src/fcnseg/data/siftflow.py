@@ -15,7 +15,12 @@ from fcnseg.data.datasets import (
 )
 from fcnseg.data.matlab import load_label_map
 
-__all__ = ["SIFTFLOW_GEOMETRIC_CLASSES", "SIFTFLOW_SEMANTIC_CLASSES", "SiftFlowSegmentation"]
+__all__ = [
+    "SIFTFLOW_GEOMETRIC_CLASSES",
+    "SIFTFLOW_HEADS",
+    "SIFTFLOW_SEMANTIC_CLASSES",
+    "SiftFlowSegmentation",
+]
 
 SIFTFLOW_SEMANTIC_CLASSES = (
     "awning",
@@ -53,6 +58,8 @@ SIFTFLOW_SEMANTIC_CLASSES = (
     "window",
 )
 SIFTFLOW_GEOMETRIC_CLASSES = ("sky", "horizontal", "vertical")
+SIFTFLOW_HEADS = ("sem", "geo")
+"""The heads, in channel order: ``score_sem`` then ``score_geo`` of the original nets (their layers' suffixes)."""
 
 _SCENES = "spatial_envelope_256x256_static_8outdoorcategories"
 _TASKS = ("semantic", "geometric", "both")

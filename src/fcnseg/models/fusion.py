@@ -22,6 +22,8 @@ class LateFusionFCN(nn.Module):
     (N, sum of the streams' channels, H, W) -> (N, num_classes, H, W).
     """
 
+    task = "segmentation"  # what it predicts, as an FCN's
+
     def __init__(self, streams: Sequence[FCN], names: Sequence[str]) -> None:
         super().__init__()
         if len(streams) != len(names) or len(streams) < 2:

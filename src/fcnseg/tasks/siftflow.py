@@ -16,6 +16,7 @@ from fcnseg import distributed
 from fcnseg.data.datasets import IGNORE_INDEX, DataError
 from fcnseg.data.preprocess import get_preprocessing, preprocessing_of
 from fcnseg.data.registry import DEFAULT_SPLITS
+from fcnseg.data.siftflow import SIFTFLOW_HEADS
 from fcnseg.data.transforms import NetPairs, pad_collate
 from fcnseg.errors import ConfigError
 from fcnseg.metrics.segmentation import confusion_matrix, format_metrics, scores
@@ -30,8 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["HEADS", "HeadsLoss", "SiftFlowTask"]
 
-HEADS = ("sem", "geo")
-"""The heads, in channel order: ``score_sem`` then ``score_geo`` of the original nets."""
+HEADS = SIFTFLOW_HEADS
 _METRICS = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")
 
 

@@ -8,16 +8,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fcnseg.data.nyud import NYUD_CLASSES
+from fcnseg.data.siftflow import SIFTFLOW_GEOMETRIC_CLASSES, SIFTFLOW_HEADS, SIFTFLOW_SEMANTIC_CLASSES
 from fcnseg.detection.priors import SSD300_PRIORS
 from fcnseg.models.alexnet import ALEXNET_CONVS
 from fcnseg.models.fcn import FCN
+from fcnseg.models.fusion import LateFusionFCN
 from fcnseg.models.googlenet import GOOGLENET_CONVS
-from fcnseg.models.registry import SIDE_OUTPUT_ARCHS, build_model, trunk_family
+from fcnseg.models.heads import MultiHeadFCN
+from fcnseg.models.layers import bilinear_kernel
+from fcnseg.models.registry import FUSION_STREAMS, SIDE_OUTPUT_ARCHS, build_model, trunk_family
 from fcnseg.models.sides import FSDS, HED
 from fcnseg.models.ssd import SSD
 from fcnseg.models.vgg import VGG16_CONVS
 from fcnseg.weights.caffe_format import CaffeLayer, read_caffemodel
-from fcnseg.weights.transfer import WeightsMismatchError, copy_into
+from fcnseg.weights.transfer import Parts, WeightsMismatchError, copy_into
 
 VGG16_STAGE_FIRSTS = tuple(name for name in VGG16_CONVS if name.endswith("_1"))
 WIDTH_LAYERS = {
@@ -41,6 +46,13 @@ def infer_arch(blobs: dict[str, list[np.ndarray]], source: str) -> str:
         return "hed"
     if "conv1_1" in blobs and "score-dsn-2" in blobs:
         return "fsds"
+    if f"conv1_1{FUSION_STREAMS[0]}" in blobs:  # nyud-fcn32s-color-hha: conv1_1color .. score_frhha
+        return "fcn32s-late-fusion"
+    sem = SIFTFLOW_HEADS[0]
+    if "conv1_1" in blobs and f"score_fr_{sem}" in blobs:  # SIFT Flow: score_fr_sem, score_fr_geo ...
+        if f"score_pool3_{sem}" in blobs:
+            return "fcn8s"
+        return "fcn16s" if f"score_pool4_{sem}" in blobs else "fcn32s"
     if "conv1_1" in blobs and "score_fr" not in blobs:
         hint = (
             " (an ImageNet classifier? `fcnseg convert imagenet` builds an FCN on it)"
@@ -48,7 +60,8 @@ def infer_arch(blobs: dict[str, list[np.ndarray]], source: str) -> str:
             else ""
         )
         raise WeightsMismatchError(
-            f"{source}: a VGG16 trunk with none of the score layers of an FCN (score_fr), HED (score-dsn1), "
+            f"{source}: a VGG16 trunk with none of the score layers of an FCN (score_fr, or SIFT Flow's "
+            "score_fr_sem), HED (score-dsn1), "
             "FSDS (score-dsn-2) or SSD300 (conv4_3_norm_mbox_conf); its learned layers besides conv*: "
             f"{', '.join(name for name in blobs if not name.startswith('conv')) or 'none'}{hint}"
         )
@@ -72,11 +85,25 @@ def _is_weight(weight: np.ndarray) -> bool:
     return weight.ndim >= 2 and min(weight.shape) > 0
 
 
+def _layout(blobs: dict[str, list[np.ndarray]]) -> tuple[str, ...]:
+    """The suffixes of the file's layers: a late fusion's streams (``conv1_1color``), SIFT Flow's heads
+    (``score_fr_sem``), or none."""
+    if f"conv1_1{FUSION_STREAMS[0]}" in blobs:
+        return FUSION_STREAMS
+    if f"score_fr_{SIFTFLOW_HEADS[0]}" in blobs:
+        return tuple(f"_{head}" for head in SIFTFLOW_HEADS)
+    return ()
+
+
 def infer_build_args(blobs: dict[str, list[np.ndarray]], arch: str, source: str) -> dict:
-    """Widths, classes, input channels and groups of the net the blobs were made for."""
+    """Widths, classes, input channels, groups and heads of the net the blobs were made for."""
     # HED and FSDS end at conv5_3
     sized = VGG16_STAGE_FIRSTS if arch in SIDE_OUTPUT_ARCHS else WIDTH_LAYERS[trunk_family(arch)]
-    needed = [*sized] + (["score_fr"] if "score_fr" in blobs else [])
+    layout = _layout(blobs)
+    fusion = layout == FUSION_STREAMS
+    streams = layout if fusion else ("",)  # a late fusion's streams are sized alike: by the first
+    scores = [f"score_fr{suffix}" for suffix in layout] or (["score_fr"] if "score_fr" in blobs else [])
+    needed = [f"{name}{stream}" for stream in streams for name in sized] + scores
     missing = [name for name in needed if name not in blobs]
     if missing:
         raise WeightsMismatchError(f"{source}: {arch} needs layers that the file lacks: {', '.join(missing)}")
@@ -86,10 +113,14 @@ def infer_build_args(blobs: dict[str, list[np.ndarray]], arch: str, source: str)
             f"{source}: these weights should be filters (out, in, height, width) or matrices (out, in) "
             f"with no empty dimension: {', '.join(odd)}"
         )
-    widths = [int(blobs[name][0].shape[0]) for name in sized]
-    args: dict = {"arch": arch, "widths": widths, "in_channels": int(blobs[sized[0]][0].shape[1])}
-    if "score_fr" in blobs:
-        args["num_classes"] = int(blobs["score_fr"][0].shape[0])
+    widths = [int(blobs[f"{name}{streams[0]}"][0].shape[0]) for name in sized]
+    in_channels = sum(int(blobs[f"{sized[0]}{stream}"][0].shape[1]) for stream in streams)
+    args: dict = {"arch": arch, "widths": widths, "in_channels": in_channels}
+    classes = [int(blobs[name][0].shape[0]) for name in scores]
+    if classes:
+        args["num_classes"] = classes[0] if fusion else sum(classes)
+    if layout and not fusion:
+        args["heads"] = classes
     if arch == "fcn-alexnet":
         args["groups"] = widths[0] // int(blobs["conv2"][0].shape[1])
     return args
@@ -180,16 +211,85 @@ def _fcn_from_blobs(
         raise WeightsMismatchError(
             f"{path}: its layer shapes describe no {args['arch']} net: {error}"
         ) from error
-    copy_into(probe, blobs, source=str(path), reshape="legacy")
+    _copy_caffe(probe, blobs, str(path))
     model = build_model(**args, **build_options)
-    copy_into(model, blobs, source=str(path), reshape="legacy")
+    _copy_caffe(model, blobs, str(path))
     model.meta = {"preprocess": "caffe", "source": path.name}
     if model.config["arch"] in SIDE_OUTPUT_ARCHS:
         model.meta["task"] = model.task
+    if isinstance(model, MultiHeadFCN):
+        model.meta.update(preprocess="siftflow", heads=list(model.heads))
+        if model.heads == (len(SIFTFLOW_SEMANTIC_CLASSES), len(SIFTFLOW_GEOMETRIC_CLASSES)):
+            model.meta["class_names"] = [*SIFTFLOW_SEMANTIC_CLASSES, *SIFTFLOW_GEOMETRIC_CLASSES]
+    if isinstance(model, LateFusionFCN):
+        model.meta["preprocess"] = "nyud-color-hha"
+        if model.num_classes == len(NYUD_CLASSES):
+            model.meta["class_names"] = list(NYUD_CLASSES)
     return model.eval()
+
+
+def caffe_parts(model: torch.nn.Module) -> Parts:
+    """The layers of ``model`` that the original Caffe nets hold under other names (see
+    :func:`~fcnseg.weights.transfer.copy_into`).
+
+    SIFT Flow (:class:`MultiHeadFCN`): each head has its own score and upsampling layers, suffixed
+    ``_sem`` and ``_geo``; ours hold them side by side, 33 then 3 channels, the upsamplings block
+    diagonal. nyud-fcn32s-color-hha (:class:`LateFusionFCN`): the streams' layers are suffixed
+    (``conv1_1color``), and one ``upscore`` upsamples the average of their scores; each of our
+    streams upsamples its own scores with it, which is the same by linearity.
+    """
+    if isinstance(model, LateFusionFCN):
+        return {
+            f"{stream.final_name}{name}": (("upscore", slice(None)),)
+            for name, stream in model.streams.items()
+        }
+    if not isinstance(model, MultiHeadFCN):
+        return {}
+    if len(model.heads) != len(SIFTFLOW_HEADS):
+        raise WeightsMismatchError(
+            f"the Caffe layout of several heads is SIFT Flow's ({', '.join(SIFTFLOW_HEADS)}); "
+            f"this net has {len(model.heads)} heads"
+        )
+    bounds = np.cumsum([0, *model.heads]).tolist()
+    return {
+        name: tuple(
+            (f"{name}_{head}", slice(lo, hi))
+            for head, lo, hi in zip(SIFTFLOW_HEADS, bounds, bounds[1:], strict=False)
+        )
+        for name, _ in model.named_children()
+        if name != "backbone"
+    }
+
+
+def _copy_caffe(model: torch.nn.Module, blobs: dict[str, list[np.ndarray]], source: str) -> None:
+    """``copy_into`` for the Caffe layouts (:func:`caffe_parts`), all or nothing; SIFT Flow's
+    upsamplings must be bilinear, as the net that holds its heads side by side keeps them."""
+    parts = caffe_parts(model)
+    if isinstance(model, MultiHeadFCN):
+        upsamplings = [
+            file_name
+            for name, filling in parts.items()
+            if isinstance(getattr(model, name), torch.nn.ConvTranspose2d)
+            for file_name, _ in filling
+        ]
+        odd = [name for name in upsamplings if name in blobs and not _is_bilinear(blobs[name][0])]
+        if odd:
+            raise WeightsMismatchError(
+                f"{source}: these upsamplings are not bilinear, class by class: {', '.join(odd)}; fcnseg "
+                "holds SIFT Flow's heads side by side in one net, whose upsamplings stay bilinear"
+            )
+    copy_into(model, blobs, source=source, reshape="legacy", parts=parts)
+
+
+def _is_bilinear(weight: np.ndarray) -> bool:
+    """Whether a (C, C, k, k) deconvolution upsamples each channel bilinearly; other shapes are left to
+    the shape check."""
+    if weight.ndim != 4 or weight.shape[0] != weight.shape[1] or weight.shape[2] != weight.shape[3]:
+        return True
+    return np.allclose(weight, bilinear_kernel(weight.shape[0], weight.shape[-1]).numpy(), rtol=0, atol=1e-6)
 
 
 def load_caffe_weights(model: FCN, path: str | os.PathLike) -> FCN:
     """Fill a net you built yourself from a Caffe model; all layers must fit, or nothing changes."""
-    copy_into(model, learned_blobs(read_caffemodel(path)), source=str(path), reshape="legacy")
+    _copy_caffe(model, learned_blobs(read_caffemodel(path)), str(path))
     return model

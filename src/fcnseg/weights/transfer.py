@@ -3,7 +3,7 @@ loading a file made for the net, or the layers that match when starting from ano
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -22,13 +22,17 @@ level, so a layer's Caffe name starts below them."""
 
 
 def caffe_name(path: str) -> str:
-    """A module's Caffe layer name: its path below a container (:data:`CONTAINERS`), ``/`` for ``.``.
+    """A module's Caffe layer name: its path below a container (:data:`CONTAINERS`), ``/`` for ``.``;
+    a late fusion's stream layers carry the stream's name as a suffix.
 
     ``backbone.conv1_1`` -> ``conv1_1``, ``score_fr`` -> ``score_fr``, ``heads.fc7_mbox_loc`` ->
     ``fc7_mbox_loc`` (SSD), ``backbone.inception_3a.3x3_reduce`` -> ``inception_3a/3x3_reduce``
-    (GoogLeNet).
+    (GoogLeNet), ``streams.hha.backbone.conv1_1`` -> ``conv1_1hha`` (nyud-fcn32s-color-hha).
     """
     first, _, rest = path.partition(".")
+    stream, _, inner = rest.partition(".")
+    if first == "streams" and inner:
+        return caffe_name(inner) + stream
     return (rest if first in CONTAINERS and rest else path).replace(".", "/")
 
 
@@ -64,48 +68,80 @@ def _reshape_allowed(shape: torch.Size, target: torch.Size, mode: str) -> bool:
     return False
 
 
+Parts = Mapping[str, Sequence[tuple[str, slice]]]
+"""Where a layer's arrays come from when not from the file's layer of its name: ``{layer: ((file layer,
+channels), ...)}``. Each file layer fills those output channels of the layer (and, for a transposed
+convolution, the same input channels: an upsampling of several heads is block diagonal, the rest
+zero); ``slice(None)`` fills it all, so one file layer may fill several."""
+
+
+def _region(layer: nn.Module, kind: str, channels: slice) -> tuple[slice, ...]:
+    if channels == slice(None):
+        return ()
+    if isinstance(layer, nn.ConvTranspose2d) and kind == "weight":  # (in, out, kh, kw)
+        return (channels, channels)
+    if isinstance(layer, nn.Conv2d | nn.ConvTranspose2d):
+        return (channels,)
+    raise ValueError(f"cannot fill part of a {type(layer).__name__}")
+
+
 def copy_into(
     model: nn.Module,
     arrays: Mapping[str, list[np.ndarray | torch.Tensor]],
     source: str,
     reshape: str = "exact",
+    parts: Parts | None = None,
 ) -> None:
     """Fill ``model``'s layers from ``{layer name: [weight, bias]}``; all or nothing.
 
     ``reshape="legacy"`` also accepts shapes that differ only by leading ones
     (legacy Caffe files store a bias as 1x1x1xN); ``"numel"`` accepts any shape
     with the same number of elements, for fully connected weights that become
-    convolutions.
+    convolutions. ``parts`` fills layers from file layers of other names (:data:`Parts`);
+    problems name the file's layers.
     """
     layers = named_layers(model)
+    sources = {name: (parts or {}).get(name, ((name, slice(None)),)) for name in layers}
+    wanted = {file_name for filling in sources.values() for file_name, _ in filling}
     problems = []
-    missing = sorted(set(layers) - set(arrays))
-    extra = sorted(set(arrays) - set(layers))
+    missing = sorted(wanted - set(arrays))
+    extra = sorted(set(arrays) - wanted)
     if missing:
         problems.append(f"layers missing from the file: {', '.join(missing)}")
     if extra:
         problems.append(f"layers in the file that the net does not have: {', '.join(extra)}")
     staged = []
-    for name in sorted(set(layers) & set(arrays)):
+    for name in sorted(layers):
         targets = _tensors_of(layers[name])
-        blobs = arrays[name]
-        if len(blobs) != len(targets):
-            problems.append(
-                f"layer {name}: the file has {len(blobs)} arrays, the net expects "
-                f"{len(targets)} ({', '.join(n for n, _ in targets)})"
-            )
-            continue
-        for (kind, target), blob in zip(targets, blobs, strict=True):
-            value = torch.as_tensor(np.asarray(blob), dtype=target.dtype)
-            if value.shape != target.shape:
-                if not _reshape_allowed(value.shape, target.shape, reshape):
-                    problems.append(
-                        f"layer {name} {kind}: expected shape {tuple(target.shape)}, "
-                        f"file has {tuple(value.shape)}"
-                    )
+        values = {kind: None for kind, _ in targets}
+        for file_name, channels in sources[name]:
+            if file_name not in arrays:
+                continue
+            blobs = arrays[file_name]
+            if len(blobs) != len(targets):
+                problems.append(
+                    f"layer {file_name}: the file has {len(blobs)} arrays, the net expects "
+                    f"{len(targets)} ({', '.join(n for n, _ in targets)})"
+                )
+                continue
+            for (kind, target), blob in zip(targets, blobs, strict=True):
+                region = _region(layers[name], kind, channels)
+                shape = target[region].shape
+                value = torch.as_tensor(np.asarray(blob), dtype=target.dtype)
+                if value.shape != shape:
+                    if not _reshape_allowed(value.shape, shape, reshape):
+                        problems.append(
+                            f"layer {file_name} {kind}: expected shape {tuple(shape)}, file has {tuple(value.shape)}"
+                        )
+                        continue
+                    value = value.reshape(shape)
+                if not region:
+                    values[kind] = value
                     continue
-                value = value.reshape(target.shape)
-            staged.append((target, value))
+                if values[kind] is None:
+                    values[kind] = torch.zeros_like(target)
+                values[kind][region] = value
+        staged += [(target, values[kind]) for kind, target in targets if values[kind] is not None]
     if problems:
         raise WeightsMismatchError(f"{source} does not fit this net:\n  " + "\n  ".join(problems))
     with torch.no_grad():

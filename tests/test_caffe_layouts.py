@@ -1,0 +1,152 @@
+"""The original two-headed SIFT Flow nets and the colour + HHA late fusion, from their Caffe layer names."""
+
+import numpy as np
+import pytest
+import torch
+from tiny_nets import (
+    fusion_caffe_layers,
+    fusion_nets,
+    narrow_widths,
+    siftflow_caffe_layers,
+    siftflow_nets,
+)
+
+import fcnseg
+from fcnseg.cli import main
+from fcnseg.data.nyud import NYUD_CLASSES
+from fcnseg.data.siftflow import SIFTFLOW_GEOMETRIC_CLASSES, SIFTFLOW_SEMANTIC_CLASSES
+from fcnseg.models.fusion import LateFusionFCN
+from fcnseg.models.heads import MultiHeadFCN
+from fcnseg.models.layers import crop_like
+from fcnseg.weights.caffe import load_caffe_weights
+from fcnseg.weights.caffe_format import write_caffemodel
+from fcnseg.weights.transfer import WeightsMismatchError
+
+
+def _input(channels: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.randn(1, channels, 37, 45, generator=torch.Generator().manual_seed(seed)) * 50
+
+
+def _without(layers, name):
+    assert any(layer.name == name for layer in layers), name
+    return [layer for layer in layers if layer.name != name]
+
+
+def _layer(layers, name):
+    return next(layer for layer in layers if layer.name == name)
+
+
+@pytest.mark.parametrize("arch", ["fcn32s", "fcn16s", "fcn8s"])
+def test_siftflow_heads_equal_two_single_head_nets(tmp_path, arch):
+    sem, geo = siftflow_nets(arch)
+    path = tmp_path / f"siftflow-{arch}.caffemodel"
+    write_caffemodel(path, siftflow_caffe_layers(sem, geo))
+    model = fcnseg.load(path)
+    assert isinstance(model, MultiHeadFCN) and model.config["arch"] == arch and model.heads == (5, 3)
+    assert model.meta["preprocess"] == "siftflow" and model.meta["heads"] == [5, 3]
+    assert "class_names" not in model.meta  # 5 + 3 classes are not SIFT Flow's
+    x = _input()
+    with torch.no_grad():
+        scores_sem, scores_geo = model.split(model(x))
+        assert torch.allclose(scores_sem, sem(x), atol=1e-5)
+        assert torch.allclose(scores_geo, geo(x), atol=1e-5)
+        assert scores_geo.abs().max() > 1  # the geometric head carries signal of its own
+
+
+def test_siftflow_convert_gives_its_class_names_and_preprocessing(tmp_path, capsys):
+    sem, geo = siftflow_nets("fcn16s", (len(SIFTFLOW_SEMANTIC_CLASSES), len(SIFTFLOW_GEOMETRIC_CLASSES)))
+    path, out = tmp_path / "siftflow-fcn16s.caffemodel", tmp_path / "siftflow.pt"
+    write_caffemodel(path, siftflow_caffe_layers(sem, geo), legacy_v1=True)  # biases as 1x1x1xN
+    assert main(["convert", "caffe", str(path), "--arch", "fcn16s", "--out", str(out)]) == 0
+    assert "fcn16s, 36 classes" in capsys.readouterr().out
+    model = fcnseg.load(out)
+    assert isinstance(model, MultiHeadFCN) and model.heads == (33, 3)
+    assert model.meta["class_names"] == [*SIFTFLOW_SEMANTIC_CLASSES, *SIFTFLOW_GEOMETRIC_CLASSES]
+    assert model.meta["preprocess"] == "siftflow"
+    x = _input(seed=1)
+    with torch.no_grad():
+        assert torch.allclose(model(x), torch.cat([sem(x), geo(x)], 1), atol=1e-5)
+
+
+def test_siftflow_file_that_does_not_fit_is_refused_naming_the_layer(tmp_path):
+    sem, geo = siftflow_nets("fcn8s")
+    layers = siftflow_caffe_layers(sem, geo)
+    model = fcnseg.build_model("fcn8s", 8, widths=narrow_widths("fcn8s"), heads=(5, 3))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    missing = _without(layers, "score_pool4_geo")
+    misshaped = siftflow_caffe_layers(sem, geo)
+    blobs = _layer(misshaped, "score_pool3_geo").blobs
+    blobs[0], blobs[1] = np.concatenate([blobs[0], blobs[0][:1]]), np.concatenate([blobs[1], blobs[1][:1]])
+    learned = siftflow_caffe_layers(sem, geo)
+    _layer(learned, "upscore8_geo").blobs[0][0, 1] = 0.5  # class 0 from class 1: not bilinear
+    cases = {
+        "missing": (missing, "layers missing from the file: score_pool4_geo"),
+        "misshaped": (
+            misshaped,
+            "layer score_pool3_geo weight: expected shape (3, 16, 1, 1), file has (4, 16, 1, 1)",
+        ),
+        "learned": (learned, "not bilinear, class by class: upscore8_geo"),
+    }
+    for name, (case, message) in cases.items():
+        path = tmp_path / f"{name}.caffemodel"
+        write_caffemodel(path, case)
+        for load in (fcnseg.load, lambda p: load_caffe_weights(model, p)):
+            with pytest.raises(WeightsMismatchError) as error:
+                load(path)
+            assert message in str(error.value) and path.name in str(error.value), name
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), name
+
+    path = tmp_path / "whole.caffemodel"
+    write_caffemodel(path, layers)
+    x = _input(seed=2)
+    with torch.no_grad():
+        assert torch.allclose(
+            load_caffe_weights(model, path).eval()(x), torch.cat([sem(x), geo(x)], 1), atol=1e-5
+        )
+
+
+def test_fusion_equals_its_caffe_net_computed_from_the_blobs(tmp_path):
+    color, hha = fusion_nets()
+    path = tmp_path / "nyud-fcn32s-color-hha.caffemodel"
+    write_caffemodel(path, fusion_caffe_layers(color, hha))
+    model = fcnseg.load(path)
+    assert isinstance(model, LateFusionFCN) and model.config["arch"] == "fcn32s-late-fusion"
+    assert model.meta["preprocess"] == "nyud-color-hha" and "class_names" not in model.meta
+    x = _input(6, seed=3)
+    with torch.no_grad():  # as net.py: score_fused = 0.5 score_frcolor + 0.5 score_frhha, upscore, crop
+        fused = 0.5 * color.score_fr(color.backbone(x[:, :3])) + 0.5 * hha.score_fr(hha.backbone(x[:, 3:]))
+        expected = crop_like(color.upscore(fused), color.output_offset, *x.shape[-2:])
+        assert torch.allclose(model(x), expected, rtol=1e-5, atol=1e-4), (model(x) - expected).abs().max()
+        assert (hha(x[:, 3:]) - color(x[:, :3])).abs().max() > 1  # the streams differ
+
+
+def test_fusion_convert_gives_the_nyud_class_names(tmp_path, capsys):
+    color, hha = fusion_nets(len(NYUD_CLASSES))
+    path, out = tmp_path / "nyud-fcn32s-color-hha.caffemodel", tmp_path / "fusion.pt"
+    write_caffemodel(path, fusion_caffe_layers(color, hha))
+    assert main(["convert", "caffe", str(path), "--out", str(out)]) == 0
+    assert "fcn32s-late-fusion, 40 classes" in capsys.readouterr().out
+    model = fcnseg.load(out)
+    assert model.meta["class_names"] == list(NYUD_CLASSES) and model.meta["preprocess"] == "nyud-color-hha"
+    assert torch.equal(model.streams.hha.backbone.conv1_1.weight, hha.backbone.conv1_1.weight)
+
+
+def test_fusion_file_that_does_not_fit_lists_every_problem(tmp_path):
+    color, hha = fusion_nets()
+    layers = _without(_without(fusion_caffe_layers(color, hha), "fc7hha"), "upscore")
+    conv = _layer(layers, "conv2_1hha")
+    conv.blobs[0] = conv.blobs[0][:, :2]
+    path = tmp_path / "broken.caffemodel"
+    write_caffemodel(path, layers)
+    model = fcnseg.build_model("fcn32s-late-fusion", 4, widths=narrow_widths("fcn32s"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for load in (fcnseg.load, lambda p: load_caffe_weights(model, p)):
+        with pytest.raises(WeightsMismatchError) as error:
+            load(path)
+        message = str(error.value)
+        assert "broken.caffemodel" in message and "layers missing from the file: fc7hha, upscore" in message
+        assert "layer conv2_1hha weight: expected shape (8, 4, 3, 3), file has (8, 2, 3, 3)" in message
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(WeightsMismatchError, match="holds an fcn32s-late-fusion model"):
+        fcnseg.load(path, arch="fcn32s")
