@@ -58,7 +58,7 @@ def test_siftflow_convert_gives_its_class_names_and_preprocessing(tmp_path, caps
     path, out = tmp_path / "siftflow-fcn16s.caffemodel", tmp_path / "siftflow.pt"
     write_caffemodel(path, siftflow_caffe_layers(sem, geo), legacy_v1=True)  # biases as 1x1x1xN
     assert main(["convert", "caffe", str(path), "--arch", "fcn16s", "--out", str(out)]) == 0
-    assert "fcn16s, 36 classes" in capsys.readouterr().out
+    assert "fcn16s, 36 classes (heads 33+3)" in capsys.readouterr().out
     model = fcnseg.load(out)
     assert isinstance(model, MultiHeadFCN) and model.heads == (33, 3)
     assert model.meta["class_names"] == [*SIFTFLOW_SEMANTIC_CLASSES, *SIFTFLOW_GEOMETRIC_CLASSES]

@@ -9,7 +9,14 @@ import pytest
 import torch
 from http_server import FileServer
 from PIL import Image
-from tiny_nets import TINY_GOOGLENET, googlenet_caffe_layers
+from tiny_nets import (
+    TINY_GOOGLENET,
+    fusion_caffe_layers,
+    fusion_nets,
+    googlenet_caffe_layers,
+    siftflow_caffe_layers,
+    siftflow_nets,
+)
 
 import fcnseg
 from fcnseg.cli import main
@@ -185,19 +192,58 @@ def test_unknown_name_lists_the_known_names(server, registry, caffe_bytes, capsy
 
 
 def test_net_fcnseg_cannot_build_is_refused_before_downloading(server, registry, caffe_bytes):
-    server.files["/siftflow-fcn8s-heavy.caffemodel"] = caffe_bytes
-    registry["siftflow-fcn8s"] = Weights(
-        RemoteFile("http://dl.caffe.berkeleyvision.org/siftflow-fcn8s-heavy.caffemodel"),
+    server.files["/future-net.caffemodel"] = caffe_bytes
+    registry["future-net"] = Weights(
+        RemoteFile("http://dl.caffe.berkeleyvision.org/future-net.caffemodel"),
         "fcn8s",
-        33,
-        "SIFT Flow",
+        21,
+        "PASCAL VOC",
         "caffe",
         FIXTURE_WIDTHS,
-        missing="two score heads",
+        missing="a layer fcnseg lacks",
     )
-    with pytest.raises(UnsupportedWeightsError, match="two score heads.*nothing was downloaded"):
-        fcnseg.load("siftflow-fcn8s")
+    with pytest.raises(UnsupportedWeightsError, match="a layer fcnseg lacks.*nothing was downloaded"):
+        fcnseg.load("future-net")
     assert sum(server.hits.values()) == 0 and files_in(hub.home()) == []
+
+
+def test_siftflow_and_fusion_models_by_name(server, registry, tmp_path):
+    sem, geo = siftflow_nets("fcn8s")
+    color, hha = fusion_nets()
+    for name, layers in (
+        ("siftflow-fcn8s", siftflow_caffe_layers(sem, geo)),
+        ("nyud-fcn32s-color-hha", fusion_caffe_layers(color, hha)),
+    ):
+        write_caffemodel(tmp_path / name, layers)
+        server.files[f"/{name}-heavy.caffemodel"] = (tmp_path / name).read_bytes()
+
+    def entry(name, arch, classes, preprocess, heads=()):
+        url = f"http://dl.caffe.berkeleyvision.org/{name}-heavy.caffemodel"
+        names = tuple(f"class {i}" for i in range(classes))
+        return Weights(
+            RemoteFile(url, extract=False), arch, classes, "", preprocess, (), class_names=names, heads=heads
+        )
+
+    registry["siftflow-fcn8s"] = entry("siftflow-fcn8s", "fcn8s", 8, "siftflow", heads=(5, 3))
+    registry["nyud-fcn32s-color-hha"] = entry(
+        "nyud-fcn32s-color-hha", "fcn32s-late-fusion", 4, "nyud-color-hha"
+    )
+    with pytest.warns(UserWarning, match="no checksum is published"):
+        siftflow, fusion = fcnseg.load("siftflow-fcn8s"), fcnseg.load("nyud-fcn32s-color-hha")
+    assert siftflow.heads == (5, 3) and siftflow.meta["class_names"][-1] == "class 7"
+    assert siftflow.meta["preprocess"] == "siftflow" and siftflow.meta["weights"] == "siftflow-fcn8s"
+    assert fusion.config["arch"] == "fcn32s-late-fusion" and fusion.meta["preprocess"] == "nyud-color-hha"
+    x = torch.randn(1, 6, 33, 41, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(siftflow(x[:, :3]), torch.cat([sem(x[:, :3]), geo(x[:, :3])], 1), atol=1e-5)
+        assert torch.allclose(fusion(x), (color(x[:, :3]) + hha(x[:, 3:])) / 2, atol=1e-5)
+
+    (hub.home() / "checkpoints" / "siftflow-fcn8s.pt").unlink()
+    registry["siftflow-fcn8s"] = entry("siftflow-fcn8s", "fcn8s", 8, "siftflow", heads=(4, 4))
+    with pytest.raises(
+        ValueError, match=r"holds 8 classes \(heads: \[5, 3\]\), expected 8 \(heads: \[4, 4\]\)"
+    ):
+        fcnseg.load("siftflow-fcn8s")
 
 
 def test_weights_list_shows_what_each_is_and_the_cache(server, registry, caffe_bytes, capsys):
@@ -220,7 +266,9 @@ def test_real_weights_list_runs_offline(server, capsys):
     out = capsys.readouterr().out
     for name in hub.WEIGHTS:
         assert re.search(rf"^{name} ", out, re.M), name
-    assert re.search(r"^siftflow-fcn8s .* no \(cannot load\)$", out, re.M)
+    assert re.search(r"^siftflow-fcn8s +fcn8s +33\+3 +SIFT Flow .* no$", out, re.M)
+    assert re.search(r"^nyud-fcn32s-color-hha +fcn32s-late-fusion +40 .* no$", out, re.M)
+    assert "cannot load" not in out and "not loadable" not in out  # every published model loads
     assert sum(server.hits.values()) == 0
 
 
@@ -237,7 +285,7 @@ def test_real_registry_is_consistent():
     estimate_of_vgg16 = 4 * 138_357_544  # torchvision's parameter count of VGG16
     assert hub.download_size("vgg16-torchvision") == (553_433_881, True)
     assert hub.download_size("vgg16-caffe") == (estimate_of_vgg16, False)
-    assert hub.download_size("siftflow-fcn8s") is None
+    assert all(hub.download_size(name) is not None for name in hub.WEIGHTS)
 
 
 def test_init_imagenet_resolves_to_the_converted_classifier(server, registry, monkeypatch):
@@ -288,8 +336,6 @@ def test_init_names_are_checked_against_the_net_before_downloading(server, capsy
         hub.resolve("alexnet-torchvision", arch="fcn-alexnet")
     with pytest.raises(ValueError, match="vgg16 backbone; fcn-alexnet"):
         hub.resolve("voc-fcn8s", arch="fcn-alexnet")
-    with pytest.raises(UnsupportedWeightsError):
-        hub.resolve("siftflow-fcn16s", arch="fcn16s")
     args = ["train", "--arch", "fcn8s", "--widths", "4,8,16,32,32,64", "--init", "imagenet", "--quiet"]
     assert main([*args, "--train-images", "2", "--val-images", "1", "--out", str(hub.home() / "run")]) == 2
     assert "cannot take its weights" in capsys.readouterr().err

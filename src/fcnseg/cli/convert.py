@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from fcnseg.data.voc import VOC_CLASSES
+from fcnseg.models.heads import MultiHeadFCN
 from fcnseg.models.registry import ARCHITECTURES, BUILDERS
 from fcnseg.weights.caffe import load_caffe
 from fcnseg.weights.checkpoint import save_checkpoint
@@ -54,6 +55,8 @@ def _save(model, args: argparse.Namespace) -> int:
     save_checkpoint(model, args.out)
     widths = ",".join(map(str, model.config["widths"]))
     predicts = f"{model.num_classes} classes" if model.task in ("segmentation", "detection") else model.task
+    if isinstance(model, MultiHeadFCN):
+        predicts += f" (heads {'+'.join(map(str, model.heads))})"
     print(
         f"{args.weights} -> {args.out}: {model.config['arch']}, {predicts}, "
         f"widths {widths}, preprocess {model.meta['preprocess']}, "

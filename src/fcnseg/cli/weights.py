@@ -36,9 +36,8 @@ def run_list(args: argparse.Namespace) -> int:
     for name, weights in hub.WEIGHTS.items():
         net = f"{weights.arch} (classifier)" if weights.is_classifier else weights.arch
         cached = "no (cannot load)" if weights.missing else "yes" if hub.is_cached(name) else "no"
-        rows.append(
-            (name, net, str(weights.num_classes), weights.dataset, _size(name), weights.score or "-", cached)
-        )
+        classes = "+".join(map(str, weights.heads)) if weights.heads else str(weights.num_classes)
+        rows.append((name, net, classes, weights.dataset, _size(name), weights.score or "-", cached))
     widths = [max(len(row[i]) for row in (columns, *rows)) for i in range(len(columns))]
     for row in (columns, *rows):
         cells = [

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from fcnseg.data.context import CONTEXT_CLASSES
 from fcnseg.data.nyud import NYUD_CLASSES
+from fcnseg.data.siftflow import SIFTFLOW_GEOMETRIC_CLASSES, SIFTFLOW_SEMANTIC_CLASSES
 from fcnseg.data.voc import VOC_CLASSES
 from fcnseg.download import RemoteFile, download
 from fcnseg.models.alexnet import ALEXNET_WIDTHS
@@ -70,6 +71,7 @@ class Weights:
     class_names: tuple[str, ...] | None = None
     score: str = ""  # as published
     missing: str = ""  # what fcnseg lacks to build the net; empty when it loads
+    heads: tuple[int, ...] = ()  # the class counts of a net of several heads (SIFT Flow's), in channel order
 
     @property
     def is_classifier(self) -> bool:
@@ -86,11 +88,7 @@ _FAMILY_FCN = {"vgg16": "fcn32s", "alexnet": "fcn-alexnet", "googlenet": "fcn32s
 
 _BVLC = "http://dl.caffe.berkeleyvision.org"
 _VOC = "PASCAL VOC + SBD"
-_TWO_HEADS = (
-    "two score heads on one VGG16 trunk, 33 semantic and 3 geometric classes (score_fr_sem, "
-    "score_fr_geo and their skips); fcnseg trains this net (--task siftflow) but does not yet convert "
-    "its Caffe layers"
-)
+_SIFTFLOW_HEADS = (len(SIFTFLOW_SEMANTIC_CLASSES), len(SIFTFLOW_GEOMETRIC_CLASSES))
 
 
 def _fcn(
@@ -101,12 +99,12 @@ def _fcn(
     class_names: tuple[str, ...] | None,
     score: str = "",
     preprocess: str = "caffe",
-    missing: str = "",
+    heads: tuple[int, ...] = (),
     **checksums,
 ) -> Weights:
     widths = _FAMILY_WIDTHS[trunk_family(arch)]
     file = RemoteFile(f"{_BVLC}/{filename}", extract=False, **checksums)
-    return Weights(file, arch, num_classes, dataset, preprocess, widths, (), class_names, score, missing)
+    return Weights(file, arch, num_classes, dataset, preprocess, widths, (), class_names, score, heads=heads)
 
 
 # The published FCN models: every folder of github.com/shelhamer/fcn.berkeleyvision.org with a
@@ -141,17 +139,22 @@ WEIGHTS: dict[str, Weights] = {
     ),
     "nyud-fcn32s-color-hha": _fcn(
         "nyud-fcn32s-color-hha-heavy.caffemodel",
-        "fcn32s",
+        "fcn32s-late-fusion",
         40,
         "NYUDv2 (colour + HHA)",
         NYUD_CLASSES,
-        missing="late fusion: two VGG16 streams, colour and HHA, whose scores are averaged "
-        "(score_frcolor, score_frhha); fcnseg trains this net (fcn32s-late-fusion) but does not yet "
-        "convert its Caffe layers",
+        preprocess="nyud-color-hha",
     ),
+    # two heads on one trunk, semantic then geometric classes (score_fr_sem, score_fr_geo, ...)
     **{
         f"siftflow-{arch}": _fcn(
-            f"siftflow-{arch}-heavy.caffemodel", arch, 33, "SIFT Flow", None, missing=_TWO_HEADS
+            f"siftflow-{arch}-heavy.caffemodel",
+            arch,
+            sum(_SIFTFLOW_HEADS),
+            "SIFT Flow",
+            (*SIFTFLOW_SEMANTIC_CLASSES, *SIFTFLOW_GEOMETRIC_CLASSES),
+            preprocess="siftflow",
+            heads=_SIFTFLOW_HEADS,
         )
         for arch in ("fcn32s", "fcn16s", "fcn8s")
     },
@@ -327,9 +330,11 @@ def checkpoint(name: str, progress: bool = True) -> Path:
     from fcnseg.weights.caffe import load_caffe_fcn  # the protobuf schema, to convert only
 
     model = load_caffe_fcn(original, weights.arch)
-    if model.num_classes != weights.num_classes:
+    heads = tuple(getattr(model, "heads", ()))
+    if model.num_classes != weights.num_classes or heads != weights.heads:
         raise ValueError(
-            f"{original}: holds {model.num_classes} classes, expected {weights.num_classes} for {name}"
+            f"{original}: holds {model.num_classes} classes (heads: {list(heads) or 'one'}), expected "
+            f"{weights.num_classes} (heads: {list(weights.heads) or 'one'}) for {name}"
         )
     model.meta.update(preprocess=weights.preprocess, weights=name)
     if weights.class_names is not None:
