@@ -150,3 +150,11 @@ def test_fusion_file_that_does_not_fit_lists_every_problem(tmp_path):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(WeightsMismatchError, match="holds an fcn32s-late-fusion model"):
         fcnseg.load(path, arch="fcn32s")
+
+    layers = fusion_caffe_layers(color, hha)
+    _layer(layers, "upscore").blobs[0] = np.zeros((4, 3, 64, 64), np.float32)
+    write_caffemodel(path, layers)
+    with pytest.raises(WeightsMismatchError) as error:
+        fcnseg.load(path)
+    message = str(error.value)  # it fills both streams' upsampling, and is named once
+    assert message.count("layer upscore weight: expected shape (4, 4, 64, 64), file has (4, 3, 64, 64)") == 1

@@ -182,14 +182,19 @@ def _ssd_from_blobs(blobs: dict[str, list[np.ndarray]], path: Path, arch: str | 
     return model.eval()
 
 
-def load_caffe_fcn(path: str | os.PathLike, arch: str | None = None, **build_options) -> FCN | HED | FSDS:
+def load_caffe_fcn(
+    path: str | os.PathLike, arch: str | None = None, **build_options
+) -> FCN | LateFusionFCN | HED | FSDS:
     """An FCN (or HED, FSDS) with the weights of a Caffe model; the net's shape comes from the file.
 
     The architecture, the widths and the class count are read off the blob shapes
     (``arch`` is checked against the file when given). Every learned layer must
     match: a missing, extra or mis-shaped layer raises ``WeightsMismatchError``
     naming the file, the layer and both shapes. The result uses Caffe's
-    preprocessing ("caffe": BGR, 0-255, mean subtracted).
+    preprocessing ("caffe": BGR, 0-255, mean subtracted). SIFT Flow's two-headed nets
+    (``score_fr_sem``, ``score_fr_geo``, ...) load as a ``MultiHeadFCN`` ("siftflow"), and
+    nyud-fcn32s-color-hha (``conv1_1color``, ``conv1_1hha``, ...) as ``fcn32s-late-fusion``
+    ("nyud-color-hha"), with their class names (:func:`_caffe_parts`).
     """
     path = Path(path)
     return _fcn_from_blobs(learned_blobs(read_caffemodel(path)), path, arch, **build_options)
@@ -197,7 +202,7 @@ def load_caffe_fcn(path: str | os.PathLike, arch: str | None = None, **build_opt
 
 def _fcn_from_blobs(
     blobs: dict[str, list[np.ndarray]], path: Path, arch: str | None, **build_options
-) -> FCN | HED | FSDS:
+) -> FCN | LateFusionFCN | HED | FSDS:
     found = infer_arch(blobs, str(path))
     if found == "ssd300":
         raise WeightsMismatchError(f"{path} holds an ssd300 model, not an FCN: load it with load_caffe")
@@ -228,7 +233,7 @@ def _fcn_from_blobs(
     return model.eval()
 
 
-def caffe_parts(model: torch.nn.Module) -> Parts:
+def _caffe_parts(model: torch.nn.Module) -> Parts:
     """The layers of ``model`` that the original Caffe nets hold under other names (see
     :func:`~fcnseg.weights.transfer.copy_into`).
 
@@ -262,9 +267,9 @@ def caffe_parts(model: torch.nn.Module) -> Parts:
 
 
 def _copy_caffe(model: torch.nn.Module, blobs: dict[str, list[np.ndarray]], source: str) -> None:
-    """``copy_into`` for the Caffe layouts (:func:`caffe_parts`), all or nothing; SIFT Flow's
+    """``copy_into`` for the Caffe layouts (:func:`_caffe_parts`), all or nothing; SIFT Flow's
     upsamplings must be bilinear, as the net that holds its heads side by side keeps them."""
-    parts = caffe_parts(model)
+    parts = _caffe_parts(model)
     if isinstance(model, MultiHeadFCN):
         upsamplings = [
             file_name
@@ -289,7 +294,7 @@ def _is_bilinear(weight: np.ndarray) -> bool:
     return np.allclose(weight, bilinear_kernel(weight.shape[0], weight.shape[-1]).numpy(), rtol=0, atol=1e-6)
 
 
-def load_caffe_weights(model: FCN, path: str | os.PathLike) -> FCN:
+def load_caffe_weights(model: FCN | LateFusionFCN, path: str | os.PathLike) -> FCN | LateFusionFCN:
     """Fill a net you built yourself from a Caffe model; all layers must fit, or nothing changes."""
     _copy_caffe(model, learned_blobs(read_caffemodel(path)), str(path))
     return model

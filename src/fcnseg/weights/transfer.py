@@ -142,8 +142,10 @@ def copy_into(
                     values[kind] = torch.zeros_like(target)
                 values[kind][region] = value
         staged += [(target, values[kind]) for kind, target in targets if values[kind] is not None]
-    if problems:
-        raise WeightsMismatchError(f"{source} does not fit this net:\n  " + "\n  ".join(problems))
+    if problems:  # a file layer that fills several layers is named once
+        raise WeightsMismatchError(
+            f"{source} does not fit this net:\n  " + "\n  ".join(dict.fromkeys(problems))
+        )
     with torch.no_grad():
         for target, value in staged:
             target.copy_(value)
