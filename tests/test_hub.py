@@ -28,7 +28,7 @@ from fcnseg.train.initial import initial_weights, initialise
 from fcnseg.weights import hub
 from fcnseg.weights.caffe import load_caffe_fcn
 from fcnseg.weights.caffe_format import write_caffemodel
-from fcnseg.weights.hub import UnknownWeightsError, UnsupportedWeightsError, Weights
+from fcnseg.weights.hub import UnknownWeightsError, Weights
 
 FIXTURE_WIDTHS = (4, 8, 16, 32, 32, 64)  # the Caffe-written fcn8s fixture
 BVLC_GOOGLENET = hub.WEIGHTS["googlenet-caffe"]  # the real entry, before a test empties the registry
@@ -189,22 +189,6 @@ def test_unknown_name_lists_the_known_names(server, registry, caffe_bytes, capsy
     with pytest.raises(FileNotFoundError, match="missing.pt"):  # a path stays a path
         fcnseg.load("runs/missing.pt")
     assert sum(server.hits.values()) == 0
-
-
-def test_net_fcnseg_cannot_build_is_refused_before_downloading(server, registry, caffe_bytes):
-    server.files["/future-net.caffemodel"] = caffe_bytes
-    registry["future-net"] = Weights(
-        RemoteFile("http://dl.caffe.berkeleyvision.org/future-net.caffemodel"),
-        "fcn8s",
-        21,
-        "PASCAL VOC",
-        "caffe",
-        FIXTURE_WIDTHS,
-        missing="a layer fcnseg lacks",
-    )
-    with pytest.raises(UnsupportedWeightsError, match="a layer fcnseg lacks.*nothing was downloaded"):
-        fcnseg.load("future-net")
-    assert sum(server.hits.values()) == 0 and files_in(hub.home()) == []
 
 
 def test_siftflow_and_fusion_models_by_name(server, registry, tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import textwrap
 
 from fcnseg.models.registry import ARCHITECTURES
 from fcnseg.weights import hub
@@ -23,10 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _size(name: str) -> str:
-    size = hub.download_size(name)
-    if size is None:
-        return "?"
-    value, exact = size
+    value, exact = hub.download_size(name)
     return f"{value / 1e6:.1f} MB" if exact else f"~{value / 1e6:.0f} MB"
 
 
@@ -35,7 +31,7 @@ def run_list(args: argparse.Namespace) -> int:
     rows = []
     for name, weights in hub.WEIGHTS.items():
         net = f"{weights.arch} (classifier)" if weights.is_classifier else weights.arch
-        cached = "no (cannot load)" if weights.missing else "yes" if hub.is_cached(name) else "no"
+        cached = "yes" if hub.is_cached(name) else "no"
         classes = "+".join(map(str, weights.heads)) if weights.heads else str(weights.num_classes)
         rows.append((name, net, classes, weights.dataset, _size(name), weights.score or "-", cached))
     widths = [max(len(row[i]) for row in (columns, *rows)) for i in range(len(columns))]
@@ -48,18 +44,6 @@ def run_list(args: argparse.Namespace) -> int:
     print()
     print("scores: mean IU on PASCAL VOC (seg11valid, seg12test) as the FCN authors publish them; ImageNet")
     print("accuracy of the classifiers. ~ sizes are estimates (4 bytes per parameter); others are published.")
-    missing: dict[str, list[str]] = {}
-    for name, weights in hub.WEIGHTS.items():
-        if weights.missing:
-            missing.setdefault(weights.missing, []).append(name)
-    if missing:
-        print("\nnot loadable yet (listed, never downloaded):")
-        for reason, names in missing.items():
-            print(
-                textwrap.fill(
-                    f"{', '.join(names)}: {reason}", 100, initial_indent="  ", subsequent_indent="    "
-                )
-            )
     print("\n'fcnseg train --init NAME' takes an FCN above, a classifier that fits the net, or")
     for alias, by_family in hub.INIT_NAMES.items():
         print(f"  {alias}: {', '.join(f'{name} for {family} nets' for family, name in by_family.items())}")

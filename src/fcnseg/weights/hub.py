@@ -36,7 +36,6 @@ __all__ = [
     "INIT_NAMES",
     "WEIGHTS",
     "UnknownWeightsError",
-    "UnsupportedWeightsError",
     "Weights",
     "checkpoint",
     "download_size",
@@ -53,10 +52,6 @@ class UnknownWeightsError(ValueError):
     """A name that is neither an existing file nor published weights."""
 
 
-class UnsupportedWeightsError(ValueError):
-    """Published weights for a net that fcnseg cannot build (yet)."""
-
-
 @dataclass(frozen=True)
 class Weights:
     """One set of published weights: the file, what it holds and what fcnseg makes of it."""
@@ -70,7 +65,6 @@ class Weights:
     options: tuple[tuple[str, object], ...] = ()  # backbone options besides widths (AlexNet's groups, lrn)
     class_names: tuple[str, ...] | None = None
     score: str = ""  # as published
-    missing: str = ""  # what fcnseg lacks to build the net; empty when it loads
     heads: tuple[int, ...] = ()  # the class counts of a net of several heads (SIFT Flow's), in channel order
 
     @property
@@ -265,16 +259,6 @@ def get(name: str) -> Weights:
     return WEIGHTS[name]
 
 
-def _loadable(name: str) -> Weights:
-    weights = get(name)
-    if weights.missing:
-        raise UnsupportedWeightsError(
-            f"{name} cannot be loaded: fcnseg does not build this net yet ({weights.missing}); "
-            "nothing was downloaded"
-        )
-    return weights
-
-
 def _original(weights: Weights) -> Path:
     return home() / "downloads" / weights.file.filename
 
@@ -290,7 +274,7 @@ def fetch(name: str, progress: bool = True) -> Path:
     checked where a source gives one); a later download that differs is refused. Nets that
     fcnseg cannot build are refused before anything is downloaded.
     """
-    weights = _loadable(name)
+    weights = get(name)
     file, dest = weights.file, _original(weights)
     published = file.md5 or file.sha1 or file.sha256
     return download(
@@ -316,7 +300,7 @@ def checkpoint(name: str, progress: bool = True) -> Path:
             f"{name} names ImageNet classifiers that initialise a net, not a segmentation model: "
             f"fcnseg.weights.hub.resolve({name!r}, arch='fcn8s') or 'fcnseg train --init {name}'"
         )
-    weights = _loadable(name)
+    weights = get(name)
     if weights.is_classifier:
         raise ValueError(
             f"{name} is an ImageNet classifier, not a segmentation model: it initialises a net, "
@@ -355,14 +339,12 @@ def is_cached(name: str) -> bool:
     return (_original(weights) if weights.is_classifier else _checkpoint_path(name)).is_file()
 
 
-def download_size(name: str) -> tuple[int, bool] | None:
+def download_size(name: str) -> tuple[int, bool]:
     """The download's size in bytes and whether it is exact (published) rather than estimated
-    as 4 bytes per float32 parameter of the net; None for nets fcnseg cannot build."""
+    as 4 bytes per float32 parameter of the net."""
     weights = get(name)
     if weights.file.size is not None:
         return weights.file.size, True
-    if weights.missing:
-        return None
     options = dict(weights.options)
     with torch.device("meta"):  # shapes only: nothing is allocated
         if weights.is_classifier:
@@ -408,7 +390,7 @@ def resolve(
             )
     else:
         name = text
-    weights = _loadable(name)
+    weights = get(name)
     if arch is not None:
         _check_fits(name, weights, arch, widths)
     if not weights.is_classifier:
