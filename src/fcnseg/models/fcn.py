@@ -117,10 +117,12 @@ class FCN(nn.Module):
         for upsample_name, tap, offset in self.fusions:
             h = getattr(self, upsample_name)(h)
             skip = taps[tap]
+            if self.trim_padding:  # the score layers act per position: score only what the crop keeps
+                skip = crop_like(skip, offset, h.shape[-2], h.shape[-1])
             if hasattr(self, f"scale_{tap}"):
                 skip = getattr(self, f"scale_{tap}")(skip)
             skip = getattr(self, f"score_{tap}")(skip)
-            h = h + crop_like(skip, offset, h.shape[-2], h.shape[-1])
+            h = h + crop_like(skip, offset if not self.trim_padding else 0, h.shape[-2], h.shape[-1])
         final = getattr(self, self.final_name)
         if self.trim_padding:
             return upsample_and_crop(final, h, self.output_offset, height, width)
