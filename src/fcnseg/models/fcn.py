@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from fcnseg.models.canvas import upsample_and_crop
+from fcnseg.models.canvas import upsample, upsample_and_crop
 from fcnseg.models.geometry import AffineMap, crop_offset, layer_map
 from fcnseg.models.layers import ChannelScale, bilinear_upsampler, crop_like
 from fcnseg.models.trunk import Trunk, as_trunk
@@ -115,7 +115,8 @@ class FCN(nn.Module):
         """The head: the trunk's output ``h`` and its ``taps`` -> (N, num_classes, height, width)."""
         h = self.score_fr(h)
         for upsample_name, tap, offset in self.fusions:
-            h = getattr(self, upsample_name)(h)
+            upsampling = getattr(self, upsample_name)
+            h = upsample(upsampling, h) if self.trim_padding else upsampling(h)
             skip = taps[tap]
             if self.trim_padding:  # the score layers act per position: score only what the crop keeps
                 skip = crop_like(skip, offset, h.shape[-2], h.shape[-1])
