@@ -383,12 +383,22 @@ def _frames(
     for i, layer in enumerate(layers[: plan.depth]):
         if i in rows.reindex or i in cols.reindex:
             h = gather(h, rows.reindex.get(i), cols.reindex.get(i), _strictly_channels_last(h))
-        h = _step(layer, h, i == 0, cpu)
+        h = (
+            _blank_convolution(layer, rows.canvas[1], cols.canvas[1])
+            if i == 0
+            else _step(layer, h, False, cpu)
+        )
         if i + 1 in wanted:
             frames[i + 1] = h
             if i + 1 < len(layers) and _in_place(layers[i + 1]):
                 h = h.clone()  # the frame is the layer's output, as the tap it fills in
     return frames
+
+
+def _blank_convolution(layer: nn.Conv2d, height: int, width: int) -> torch.Tensor:
+    """What the first convolution makes of the blank image: its bias everywhere (no product to run)."""
+    bias = layer.bias if layer.bias is not None else layer.weight.new_zeros(layer.out_channels)
+    return bias.view(1, -1, 1, 1).expand(1, -1, height, width).contiguous(memory_format=torch.channels_last)
 
 
 def _fill(layer: nn.Module) -> float:
