@@ -118,12 +118,12 @@ class FCN(nn.Module):
             upsampling = getattr(self, upsample_name)
             h = upsample(upsampling, h) if self.trim_padding else upsampling(h)
             skip = taps[tap]
-            if self.trim_padding:  # the score layers act per position: score only what the crop keeps
+            if self.trim_padding:  # the score layers act per position (1x1): score only what the crop keeps
                 skip = crop_like(skip, offset, h.shape[-2], h.shape[-1])
             if hasattr(self, f"scale_{tap}"):
                 skip = getattr(self, f"scale_{tap}")(skip)
             skip = getattr(self, f"score_{tap}")(skip)
-            h = h + crop_like(skip, offset if not self.trim_padding else 0, h.shape[-2], h.shape[-1])
+            h = h + (skip if self.trim_padding else crop_like(skip, offset, h.shape[-2], h.shape[-1]))
         final = getattr(self, self.final_name)
         if self.trim_padding:
             return upsample_and_crop(final, h, self.output_offset, height, width)
