@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from fcnseg.models.canvas import upsample_and_crop
+from fcnseg.models.canvas import upsample, upsample_and_crop
 from fcnseg.models.geometry import AffineMap, crop_offset, layer_map
 from fcnseg.models.layers import ChannelScale, bilinear_upsampler, crop_like
 from fcnseg.models.trunk import Trunk, as_trunk
@@ -115,12 +115,15 @@ class FCN(nn.Module):
         """The head: the trunk's output ``h`` and its ``taps`` -> (N, num_classes, height, width)."""
         h = self.score_fr(h)
         for upsample_name, tap, offset in self.fusions:
-            h = getattr(self, upsample_name)(h)
+            upsampling = getattr(self, upsample_name)
+            h = upsample(upsampling, h) if self.trim_padding else upsampling(h)
             skip = taps[tap]
+            if self.trim_padding:  # the score layers act per position (1x1): score only what the crop keeps
+                skip = crop_like(skip, offset, h.shape[-2], h.shape[-1])
             if hasattr(self, f"scale_{tap}"):
                 skip = getattr(self, f"scale_{tap}")(skip)
             skip = getattr(self, f"score_{tap}")(skip)
-            h = h + crop_like(skip, offset, h.shape[-2], h.shape[-1])
+            h = h + (skip if self.trim_padding else crop_like(skip, offset, h.shape[-2], h.shape[-1]))
         final = getattr(self, self.final_name)
         if self.trim_padding:
             return upsample_and_crop(final, h, self.output_offset, height, width)

@@ -383,12 +383,22 @@ def _frames(
     for i, layer in enumerate(layers[: plan.depth]):
         if i in rows.reindex or i in cols.reindex:
             h = gather(h, rows.reindex.get(i), cols.reindex.get(i), _strictly_channels_last(h))
-        h = _step(layer, h, i == 0, cpu)
+        h = (
+            _blank_convolution(layer, rows.canvas[1], cols.canvas[1])
+            if i == 0
+            else _step(layer, h, False, cpu)
+        )
         if i + 1 in wanted:
             frames[i + 1] = h
             if i + 1 < len(layers) and _in_place(layers[i + 1]):
                 h = h.clone()  # the frame is the layer's output, as the tap it fills in
     return frames
+
+
+def _blank_convolution(layer: nn.Conv2d, height: int, width: int) -> torch.Tensor:
+    """What the first convolution makes of the blank image: its bias everywhere (no product to run)."""
+    bias = layer.bias if layer.bias is not None else layer.weight.new_zeros(layer.out_channels)
+    return bias.view(1, -1, 1, 1).expand(1, -1, height, width).contiguous(memory_format=torch.channels_last)
 
 
 def _fill(layer: nn.Module) -> float:
@@ -404,16 +414,48 @@ def _assemble(
     (ra, rb), (ca, cb) = plan.region(j, what)
     (ha, hb), (wa, wb) = plan.held[0][j], plan.held[1][j]
     top, bottom, left, right = max(ra, ha), min(rb, hb), max(ca, wa), min(cb, wb)
-    inner = own[:, :, top - ha : bottom - ha, left - wa : right - wa]
+    box = (top - ha, bottom - ha, left - wa, right - wa)
     if frame is None or (j, what) not in plan.frames:  # nothing but padding around (the frame of j
         # may be there for another assembly of j: a tap's whole blob, when the reads need none of it)
+        inner = own[:, :, box[0] : box[1], box[2] : box[3]]
         return F.pad(inner, (left - ca, cb - right, top - ra, rb - bottom), value=fill)
-    layout = torch.channels_last if _strictly_channels_last(own) else torch.contiguous_format
     rows, cols = plan.frames[(j, what)]
-    frame = gather(F.pad(frame, (0, 1, 0, 1), value=fill), rows, cols, layout == torch.channels_last)
-    whole = frame.expand(own.shape[0], -1, -1, -1).contiguous(memory_format=layout)
-    whole[:, :, top - ra : bottom - ra, left - ca : right - ca] = inner
-    return whole
+    frame = gather(F.pad(frame, (0, 1, 0, 1), value=fill), rows, cols, _strictly_channels_last(own))
+    return _Surround.apply(own, frame, box, (top - ra, left - ca))
+
+
+class _Surround(torch.autograd.Function):
+    """The blank's canvas blob ``frame`` (1, C, H, W) for every image, holding ``own[box]`` at ``at``.
+
+    As an in-place slice assignment, but its gradients keep the blobs' memory layout
+    (autograd hands an assigned slice a contiguous gradient: max pooling and oneDNN
+    would copy it back to channels-last, at the size of their inputs).
+    """
+
+    @staticmethod
+    def forward(ctx, own, frame, box, at):  # type: ignore[override]
+        layout = torch.channels_last if _strictly_channels_last(own) else torch.contiguous_format
+        (top, bottom, left, right), (row, col) = box, at
+        whole = frame.expand(own.shape[0], -1, -1, -1).contiguous(memory_format=layout)
+        whole[:, :, row : row + bottom - top, col : col + right - left] = own[:, :, top:bottom, left:right]
+        ctx.geometry = own.shape, layout, box, at
+        return whole
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        shape, layout, (top, bottom, left, right), (row, col) = ctx.geometry
+        placed = (slice(None), slice(None), slice(row, row + bottom - top), slice(col, col + right - left))
+        grad_own = grad_frame = None
+        if ctx.needs_input_grad[0]:
+            if (bottom - top, right - left) == tuple(shape[-2:]):
+                grad_own = grad[placed].contiguous(memory_format=layout)
+            else:
+                grad_own = grad.new_zeros(shape).contiguous(memory_format=layout)
+                grad_own[:, :, top:bottom, left:right] = grad[placed]
+        if ctx.needs_input_grad[1]:
+            grad_frame = grad.sum(0, keepdim=True)
+            grad_frame[placed] = 0
+        return grad_own, grad_frame, None, None
 
 
 def _step(layer: nn.Module, x: torch.Tensor, unpadded: bool, cpu: bool) -> torch.Tensor:
