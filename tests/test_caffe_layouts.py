@@ -48,8 +48,8 @@ def test_siftflow_heads_equal_two_single_head_nets(tmp_path, arch):
     x = _input()
     with torch.no_grad():
         scores_sem, scores_geo = model.split(model(x))
-        assert torch.allclose(scores_sem, sem(x), atol=1e-5)
-        assert torch.allclose(scores_geo, geo(x), atol=1e-5)
+        for scores, single in ((scores_sem, sem(x)), (scores_geo, geo(x))):  # float32 rounding apart
+            assert (scores - single).abs().max() <= 1e-6 * single.abs().max()
         assert scores_geo.abs().max() > 1  # the geometric head carries signal of its own
 
 
