@@ -11,6 +11,7 @@ from torch import nn
 
 from fcnseg.detection.boxes import encode
 from fcnseg.detection.matching import match_priors
+from fcnseg.detection.priors import VARIANCES
 
 __all__ = ["MultiBoxLoss", "valid_boxes"]
 
@@ -48,7 +49,7 @@ class MultiBoxLoss(nn.Module):
     def __init__(
         self,
         priors: torch.Tensor,
-        variances: Sequence[float] = (0.1, 0.1, 0.2, 0.2),
+        variances: Sequence[float] = VARIANCES,
         threshold: float = 0.5,
         neg_pos_ratio: float = 3.0,
         neg_overlap: float = 0.5,

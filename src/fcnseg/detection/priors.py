@@ -7,7 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["SSD300_PRIORS", "PriorLayer", "PriorSpec", "prior_boxes"]
+__all__ = ["SSD300_PRIORS", "VARIANCES", "PriorLayer", "PriorSpec", "prior_boxes"]
+
+VARIANCES = (0.1, 0.1, 0.2, 0.2)
+"""The PriorBox variances of ssd_pascal.py: centre-size offsets are divided by them when encoded."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ class PriorSpec:
     offset: float = 0.5
     flip: bool = True
     clip: bool = False
-    variances: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
+    variances: tuple[float, float, float, float] = VARIANCES
 
     @property
     def per_location(self) -> list[int]:

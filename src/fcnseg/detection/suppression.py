@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from fcnseg.detection.boxes import box_iou, decode
+from fcnseg.detection.priors import VARIANCES
 
 __all__ = ["batched_nms", "detect", "nms"]
 
@@ -47,7 +48,7 @@ def detect(
     loc: torch.Tensor,
     conf: torch.Tensor,
     priors: torch.Tensor,
-    variances: Sequence[float] = (0.1, 0.1, 0.2, 0.2),
+    variances: Sequence[float] = VARIANCES,
     *,
     conf_threshold: float = 0.01,
     nms_threshold: float = 0.45,
