@@ -6,7 +6,7 @@ loads torch, the trainer or the Caffe reader only when it uses them.
 
 from __future__ import annotations
 
-import importlib
+from fcnseg.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -37,13 +37,4 @@ _HOMES = {
 __all__ = sorted(_HOMES)
 
 
-def __getattr__(name: str) -> object:
-    if name not in _HOMES:
-        raise AttributeError(f"module 'fcnseg' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value  # found directly from now on
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_HOMES})
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES, globals())

@@ -7,7 +7,7 @@ are (cx, cy, w, h). The names are imported on first use, like :mod:`fcnseg`'s.
 
 from __future__ import annotations
 
-import importlib
+from fcnseg.lazy import lazy_exports
 
 _HOMES = {
     "SSD300_PRIORS": "fcnseg.detection.priors",
@@ -29,13 +29,4 @@ _HOMES = {
 __all__ = sorted(_HOMES)
 
 
-def __getattr__(name: str) -> object:
-    if name not in _HOMES:
-        raise AttributeError(f"module 'fcnseg.detection' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_HOMES})
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES, globals())
