@@ -6,6 +6,7 @@ import hashlib
 
 import pytest
 import torch
+from torch import nn
 
 import fcnseg
 import fcnseg.train.losses as losses_module
@@ -259,6 +260,22 @@ def test_fixed_backbone_and_frozen_upsampling_do_not_move(tmp_path):
     assert not torch.equal(result.model.score_fr.weight, torch.zeros_like(result.model.score_fr.weight))
 
 
+@pytest.mark.parametrize("arch", ["fcn8s", "hed", "fsds", "ssd300"])
+def test_kaiming_init_reaches_every_trunk(arch):
+    """He initialisation (std sqrt(2 / fan-in), zero bias) of the trunk of each kind of net, not only
+    FCN's: PyTorch's default (std about 0.58 / sqrt(fan-in)) stalls a deep plain VGG from scratch."""
+    torch.manual_seed(0)
+    sides = arch in ("hed", "fsds")
+    model = build_model(arch, None if sides else 6, widths=(8, 16, 32, 32, 32) + (() if sides else (64,)))
+    kaiming_init(model)
+    convs = [m for m in model.backbone.modules() if isinstance(m, nn.Conv2d) and m.weight.numel() >= 4000]
+    assert len(convs) >= 8
+    for conv in convs:
+        fan_in = conv.weight[0].numel()
+        assert conv.weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.1)
+        assert torch.count_nonzero(conv.bias) == 0
+
+
 def test_staged_training_copies_matching_layers(tmp_path):
     coarse = train(tiny_config(tmp_path, "fcn32s", arch="fcn32s", max_steps=2)).model
     config = tiny_config(
@@ -290,6 +307,12 @@ def test_copy_matching_layers_reports_what_it_copied():
     assert "score_fr.bias" in copy_matching_layers(
         other, build_model("fcn-alexnet", 6, widths=(4, 8, 8, 8, 8, 16)).state_dict()
     )
+    # A layer is taken whole or not at all: SSD's 3x3 fc6 keeps its own bias beside its own weights.
+    fcn, ssd = build_model("fcn32s", 6, widths=TINY), build_model("ssd300", 6, widths=TINY)
+    before = ssd.backbone.fc6.bias.clone()
+    copied = copy_matching_layers(ssd, fcn.state_dict())
+    assert "backbone.conv1_2.weight" in copied and "backbone.fc7.bias" in copied
+    assert "backbone.fc6.bias" not in copied and torch.equal(ssd.backbone.fc6.bias, before)
 
 
 def test_class_balance_and_amp_on_cpu_train(tmp_path):

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from fcnseg.data.preprocess import DEFAULT_PREPROCESS, PRESETS, same_colour_coding
-from fcnseg.models.fcn import FCN
 from fcnseg.models.layers import bilinear_kernel
 from fcnseg.models.registry import BUILDERS
 from fcnseg.train.config import AUTO
@@ -112,9 +111,11 @@ def settle_preprocess(
 
 
 def kaiming_init(model: nn.Module) -> None:
-    """He initialisation of the backbones: a deep plain VGG trains from scratch only with it."""
-    for fcn in (m for m in model.modules() if isinstance(m, FCN)):
-        for module in fcn.backbone.modules():
+    """He initialisation of every trunk (each net's ``backbone``: FCN, HED, FSDS, SSD): a deep plain
+    VGG trains from scratch only with it."""
+    trunks = [m.backbone for m in model.modules() if isinstance(getattr(m, "backbone", None), nn.Module)]
+    for trunk in trunks:
+        for module in trunk.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
                 nn.init.zeros_(module.bias)

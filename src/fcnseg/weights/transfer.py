@@ -152,15 +152,25 @@ def copy_into(
 
 
 def copy_matching_layers(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
-    """Copy every tensor of ``state_dict`` whose name and shape match ``model``'s; return their names.
+    """Copy every layer of ``state_dict`` whose tensors all match ``model``'s by name and shape;
+    return the names of the tensors copied.
 
     This is staged training's surgery: FCN-16s takes backbone, ``score_fr`` from
     FCN-32s; FCN-8s also takes ``upscore2`` and ``score_pool4`` from FCN-16s. Layers
-    that are new (or shaped differently, e.g. another number of classes) keep their
-    initialisation. Copying nothing at all is an error.
+    that are new (or shaped differently, e.g. another number of classes, or an FCN's 7x7
+    fc6 where SSD has a 3x3 one) keep their initialisation whole: a bias never arrives
+    without its weights. Copying nothing at all is an error.
     """
     own = model.state_dict()
-    copied = [k for k, v in state_dict.items() if k in own and own[k].shape == v.shape]
+    layers: dict[str, list[str]] = {}
+    for key in own:
+        layers.setdefault(key.rsplit(".", 1)[0], []).append(key)
+    copied = [
+        key
+        for keys in layers.values()
+        if all(k in state_dict and state_dict[k].shape == own[k].shape for k in keys)
+        for key in keys
+    ]
     if not copied:
         raise WeightsMismatchError(
             "the initial checkpoint shares no layer (same name and shape) with this net"
