@@ -1,6 +1,7 @@
 """``fcnseg info``: layers, stride, crops, receptive field, parameters and GFLOPs of a name or a checkpoint."""
 
 import pytest
+import torch
 
 import fcnseg
 from fcnseg.cli import main
@@ -57,3 +58,83 @@ def test_errors(capsys):
     assert "neither an architecture" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["info", "fcn32s", "--size", "big"])
+
+
+def source_rows(out: str) -> dict[str, list[str]]:
+    """The summary's lines per source map: map, stride, field, step, min, max, ratios, per location, priors."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("source ")) + 2
+    rows = {}
+    for line in lines[start:]:
+        if line.startswith("priors "):
+            return rows
+        name, *values = line.split()
+        rows[name] = values
+    raise AssertionError("no priors line after the source maps")
+
+
+def stride_and_field(row: str) -> tuple[str, str, str]:
+    """A layer row's output shape, then the stride and receptive field that follow it."""
+    words = row.split()
+    at = next(i for i, word in enumerate(words) if word.count("x") == 2)
+    return words[at], words[at + 1], words[at + 2]
+
+
+def test_ssd300_at_its_design_size(capsys):
+    out = info(capsys, "ssd300")
+    lines = out.splitlines()
+    assert lines[0] == "ssd300: detection, 21 classes, input 3x300x300"
+    layers = {line.split()[0]: line for line in lines if line}
+    # VGG16's conv4_3: stride 8, field 92; pool5 3x3/1 adds 2 * 16 and fc6's 3x3 taps at dilation 6
+    # span 13 positions of stride 16: 196 + 32 + 12 * 16 = 420; the heads' 3x3 add two strides
+    assert stride_and_field(layers["conv4_3"]) == ("512x38x38", "8", "92")
+    assert "max 3x3 pad 1 ceil" in layers["pool5"]
+    assert stride_and_field(layers["pool5"]) == ("512x19x19", "16", "228")
+    assert "conv 3x3 pad 6 dil 6" in layers["fc6"]
+    assert stride_and_field(layers["fc6"]) == ("1024x19x19", "16", "420")
+    assert stride_and_field(layers["conv4_3_norm_mbox_loc"]) == ("16x38x38", "8", "108")
+    assert stride_and_field(layers["conv9_2_mbox_conf"]) == ("84x1x1", "64", "900")
+    for name in ("conv4_3_norm", "conv6_1", "conv9_2", "fc7_mbox_conf"):
+        assert name in layers
+    assert "(loc)" in layers and layers["(loc)"].split()[-1] == "8732x4"
+    with torch.device("meta"):
+        model = fcnseg.build_model("ssd300")
+    rows = source_rows(out)
+    assert list(rows) == list(model.head_inputs)
+    assert [tuple(map(int, r[0].split("x"))) for r in rows.values()] == model.map_sizes((300, 300))
+    assert [(int(r[1]), int(r[2])) for r in rows.values()] == [
+        (8, 92),
+        (16, 420),
+        (32, 452),
+        (64, 516),
+        (64, 644),
+        (64, 772),
+    ]
+    assert rows["fc7"][3:7] == ["16", "60", "111", "1,2,1/2,3,1/3"]
+    counts = [int(r[-1].replace(",", "")) for r in rows.values()]
+    assert counts == [5776, 2166, 600, 150, 36, 4] and sum(counts) == 8732
+    assert any(line.startswith("priors            8,732 ") for line in lines)
+    assert "parameters        26,285,486 (26.3 M)" in lines
+
+
+def test_ssd300_at_another_size(capsys):
+    out = info(capsys, "ssd300", "--size", "512x384", "--num-classes", "5")
+    with torch.device("meta"):
+        model = fcnseg.build_model("ssd300", 5)
+    rows = source_rows(out)
+    sizes = [tuple(map(int, r[0].split("x"))) for r in rows.values()]
+    assert sizes == model.map_sizes((512, 384)) and sizes[0] == (64, 48)
+    total = sum(int(r[-1].replace(",", "")) for r in rows.values())
+    assert total == len(model.priors((512, 384))) != 8732
+    assert f"priors            {total:,} " in out
+    assert out.splitlines()[-1].endswith("per 512x384 image (1 MAC = 2 FLOPs)")
+
+
+def test_ssd_checkpoint(capsys, tmp_path):
+    model = fcnseg.build_model("ssd300", 4, widths=(4, 8, 8, 16, 16, 16))
+    path = fcnseg.save_checkpoint(model, tmp_path / "ssd.pt")
+    out = info(capsys, str(path))
+    assert out.splitlines()[0] == f"{path} (ssd300): detection, 4 classes, input 3x300x300"
+    assert sum(int(r[-1].replace(",", "")) for r in source_rows(out).values()) == 8732
+    params = sum(p.numel() for p in model.parameters())
+    assert f"parameters        {params:,} " in out
