@@ -44,6 +44,7 @@ def test_siftflow_heads_equal_two_single_head_nets(tmp_path, arch):
     model = fcnseg.load(path)
     assert isinstance(model, MultiHeadFCN) and model.config["arch"] == arch and model.heads == (5, 3)
     assert model.meta["preprocess"] == "siftflow" and model.meta["heads"] == [5, 3]
+    assert model.head_names == ("semantic", "geometric")  # the layers' _sem and _geo say which is which
     assert "class_names" not in model.meta  # 5 + 3 classes are not SIFT Flow's
     x = _input()
     with torch.no_grad():

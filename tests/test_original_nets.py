@@ -115,16 +115,12 @@ def test_rgbd_first_layer_takes_the_colour_filters_and_their_mean_for_depth():
     assert widen_first_conv(build_model("fcn32s", 5, widths=TINY), colour.state_dict()) is None
 
 
-def test_a_two_headed_checkpoint_rebuilds_its_heads_and_predict_refuses_it(tmp_path):
-    import numpy as np
-
-    from fcnseg.infer.predict import predict_batch
-
+def test_a_two_headed_checkpoint_rebuilds_its_heads_and_their_names(tmp_path):
     both = _randomise(build_model("fcn16s", 36, widths=TINY, heads=[33, 3]))
+    assert both.task == "siftflow" and both.head_names == ("head0", "head1")  # no names in its metadata
+    both.meta = {"head_names": ["semantic", "geometric"]}
     fcnseg.save_checkpoint(both, tmp_path / "sift.pt")
     again = fcnseg.load(tmp_path / "sift.pt")
-    assert again.heads == (33, 3)
+    assert again.heads == (33, 3) and again.head_names == ("semantic", "geometric")
     x = torch.randn(1, 3, 21, 19)
     torch.testing.assert_close(again(x), both(x))
-    with pytest.raises(ValueError, match=r"2 heads.*model\.split"):
-        predict_batch(again, np.zeros((1, 8, 8, 3), np.uint8))

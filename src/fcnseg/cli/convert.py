@@ -54,7 +54,8 @@ def _save(model, args: argparse.Namespace) -> int:
         raise ValueError(f"--out {args.out} would overwrite the input")
     save_checkpoint(model, args.out)
     widths = ",".join(map(str, model.config["widths"]))
-    predicts = f"{model.num_classes} classes" if model.task in ("segmentation", "detection") else model.task
+    classified = model.task in ("segmentation", "siftflow", "detection")
+    predicts = f"{model.num_classes} classes" if classified else model.task
     if isinstance(model, MultiHeadFCN):
         predicts += f" (heads {'+'.join(map(str, model.heads))})"
     print(

@@ -1,11 +1,12 @@
-"""``fcnseg evaluate``: the paper's four metrics and per-class IU of saved weights on a data set; for
-edge and skeleton nets (HED, FSDS) the benchmark's ODS, OIS and AP; for a detector VOC mean average
-precision."""
+"""``fcnseg evaluate``: the paper's four metrics and per-class IU of saved weights on a data set (of each
+head for SIFT Flow's two-headed nets); for edge and skeleton nets (HED, FSDS) the benchmark's ODS, OIS
+and AP; for a detector VOC mean average precision."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 
 import torch
 
@@ -24,7 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "evaluate",
         help="score saved weights on a labelled data set",
         description="Pixel accuracy, mean accuracy, mean IU and frequency-weighted IU (percent), "
-        "and the IU of every class, of WEIGHTS on DATA; for an edge (HED) or skeleton (FSDS) net, "
+        "and the IU of every class, of WEIGHTS on DATA (for a two-headed SIFT Flow net, of each head: "
+        "semantic and geometric, --dataset siftflow); for an edge (HED) or skeleton (FSDS) net, "
         "ODS, OIS and AP as the BSDS benchmark computes them (--dataset bsds500, sk-large, sk506); "
         "for a detector (ssd300), VOC mAP (VOC07 11-point and area under the curve, difficult boxes "
         "ignored) and the AP of every class.",
@@ -52,16 +54,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.crf:
-        crf.require()
     dataset_name = args.dataset or ("synthetic" if args.data == "synthetic" else "folder")
     model = load(args.weights)
+    if args.crf and model.task != "segmentation":
+        raise ValueError(
+            f"--crf: only for segmentation nets of one output; {args.weights} is a net of the {model.task} task"
+        )
+    if args.crf:
+        crf.require()
     if isinstance(model, SSD):
         return _run_detection(args, model, dataset_name)
-    if getattr(model, "heads", None):
-        raise ValueError(
-            f"{args.weights} has {len(model.heads)} heads: its training run's log.csv scores each"
-        )
     if model.task != "segmentation":
         return _run_task(args, model, dataset_name)
     dataset = open_dataset(
@@ -92,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_task(args: argparse.Namespace, model: torch.nn.Module, dataset_name: str) -> int:
-    """Score a net of another task (the one it was made for) on that task's validation split."""
+    """Score a net of another task (the one it was made for: edges, skeletons, SIFT Flow's two heads) on
+    that task's validation split."""
     from fcnseg.tasks import get_task  # the tasks know the training settings; segmentation needs neither
     from fcnseg.train.config import TrainConfig
 
@@ -108,6 +111,7 @@ def _run_task(args: argparse.Namespace, model: torch.nn.Module, dataset_name: st
         train_images=0,
         init=None,
         preprocess=preprocessing_of(model),
+        val_batch_size=args.batch_size,
     )
     if synthetic:
         _, dataset = task.datasets(config)
@@ -117,7 +121,8 @@ def _run_task(args: argparse.Namespace, model: torch.nn.Module, dataset_name: st
             f"{args.weights} is a net of the {model.task} task: give --dataset, one of {known}, not {dataset_name}"
         )
     else:  # the split alone: the training split need not be there
-        dataset = open_dataset(dataset_name, args.data, args.split or DEFAULT_SPLITS[dataset_name][1])
+        open_split = getattr(task, "open_split", partial(open_dataset, dataset_name))
+        dataset = open_split(args.data, args.split or DEFAULT_SPLITS[dataset_name][1])
     device = resolve_device(args.device or "auto")
     metrics = task.evaluate(model.to(device), dataset, config, Context(device=device), progress=True)
     if args.json:

@@ -1,5 +1,6 @@
-"""``fcnseg predict``: segment files, folders and globs into palette PNGs, overlays and probabilities;
-or, with a detector, find boxes and write them as JSON and drawn on the image."""
+"""``fcnseg predict``: segment files, folders and globs into palette PNGs, overlays and probabilities
+(a PNG per head for a net of several); or, with a detector, find boxes and write them as JSON and
+drawn on the image."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from fcnseg.infer.detect import MIN_SCORE, detect_images
 from fcnseg.infer.predict import PRECISIONS, predict_batch, resolve_device
 from fcnseg.infer.tiling import parse_memory
 from fcnseg.models.fcn import FCN
+from fcnseg.models.heads import MultiHeadFCN
 from fcnseg.models.ssd import SSD
 from fcnseg.tasks import get_task
 from fcnseg.tasks.detection import DetectionTask
@@ -121,6 +123,8 @@ def _output_options(args: argparse.Namespace) -> dict[str, Any]:
 def _output_suffixes(args: argparse.Namespace, model: torch.nn.Module) -> list[str]:
     if isinstance(model, SSD):
         return DETECTION.prediction_suffixes(overlay_format=args.overlay_format)
+    if isinstance(model, MultiHeadFCN):
+        return get_task(model.task).prediction_suffixes(**_output_options(args), heads=model.head_names)
     if model.task != "segmentation":
         return get_task(model.task).prediction_suffixes(**_output_options(args))
     return SEGMENTATION.prediction_suffixes(**_output_options(args), probs=args.probs)
@@ -167,7 +171,9 @@ def _describe(path: Path, error: BaseException) -> str:
 def _segment(
     args: argparse.Namespace, model: FCN, files: Sequence[Path], stems: Sequence[str], failures: list[str]
 ) -> int:
-    """Read, batch by size, segment and write; returns how many images were written."""
+    """Read, batch by size, segment and write (a label map per head for a net of several: its task's
+    files); returns how many images were written."""
+    task = get_task(model.task)
     done = 0
     pending: dict[tuple[int, int], list[tuple[Path, str, np.ndarray]]] = defaultdict(list)
     bar = tqdm(total=len(files), unit="img", desc="fcnseg predict", disable=None)
@@ -189,16 +195,18 @@ def _segment(
             failures.extend(_describe(path, error) for path, _, _ in group)
             bar.update(len(group))
             return
+        options = {**_output_options(args), "overlay_alpha": args.overlay_alpha}
         for i, (path, stem, image) in enumerate(group):
             try:
-                SEGMENTATION.write_prediction(
-                    Path(args.out) / stem,
-                    image,
-                    (labels[i], probs[i] if probs is not None else None),
-                    **_output_options(args),
-                    overlay_alpha=args.overlay_alpha,
-                    probs_dtype=args.probs_dtype,
-                )
+                if isinstance(labels, dict):  # one map per head
+                    task.write_prediction(
+                        Path(args.out) / stem, image, {h: m[i] for h, m in labels.items()}, **options
+                    )
+                else:
+                    prediction = (labels[i], probs[i] if probs is not None else None)
+                    task.write_prediction(
+                        Path(args.out) / stem, image, prediction, **options, probs_dtype=args.probs_dtype
+                    )
                 done += 1
             except OSError as error:
                 failures.append(_describe(path, error))
@@ -251,9 +259,16 @@ def run(args: argparse.Namespace) -> int:
     stems = output_stems(files, suffixes)
     _check_out_is_no_input_folder(out, args.inputs, files)
     _check_no_overwrite(files, weights, [out / (s + x) for s in stems for x in suffixes])
-    if model.task != "segmentation" and (args.probs or args.tta_flip or args.tta_scales or args.crf):
+    asked = {
+        "--probs": args.probs,
+        "--tta-flip": args.tta_flip,
+        "--tta-scales": args.tta_scales,
+        "--crf": args.crf,
+    }
+    given = [flag for flag, value in asked.items() if value]
+    if model.task != "segmentation" and given:
         raise ValueError(
-            f"{weights} is a net of the {model.task} task: --probs, --tta-* and --crf are for segmentation"
+            f"{', '.join(given)}: only for segmentation nets of one output; {weights} is a net of the {model.task} task"
         )
     if args.crf:
         crf.require()
@@ -263,19 +278,21 @@ def run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         done = _detect(args, model, files, stems, failures) if files else 0
         return _report(done, files, out, start, failures, "found boxes in")
-    if model.task != "segmentation":
+    multihead = isinstance(model, MultiHeadFCN)
+    if model.task != "segmentation" and not multihead:
         model.to(resolve_device(args.device))
         start = time.perf_counter()
         done = _edge_maps(args, model, files, stems, failures)
         return _report(done, files, out, start, failures, "drew edge or skeleton maps of")
-    if model.num_classes > 256:
-        raise ValueError(
-            f"{weights}: model has {model.num_classes} classes but a palette PNG holds at most 256"
-        )
+    classes = max(model.heads) if multihead else model.num_classes
+    if classes > 256:
+        where = " in a head" if multihead else ""
+        raise ValueError(f"{weights}: model has {classes} classes{where} but a palette PNG holds at most 256")
     model.to(resolve_device(args.device))
     start = time.perf_counter()
     done = _segment(args, model, files, stems, failures) if files else 0
-    return _report(done, files, out, start, failures, "segmented")
+    verb = f"wrote {' and '.join(model.head_names)} label maps of" if multihead else "segmented"
+    return _report(done, files, out, start, failures, verb)
 
 
 def _edge_maps(
@@ -363,8 +380,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "PASCAL colours, into --out. Images of one size are batched together; larger images "
             "than --max-memory allows are segmented in overlapping, blended tiles. With an edge (HED) "
             "or skeleton (FSDS) net, <stem>.png is the map in grey (white: sure) and --overlay draws it "
-            "in red over the image. With a detector (ssd300) write <stem>.json, every box with its "
-            "class and score, and <stem>_boxes.jpg."
+            "in red over the image. With a net of two heads (SIFT Flow's), <stem>.png is the first "
+            "head's labels (semantic) and <stem>_<head>.png each other's (<stem>_geometric.png). With a "
+            "detector (ssd300) write <stem>.json, every box with its class and score, and <stem>_boxes.jpg."
         ),
     )
     parser.add_argument("weights", help="fcnseg checkpoint")

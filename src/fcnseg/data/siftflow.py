@@ -18,6 +18,7 @@ from fcnseg.data.matlab import load_label_map
 __all__ = [
     "SIFTFLOW_GEOMETRIC_CLASSES",
     "SIFTFLOW_HEADS",
+    "SIFTFLOW_HEAD_NAMES",
     "SIFTFLOW_SEMANTIC_CLASSES",
     "SiftFlowSegmentation",
 ]
@@ -60,9 +61,11 @@ SIFTFLOW_SEMANTIC_CLASSES = (
 SIFTFLOW_GEOMETRIC_CLASSES = ("sky", "horizontal", "vertical")
 SIFTFLOW_HEADS = ("sem", "geo")
 """The heads, in channel order: ``score_sem`` then ``score_geo`` of the original nets (their layers' suffixes)."""
+SIFTFLOW_HEAD_NAMES = ("semantic", "geometric")
+"""The heads' names for people, in the same order: a two-headed net's ``meta["head_names"]``."""
 
 _SCENES = "spatial_envelope_256x256_static_8outdoorcategories"
-_TASKS = ("semantic", "geometric", "both")
+_TASKS = (*SIFTFLOW_HEAD_NAMES, "both")
 
 
 class SiftFlowSegmentation(SegmentationDataset):

@@ -33,6 +33,7 @@ from fcnseg.infer.tiling import (
     tiled_scores,
 )
 from fcnseg.models.fcn import FCN
+from fcnseg.models.heads import MultiHeadFCN
 
 __all__ = [
     "PRECISIONS",
@@ -206,7 +207,7 @@ def predict_batch(
     max_memory: int | None = None,
     precision: str = "fp32",
     crf: CRFSettings | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:
+) -> tuple[np.ndarray | dict[str, np.ndarray], np.ndarray | None]:
     """(N, H, W, 3) uint8 RGB images of one size -> (N, H, W) labels and (N, C, H, W) probabilities.
 
     The batch is split into chunks that fit ``max_memory`` (bytes; default half the
@@ -216,12 +217,20 @@ def predict_batch(
     ``precision`` is one of :data:`PRECISIONS`. With ``crf`` the labels are the dense
     CRF's (:func:`fcnseg.infer.crf.refine`) over the probabilities; the probabilities
     returned stay the net's.
+
+    A net of several heads (:class:`~fcnseg.models.heads.MultiHeadFCN`, SIFT Flow's) gives a dict
+    of (N, H, W) labels by head name (``model.head_names``), each the argmax of its head's scores,
+    and no probabilities; it takes none of ``return_probs``, ``tta_*`` and ``crf``.
     """
-    if getattr(model, "heads", None):
-        raise ValueError(
-            f"this net has {len(model.heads)} heads ({model.heads} classes): predict each with "
-            "model.split(model(x)); fcnseg predict, evaluate and serve take one-headed nets"
-        )
+    multihead = isinstance(model, MultiHeadFCN)
+    if multihead:
+        asked = {"return_probs": return_probs, "tta_flip": tta_flip, "tta_scales": tta_scales, "crf": crf}
+        given = [name for name, value in asked.items() if value is not None and value is not False]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)}: a net of {len(model.heads)} heads ({', '.join(model.head_names)}) "
+                "gives label maps only"
+            )
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"expected (N, H, W, 3) uint8 RGB images, got shape {images.shape} {images.dtype}")
@@ -238,6 +247,12 @@ def predict_batch(
         if return_probs or augmented or crf is not None:
             probs = _tta_probabilities(model, x, tta_flip, scales, budget, dtype)
             labels = probs.argmax(1)
+        elif multihead:
+            parts = model.split(_scores(model, x, budget, dtype))
+            return {
+                name: part.argmax(1).cpu().numpy().astype(_label_dtype(classes))
+                for name, classes, part in zip(model.head_names, model.heads, parts, strict=True)
+            }, None
         else:
             probs, labels = None, _scores(model, x, budget, dtype).argmax(1)
     probs = probs.cpu().numpy() if probs is not None else None
@@ -262,7 +277,7 @@ def predict(
     max_memory: int | None = None,
     precision: str = "fp32",
     crf: CRFSettings | None = None,
-) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+) -> np.ndarray | tuple[np.ndarray, np.ndarray] | dict[str, np.ndarray]:
     """Segment one image: (H, W, 3) uint8 RGB (or a path, or a PIL image) -> (H, W) label map.
 
     Labels are uint8 when the model has at most 256 classes, else int64. With
@@ -274,6 +289,10 @@ def predict(
     bfloat16, with labels that may differ from float32's at a few pixels; ``"auto"``
     picks it where the hardware has it. ``crf=CRFSettings()`` refines the labels with a
     dense CRF (DeepLab's VOC parameters; needs the ``crf`` extra).
+
+    A net of several heads (SIFT Flow's) gives a dict instead: head name -> (H, W) label map, e.g.
+    ``{"semantic": ..., "geometric": ...}`` in the net's head order (``model.head_names``); it
+    takes no ``return_probs``, ``tta_*`` or ``crf``.
     """
     labels, probs = predict_batch(
         model,
@@ -286,4 +305,6 @@ def predict(
         precision=precision,
         crf=crf,
     )
+    if isinstance(labels, dict):
+        return {name: maps[0] for name, maps in labels.items()}
     return (labels[0], probs[0]) if return_probs else labels[0]

@@ -3,7 +3,8 @@ heads and one loss each, as the original siftflow-fcn* nets train."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from fcnseg import distributed
 from fcnseg.data.datasets import IGNORE_INDEX, DataError
 from fcnseg.data.preprocess import get_preprocessing, preprocessing_of
 from fcnseg.data.registry import DEFAULT_SPLITS
-from fcnseg.data.siftflow import SIFTFLOW_HEADS
+from fcnseg.data.siftflow import SIFTFLOW_HEAD_NAMES, SIFTFLOW_HEADS, SiftFlowSegmentation
 from fcnseg.data.transforms import NetPairs, pad_collate
 from fcnseg.errors import ConfigError
 from fcnseg.metrics.segmentation import confusion_matrix, format_metrics, scores
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from fcnseg.distributed import Context
     from fcnseg.train.config import TrainConfig
 
-__all__ = ["HEADS", "HeadsLoss", "SiftFlowTask"]
+__all__ = ["HEADS", "HeadsLoss", "SiftFlowTask", "head_suffix"]
 
 HEADS = SIFTFLOW_HEADS
 _METRICS = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")
@@ -50,9 +51,15 @@ class HeadsLoss(nn.Module):
         return sum(self.loss(part, target[:, i], generator) for i, part in enumerate(parts))
 
 
+def head_suffix(index: int, name: str) -> str:
+    """What follows an image's stem in the files of a head: nothing for the first head (the semantic
+    one: ``x.png`` as from any segmentation net), ``_<name>`` for the others (``x_geometric.png``)."""
+    return f"_{name}" if index else ""
+
+
 class SiftFlowTask(SegmentationTask):
     """Two heads on one trunk; best.pt is the best semantic mean IU. Log columns are each metric of
-    each head (``sem_mean_iu``, ``geo_pixel_acc``, ...).
+    each head (``sem_mean_iu``, ``geo_pixel_acc``, ...). A prediction is a label map per head.
 
     The original notes that SIFT Flow's test set lacks some semantic classes: the mean IU here
     averages over the classes present (absent ones are NaN and dropped), as the paper scores them.
@@ -62,19 +69,23 @@ class SiftFlowTask(SegmentationTask):
     score = "sem_mean_iu"
     metrics = tuple(f"{head}_{metric}" for head in HEADS for metric in _METRICS)
     curves = {"sem_mean_iu": "semantic mean IU", "geo_pixel_acc": "geometric pixel acc."}
+    datasets_known = ("siftflow",)
 
     def datasets(self, config: TrainConfig) -> tuple[Dataset, Dataset]:
         if config.dataset != "siftflow":
             raise ConfigError(f"task siftflow reads the SIFT Flow data set, not {config.dataset!r}")
         if config.flip or config.scale_range or config.crop or config.class_balance:
             raise ConfigError("task siftflow takes no flip, scale_range, crop or class_balance")
-        from fcnseg.data.siftflow import SiftFlowSegmentation
-
         splits = DEFAULT_SPLITS["siftflow"]
         return (
-            SiftFlowSegmentation(config.data, config.train_split or splits[0], task="both"),
-            SiftFlowSegmentation(config.data, config.val_split or splits[1], task="both"),
+            self.open_split(config.data, config.train_split or splits[0]),
+            self.open_split(config.data, config.val_split or splits[1]),
         )
+
+    @staticmethod
+    def open_split(root: str | Path, split: str) -> SiftFlowSegmentation:
+        """One split with both labelings (for ``fcnseg evaluate``, without the training split)."""
+        return SiftFlowSegmentation(root, split, task="both")
 
     def check_data(
         self, train_set: Dataset, val_set: Dataset | None, say: Callable[[str], None], progress: bool
@@ -106,7 +117,12 @@ class SiftFlowTask(SegmentationTask):
             heads=heads,
         )
         names = [name for head in train_set.class_names for name in head]
-        model.meta = {"class_names": names, "heads": heads, "preprocess": config.preprocess}
+        model.meta = {
+            "class_names": names,
+            "heads": heads,
+            "head_names": list(SIFTFLOW_HEAD_NAMES),
+            "preprocess": config.preprocess,
+        }
         return model
 
     @staticmethod
@@ -131,6 +147,10 @@ class SiftFlowTask(SegmentationTask):
         self, model: nn.Module, dataset: Dataset, config: TrainConfig, context: Context, progress: bool
     ) -> dict[str, Any]:
         """Each head's four metrics (and per-class IU), from one confusion matrix per head."""
+        if tuple(model.heads) != tuple(dataset.num_classes):
+            raise ValueError(
+                f"the net's heads have {list(model.heads)} classes, the data's labels {list(dataset.num_classes)}"
+            )
         shard = list(range(context.rank, len(dataset), context.world_size))
         loader = DataLoader(
             NetPairs(dataset, preprocessing_of(model)),
@@ -156,10 +176,35 @@ class SiftFlowTask(SegmentationTask):
         return result
 
     def summary(self, metrics: dict[str, Any], model: nn.Module) -> str:
-        names = model.meta.get("class_names") or [str(i) for i in range(model.num_classes)]
+        """A table per head, under the head's name (its metrics are the ``sem_``, ``geo_`` keys)."""
+        names = model.meta.get("class_names") or [str(i) for n in model.heads for i in range(n)]
         bounds = np.cumsum([0, *model.heads])
         tables = []
-        for i, head in enumerate(HEADS):
+        for i, (head, title) in enumerate(zip(HEADS, model.head_names, strict=True)):
             own = {key[len(head) + 1 :]: v for key, v in metrics.items() if key.startswith(f"{head}_")}
-            tables.append(f"{head}:\n" + format_metrics(own, names[bounds[i] : bounds[i + 1]]))
+            tables.append(f"{title}:\n" + format_metrics(own, names[bounds[i] : bounds[i + 1]]))
         return "\n\n".join(tables)
+
+    def prediction_suffixes(self, *, heads: Sequence[str], overlay_format: str | None = None) -> list[str]:
+        """Each head's files (:func:`head_suffix`), in the order of ``heads``, the model's head names."""
+        own = super().prediction_suffixes(overlay_format=overlay_format)
+        suffixes = [head_suffix(i, name) + suffix for i, name in enumerate(heads) for suffix in own]
+        if len({s.lower() for s in suffixes}) < len(suffixes):
+            raise ValueError(f"the head names {list(heads)} give two heads the same file: {suffixes}")
+        return suffixes
+
+    def write_prediction(
+        self,
+        stem: Path,
+        image: np.ndarray,
+        prediction: dict[str, np.ndarray],
+        *,
+        overlay_format: str | None = None,
+        overlay_alpha: float = 0.5,
+    ) -> None:
+        """``prediction``: each head's (H, W) label map by head name, in channel order. Each is written
+        as a segmentation net's, its files named ``stem`` + :func:`head_suffix` + the usual ending."""
+        for i, (name, labels) in enumerate(prediction.items()):
+            target = Path(f"{stem}{head_suffix(i, name)}")
+            options = {"overlay_format": overlay_format, "overlay_alpha": overlay_alpha}
+            super().write_prediction(target, image, (labels, None), **options)

@@ -9,7 +9,12 @@ import numpy as np
 import torch
 
 from fcnseg.data.nyud import NYUD_CLASSES
-from fcnseg.data.siftflow import SIFTFLOW_GEOMETRIC_CLASSES, SIFTFLOW_HEADS, SIFTFLOW_SEMANTIC_CLASSES
+from fcnseg.data.siftflow import (
+    SIFTFLOW_GEOMETRIC_CLASSES,
+    SIFTFLOW_HEAD_NAMES,
+    SIFTFLOW_HEADS,
+    SIFTFLOW_SEMANTIC_CLASSES,
+)
 from fcnseg.detection.priors import SSD300_PRIORS
 from fcnseg.models.alexnet import ALEXNET_CONVS
 from fcnseg.models.fcn import FCN
@@ -223,7 +228,9 @@ def _fcn_from_blobs(
     if model.config["arch"] in SIDE_OUTPUT_ARCHS:
         model.meta["task"] = model.task
     if isinstance(model, MultiHeadFCN):
-        model.meta.update(preprocess="siftflow", heads=list(model.heads))
+        model.meta.update(
+            preprocess="siftflow", heads=list(model.heads), head_names=list(SIFTFLOW_HEAD_NAMES)
+        )
         if model.heads == (len(SIFTFLOW_SEMANTIC_CLASSES), len(SIFTFLOW_GEOMETRIC_CLASSES)):
             model.meta["class_names"] = [*SIFTFLOW_SEMANTIC_CLASSES, *SIFTFLOW_GEOMETRIC_CLASSES]
     if isinstance(model, LateFusionFCN):

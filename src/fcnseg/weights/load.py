@@ -39,11 +39,12 @@ def load(
 
 
 def segmentation_only(model: torch.nn.Module, source: str | os.PathLike, command: str) -> FCN:
-    """``model`` if it segments; a ValueError saying what to do with an edge, skeleton or box net."""
+    """``model`` if it segments with one output; a ValueError saying what to do with an edge, skeleton
+    or box net, or SIFT Flow's two heads."""
     task = getattr(model, "task", "segmentation")
     if task == "segmentation":
         return model
     raise ValueError(
         f"{source} holds a net of the {task} task ({model.config['arch']}); fcnseg {command} works on "
-        "segmentation nets (fcnseg predict, evaluate and serve take every task's)"
+        "segmentation nets of one output (fcnseg predict and evaluate take every task's)"
     )
