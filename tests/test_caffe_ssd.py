@@ -146,10 +146,15 @@ def test_converted_caffe_ssd_computes_the_caffe_graph(tmp_path, capsys):
     with torch.no_grad():
         loc, conf = model(x)
         want_loc, want_conf = caffe_forward(blobs, x)
-    torch.testing.assert_close(loc.flatten(1), want_loc, rtol=1e-4, atol=1e-4)
+    # Values reach 2e7 at this input scale: float32 sums taken in another order (channels-last kernels)
+    # differ by about 1e-6 of the largest, as Caffe's graph in float32 differs from it in float64.
+    atol = 1e-5 * float(want_loc.abs().max())
+    torch.testing.assert_close(loc.flatten(1), want_loc, rtol=1e-4, atol=atol)
     torch.testing.assert_close(conf.softmax(-1).flatten(1), want_conf, rtol=1e-4, atol=1e-5)
     boxes = fcnseg.detection.decode(loc[0], prior_boxes("ssd300"), (0.1, 0.1, 0.2, 0.2))
-    torch.testing.assert_close(boxes, caffe_decode(want_loc[0], prior_boxes("ssd300")), rtol=1e-4, atol=1e-5)
+    want_boxes = caffe_decode(want_loc[0], prior_boxes("ssd300"))
+    scale = float(want_boxes[want_boxes.isfinite()].abs().max())
+    torch.testing.assert_close(boxes, want_boxes, rtol=1e-4, atol=1e-5 * scale)
     direct = fcnseg.load(tmp_path / "VGG_VOC0712_SSD_300x300_iter_120000.caffemodel")  # the Caffe file itself
     torch.testing.assert_close(direct(x)[0], loc)
 

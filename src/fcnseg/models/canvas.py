@@ -48,6 +48,7 @@ __all__ = [
     "gather",
     "layer_windows",
     "plan_canvas",
+    "tracing",
     "upsample",
     "upsample_and_crop",
 ]
@@ -271,7 +272,7 @@ def gather(
 # ----------------------------------------------------------------------------- the head
 
 
-def _tracing() -> bool:
+def tracing() -> bool:
     """Tracing and compiling record the plan of the example's size: they must get the padded layers."""
     return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
@@ -290,7 +291,7 @@ def upsample_and_crop(
     spans = [d * (k - 1) + 1 for d, k in zip(layer.dilation, layer.kernel_size, strict=True)]
     reaches = [(n - 1) * s + span for n, s, span in zip(x.shape[-2:], layer.stride, spans, strict=True)]
     simple = not any(layer.padding) and not any(layer.output_padding)
-    if _tracing() or not simple or offset + height > reaches[0] or offset + width > reaches[1]:
+    if tracing() or not simple or offset + height > reaches[0] or offset + width > reaches[1]:
         return crop_like(layer(x), offset, height, width)  # crop_like names the sizes that do not fit
     if _is_frozen_bilinear(layer):
         k, (sh, sw) = layer.kernel_size[0], layer.stride
@@ -311,7 +312,7 @@ def upsample_and_crop(
 def upsample(layer: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
     """``layer(x)``; a frozen bilinear upsampler without padding as two small matrix products
     (see :func:`upsample_and_crop`): the same sums, without the zero weights between classes."""
-    if _tracing() or any(layer.padding) or any(layer.output_padding) or not _is_frozen_bilinear(layer):
+    if tracing() or any(layer.padding) or any(layer.output_padding) or not _is_frozen_bilinear(layer):
         return layer(x)
     height, width = (
         (n - 1) * s + k for n, s, k in zip(x.shape[-2:], layer.stride, layer.kernel_size, strict=True)

@@ -36,12 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fcnseg.models.canvas import AxisPlan, Window, _tracing, gather, layer_windows, plan_canvas
+from fcnseg.models.canvas import AxisPlan, Window, gather, layer_windows, plan_canvas, tracing
 
 __all__ = [
     "CHANNELS_LAST_WIDTH",
     "HUGE_KERNEL",
     "ReachPlan",
+    "convolve",
     "plan_reach",
     "run_trunk",
     "trunk_plan",
@@ -331,7 +332,7 @@ def run_trunk(
     the same random numbers give the same mask. Tracing and compiling get the padded
     layers: a plan holds for one input size only.
     """
-    if not trim or _tracing() or untrimmable_reason(backbone) is not None:
+    if not trim or tracing() or untrimmable_reason(backbone) is not None:
         return _run_padded(list(backbone.named_children()), x, taps)
     named = list(backbone.named_children())
     cut = _cut([layer for _, layer in named])
@@ -461,7 +462,7 @@ class _Surround(torch.autograd.Function):
 def _step(layer: nn.Module, x: torch.Tensor, unpadded: bool, cpu: bool) -> torch.Tensor:
     """One layer; ``unpadded``: without its own padding (only whole windows)."""
     if isinstance(layer, nn.Conv2d):
-        return _convolve(layer, x, (0, 0) if unpadded else layer.padding, cpu)  # type: ignore[arg-type]
+        return convolve(layer, x, (0, 0) if unpadded else layer.padding, cpu)  # type: ignore[arg-type]
     if unpadded and isinstance(layer, nn.MaxPool2d):
         return F.max_pool2d(x, layer.kernel_size, layer.stride, 0, layer.dilation)
     if unpadded and isinstance(layer, nn.AvgPool2d):
@@ -469,8 +470,9 @@ def _step(layer: nn.Module, x: torch.Tensor, unpadded: bool, cpu: bool) -> torch
     return layer(x)
 
 
-def _convolve(layer: nn.Conv2d, x: torch.Tensor, padding: tuple[int, int], cpu: bool) -> torch.Tensor:
-    """``layer`` with ``padding``, with its own parameters, by the fastest exact route for its shape."""
+def convolve(layer: nn.Conv2d, x: torch.Tensor, padding: tuple[int, int], cpu: bool) -> torch.Tensor:
+    """``layer`` with ``padding``, with its own parameters, by the fastest exact route for its shape
+    (on the CPU: :data:`CHANNELS_LAST_WIDTH`, :data:`HUGE_KERNEL`)."""
     w = layer.weight
     if cpu and w.numel() > HUGE_KERNEL and layer.groups == 1:
         n, _, height, width = x.shape

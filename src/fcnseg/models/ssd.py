@@ -17,8 +17,10 @@ import torch
 from torch import nn
 
 from fcnseg.detection.priors import SSD300_PRIORS, PriorSpec, prior_boxes
+from fcnseg.models.canvas import tracing
 from fcnseg.models.dense import rarefy
 from fcnseg.models.geometry import out_length
+from fcnseg.models.reach import convolve
 from fcnseg.models.vgg import vgg16_backbone
 
 __all__ = ["SSD", "SSD300_WIDTHS", "L2Normalize", "extra_widths", "reduce_vgg16", "ssd_trunk"]
@@ -190,17 +192,27 @@ class SSD(nn.Module):
             )
         wanted, found = set(self.sources), {}
         for blob, layer in self._layers():
-            x = layer(x)
+            x = self._conv(layer, x) if isinstance(layer, nn.Conv2d) else layer(x)
             if blob in wanted and isinstance(layer, nn.ReLU):
                 found[blob] = x
         found["conv4_3"] = self.conv4_3_norm(found["conv4_3"])
         return [found[s] for s in self.sources]
 
+    @staticmethod
+    def _conv(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        """A convolution by the route the FCN trunk takes (:func:`fcnseg.models.reach.convolve`: on the
+        CPU, narrow layers channels-last, whatever the input's layout); tracing gets the layer."""
+        if tracing():
+            return layer(x)
+        return convolve(layer, x, layer.padding, x.device.type == "cpu")  # type: ignore[arg-type]
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         locs, confs = [], []
         for name, source in zip(self.head_inputs, self.features(x), strict=True):
-            locs.append(self.heads[f"{name}_mbox_loc"](source).permute(0, 2, 3, 1).flatten(1))
-            confs.append(self.heads[f"{name}_mbox_conf"](source).permute(0, 2, 3, 1).flatten(1))
+            for kind, out in (("loc", locs), ("conf", confs)):
+                out.append(
+                    self._conv(self.heads[f"{name}_mbox_{kind}"], source).permute(0, 2, 3, 1).flatten(1)
+                )
         n = x.shape[0]
         return torch.cat(locs, 1).view(n, -1, 4), torch.cat(confs, 1).view(n, -1, self.num_classes)
 
