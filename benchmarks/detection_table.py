@@ -10,7 +10,7 @@ boxes drawn by chance from the priors score.
 
 The table replaces the ``detection-table`` section of ``benchmarks/RESULTS.md``.
 
-    python benchmarks/detection_table.py            # the settings in RESULTS.md
+    python benchmarks/detection_table.py            # the settings in RESULTS.md (25 min, one thread)
     python benchmarks/detection_table.py --quick    # a tiny run, seconds, no file written
 """
 
@@ -56,7 +56,7 @@ QUICK_DATA = {"train_images": 16, "val_images": 4, "image_size": (64, 96)}
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3000, help="training steps")
+    parser.add_argument("--steps", type=int, default=6000, help="training steps")
     parser.add_argument("--test-images", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0, help="seed of the training run")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
