@@ -200,11 +200,12 @@ class SSD(nn.Module):
 
     @staticmethod
     def _conv(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-        """A convolution by the route the FCN trunk takes (:func:`fcnseg.models.reach.convolve`: on the
-        CPU, narrow layers channels-last, whatever the input's layout); tracing gets the layer."""
-        if tracing():
+        """On the CPU, a convolution by the route the FCN trunk takes (:func:`fcnseg.models.reach.convolve`:
+        narrow layers channels-last, whatever the input's layout); elsewhere, and when tracing, the layer
+        itself (its forward hooks fire: ``fcnseg info`` counts on the meta device)."""
+        if tracing() or x.device.type != "cpu":
             return layer(x)
-        return convolve(layer, x, layer.padding, x.device.type == "cpu")  # type: ignore[arg-type]
+        return convolve(layer, x, layer.padding, cpu=True)  # type: ignore[arg-type]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         locs, confs = [], []
