@@ -11,6 +11,7 @@ inference: a forward under ``torch.no_grad``. The table replaces the ``ssd-speed
 
     python benchmarks/bench_ssd.py             # about 3 minutes, one thread
     python benchmarks/bench_ssd.py --no-write  # print only
+    python benchmarks/bench_ssd.py --quick     # the narrow net, batch 2, one round, seconds; print only
 """
 
 from __future__ import annotations
@@ -64,11 +65,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    parser.add_argument("--quick", action="store_true", help="the narrow net, batch 2, one round; print only")
     args = parser.parse_args()
+    cases = [(CASES[0][0], 2)] if args.quick else CASES
+    if args.quick:
+        args.rounds, args.no_write = 1, True
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
     rows = []
-    for widths, batch in CASES:
+    for widths, batch in cases:
         torch.manual_seed(0)
         model = build_model("ssd300", 21, widths=widths)
         x = torch.randn(batch, 3, 300, 300)

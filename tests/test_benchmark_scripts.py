@@ -1,4 +1,4 @@
-"""The benchmark scripts' shared pieces, and a smoke run of the section-3 study (writes nothing)."""
+"""The benchmark scripts' shared pieces, and quick runs of the scripts (they write nothing)."""
 
 import subprocess
 import sys
@@ -8,6 +8,15 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 from _results import write_section  # noqa: E402
+
+
+def run_script(name: str, *args: str) -> str:
+    """Run ``benchmarks/<name>`` with ``args``; its standard output, after checking it succeeded."""
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / name), *args], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
 
 
 def test_write_section_replaces_only_its_block(tmp_path):
@@ -40,47 +49,42 @@ def test_write_section_puts_a_new_block_inside_its_section(tmp_path):
 
 
 def test_section3_study_quick_run(tmp_path):
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "section3_study.py"), "--quick", "--jobs", "1"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    out = run_script("section3_study.py", "--quick", "--jobs", "1")
     for heading in ("does sampling speed convergence?", "| FCN-32s + shift-and-stitch x4 | 8 | 16 |"):
-        assert heading in done.stdout
+        assert heading in out
 
 
 def test_bench_training_quick_run():
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(BENCHMARKS / "bench_training.py"),
-            *("--cases", "demo", "--rounds", "1", "--threads", "1", "--no-write"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "| demo net (4, 8, 16, 32, 32, 64), batch 4, 64x96, Adam | 1 | reach |" in done.stdout
+    out = run_script("bench_training.py", "--cases", "demo", "--rounds", "1", "--threads", "1", "--no-write")
+    assert "| demo net (4, 8, 16, 32, 32, 64), batch 4, 64x96, Adam | 1 | reach |" in out
 
 
 def test_edges_table_quick_run():
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "edges_table.py"), "--quick", "--jobs", "1"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    out = run_script("edges_table.py", "--quick", "--jobs", "1")
     for row in (
         "| HED (4, 8, 8, 8, 8), 5 steps |",
         "| FSDS (4, 8, 8, 8, 8), 5 steps |",
         "| distance to Sobel edges |",
     ):
-        assert row in done.stdout
-    baselines = [
-        line.split("|")[2:5] for line in done.stdout.splitlines() if line.startswith(("| Sobel", "| dist"))
-    ]
+        assert row in out
+    baselines = [line.split("|")[2:5] for line in out.splitlines() if line.startswith(("| Sobel", "| dist"))]
     assert len(baselines) == 3 and all(0 <= float(cell) <= 1 for row in baselines for cell in row)
+
+
+def test_detection_table_quick_run():
+    out = run_script("detection_table.py", "--quick")
+    rows = [
+        line.split("|")[2:4] for line in out.splitlines() if line.startswith(("| SSD300", "| the same net"))
+    ]
+    assert len(rows) == 2 and all(0 <= float(cell) <= 100 for row in rows for cell in row)
+    assert "| SSD300 (4, 8, 16, 32, 32, 64), 5 steps |" in out
+
+
+def test_bench_ssd_quick_run():
+    out = run_script("bench_ssd.py", "--quick")
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| SSD300 widths")]
+    assert {row[2].strip() for row in rows} == {
+        "training step",
+        "inference",
+    }  # (each row: live, then in the table)
+    assert all(float(row[6]) < 1e-4 for row in rows)  # the routed convolutions give the same outputs

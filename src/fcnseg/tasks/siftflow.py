@@ -204,7 +204,6 @@ class SiftFlowTask(SegmentationTask):
     ) -> None:
         """``prediction``: each head's (H, W) label map by head name, in channel order. Each is written
         as a segmentation net's, its files named ``stem`` + :func:`head_suffix` + the usual ending."""
+        options = {"overlay_format": overlay_format, "overlay_alpha": overlay_alpha}
         for i, (name, labels) in enumerate(prediction.items()):
-            target = Path(f"{stem}{head_suffix(i, name)}")
-            options = {"overlay_format": overlay_format, "overlay_alpha": overlay_alpha}
-            super().write_prediction(target, image, (labels, None), **options)
+            super().write_prediction(Path(f"{stem}{head_suffix(i, name)}"), image, (labels, None), **options)
