@@ -33,7 +33,7 @@ from _peers import torchfcn_twin  # noqa: E402
 from _results import machine, write_section  # noqa: E402
 
 import fcnseg  # noqa: E402
-from fcnseg.infer.fast import optimize  # noqa: E402
+from fcnseg.accel import for_inference  # noqa: E402
 from fcnseg.models.flops import compute_cost  # noqa: E402
 
 
@@ -134,9 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     load_before = os.getloadavg()[0]
 
     model = seeded_model(args.arch)
-    model.trim_padding = False  # "fcnseg" is the padded eager net, as torchfcn runs it
     twin = torchfcn_twin(model, args.arch)
-    fast = optimize(model)
+    fast = for_inference(model)  # what fcnseg.predict runs: the speed layer's twin
     peak = machine_peak()
     print(f"peak fp32: mm {peak['mm']:.0f} GFLOP/s, conv {peak['conv']:.0f} GFLOP/s", flush=True)
 
@@ -171,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
                 agreement["fcnseg onnxruntime"] = relative_error(ort_run(x), reference)
                 variants["fcnseg onnxruntime"] = ort_run
             if args.extras and batch == 1 and size == min(sizes):
-                fast_bf16 = optimize(model, torch.bfloat16)
+                fast_bf16 = for_inference(model, torch.bfloat16)
                 with torch.inference_mode():
                     out_bf16 = fast_bf16(x)
                 labels = (out_bf16.argmax(1) == reference.argmax(1)).float().mean().item()

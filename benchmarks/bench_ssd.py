@@ -1,9 +1,9 @@
-"""SSD300 on the CPU: each convolution by the trunk's route against the layers called as written.
+"""SSD300 on the CPU: the net as written against what fcnseg's tools run (the speed layer).
 
-``SSD`` runs every convolution through :func:`fcnseg.models.reach.convolve`, as the FCN trunk
-does: on the CPU, layers up to ``CHANNELS_LAST_WIDTH`` output channels run channels-last and
-wider ones in the default layout, whatever the input's layout. *as written* calls each
-``nn.Conv2d`` itself, in the default layout (what tracing and export get). Both variants take
+*as written* calls ``model(x)``, every layer in the default layout; *fcnseg* runs what the trainer
+and ``predict`` run, :func:`fcnseg.accel.for_training` / :func:`~fcnseg.accel.for_inference`: for a
+net of narrow convolutions (at most 128 outputs) on the CPU, the same forward on a channels-last
+input (:mod:`fcnseg.accel.layout`); for the full-width net, the net itself. Both variants take
 turns in each round, from the same weights and images; the outputs of one forward are checked
 equal (max |x - ref| / max |ref|). Training: forward, the sum of both outputs, backward;
 inference: a forward under ``torch.no_grad``. The table replaces the ``ssd-speed`` section of
@@ -22,36 +22,25 @@ import os
 import statistics
 import sys
 import time
-from contextlib import contextmanager
 
 import torch
 from _results import machine, write_section
+from torch import nn
 
 from fcnseg import build_model
-from fcnseg.models.ssd import SSD
+from fcnseg.accel import for_inference, for_training
 
 CASES = [((4, 8, 16, 32, 32, 64), 8), (None, 2)]
 """(widths, batch): the README's narrow synthetic run, and the full net."""
 
 
-@contextmanager
-def as_written():
-    """Every convolution of SSD called as the layer itself."""
-    routed = SSD.__dict__["_conv"]  # the staticmethod itself
-    SSD._conv = staticmethod(lambda layer, x: layer(x))
-    try:
-        yield
-    finally:
-        SSD._conv = routed
-
-
-def train_step(model: SSD, x: torch.Tensor) -> None:
+def train_step(model: nn.Module, x: torch.Tensor) -> None:
     model.zero_grad(set_to_none=True)
     loc, conf = model(x)
     (loc.sum() + conf.sum()).backward()
 
 
-def infer(model: SSD, x: torch.Tensor) -> None:
+def infer(model: nn.Module, x: torch.Tensor) -> None:
     with torch.no_grad():
         model(x)
 
@@ -77,22 +66,18 @@ def main() -> None:
         torch.manual_seed(0)
         model = build_model("ssd300", 21, widths=widths)
         x = torch.randn(batch, 3, 300, 300)
+        nets = {
+            "training step": (train_step, model, for_training(model)),
+            "inference": (infer, model, for_inference(model)),
+        }
         with torch.no_grad():
-            routed = model(x)
-            with as_written():
-                written = model(x)
-        error = max(relative_error(a, b) for a, b in zip(routed, written, strict=True))
-        for what, run in (("training step", train_step), ("inference", infer)):
+            error = max(relative_error(a, b) for a, b in zip(nets["inference"][2](x), model(x), strict=True))
+        for what, (run, written, fast) in nets.items():
             times: dict[str, list[float]] = {"as written": [], "fcnseg": []}
             for round_ in range(args.rounds + 1):
-                for variant in times:
-                    if variant == "as written":
-                        with as_written():
-                            start = time.perf_counter()
-                            run(model, x)
-                    else:
-                        start = time.perf_counter()
-                        run(model, x)
+                for variant, net in (("as written", written), ("fcnseg", fast)):
+                    start = time.perf_counter()
+                    run(net, x)
                     if round_:  # the first round makes oneDNN's primitives
                         times[variant].append(time.perf_counter() - start)
             ratio = statistics.median(
@@ -107,13 +92,13 @@ def main() -> None:
             print(row, flush=True)
     text = "\n".join(
         [
-            "## SSD300 on the CPU: the trunk's convolution routes",
+            "## SSD300 on the CPU: the speed layer's channels-last inputs",
             "",
             "Median seconds over rounds in which the variants take turns, and the median of the per-round "
-            "ratio. *as written*: every `nn.Conv2d` called itself (default layout); *fcnseg*: each "
-            "convolution by `fcnseg.models.reach.convolve` (channels-last up to 128 output channels on the "
-            "CPU), as the FCN trunk runs them. Error: the two forwards' outputs, max |x - ref| / max |ref|. "
-            "Training step: forward, the sum of both outputs, backward.",
+            "ratio. *as written*: `model(x)` in the default layout; *fcnseg*: what the trainer and "
+            "`predict` run (`fcnseg.accel`): a net whose convolutions have at most 128 outputs gets a "
+            "channels-last input on the CPU, the full-width net runs as written. Error: the two forwards' "
+            "outputs, max |x - ref| / max |ref|. Training step: forward, the sum of both outputs, backward.",
             "",
             f"- command: `python benchmarks/bench_ssd.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`",
             f"- machine: {machine()}; torch {torch.__version__}; {args.threads} thread(s); "

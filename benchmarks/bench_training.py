@@ -1,4 +1,4 @@
-"""Training step time on the CPU: the padded net, the images' reach (the default), and torchfcn.
+"""Training step time on the CPU: the plain (padded) net, the speed layer's reach (the trainer's default), torchfcn.
 
 One step = forward, loss, backward and optimizer update, with the trainer's optimizer
 (``fcnseg.train.optim``: fused on the CPU) for every variant. Two nets:
@@ -42,6 +42,8 @@ from _peers import torchfcn_twin  # noqa: E402
 from _results import machine, write_section  # noqa: E402
 
 from fcnseg import build_model  # noqa: E402
+from fcnseg.accel import for_training  # noqa: E402
+from fcnseg.accel.training import TrimmedFCN  # noqa: E402
 from fcnseg.cli.demo import FULL as DEMO_RECIPE  # noqa: E402
 from fcnseg.data.synthetic import CLASS_NAMES  # noqa: E402
 from fcnseg.train.config import RECIPES, TrainConfig  # noqa: E402
@@ -111,7 +113,6 @@ def build_case(
     images = torch.randn(batch, 3, height, width)
     labels = torch.randint(0, classes, (batch, height, width))
     padded64 = copy.deepcopy(base).double()
-    padded64.trim_padding = False
     reference = scores_and_grads(padded64, images.double(), labels, reduction, {})
     del padded64
     steps, errors = {}, {}
@@ -130,10 +131,13 @@ def build_case(
             }
         else:
             model = copy.deepcopy(base)
-            model.trim_padding = variant != "padded"
         model = model.to(memory_format=layout)
         x = images.contiguous(memory_format=layout)
         optimizer = make_optimizer(model, config)
+        if variant.startswith("reach"):
+            model = for_training(model)
+            assert isinstance(model, TrimmedFCN), "the trainer would run the plain net"
+            names = {n: n.removeprefix("model.") for n, _ in model.named_parameters()}
         out, grads = scores_and_grads(model, x, labels, reduction, names)
         assert grads.keys() == reference[1].keys(), sorted(set(grads) ^ set(reference[1]))
         errors[variant] = (
@@ -188,8 +192,8 @@ def main() -> None:
             "Forward, loss, backward and optimizer update of FCN-8s (the trainer's optimizer, fused on the "
             "CPU, for every variant); median and best over rounds in which the variants take turns, and the "
             "median over rounds of the padded step's time over the variant's in that round. *padded*: "
-            "`model.trim_padding = False`, the layers as written; *reach*: the default "
-            "(`fcnseg.models.reach`); *torchfcn*: its `FCN8s` with the same weights. Errors of one step "
+            "`model(x)`, the layers as written; *reach*: what the trainer runs, "
+            "`fcnseg.accel.for_training(model)` (`fcnseg.accel.reach`); *torchfcn*: its `FCN8s` with the same weights. Errors of one step "
             "from the same weights in float32 (dropout off), against the padded net in float64: "
             "max |x - ref| / max |ref| of the scores and of each parameter's gradient (the worst). Load: "
             "the 1-minute load average when the rounds ended.",

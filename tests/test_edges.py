@@ -9,6 +9,8 @@ import torch
 from PIL import Image
 
 import fcnseg
+from fcnseg.accel import for_training
+from fcnseg.accel.training import TrimmedSides
 from fcnseg.data.datasets import IGNORE_INDEX, DataError
 from fcnseg.data.edges import (
     BSDS500,
@@ -62,7 +64,8 @@ def test_outputs_have_the_input_size(size):
 @pytest.mark.parametrize("arch", ["hed", "fsds"])
 @pytest.mark.parametrize("size", [(1, 1), (7, 12), (40, 33)])
 def test_skipping_the_input_padding_keeps_scores_and_gradients(arch, size):
-    """The trunk runs on the images' reach by default: the padded net's outputs and gradients."""
+    """Training runs the trunk on the images' reach: the padded net's outputs and gradients."""
+    assert type(for_training(tiny(arch))) is TrimmedSides
     model = tiny(arch).double().train()
     with torch.no_grad():
         for p in model.parameters():  # signal everywhere; positive biases keep narrow ReLUs alive
@@ -70,9 +73,8 @@ def test_skipping_the_input_padding_keeps_scores_and_gradients(arch, size):
     x = torch.randn(2, 3, *size, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     results = []
     for trim in (True, False):
-        model.trim_padding = trim
         model.zero_grad()
-        out = model(x)
+        out = (for_training(model) if trim else model)(x)
         (out * torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out)).sum().backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         results.append((out.detach(), grads))

@@ -65,8 +65,6 @@ def test_heads_loss_is_the_sum_of_each_heads_loss_and_collate_stacks_labels():
 
 def test_late_fusion_equals_upsampling_the_averaged_scores_as_the_original(tmp_path):
     fused = _randomise(build_model("fcn32s-late-fusion", 5, widths=TINY, in_channels=6))
-    for stream in fused.streams.values():
-        stream.trim_padding = False
     x = torch.randn(2, 6, 29, 35)
     scores = {}
     for name, stream in fused.streams.items():

@@ -8,6 +8,8 @@ from PIL import Image
 from tiny_nets import tiny_fcn
 
 import fcnseg
+from fcnseg.accel import for_inference
+from fcnseg.accel.inference import FastFCN
 from fcnseg.data.preprocess import preprocess
 from fcnseg.errors import ConfigError
 from fcnseg.infer import predict as predict_module
@@ -172,12 +174,13 @@ def test_cpu_predictions_use_the_fast_twin_and_refresh_it_when_weights_change():
     x = torch.randn(1, 3, 29, 35)
     with torch.inference_mode():
         first = predict_module._forward(model, x)
-        twin = predict_module._FAST_TWINS[model][torch.float32][1]
+        twin = for_inference(model)
+        assert isinstance(twin, FastFCN) and for_inference(model) is twin
         assert (first - model(x)).abs().max() <= 1e-4 * model(x).abs().max()
         with torch.no_grad():
             model.score_fr.bias.add_(1.0)
         second = predict_module._forward(model, x)
-    assert predict_module._FAST_TWINS[model][torch.float32][1] is not twin
+    assert for_inference(model) is not twin
     assert (second - model(x)).abs().max() <= 1e-4 * model(x).abs().max()
 
 
@@ -186,7 +189,7 @@ def test_bf16_runs_the_fast_twin_in_bfloat16_close_to_fp32(monkeypatch):
     model, image = tiny_fcn(num_classes=4), random_image(40, 52)
     labels, probs = predict(model, image, return_probs=True)
     labels16, probs16 = predict(model, image, return_probs=True, precision="bf16")
-    assert predict_module._FAST_TWINS[model][torch.bfloat16][1].dtype == torch.bfloat16
+    assert for_inference(model, torch.bfloat16).dtype == torch.bfloat16
     assert probs16.dtype == np.float32
     assert 0 < np.abs(probs16 - probs).max() < 0.05  # rounded, not another net
     assert (labels16 == labels).mean() > 0.95

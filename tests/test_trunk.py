@@ -18,7 +18,9 @@ from tiny_nets import NARROW, tiny_fcn
 from torch import nn
 
 import fcnseg
-from fcnseg.infer.fast import optimize
+from fcnseg.accel import for_inference
+from fcnseg.accel.reach import run_trunk
+from fcnseg.accel.training import TrimmedFCN
 from fcnseg.models.geometry import AffineMap, layer_map, out_length
 from fcnseg.models.googlenet import GOOGLENET_PADDING, Inception, googlenet_backbone
 from fcnseg.models.trunk import SequentialTrunk, Tap, Trunk
@@ -71,7 +73,7 @@ class TwoStages(Trunk):
             "pool2": Tap("pool2", 16, AffineMap(4, 6.5 - padding), 14),
         }
 
-    def run(self, x, taps=(), trim=True):
+    def features(self, x, taps=()):
         pool1 = self.pool(torch.relu(self.conv1(x)))
         pool2 = self.pool(torch.relu(self.conv2(pool1)))
         return {name: blob for name, blob in (("pool1", pool1), ("pool2", pool2)) if name in taps}, pool2
@@ -170,7 +172,7 @@ def test_a_trunk_that_is_no_sequence_declares_its_taps_by_hand():
     with (
         torch.no_grad()
     ):  # sizes from the taps alone, as floor-mode windows give them: ceil mode adds up to 1
-        blobs, out = trunk.run(torch.zeros(1, 3, 40, 33), ("pool1",))
+        blobs, out = trunk.features(torch.zeros(1, 3, 40, 33), ("pool1",))
     estimated = trunk.blob_sizes(40, 33)
     for name, blob in (("pool1", blobs["pool1"]), ("pool2", out)):
         assert all(0 <= a - b <= 1 for a, b in zip(blob.shape[-2:], estimated[name], strict=True)), name
@@ -252,25 +254,24 @@ def test_a_tap_is_its_layers_output_whatever_an_in_place_relu_does_next():
     x = torch.randn(2, 3, 40, 50, dtype=torch.float64)
     wanted = ("conv1_2", "conv2_2", "conv3_3", "conv4_3", "conv5_3", "relu5_3", "pool4", "fc7")  # HED's, more
     weights = {name: torch.randn(1, dtype=torch.float64) for name in wanted}
+    runs = {True: lambda *a: run_trunk(model.backbone, *a), False: model.backbone.features}
     grads = []
     for trim in (True, False):  # training through every tap: the same gradients on both paths
         model.backbone.zero_grad()
-        taps, _ = model.backbone.run(x, wanted, trim=trim)
+        taps, _ = runs[trim](x, wanted)
         sum((weights[name] * taps[name].tanh()).sum() for name in wanted).backward()
         grads.append([p.grad.clone() for p in model.backbone.parameters()])
     for trimmed, padded in zip(*grads, strict=True):
         assert torch.allclose(trimmed, padded, rtol=1e-9, atol=1e-12 * padded.abs().max())
     with torch.no_grad():
-        trimmed, padded = (model.backbone.run(x, wanted, trim=trim)[0] for trim in (True, False))
+        trimmed, padded = (runs[trim](x, wanted)[0] for trim in (True, False))
         for name in wanted:
             assert torch.allclose(trimmed[name], padded[name], rtol=1e-9, atol=1e-12), name
         for taps in (trimmed, padded):
             assert taps["conv5_3"].min() < 0 and torch.equal(taps["relu5_3"], taps["conv5_3"].relu())
-        padded = model.backbone.run(x, (), trim=False)[1]
-        assert torch.allclose(model.backbone.run(x, ("conv5_3",))[1], padded, rtol=1e-9, atol=0)
-        model.trim_padding = False
+        padded = model.backbone.features(x)[1]
+        assert torch.allclose(run_trunk(model.backbone, x, ("conv5_3",))[1], padded, rtol=1e-9, atol=0)
         expected = model(x)
-        model.trim_padding = True
-        assert torch.allclose(model(x), expected, rtol=1e-9, atol=1e-9 * expected.abs().max())
-        fast = optimize(model.float())(x.float())
+        assert torch.allclose(TrimmedFCN(model)(x), expected, rtol=1e-9, atol=1e-9 * expected.abs().max())
+        fast = for_inference(model.float())(x.float())
     assert torch.allclose(fast.double(), expected, atol=1e-4 * expected.abs().max())

@@ -140,6 +140,15 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
             "help": "NHWC memory layout: faster steps for narrow nets on CPU (measure yours)",
         },
     ),
+    (
+        "--no-accel",
+        {
+            "dest": "accel",
+            "action": "store_const",
+            "const": False,
+            "help": "run model(x) as written; by default the exact, faster wrappers of fcnseg.accel run it",
+        },
+    ),
     ("--seed", {"type": int}),
     ("--val-every", {"type": int, "help": "steps between validations and checkpoints; 0: once per epoch"}),
     ("--checkpoint-every", {"type": float, "help": "seconds between saves of last.pt between validations"}),
@@ -171,7 +180,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     for flag, options in _FLAGS:
         # default=None: a flag left out lets the recipe decide; the help shows TrainConfig's default
         parser.add_argument(
-            flag, default=None, **_with_default(options, defaults[flag[2:].replace("-", "_")])
+            flag,
+            default=None,
+            **_with_default(options, defaults[options.get("dest", flag[2:].replace("-", "_"))]),
         )
     parser.set_defaults(run=run)
 

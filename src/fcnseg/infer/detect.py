@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from fcnseg.accel import for_inference
 from fcnseg.data.detection import resize_for_net
 from fcnseg.data.palette import pascal_palette
 from fcnseg.data.preprocess import preprocess, preprocessing_of
@@ -35,7 +36,7 @@ def detect_images(
     size = model.prior_spec.image_size
     device = next(model.parameters()).device
     batch = preprocess(np.stack([resize_for_net(image, size) for image in images]), preprocessing_of(model))
-    loc, conf = model.eval()(batch.to(device))
+    loc, conf = for_inference(model.eval())(batch.to(device))
     found = detect(loc, conf, model.priors().to(device), model.prior_spec.variances, **options)
     results = []
     for image, result in zip(images, found, strict=True):

@@ -10,9 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-import weakref
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from functools import partial
 
 import numpy as np
@@ -20,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from fcnseg.accel import evaluating, for_inference
 from fcnseg.data.images import read_image
 from fcnseg.data.preprocess import preprocess, preprocessing_of
 from fcnseg.errors import ConfigError
 from fcnseg.infer.crf import CRFSettings, refine
-from fcnseg.infer.fast import FastFCN, optimize
 from fcnseg.infer.tiling import (
     BYTES_PER_VALUE,
     activation_bytes,
@@ -49,36 +47,13 @@ PRECISIONS = ("fp32", "bf16", "auto")
 
 _BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}
 
-_FAST_TWINS: weakref.WeakKeyDictionary[FCN, dict[torch.dtype, tuple[tuple, FastFCN]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _weights_fingerprint(model: FCN) -> tuple:
-    """Changes whenever a weight is replaced or updated in place, so a stale twin is never used."""
-    return tuple((t.data_ptr(), t._version) for t in [*model.parameters(), *model.buffers()])
-
 
 def _forward(model: FCN, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """(N, 3, H, W) -> (N, C, H, W) float32 scores, on the fastest path for ``dtype``.
-
-    On the CPU that is the model's :class:`FastFCN` twin (in float32 the same scores
-    to about 1e-6 relative, see ``fcnseg.infer.fast``), built once per set of weights
-    and dtype; on CUDA, bfloat16 is autocast.
-    """
-    if x.device.type != "cpu":
-        if dtype == torch.float32:
-            return model(x)
-        with torch.autocast(x.device.type, dtype=dtype):
-            return model(x).float()
+    """(N, 3, H, W) -> (N, C, H, W) float32 scores, on the fastest exact path for ``dtype``
+    (:func:`fcnseg.accel.for_inference`: in float32 the same scores to about 1e-6 relative)."""
     if x.dtype != torch.float32:
         return model(x)
-    fingerprint = _weights_fingerprint(model)
-    twins = _FAST_TWINS.setdefault(model, {})
-    cached = twins.get(dtype)
-    if cached is None or cached[0] != fingerprint:
-        cached = twins[dtype] = (fingerprint, optimize(model, dtype))
-    return cached[1](x)
+    return for_inference(model, dtype)(x)
 
 
 @functools.cache
@@ -125,17 +100,6 @@ def resolve_device(device: str | torch.device | None, model: FCN | None = None) 
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device cuda requested but CUDA is not available here; use --device cpu or auto")
     return device
-
-
-@contextmanager
-def _evaluating(model: FCN) -> Iterator[None]:
-    """Eval mode (no dropout) for the duration, then the caller's mode back."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def _scores(model: FCN, x: torch.Tensor, budget: int, dtype: torch.dtype) -> torch.Tensor:
@@ -243,7 +207,7 @@ def predict_batch(
     budget = max_memory if max_memory is not None else default_max_memory(device)
     x = preprocess(images, preprocessing_of(model)).to(device)
     augmented = tta_flip or scales != (1.0,)
-    with _evaluating(model):
+    with evaluating(model):
         if return_probs or augmented or crf is not None:
             probs = _tta_probabilities(model, x, tta_flip, scales, budget, dtype)
             labels = probs.argmax(1)

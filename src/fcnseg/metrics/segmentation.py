@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from fcnseg import distributed
+from fcnseg.accel import for_inference
 from fcnseg.data.datasets import IGNORE_INDEX
 from fcnseg.data.preprocess import preprocessing_of
 from fcnseg.data.transforms import NetPairs, pad_collate
@@ -203,7 +204,7 @@ def evaluate_confusion(
             tqdm(loader, desc="validate", leave=False, disable=not progress), batches, strict=True
         ):
             labels = labels.to(context.device)
-            scores = model(images.to(context.device))
+            scores = for_inference(model)(images.to(context.device))
             pred = scores.argmax(1) if crf is None else _refined(scores, dataset, indices, crf)
             confusion += confusion_matrix(pred, labels, num_classes, IGNORE_INDEX)
     model.train(was_training)

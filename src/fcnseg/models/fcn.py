@@ -7,10 +7,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from fcnseg.models.canvas import upsample, upsample_and_crop
 from fcnseg.models.geometry import AffineMap, crop_offset, layer_map
-from fcnseg.models.layers import ChannelScale, bilinear_upsampler, crop_like
+from fcnseg.models.layers import ChannelScale, bilinear_upsampler, check_input, crop
 from fcnseg.models.trunk import Trunk, as_trunk
+
+torch.fx.wrap("check_input")
+torch.fx.wrap("crop")
 
 
 class FCN(nn.Module):
@@ -30,11 +32,9 @@ class FCN(nn.Module):
     repository's nets), only the "final" one (the paper's text: the 2x ones
     learn), or "none".
 
-    The forward pass skips the constant input padding where that is exact (each
-    image computes only what it reaches, the rest once per batch: see
-    :mod:`fcnseg.models.reach`): same scores and gradients, several times faster
-    for small images. ``trim_padding = False`` runs the padded layers as written,
-    for comparison.
+    ``forward`` is the original net, every layer called as a module: hooks see each
+    of them, and ``torch.fx`` traces it. :mod:`fcnseg.accel` runs the same net faster
+    and exactly (skipping the constant input padding), beside it.
 
     (N, in_channels, H, W) -> (N, num_classes, H, W) for any H, W >= 1.
     """
@@ -64,7 +64,6 @@ class FCN(nn.Module):
             raise ValueError(f"skips {unknown} are not taps of the trunk ({', '.join(taps)})")
         output = trunk.output
         self.num_classes = num_classes
-        self.trim_padding = True
         self.in_channels = trunk.in_channels
         self.skips = tuple(skips)
         self.backbone = trunk
@@ -106,28 +105,19 @@ class FCN(nn.Module):
         return {tap: offset for _, tap, offset in self.fusions}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        taps, h = self.backbone.run(x, self.skips, trim=self.trim_padding)
-        return self.score(h, taps, x.shape[-2], x.shape[-1])
+        taps, h = self.backbone.features(check_input(x, self.in_channels), self.skips)
+        return self.head(taps, h, x)
 
-    def score(self, h: torch.Tensor, taps: dict[str, torch.Tensor], height: int, width: int) -> torch.Tensor:
-        """The head: the trunk's output ``h`` and its ``taps`` -> (N, num_classes, height, width)."""
+    def head(self, taps: dict[str, torch.Tensor], h: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The trunk's output ``h`` and its ``taps`` -> scores the size of ``like`` (the input)."""
         h = self.score_fr(h)
         for upsample_name, tap, offset in self.fusions:
-            upsampling = getattr(self, upsample_name)
-            h = upsample(upsampling, h) if self.trim_padding else upsampling(h)
+            h = getattr(self, upsample_name)(h)
             skip = taps[tap]
-            if self.trim_padding:  # the score layers act per position (1x1): score only what the crop keeps
-                skip = crop_like(skip, offset, h.shape[-2], h.shape[-1])
             if hasattr(self, f"scale_{tap}"):
                 skip = getattr(self, f"scale_{tap}")(skip)
-            skip = getattr(self, f"score_{tap}")(skip)
-            h = h + (skip if self.trim_padding else crop_like(skip, offset, h.shape[-2], h.shape[-1]))
-        final = getattr(self, self.final_name)
-        if self.trim_padding:
-            return upsample_and_crop(final, h, self.output_offset, height, width)
-        return crop_like(final(h), self.output_offset, height, width)
+            h = h + crop(getattr(self, f"score_{tap}")(skip), offset, h)
+        return crop(getattr(self, self.final_name)(h), self.output_offset, like)
 
     def freeze_backbone(self) -> FCN:
         """Train only the score layers (the paper's FCN-32s-fixed)."""

@@ -67,9 +67,9 @@ def compute_cost(model: nn.Module, size: tuple[int, int], in_channels: int | Non
 
     The input lives on the device of the model's parameters: on the meta device
     nothing is computed. ``in_channels`` defaults to the first convolution's.
-    The model is run in eval mode under ``no_grad`` and left in its own mode. An
-    FCN is counted as written, padding and all: the paper's arithmetic, not the
-    images' reach its forward pass computes by default.
+    The model is run in eval mode under ``no_grad`` and left in its own mode. A net
+    is counted as written, padding and all: the paper's arithmetic, not what
+    :mod:`fcnseg.accel` skips.
     """
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
     if in_channels is None:
@@ -93,16 +93,11 @@ def compute_cost(model: nn.Module, size: tuple[int, int], in_channels: int | Non
     leaves = [(name, m) for name, m in model.named_modules() if not list(m.children())]
     handles = [m.register_forward_hook(record(name)) for name, m in leaves]
     training = model.training
-    trimmed = {m: m.trim_padding for m in model.modules() if hasattr(m, "trim_padding")}
     try:
-        for m in trimmed:
-            m.trim_padding = False
         with torch.no_grad():
             model.eval()(torch.zeros(1, in_channels, *size, device=device))
     finally:
         model.train(training)
-        for m, trim in trimmed.items():
-            m.trim_padding = trim
         for handle in handles:
             handle.remove()
     total = sum(p.numel() for p in model.parameters())

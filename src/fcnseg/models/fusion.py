@@ -8,6 +8,9 @@ import torch
 from torch import nn
 
 from fcnseg.models.fcn import FCN
+from fcnseg.models.layers import check_input
+
+torch.fx.wrap("check_input")
 
 
 class LateFusionFCN(nn.Module):
@@ -37,10 +40,16 @@ class LateFusionFCN(nn.Module):
         self.in_channels = sum(s.in_channels for s in streams)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        parts = x.split([s.in_channels for s in self.streams.values()], dim=1)
-        scores = [stream(part) for stream, part in zip(self.streams.values(), parts, strict=True)]
+        parts = self.parts(x)  # indexed, not unpacked: torch.fx cannot iterate over a traced split
+        return self.fuse([stream(parts[i]) for i, stream in enumerate(self.streams.values())])
+
+    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(N, in_channels, H, W) -> each stream's channels, in stream order."""
+        return check_input(x, self.in_channels).split([s.in_channels for s in self.streams.values()], dim=1)
+
+    @staticmethod
+    def fuse(scores: list[torch.Tensor]) -> torch.Tensor:
+        """The streams' scores -> their average."""
         return torch.stack(scores).mean(0)
 
 

@@ -39,11 +39,22 @@ WINDOWED = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
 
 
 def window(layer: nn.Module, axis: int = 0) -> tuple[int, int, int, int]:
-    """Kernel, stride, padding and dilation of a convolution or pooling along ``axis``."""
-    if not isinstance(layer, WINDOWED):
+    """Kernel, stride, padding and dilation of a (transposed) convolution or pooling along ``axis``."""
+    if not isinstance(layer, WINDOWED + (nn.ConvTranspose2d,)):
         raise TypeError(f"no window known for {type(layer).__name__}")
     attrs = (layer.kernel_size, layer.stride, layer.padding, getattr(layer, "dilation", 1))
-    return tuple(int(v[axis]) if isinstance(v, tuple) else int(v) for v in attrs)
+    return tuple(int(v[axis]) if isinstance(v, tuple) else int(v) for v in attrs)  # type: ignore[return-value]
+
+
+def square_window(layer: nn.Module) -> tuple[int, int, int, int]:
+    """:func:`window`, the same along both axes: our nets' geometry is square, anything else is refused."""
+    rows, cols = window(layer, 0), window(layer, 1)
+    if rows != cols:
+        raise ValueError(
+            f"geometry needs square kernels, strides, padding and dilation; {type(layer).__name__} has "
+            f"{rows} along rows and {cols} along columns"
+        )
+    return rows
 
 
 def declared_map(layer: nn.Module) -> AffineMap | None:
@@ -73,14 +84,27 @@ def out_length(layer: nn.Module, length: int, axis: int = 0) -> int:
         for inner in layer:
             length = out_length(inner, length, axis) if length else 0
         return length
-    k, s, p, d = window(layer, axis)
-    reach = length + 2 * p - d * (k - 1) - 1
+    return window_length(length, *sliding_window(layer, axis))
+
+
+def sliding_window(layer: nn.Module, axis: int = 0) -> tuple[int, int, int, bool]:
+    """(span, stride, padding, ceil mode) of a convolution or pooling along ``axis``: the span is the
+    dilated kernel's extent in input positions."""
+    kernel, stride, padding, dilation = window(layer, axis)
+    return dilation * (kernel - 1) + 1, stride, padding, getattr(layer, "ceil_mode", False)
+
+
+def window_length(length: int, span: int, stride: int, padding: int, ceil_mode: bool = False) -> int:
+    """Outputs of a sliding window of ``span`` input positions along an axis of ``length`` (0 where
+    the window does not fit), with PyTorch's rule for ceil-mode pooling: the last window may hang
+    over the end, but must start inside the input or its left padding."""
+    reach = length + 2 * padding - span
     if reach < 0:
         return 0
-    if not getattr(layer, "ceil_mode", False):
-        return reach // s + 1
-    count = -(-reach // s) + 1
-    return count - 1 if (count - 1) * s >= length + p else count  # no window may start in the right padding
+    if not ceil_mode:
+        return reach // stride + 1
+    count = -(-reach // stride) + 1
+    return count - 1 if (count - 1) * stride >= length + padding else count
 
 
 def layer_span(layer: nn.Module) -> int:
@@ -97,17 +121,7 @@ def layer_span(layer: nn.Module) -> int:
             span += (layer_span(inner) - 1) * scale
             scale *= layer_map(inner).scale
         return int(span)
-    kernel, _, _, dilation = window(layer)
-    return (kernel - 1) * dilation + 1
-
-
-def _pair(value: int | tuple[int, ...]) -> int:
-    """Our nets are square in every kernel, stride and padding; refuse anything else."""
-    if isinstance(value, tuple):
-        if len(set(value)) != 1:
-            raise ValueError(f"geometry needs square kernels, strides and padding, got {value}")
-        return int(value[0])
-    return int(value)
+    return sliding_window(layer)[0]
 
 
 @dataclass(frozen=True)
@@ -137,12 +151,10 @@ def layer_map(layer: nn.Module) -> AffineMap:
     if declared_map(layer) is not None:
         return declared_map(layer)
     if isinstance(layer, nn.ConvTranspose2d):
-        k, s, p = _pair(layer.kernel_size), _pair(layer.stride), _pair(layer.padding)
-        d = _pair(layer.dilation)
+        k, s, p, d = square_window(layer)
         return AffineMap(Fraction(1, s), -(Fraction(d * (k - 1), 2) - p) / s)
-    if isinstance(layer, nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d):
-        k, s, p = _pair(layer.kernel_size), _pair(layer.stride), _pair(layer.padding)
-        d = _pair(getattr(layer, "dilation", 1))
+    if isinstance(layer, WINDOWED):
+        k, s, p, d = square_window(layer)
         return AffineMap(Fraction(s), Fraction(d * (k - 1), 2) - p)
     if isinstance(layer, nn.Sequential):
         return path_map(layer)

@@ -1,4 +1,9 @@
-"""Layers FCN adds to a classifier: bilinear upsampling, fixed channel scaling, cropping."""
+"""Layers FCN adds to a classifier: bilinear upsampling, fixed channel scaling, cropping.
+
+:func:`crop` and :func:`check_input` look at sizes, which ``torch.fx`` cannot trace through: a
+module that calls them registers them with ``torch.fx.wrap("crop")`` at its top, so that a traced
+net records them as calls and checks sizes when it runs.
+"""
 
 from __future__ import annotations
 
@@ -27,19 +32,21 @@ def bilinear_kernel(channels: int, kernel_size: int) -> torch.Tensor:
 
 
 def bilinear_upsampler(
-    channels: int, factor: int, kernel_size: int | None = None, frozen: bool = False
+    channels: int, factor: int, kernel_size: int | None = None, frozen: bool = False, bias: bool = False
 ) -> nn.ConvTranspose2d:
     """A transposed convolution with output stride ``factor``, initialised to bilinear.
 
     The kernel is ``2 * factor`` unless given (FCN-AlexNet uses 63 for 32x).
-    ``frozen`` keeps it fixed, as the paper does for the final upsampling.
+    ``frozen`` keeps it fixed, as the paper does for the final upsampling. ``bias`` adds
+    a zero bias (Caffe's Deconvolution has one unless ``bias_term: false``: HED's, FSDS's).
     """
     kernel_size = kernel_size or 2 * factor
-    layer = nn.ConvTranspose2d(channels, channels, kernel_size, stride=factor, bias=False)
+    layer = nn.ConvTranspose2d(channels, channels, kernel_size, stride=factor, bias=bias)
     with torch.no_grad():
         layer.weight.copy_(bilinear_kernel(channels, kernel_size))
-    layer.weight.requires_grad_(not frozen)
-    return layer
+        if bias:
+            layer.bias.zero_()
+    return layer.requires_grad_(not frozen)
 
 
 class ChannelScale(nn.Module):
@@ -65,3 +72,16 @@ def crop_like(x: torch.Tensor, offset: int, height: int, width: int) -> torch.Te
     if x.shape[-2] < offset + height or x.shape[-1] < offset + width:
         raise ValueError(f"cannot crop {tuple(x.shape[-2:])} at offset {offset} to {(height, width)}")
     return x[:, :, offset : offset + height, offset : offset + width]
+
+
+def crop(x: torch.Tensor, offset: int, like: torch.Tensor) -> torch.Tensor:
+    """Caffe's Crop layer: (N, C, h, w) -> (N, C, H, W), the size of ``like`` (N', C', H, W), from
+    ``offset`` in both axes."""
+    return crop_like(x, offset, like.shape[-2], like.shape[-1])
+
+
+def check_input(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """``x`` itself if it is (N, ``channels``, H, W); otherwise an error naming both shapes."""
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise ValueError(f"expected input (N, {channels}, H, W), got {tuple(x.shape)}")
+    return x

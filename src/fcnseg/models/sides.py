@@ -14,9 +14,12 @@ import torch
 from torch import nn
 
 from fcnseg.models.geometry import AffineMap, crop_offset, layer_map
-from fcnseg.models.layers import bilinear_kernel, crop_like
+from fcnseg.models.layers import bilinear_upsampler, check_input, crop
 from fcnseg.models.trunk import SequentialTrunk, Tap, Trunk
 from fcnseg.models.vgg import VGG16_WIDTHS, vgg16_backbone
+
+torch.fx.wrap("check_input")
+torch.fx.wrap("crop")
 
 __all__ = ["FSDS", "HED", "side_taps", "vgg16_side_trunk"]
 
@@ -46,15 +49,6 @@ def vgg16_side_trunk(widths: Sequence[int] | None = None, in_channels: int = 3) 
     return full[: list(dict(full.named_children())).index("relu5_3") + 1]
 
 
-def _fixed_bilinear(channels: int, factor: int) -> nn.ConvTranspose2d:
-    """Caffe's Deconvolution with lr 0 and the bilinear weights its solver puts in: kernel 2 x factor."""
-    layer = nn.ConvTranspose2d(channels, channels, 2 * factor, stride=factor)
-    with torch.no_grad():
-        layer.weight.copy_(bilinear_kernel(channels, 2 * factor))
-        layer.bias.zero_()
-    return layer.requires_grad_(False)
-
-
 Mults = tuple[tuple[float, float], tuple[float, float]]
 """(lr_mult, decay_mult) of a layer's weight, then of its bias: Caffe's ``param`` entries."""
 _TRUNK_MULTS: Mults = ((1, 1), (2, 0))
@@ -64,7 +58,7 @@ _SIDE_MULTS: Mults = ((0.01, 1), (0.02, 0))
 
 class _SideOutputNet(nn.Module):
     """The trunk, a 1x1 score layer per tap with ``channels`` outputs, and the upsampling and crops that
-    bring each to the input's size."""
+    bring each to the input's size; ``forward`` fuses the side maps (:meth:`fuse`, each net's own)."""
 
     def __init__(
         self,
@@ -77,7 +71,6 @@ class _SideOutputNet(nn.Module):
         super().__init__()
         self.backbone = trunk
         self.in_channels = trunk.in_channels
-        self.trim_padding = True  # False: the padded layers as written (the same scores and gradients)
         self.taps = side_taps(trunk, layers)
         self.sides: list[tuple[str, str | None, int]] = []  # score layer, upsampler, crop offset
         self.lr_mults: dict[str, Mults] = {
@@ -95,7 +88,8 @@ class _SideOutputNet(nn.Module):
                 if factor.denominator != 1:
                     raise ValueError(f"{tap.name} has stride {factor}: not an integer upsampling factor")
                 upsample = upsample_name.format(factor=int(factor))
-                self.add_module(upsample, _fixed_bilinear(width, int(factor)))
+                # Caffe's Deconvolution with lr 0 and the bilinear weights its solver puts in
+                self.add_module(upsample, bilinear_upsampler(width, int(factor), frozen=True, bias=True))
                 geometry = geometry.then(layer_map(getattr(self, upsample)))
             self.sides.append((score, upsample, crop_offset(AffineMap(), geometry, f"side output {score}")))
 
@@ -104,19 +98,38 @@ class _SideOutputNet(nn.Module):
         """Where each side map is cut out of its upsampled blob: derived from the geometry."""
         return [offset for _, _, offset in self.sides]
 
+    @property
+    def tap_names(self) -> list[str]:
+        """The trunk's blobs that the side layers read."""
+        return [tap.name for tap in self.taps]
+
     def side_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The side maps at the input's size, in tap order."""
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        height, width = x.shape[-2:]
-        blobs, _ = self.backbone.run(x, [t.name for t in self.taps], trim=self.trim_padding)
+        blobs, _ = self.backbone.features(check_input(x, self.in_channels), self.tap_names)
+        return self.side_maps(blobs, x)
+
+    def head(self, taps: dict[str, torch.Tensor], h: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The trunk's ``taps`` -> the net's output the size of ``like`` (the input)."""
+        return self.fuse(self.side_maps(taps, like))
+
+    def side_maps(self, blobs: dict[str, torch.Tensor], like: torch.Tensor) -> list[torch.Tensor]:
+        """The trunk's tapped ``blobs`` -> the side maps, each scored, upsampled and cropped to the size
+        of ``like`` (the input)."""
         maps = []
         for tap, (score, upsample, offset) in zip(self.taps, self.sides, strict=True):
             h = getattr(self, score)(blobs[tap.name])
             if upsample is not None:
                 h = getattr(self, upsample)(h)
-            maps.append(crop_like(h, offset, height, width))
+            maps.append(crop(h, offset, like))
         return maps
+
+    def fuse(self, sides: list[torch.Tensor]) -> torch.Tensor:
+        """The side maps -> the net's output: the sides and their fusion, concatenated."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        taps, h = self.backbone.features(check_input(x, self.in_channels), self.tap_names)
+        return self.head(taps, h, x)
 
 
 class HED(_SideOutputNet):
@@ -144,9 +157,9 @@ class HED(_SideOutputNet):
         self.add_module("new-score-weighting", fuse)
         self.lr_mults["new-score-weighting"] = ((0.001, 1), (0.002, 0))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        sides = torch.cat(self.side_outputs(x), dim=1)
-        return torch.cat([sides, getattr(self, "new-score-weighting")(sides)], dim=1)
+    def fuse(self, sides: list[torch.Tensor]) -> torch.Tensor:
+        stacked = torch.cat(sides, dim=1)
+        return torch.cat([stacked, getattr(self, "new-score-weighting")(stacked)], dim=1)
 
     @staticmethod
     def edge_map(logits: torch.Tensor) -> torch.Tensor:
@@ -189,11 +202,17 @@ class FSDS(_SideOutputNet):
             self.add_module(f"cat{c}-score", fuse)
             self.lr_mults[f"cat{c}-score"] = ((0.01 if c == 2 else 0.05, 1), (0.002, 0))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        sides = self.side_outputs(x)
+    def fuse(self, sides: list[torch.Tensor]) -> torch.Tensor:
         fused = [
             getattr(self, f"cat{c}-score")(
-                torch.cat([s[:, c : c + 1] for s in sides if s.shape[1] > c], dim=1)
+                torch.cat(
+                    [
+                        s[:, c : c + 1]
+                        for s, width in zip(sides, FSDS_SIDE_CHANNELS, strict=True)
+                        if width > c
+                    ],
+                    dim=1,
+                )
             )
             for c in range(len(FSDS_FUSE_INIT))
         ]

@@ -17,11 +17,41 @@ import torch
 from torch import nn
 
 from fcnseg.detection.priors import SSD300_PRIORS, PriorSpec, prior_boxes
-from fcnseg.models.canvas import tracing
 from fcnseg.models.dense import rarefy
-from fcnseg.models.geometry import out_length
-from fcnseg.models.reach import convolve
+from fcnseg.models.geometry import WINDOWED, sliding_window, window_length
+from fcnseg.models.layers import check_input
 from fcnseg.models.vgg import vgg16_backbone
+
+Windows = tuple[tuple[str, tuple[tuple[int, int, int, bool], ...]], ...]
+"""Per layer: the blob it writes, and its window (span, stride, padding, ceil mode) along each axis
+(none for a layer acting on each position alone)."""
+
+
+def source_sizes(
+    windows: Windows, sources: tuple[str, ...], image_size: tuple[int, int]
+) -> list[tuple[int, int]]:
+    """(H, W) of each source blob for an input of ``image_size`` (0 where a window no longer fits)."""
+    sizes, length = {}, list(image_size)
+    for blob, axes in windows:
+        if axes:
+            length = [window_length(n, *axis) for n, axis in zip(length, axes, strict=True)]
+        sizes[blob] = tuple(length)
+    return [sizes[s] for s in sources]  # type: ignore[misc]
+
+
+@torch.fx.wrap
+def check_sources(x: torch.Tensor, windows: Windows, sources: tuple[str, ...]) -> torch.Tensor:
+    """``x`` itself where every source map of the net is non-empty for its size; otherwise an error."""
+    sizes = source_sizes(windows, sources, tuple(x.shape[-2:]))
+    empty = [s for s, size in zip(sources, sizes, strict=True) if 0 in size]
+    if empty:
+        raise ValueError(
+            f"input {tuple(x.shape[-2:])} is too small for SSD: {', '.join(empty)} would be empty"
+        )
+    return x
+
+
+torch.fx.wrap("check_input")
 
 __all__ = ["SSD", "SSD300_WIDTHS", "L2Normalize", "extra_widths", "reduce_vgg16", "ssd_trunk"]
 
@@ -183,49 +213,35 @@ class SSD(nn.Module):
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The six source maps the heads read (conv4_3 already normalised)."""
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        empty = [s for s, size in zip(self.sources, self.map_sizes(x.shape[-2:]), strict=True) if 0 in size]
-        if empty:
-            raise ValueError(
-                f"input {tuple(x.shape[-2:])} is too small for SSD: {', '.join(empty)} would be empty"
-            )
+        x = check_sources(check_input(x, self.in_channels), self._windows(), self.sources)
         wanted, found = set(self.sources), {}
         for blob, layer in self._layers():
-            x = self._conv(layer, x) if isinstance(layer, nn.Conv2d) else layer(x)
+            x = layer(x)
             if blob in wanted and isinstance(layer, nn.ReLU):
                 found[blob] = x
         found["conv4_3"] = self.conv4_3_norm(found["conv4_3"])
         return [found[s] for s in self.sources]
 
-    @staticmethod
-    def _conv(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-        """On the CPU, a convolution by the route the FCN trunk takes (:func:`fcnseg.models.reach.convolve`:
-        narrow layers channels-last, whatever the input's layout); elsewhere, and when tracing, the layer
-        itself (its forward hooks fire: ``fcnseg info`` counts on the meta device)."""
-        if tracing() or x.device.type != "cpu":
-            return layer(x)
-        return convolve(layer, x, layer.padding, cpu=True)  # type: ignore[arg-type]
-
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         locs, confs = [], []
         for name, source in zip(self.head_inputs, self.features(x), strict=True):
             for kind, out in (("loc", locs), ("conf", confs)):
-                out.append(
-                    self._conv(self.heads[f"{name}_mbox_{kind}"], source).permute(0, 2, 3, 1).flatten(1)
-                )
+                out.append(self.heads[f"{name}_mbox_{kind}"](source).permute(0, 2, 3, 1).flatten(1))
         n = x.shape[0]
         return torch.cat(locs, 1).view(n, -1, 4), torch.cat(confs, 1).view(n, -1, self.num_classes)
 
+    def _windows(self) -> Windows:
+        return tuple(
+            (
+                blob,
+                tuple(sliding_window(layer, axis) for axis in (0, 1)) if isinstance(layer, WINDOWED) else (),
+            )
+            for blob, layer in self._layers()
+        )
+
     def map_sizes(self, image_size: tuple[int, int]) -> list[tuple[int, int]]:
         """(H, W) of each source map for an input of ``image_size``: 38, 19, 10, 5, 3, 1 at 300."""
-        sizes, wanted = {}, set(self.sources)
-        length = list(image_size)
-        for blob, layer in self._layers():
-            length = [out_length(layer, n, axis) for axis, n in enumerate(length)]
-            if blob in wanted:
-                sizes[blob] = tuple(length)
-        return [sizes[s] for s in self.sources]
+        return source_sizes(self._windows(), self.sources, tuple(image_size))  # type: ignore[arg-type]
 
     def priors(self, image_size: tuple[int, int] | None = None) -> torch.Tensor:
         """(P, 4) priors (cx, cy, w, h) for inputs of ``image_size`` (default: the spec's 300x300)."""

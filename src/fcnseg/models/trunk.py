@@ -12,12 +12,14 @@ Two ways to make a trunk:
   GoogLeNet): every layer's output is a tap named after it, derived from the
   layers. Convolutions, poolings and element-wise layers are known; a composite
   module (an inception module, a residual block) states ``geometry``, ``span`` and
-  ``out_channels`` itself (see :mod:`fcnseg.models.geometry`). Sequential trunks of
-  known layers run on the images' reach (:func:`fcnseg.models.reach.run_trunk`),
-  others as written. A tap is its layer's output: Caffe's ReLUs run in place, so
-  what a prototxt calls the ``conv5_3`` blob (after ``relu5_3``) is the tap ``relu5_3``.
+  ``out_channels`` itself (see :mod:`fcnseg.models.geometry`). A tap is its layer's
+  output: Caffe's ReLUs run in place, so what a prototxt calls the ``conv5_3`` blob
+  (after ``relu5_3``) is the tap ``relu5_3``.
 - a :class:`Trunk` subclass that sets ``taps`` and ``in_channels`` and implements
-  :meth:`Trunk.run`, for a flow that is not a line.
+  :meth:`Trunk.features`, for a flow that is not a line.
+
+A trunk runs as written, every layer called as a module; the faster exact ways to run
+one live in :mod:`fcnseg.accel`.
 """
 
 from __future__ import annotations
@@ -31,9 +33,8 @@ import torch
 from torch import nn
 
 from fcnseg.models.geometry import AffineMap, layer_map, layer_span, mapped_length, out_length
-from fcnseg.models.reach import run_trunk
 
-__all__ = ["SequentialTrunk", "Tap", "Trunk", "as_trunk"]
+__all__ = ["SequentialTrunk", "Tap", "Trunk", "as_trunk", "run_layers"]
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class Tap:
 
 class Trunk(nn.Module):
     """A backbone that declares its taps: ``taps`` in order from input to output (the last one
-    is the trunk's output) and ``in_channels``; :meth:`run` computes the taps a head asks for."""
+    is the trunk's output) and ``in_channels``; :meth:`features` computes the taps a head asks for."""
 
     taps: dict[str, Tap]
     in_channels: int
@@ -79,17 +80,14 @@ class Trunk(nn.Module):
             raise ValueError(f"{name!r} is not a tap of the trunk; taps: {', '.join(self.taps)}")
         return self.taps[name]
 
-    def run(
-        self, x: torch.Tensor, taps: Sequence[str] = (), trim: bool = True
+    def features(
+        self, x: torch.Tensor, taps: Sequence[str] = ()
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """(N, in_channels, H, W) -> ({tap: blob} for ``taps``, the output blob).
-
-        ``trim`` allows skipping the constant input padding where a trunk can do so exactly.
-        """
+        """(N, in_channels, H, W) -> ({tap: blob} for ``taps``, the output blob)."""
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.run(x)[1]
+        return self.features(x)[1]
 
     def blob_sizes(self, height: int, width: int) -> dict[str, tuple[int, int]]:
         """(height, width) of every tap's blob for an input of ``height`` x ``width``."""
@@ -155,11 +153,29 @@ class SequentialTrunk(nn.Sequential, Trunk):
             sizes[name] = (height, width)
         return sizes
 
-    def run(
-        self, x: torch.Tensor, taps: Sequence[str] = (), trim: bool = True
+    def features(
+        self, x: torch.Tensor, taps: Sequence[str] = ()
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """On the images' reach where that is exact (see :func:`fcnseg.models.reach.run_trunk`)."""
-        return run_trunk(self, x, taps, trim=trim)
+        """Every layer in turn, called as a module (see :func:`run_layers`)."""
+        return run_layers(list(self.named_children()), x, taps)
+
+
+def run_layers(
+    layers: Sequence[tuple[str, nn.Module]], x: torch.Tensor, taps: Sequence[str] = ()
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Named layers applied in turn: ({tap: blob} for the layers named in ``taps``, the last blob).
+
+    A tap is its layer's output: it is kept apart before an in-place layer
+    (``ReLU(inplace=True)``) can overwrite it.
+    """
+    found = {}
+    for i, (name, layer) in enumerate(layers):
+        x = layer(x)
+        if name in taps:
+            found[name] = x
+            if i + 1 < len(layers) and getattr(layers[i + 1][1], "inplace", False):
+                x = x.clone()
+    return found, x
 
 
 def as_trunk(backbone: nn.Module) -> Trunk:

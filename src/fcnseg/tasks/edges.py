@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from fcnseg import distributed
+from fcnseg.accel import for_inference
 from fcnseg.data.datasets import DataError
 from fcnseg.data.edges import BSDS500, HEDPairs, SkeletonDataset, SyntheticEdges, edge_labels
 from fcnseg.data.preprocess import preprocess, preprocessing_of
@@ -62,7 +63,7 @@ def predict_map(model: nn.Module, image: np.ndarray, device: torch.device | str 
     """The (H, W) map in [0, 1] that an edge or skeleton net (``model.edge_map``) predicts for an
     (H, W, 3) uint8 image, with the preprocessing its weights expect."""
     x = preprocess(image, preprocessing_of(model))[None].to(device)
-    return model.edge_map(model(x))[0].float().cpu().numpy()
+    return model.edge_map(for_inference(model)(x))[0].float().cpu().numpy()
 
 
 def grey_map(prediction: np.ndarray) -> np.ndarray:

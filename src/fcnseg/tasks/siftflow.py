@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from fcnseg import distributed
+from fcnseg.accel import for_inference
 from fcnseg.data.datasets import IGNORE_INDEX, DataError
 from fcnseg.data.preprocess import get_preprocessing, preprocessing_of
 from fcnseg.data.registry import DEFAULT_SPLITS
@@ -164,7 +165,7 @@ class SiftFlowTask(SegmentationTask):
         with torch.no_grad():
             for images, labels in tqdm(loader, desc="validate", leave=False, disable=not progress):
                 labels = labels.to(context.device)
-                for i, part in enumerate(model.split(model(images.to(context.device)))):
+                for i, part in enumerate(model.split(for_inference(model)(images.to(context.device)))):
                     confusions[i] += confusion_matrix(
                         part.argmax(1), labels[:, i], model.heads[i], IGNORE_INDEX
                     )

@@ -141,6 +141,9 @@ class TrainConfig:
     # NHWC activations (on CPU the trunk picks each convolution's layout itself: it changes
     # little there). Same math, but dropout masks are drawn in memory order: not the default layout's.
     channels_last: bool = False
+    # the speed layer (fcnseg.accel): the net on the images' reach, the same loss and gradients, where
+    # that is exact; False runs model(x) as written
+    accel: bool = True
     # Running
     seed: int = 0
     val_every: int = 0  # steps between validations; 0 = once per epoch

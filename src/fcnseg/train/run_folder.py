@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["RunFolder"]
 
 _RESUME_IGNORES = {
-    "epochs", "out", "workers", "progress", "device", "init", "notes", "channels_last", "checkpoint_every",
+    "epochs", "out", "workers", "progress", "device", "init", "notes", "channels_last", "accel", "checkpoint_every",
 }  # fmt: skip
 """Settings that do not change the trajectory: a run may resume with other values."""
 

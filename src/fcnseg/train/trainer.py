@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
 from fcnseg import distributed
+from fcnseg.accel import for_training
 from fcnseg.data.datasets import DataError
 from fcnseg.errors import FcnsegError
 from fcnseg.tasks import Task, get_task
@@ -204,9 +205,9 @@ class Trainer:
         model.to(device, memory_format=_memory_format(config))
         if config.amp != "off" and device.type != "cuda":
             warnings.warn(f"mixed precision ({config.amp}) needs CUDA; training in float32", stacklevel=2)
-        net = model
+        net = for_training(model) if config.accel else model
         if context.enabled:
-            net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
         optimizer = make_optimizer(model, config)
         scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16" and device.type == "cuda")
         criterion = self.task.criterion(config, train_set).to(device)

@@ -23,35 +23,24 @@ weight's gradient only ever sees the total. Max-pooling ties inside a run (all
 its values are equal) route the gradient to another position of the same run,
 which changes nothing for the same reason.
 
-:func:`plan_canvas` plans a chain of layers so; the inference twin in
-``fcnseg.infer.fast`` runs images on it, and training runs the *frame* on it (a
-blank image: see :mod:`fcnseg.models.reach`). :func:`upsample_and_crop` computes
-only the part of the final upsampling that the crop keeps.
+:func:`plan_canvas` plans a chain of layers so; the inference twin
+(:mod:`fcnseg.accel.inference`) runs images on it, and training runs the *frame* on it (a
+blank image: see :mod:`fcnseg.accel.reach`).
 """
 
 from __future__ import annotations
 
 import functools
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from fcnseg.models.geometry import ELEMENTWISE
-from fcnseg.models.layers import bilinear_kernel, bilinear_taps, crop_like
+from fcnseg.models.geometry import ELEMENTWISE, WINDOWED, sliding_window, window_length
+from fcnseg.models.trunk import SequentialTrunk
 
-__all__ = [
-    "AxisPlan",
-    "Window",
-    "gather",
-    "layer_windows",
-    "plan_canvas",
-    "tracing",
-    "upsample",
-    "upsample_and_crop",
-]
+__all__ = ["AxisPlan", "Window", "canvas_reason", "gather", "layer_windows", "layers_reason", "plan_canvas"]
 
 _Run = tuple[int, int]
 """Half-open interval [a, b) of positions along one axis holding identical slices."""
@@ -67,14 +56,11 @@ class Window:
     ceil_mode: bool = False
 
     def out_length(self, length: int) -> int:
-        """Output length, with PyTorch's rule for ceil-mode pooling (the last window starts inside)."""
-        extent = length + 2 * self.padding - self.span
-        if extent < 0:
+        """Output length (:func:`~fcnseg.models.geometry.window_length`); an error where none fits."""
+        n = window_length(length, self.span, self.stride, self.padding, self.ceil_mode)
+        if n == 0:
             raise ValueError(f"input of length {length} is smaller than a window of {self.span}")
-        if not self.ceil_mode:
-            return extent // self.stride + 1
-        n = -(-extent // self.stride) + 1
-        return n - 1 if (n - 1) * self.stride >= length + self.padding else n
+        return n
 
     def run_after(self, run: _Run) -> _Run:
         """The outputs whose whole window lies in ``run``: they too are identical."""
@@ -89,17 +75,10 @@ def layer_windows(layer: nn.Module) -> tuple[Window, Window] | None:
 
     Raises TypeError for a layer whose geometry is unknown.
     """
-    if isinstance(layer, nn.Conv2d):
-        if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
-            raise TypeError("only explicit zero padding is supported")
-        k, s, p, d = layer.kernel_size, layer.stride, layer.padding, layer.dilation
-        return tuple(Window(d[i] * (k[i] - 1) + 1, s[i], p[i]) for i in (0, 1))  # type: ignore[return-value]
-    if isinstance(layer, nn.MaxPool2d | nn.AvgPool2d):
-        k, s, p = (nn.modules.utils._pair(v) for v in (layer.kernel_size, layer.stride, layer.padding))
-        d = nn.modules.utils._pair(getattr(layer, "dilation", 1))
-        return tuple(  # type: ignore[return-value]
-            Window(d[i] * (k[i] - 1) + 1, s[i], p[i], layer.ceil_mode) for i in (0, 1)
-        )
+    if isinstance(layer, nn.Conv2d) and (layer.padding_mode != "zeros" or isinstance(layer.padding, str)):
+        raise TypeError("only explicit zero padding is supported")
+    if isinstance(layer, WINDOWED):
+        return tuple(Window(*sliding_window(layer, axis)) for axis in (0, 1))  # type: ignore[return-value]
     if isinstance(layer, ELEMENTWISE):
         return None
     raise TypeError(f"no trimmed canvas known for layer {type(layer).__name__}")
@@ -269,86 +248,22 @@ def gather(
     return y.permute(0, 3, 1, 2) if channels_last else y
 
 
-# ----------------------------------------------------------------------------- the head
+def canvas_reason(trunk: nn.Module) -> str | None:
+    """Why the trimmed canvas cannot run ``trunk``; None when it can: a plain sequential trunk of
+    layers that :func:`layers_reason` accepts."""
+    if type(trunk) is not SequentialTrunk:
+        return f"a {type(trunk).__name__} is no plain layer sequence"
+    return layers_reason(list(trunk.named_children()))
 
 
-def tracing() -> bool:
-    """Tracing and compiling record the plan of the example's size: they must get the padded layers."""
-    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
-
-
-def upsample_and_crop(
-    layer: nn.ConvTranspose2d, x: torch.Tensor, offset: int, height: int, width: int
-) -> torch.Tensor:
-    """``crop_like(layer(x), offset, height, width)``, computing only what the crop keeps.
-
-    An output position o of a transposed convolution (stride s, span k, no padding)
-    sums inputs i with ``s*i <= o < s*i + k``: inputs outside the reach of the crop
-    are left out, exactly. A frozen bilinear upsampler (the final one of the paper's
-    nets) is two small matrix products per class instead, ``rows @ x @ cols.T``,
-    which give the cropped output directly: the same sums, without the crop's copy.
-    """
-    spans = [d * (k - 1) + 1 for d, k in zip(layer.dilation, layer.kernel_size, strict=True)]
-    reaches = [(n - 1) * s + span for n, s, span in zip(x.shape[-2:], layer.stride, spans, strict=True)]
-    simple = not any(layer.padding) and not any(layer.output_padding)
-    if tracing() or not simple or offset + height > reaches[0] or offset + width > reaches[1]:
-        return crop_like(layer(x), offset, height, width)  # crop_like names the sizes that do not fit
-    if _is_frozen_bilinear(layer):
-        k, (sh, sw) = layer.kernel_size[0], layer.stride
-        rows = _interpolation(k, sh, offset, height, x.shape[-2], x.dtype, x.device)
-        cols = _interpolation(k, sw, offset, width, x.shape[-1], x.dtype, x.device)
-        return torch.matmul(torch.matmul(rows, x), cols.T)
-    sliced = []
-    for axis, size in ((0, height), (1, width)):
-        s = layer.stride[axis]
-        first = max(0, -(-(offset - spans[axis] + 1) // s))  # the first input reaching the crop
-        last = min(x.shape[2 + axis] - 1, (offset + size - 1) // s)
-        sliced.append((first, last + 1, offset - first * s))
-    (top, bottom, row), (left, right, col) = sliced
-    y = layer(x[:, :, top:bottom, left:right])
-    return y[:, :, row : row + height, col : col + width]
-
-
-def upsample(layer: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)``; a frozen bilinear upsampler without padding as two small matrix products
-    (see :func:`upsample_and_crop`): the same sums, without the zero weights between classes."""
-    if tracing() or any(layer.padding) or any(layer.output_padding) or not _is_frozen_bilinear(layer):
-        return layer(x)
-    height, width = (
-        (n - 1) * s + k for n, s, k in zip(x.shape[-2:], layer.stride, layer.kernel_size, strict=True)
-    )
-    return upsample_and_crop(layer, x, 0, height, width)
-
-
-_BILINEAR: weakref.WeakKeyDictionary[nn.Module, tuple[weakref.ref, int | None, bool]] = (
-    weakref.WeakKeyDictionary()
-)
-"""Per upsampler: whether its weight (that tensor, at that version) is the bilinear kernel."""
-
-
-def _is_frozen_bilinear(layer: nn.ConvTranspose2d) -> bool:
-    """A fixed transposed convolution whose weights are exactly :func:`bilinear_kernel`'s."""
-    w = layer.weight
-    if w.requires_grad or w.is_meta or layer.groups != 1 or layer.bias is not None:
-        return False
-    if w.shape[0] != w.shape[1] or w.shape[2] != w.shape[3] or layer.dilation != (1, 1):
-        return False
-    version = None if w.is_inference() else w._version  # inference tensors keep no version: look each time
-    known = _BILINEAR.get(layer)
-    if known is None or known[0]() is not w or version is None or known[1] != version:
-        bilinear = bilinear_kernel(w.shape[0], w.shape[2]).to(w.device, w.dtype)
-        known = (weakref.ref(w), version, torch.equal(w, bilinear))
-        _BILINEAR[layer] = known
-    return known[2]
-
-
-@functools.lru_cache(maxsize=64)
-@torch.inference_mode(False)  # cached matrices serve autograd too, wherever the first call came from
-def _interpolation(
-    kernel: int, stride: int, offset: int, out_length: int, in_length: int, dtype, device
-) -> torch.Tensor:
-    """(out_length, in_length): output ``offset + o`` of a bilinear upsampling as weights of its inputs."""
-    taps = bilinear_taps(kernel).to(dtype)
-    tap = torch.arange(offset, offset + out_length)[:, None] - stride * torch.arange(in_length)[None, :]
-    inside = (tap >= 0) & (tap < kernel)
-    return torch.where(inside, taps[tap.clamp(0, kernel - 1)], 0).to(device)
+def layers_reason(layers: Sequence[tuple[str, nn.Module]]) -> str | None:
+    """Why the canvas cannot run named ``layers``; None when they start with a convolution and the
+    canvas knows every layer's windows."""
+    if not layers or not isinstance(layers[0][1], nn.Conv2d):
+        return "the trunk does not start with a convolution"
+    for name, layer in layers:
+        try:
+            layer_windows(layer)
+        except TypeError as error:
+            return f"{name}: {error}"
+    return None

@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fcnseg.models.canvas import AxisPlan, Window, gather, layer_windows, plan_canvas, tracing
+from fcnseg.accel.canvas import AxisPlan, Window, gather, layer_windows, layers_reason, plan_canvas
+from fcnseg.models.trunk import run_layers
 
 __all__ = [
     "CHANNELS_LAST_WIDTH",
@@ -77,22 +78,21 @@ def untrimmable_reason(backbone: nn.Sequential) -> str | None:
     acting on each position alone (ReLU, LRN, dropout). Not exact: BatchNorm with
     batch statistics (the positions not computed would count), anything unknown.
     """
-    layers = list(backbone.children())
-    if not layers or not isinstance(layers[0], nn.Conv2d):
-        return "the backbone does not start with a convolution"
-    if isinstance(layers[0].padding, str) or not any(layers[0].padding):
+    named = list(backbone.named_children())
+    named = named[: _cut([layer for _, layer in named])]
+    reason = layers_reason(named)
+    if reason is not None:
+        return reason
+    first = named[0][1]
+    if isinstance(first.padding, str) or not any(first.padding):
         return "the first convolution has no zero padding to skip"
-    for name, layer in list(backbone.named_children())[: _cut(layers)]:
+    for name, layer in named:
         if isinstance(layer, nn.modules.batchnorm._BatchNorm) and (
             layer.training or layer.running_mean is None
         ):
             return f"{name}: BatchNorm with batch statistics sees every position"
         if isinstance(layer, nn.AvgPool2d) and (layer.ceil_mode or not layer.count_include_pad):
             return f"{name}: average pooling whose padding does not count as zeros"
-        try:
-            layer_windows(layer)
-        except TypeError as error:
-            return f"{name}: {error}"
     return None
 
 
@@ -318,22 +318,21 @@ HUGE_KERNEL = 1 << 24
 
 
 def run_trunk(
-    backbone: nn.Sequential, x: torch.Tensor, taps: Sequence[str] = (), trim: bool = True
+    backbone: nn.Sequential, x: torch.Tensor, taps: Sequence[str] = ()
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Run ``backbone`` on (N, C, H, W): its blobs named in ``taps``, and its output.
 
-    Every blob equals the padded backbone's. With ``trim`` (and where
-    :func:`untrimmable_reason` finds nothing) the frame runs once on a blank canvas
-    and each image on its reach, as :func:`trunk_plan` plans, with the backbone's
-    own modules and parameters, so training updates the backbone. A convolution
+    Every blob equals the padded backbone's. Where :func:`untrimmable_reason` finds
+    nothing, the frame runs once on a blank canvas and each image on its reach, as
+    :func:`trunk_plan` plans, with the backbone's own modules and parameters, so
+    training updates the backbone; elsewhere the layers run as written. A convolution
     runs in the layout and by the route fastest for it on the CPU
     (:data:`CHANNELS_LAST_WIDTH`, :data:`HUGE_KERNEL`). The blob entering the first
     dropout that draws a mask is the padded net's, memory layout included, so that
-    the same random numbers give the same mask. Tracing and compiling get the padded
-    layers: a plan holds for one input size only.
+    the same random numbers give the same mask.
     """
-    if not trim or tracing() or untrimmable_reason(backbone) is not None:
-        return _run_padded(list(backbone.named_children()), x, taps)
+    if untrimmable_reason(backbone) is not None:
+        return run_layers(list(backbone.named_children()), x, taps)
     named = list(backbone.named_children())
     cut = _cut([layer for _, layer in named])
     layers, rest = [layer for _, layer in named[:cut]], named[cut:]
@@ -369,7 +368,7 @@ def run_trunk(
                 h = h.clone()  # the tap is the layer's output, not what an in-place ReLU makes of it
     if rest:
         h = h.contiguous(memory_format=torch.channels_last if natural else torch.contiguous_format)
-    more, out = _run_padded(rest, h, taps)
+    more, out = run_layers(rest, h, taps)
     return {**found, **more}, out
 
 
@@ -488,19 +487,6 @@ def convolve(layer: nn.Conv2d, x: torch.Tensor, padding: tuple[int, int], cpu: b
         wide = layer.out_channels > CHANNELS_LAST_WIDTH
         x = x.contiguous(memory_format=torch.contiguous_format if wide else torch.channels_last)
     return F.conv2d(x, w, layer.bias, layer.stride, padding, layer.dilation, layer.groups)
-
-
-def _run_padded(
-    layers: Sequence[tuple[str, nn.Module]], x: torch.Tensor, taps: Sequence[str]
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    found = {}
-    for i, (name, layer) in enumerate(layers):
-        x = layer(x)
-        if name in taps:
-            found[name] = x
-            if i + 1 < len(layers) and _in_place(layers[i + 1][1]):
-                x = x.clone()  # the tap is the layer's output, not what an in-place ReLU makes of it
-    return found, x
 
 
 def _shared(a: torch.Tensor, b: torch.Tensor) -> bool:

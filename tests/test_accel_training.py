@@ -1,4 +1,4 @@
-"""fcnseg.models.reach: training on the images' reach gives the padded net's loss and gradients.
+"""fcnseg.accel's training wrappers: the nets on the images' reach give the plain net's loss and gradients.
 
 Gradients are compared in float64: a ReLU whose input lands within rounding of
 zero passes or stops the gradient depending on the order of a sum, so float32
@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from tiny_nets import random_net
 from torch import nn
 
-from fcnseg.models import canvas, reach
+from fcnseg.accel import for_training, head, reach
+from fcnseg.accel.canvas import Window, layer_windows
+from fcnseg.accel.training import TrimmedFCN
 from fcnseg.models.fcn import FCN
 from fcnseg.models.layers import bilinear_upsampler
 from fcnseg.models.vgg import vgg16_backbone
@@ -31,12 +33,16 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300)) if a.numel() else 0.0
 
 
+def run(model: FCN, trim: bool) -> nn.Module:
+    """The net on the images' reach, or as written."""
+    return TrimmedFCN(model) if trim else model
+
+
 def train_step(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, trim: bool, seed: int = 5):
     """Loss, every parameter's gradient, and the random state after one forward/backward."""
-    model.trim_padding = trim
     model.zero_grad(set_to_none=True)
     torch.manual_seed(seed)  # the same dropout masks, if both paths draw them alike
-    loss = F.cross_entropy(model(x), labels, reduction="sum")
+    loss = F.cross_entropy(run(model, trim)(x), labels, reduction="sum")
     loss.backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     return loss.detach(), grads, torch.get_rng_state()
@@ -83,13 +89,12 @@ def test_float32_training_forward_matches() -> None:
     x = (60 * torch.randn(4, 3, 64, 96)).contiguous(memory_format=torch.channels_last)
     scores = {}
     for trim in (False, True):
-        model.trim_padding = trim
         torch.manual_seed(1)
-        scores[trim] = model(x).detach()
+        scores[trim] = run(model, trim)(x).detach()
     assert relative_error(scores[True], scores[False]) <= 1e-4
 
 
-def relu_shapes(model: FCN, x: torch.Tensor) -> list[tuple[int, ...]]:
+def relu_shapes(model: FCN, x: torch.Tensor, trim: bool = True) -> list[tuple[int, ...]]:
     """The (batch, height, width) each ReLU of the backbone sees, in order."""
     shapes = []
     hooks = [
@@ -98,26 +103,26 @@ def relu_shapes(model: FCN, x: torch.Tensor) -> list[tuple[int, ...]]:
         if isinstance(m, nn.ReLU)
     ]
     try:
-        model(x)
+        run(model, trim)(x)
     finally:
         for hook in hooks:
             hook.remove()
     return shapes
 
 
-def image_sizes(model: FCN, x: torch.Tensor) -> list[tuple[int, ...]]:
+def image_sizes(model: FCN, x: torch.Tensor, trim: bool = True) -> list[tuple[int, ...]]:
     """The (height, width) each ReLU sees on the images (the blank image's frame has a batch of 1)."""
-    return [shape[1:] for shape in relu_shapes(model, x) if shape[0] == x.shape[0]]
+    return [shape[1:] for shape in relu_shapes(model, x, trim) if shape[0] == x.shape[0]]
 
 
 @pytest.mark.parametrize("arch", [*ARCHS, "fcn32s-fixed", "fcn16s-dilated"])
-def test_the_reach_is_the_default_where_exact(arch: str) -> None:
+def test_training_runs_the_reach_where_exact(arch: str) -> None:
     model = random_net(arch).train()
-    assert model.trim_padding and reach.untrimmable_reason(model.backbone) is None
+    assert reach.untrimmable_reason(model.backbone) is None
+    assert type(for_training(model)) is TrimmedFCN and for_training(model).model is model
     x = torch.randn(2, 3, 20, 24)
     trimmed = image_sizes(model, x)
-    model.trim_padding = False
-    padded = image_sizes(model, x)
+    padded = image_sizes(model, x, trim=False)
     # conv1's padding 100 is gone: VGG's conv1_1 gives 218 x 222 padded, the images' reach 26 x 30
     assert 2 * trimmed[0][0] < padded[0][0] and 2 * trimmed[0][1] < padded[0][1]
     assert trimmed[0][0] < x.shape[2] + 10 and trimmed[0][1] < x.shape[3] + 10
@@ -153,19 +158,16 @@ def test_batch_statistics_and_unknown_layers_fall_back_to_the_padded_net(free_co
     assert "middle: BatchNorm" in reach.untrimmable_reason(model.backbone)
     x = torch.randn(2, 3, 9, 11)
     assert image_sizes(model, x)[0] == (47, 49)  # 9 + 2 * 20 - 2: padded
-    out = model(x)
-    model.trim_padding = False
+    torch.manual_seed(0)
+    out = TrimmedFCN(model)(x)
+    torch.manual_seed(0)
     assert relative_error(out, model(x)) <= 1e-5
     # with running statistics BatchNorm acts on each position alone: trimmed, and exact
     model.eval()
-    model.trim_padding = True
     assert reach.untrimmable_reason(model.backbone) is None
     assert image_sizes(model, x)[0][0] < 47
-    expected = model.eval()
     with torch.no_grad():
-        trimmed = model(x)
-        model.trim_padding = False
-        assert relative_error(trimmed, expected(x)) <= 1e-5
+        assert relative_error(TrimmedFCN(model)(x), model(x)) <= 1e-5
     # a nested block: the geometry composes it, the canvas does not look inside
     nested = small_fcn(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()))
     assert reach.untrimmable_reason(nested.backbone) == "middle: no trimmed canvas known for layer Sequential"
@@ -196,9 +198,9 @@ def test_positions_the_reach_leaves_to_the_frame_are_the_same_for_every_image(ar
     and its first and last seen positions along each axis do."""
     model = random_net(arch).double().eval()
     layers = list(model.backbone.children())[: reach._cut(list(model.backbone.children()))]
-    windows = [canvas.layer_windows(layer) for layer in layers]
+    windows = [layer_windows(layer) for layer in layers]
     pad0 = layers[0].padding[0]
-    windows[0] = tuple(canvas.Window(w.span, w.stride, 0) for w in windows[0])
+    windows[0] = tuple(Window(w.span, w.stride, 0) for w in windows[0])
     height, width = 13, 21
     (lengths, rows), (_, cols) = (
         reach._seen([w[axis] if w else None for w in windows], pad0, size)
@@ -307,7 +309,7 @@ def test_upsample_and_crop_equals_upsampling_then_cropping(classes, factor, kern
     if not frozen:
         with torch.no_grad():
             layer.weight.add_(0.1 * torch.randn_like(layer.weight))
-    assert canvas._is_frozen_bilinear(layer) == frozen
+    assert head._is_frozen_bilinear(layer) == frozen
     x = torch.randn(2, classes, 6, 9, requires_grad=True)
     full = layer(x)
     rows, cols = full.shape[-2:]
@@ -318,10 +320,10 @@ def test_upsample_and_crop_equals_upsampling_then_cropping(classes, factor, kern
         (half, rows - half, 5),
     ]:
         expected = full[:, :, offset : offset + height, offset : offset + width]
-        got = canvas.upsample_and_crop(layer, x, offset, height, width)
+        got = head.upsample_and_crop(layer, x, offset, height, width)
         assert got.shape == expected.shape and relative_error(got, expected) <= 1e-5
         (grad,) = torch.autograd.grad(got.sum(), x)
         (expected_grad,) = torch.autograd.grad(expected.sum(), x, retain_graph=True)
         assert relative_error(grad, expected_grad) <= 1e-5
     with pytest.raises(ValueError, match="cannot crop"):
-        canvas.upsample_and_crop(layer, x, 1000, 4, 4)
+        head.upsample_and_crop(layer, x, 1000, 4, 4)

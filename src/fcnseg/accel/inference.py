@@ -1,6 +1,6 @@
 """Exact fast inference for FCN nets: the trimmed canvas (skip the constant padding), fused conv + ReLU.
 
-The net runs on the trimmed canvas of :mod:`fcnseg.models.canvas`, which skips
+The trunk runs on the trimmed canvas of :mod:`fcnseg.accel.canvas`, which skips
 most of the 100-pixel input padding exactly, with kernels picked for inference:
 channels-last blobs, convolution and ReLU fused, weights packed per input shape,
 1x1 scores computed on the canvas before the copies back. The result equals the
@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fcnseg.models.canvas import AxisPlan, gather, layer_windows, plan_canvas, upsample_and_crop
+from fcnseg.accel import Shared
+from fcnseg.accel.canvas import AxisPlan, canvas_reason, gather, layer_windows, plan_canvas
+from fcnseg.accel.head import Blob, fcn_head
 from fcnseg.models.fcn import FCN
-from fcnseg.models.fusion import LateFusionFCN
-from fcnseg.models.layers import crop_like
-from fcnseg.models.trunk import SequentialTrunk
+from fcnseg.models.layers import check_input
 
 
 class _ConvReLU(nn.Conv2d):
@@ -52,8 +52,10 @@ class _ConvReLU(nn.Conv2d):
             conv.dilation,  # type: ignore[arg-type]
             conv.groups,
             conv.bias is not None,
+            device="meta",  # no initialisation: the tensors are the convolution's own
         )
-        self.load_state_dict(conv.state_dict())
+        self.weight = nn.Parameter(conv.weight.detach(), requires_grad=False)
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach(), requires_grad=False)
         self.relu = relu
         self.matrix: torch.Tensor | None = None
         self.packed: OrderedDict[torch.Size, torch.Tensor] = OrderedDict()
@@ -120,48 +122,6 @@ class _ConvReLU(nn.Conv2d):
         return y.relu_() if self.relu else y
 
 
-def _fast_upsampler(layer: nn.ConvTranspose2d) -> nn.ConvTranspose2d:
-    """A per-class transposed convolution when classes do not mix (the bilinear ones): C times less work.
-
-    Exact: the dropped weights are zeros.
-    """
-    w = layer.weight.detach()
-    if layer.groups != 1 or w.shape[0] != w.shape[1] or layer.bias is not None:
-        return copy.deepcopy(layer)
-    eye = torch.eye(w.shape[0], dtype=torch.bool)
-    if w[~eye].any():
-        return copy.deepcopy(layer)
-    grouped = nn.ConvTranspose2d(
-        w.shape[0],
-        w.shape[0],
-        layer.kernel_size,  # type: ignore[arg-type]
-        layer.stride,  # type: ignore[arg-type]
-        layer.padding,  # type: ignore[arg-type]
-        layer.output_padding,  # type: ignore[arg-type]
-        groups=w.shape[0],
-        bias=False,
-        dilation=layer.dilation,  # type: ignore[arg-type]
-    )
-    with torch.no_grad():
-        grouped.weight.copy_(w[eye].view(w.shape[0], 1, *w.shape[2:]))
-    return grouped
-
-
-def canvas_reason(trunk: nn.Module) -> str | None:
-    """Why the trimmed canvas cannot run ``trunk``; None when it can: a sequential trunk that starts
-    with a convolution, of layers whose windows the canvas knows."""
-    if not isinstance(trunk, SequentialTrunk):
-        return f"a {type(trunk).__name__} is no layer sequence"
-    if not isinstance(trunk[0], nn.Conv2d):
-        return "the trunk does not start with a convolution"
-    for name, layer in trunk.named_children():
-        try:
-            layer_windows(layer)
-        except TypeError as error:
-            return f"{name}: {error}"
-    return None
-
-
 class _Float32LRN(nn.LocalResponseNorm):
     """Local response normalisation computed in float32 whatever its input's dtype: PyTorch's CPU
     kernel (an average pooling over channels) has no bfloat16 version."""
@@ -182,10 +142,13 @@ def _lrn_in_float32(module: nn.Module) -> nn.Module:
 class FastFCN(nn.Module):
     """Inference-only twin of an :class:`FCN`: same output, computed on a trimmed canvas.
 
-    (N, C, H, W) -> (N, num_classes, H, W) float32 for any H, W >= 1. With
-    ``dtype=torch.bfloat16`` the backbone runs in bfloat16 and the head in float32.
-    A trunk the canvas cannot run (:func:`canvas_reason`: a composite module such as
-    an inception module) runs as written, in ``dtype``, before the same head.
+    (N, C, H, W) -> (N, num_classes, H, W) float32 for any H, W >= 1. The trunk runs
+    on the canvas with fused convolutions (copies of the net's, packed for speed: a
+    twin serves one set of weights); the head is the net's own layers, computed for
+    what the crops keep (:func:`fcnseg.accel.head.fcn_head`). With
+    ``dtype=torch.bfloat16`` the trunk runs in bfloat16 and the head in float32. A
+    trunk the canvas cannot run (:func:`~fcnseg.accel.canvas.canvas_reason`: a
+    composite module such as an inception module) runs as written, in ``dtype``.
     """
 
     def __init__(self, model: FCN, dtype: torch.dtype = torch.float32) -> None:
@@ -193,14 +156,14 @@ class FastFCN(nn.Module):
         self.dtype = dtype
         self.in_channels = model.in_channels
         self.num_classes = model.num_classes
-        self.skips = model.skips
-        self.fusions = list(model.fusions)
-        self.final_name = model.final_name
-        self.output_offset = model.output_offset
-        self.as_written: FCN | None = None
+        self.tap_names = model.skips
+        self.net = Shared(model)
+        self.as_written: nn.Module | None = None
         if canvas_reason(model.backbone) is not None:
-            self.as_written = copy.deepcopy(model).eval().requires_grad_(False)
-            self.as_written.backbone = _lrn_in_float32(self.as_written.backbone.to(dtype))
+            trunk = model.backbone
+            if dtype != torch.float32:  # a copy in dtype; float32 runs the net's own trunk
+                trunk = _lrn_in_float32(copy.deepcopy(trunk).to(dtype)).eval().requires_grad_(False)
+            self.as_written = trunk
             return
         children = [(n, m) for n, m in model.backbone.named_children() if not isinstance(m, nn.Dropout)]
         steps: list[nn.Module] = []
@@ -210,14 +173,14 @@ class FastFCN(nn.Module):
             name, layer = children[i]
             fuse = (
                 isinstance(layer, nn.Conv2d)
-                and name not in self.skips
+                and name not in self.tap_names
                 and i + 1 < len(children)
                 and isinstance(children[i + 1][1], nn.ReLU)
             )
             if isinstance(layer, nn.Conv2d):
                 padding = (0, 0) if not steps else None
                 layer = _ConvReLU(layer, fuse, padding)
-            elif isinstance(layer, nn.ReLU) and names and names[-1] in self.skips:
+            elif isinstance(layer, nn.ReLU) and names and names[-1] in self.tap_names:
                 layer = nn.ReLU()  # not in place: the tap before it stays the layer's output
             else:
                 layer = copy.deepcopy(layer)
@@ -230,16 +193,8 @@ class FastFCN(nn.Module):
             if isinstance(step, _ConvReLU):
                 step.pack()
         self.windows = tuple(layer_windows(s) for s in steps)
-        self.taps = {names.index(tap): tap for tap in self.skips}
+        self.taps = {names.index(tap): tap for tap in self.tap_names}
         self.keep = tuple(sorted({*self.taps, len(steps) - 1}))
-        self.score_fr = copy.deepcopy(model.score_fr)
-        self.head = nn.ModuleDict(
-            {
-                name: _fast_upsampler(m) if isinstance(m, nn.ConvTranspose2d) else copy.deepcopy(m)
-                for name, m in model.named_children()
-                if name not in ("backbone", "score_fr")
-            }
-        )
         self.eval()
         self.requires_grad_(False)
 
@@ -247,46 +202,26 @@ class FastFCN(nn.Module):
         """The canvas plans of both axes for an input of ``height`` x ``width``."""
         return plan_canvas(self.windows, self.pad0, (height, width), self.keep)
 
-    @torch.inference_mode()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        height, width = x.shape[-2:]
+    def trunk(self, x: torch.Tensor) -> tuple[dict[str, Blob], Blob]:
+        """The trunk's taps and output, float32, as blobs on the canvas."""
         if self.as_written is not None:
-            taps, h = self.as_written.backbone.run(x.to(self.dtype), self.skips)
-            return self.as_written.score(h.float(), {k: v.float() for k, v in taps.items()}, height, width)
-        ph, pw = self.plan(height, width)
+            taps, h = self.as_written.features(x.to(self.dtype), self.tap_names)
+            return {k: Blob(v.float()) for k, v in taps.items()}, Blob(h.float())
+        ph, pw = self.plan(*x.shape[-2:])
         h = F.pad(x.to(self.dtype), (*pw.pad, *ph.pad)).contiguous(memory_format=torch.channels_last)
-        full: dict[int, torch.Tensor] = {}
+        kept: dict[int, Blob] = {}
         for i, step in enumerate(self.steps):
             if i in ph.reindex or i in pw.reindex:
                 h = gather(h, ph.reindex.get(i), pw.reindex.get(i), channels_last=True)
             h = step(h)
             if i in self.keep:
-                full[i] = h
-        taps = {self.taps[i]: (full[i], ph.expand[i], pw.expand[i]) for i in self.taps}
-        last = len(self.steps) - 1
-        h = gather(self.score_fr(full[last].float()), ph.expand[last], pw.expand[last], channels_last=True)
-        for upsample_name, tap, offset in self.fusions:
-            h = self.head[upsample_name](h)
-            skip, rows, cols = taps[tap]
-            skip = skip.float()
-            if f"scale_{tap}" in self.head:
-                skip = self.head[f"scale_{tap}"](skip)
-            skip = gather(self.head[f"score_{tap}"](skip), rows, cols, channels_last=True)
-            h = h + crop_like(skip, offset, h.shape[-2], h.shape[-1])
-        return upsample_and_crop(
-            self.head[self.final_name], h, self.output_offset, height, width
-        ).contiguous()
+                kept[i] = Blob(h.float(), ph.expand[i], pw.expand[i])
+        return {tap: kept[i] for i, tap in self.taps.items()}, kept[len(self.steps) - 1]
 
+    def head(self, taps: dict[str, Blob], top: Blob, like: torch.Tensor) -> torch.Tensor:
+        """The net's head, for what the crops keep: scores the size of ``like`` (the input)."""
+        return fcn_head(self.net.module, top, taps, *like.shape[-2:]).contiguous()
 
-def optimize(model: FCN | LateFusionFCN, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """An inference-only copy of ``model`` whose output equals ``model.eval()(x)`` for every input size.
-
-    float32 agrees to float rounding (about 1e-6 relative); bfloat16 trades
-    exactness for speed only on CPUs with native bfloat16 arithmetic. A late fusion
-    gets a fast twin per stream.
-    """
-    if isinstance(model, LateFusionFCN):
-        return LateFusionFCN([FastFCN(stream, dtype) for stream in model.streams.values()], model.names)
-    return FastFCN(model, dtype)
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(*self.trunk(check_input(x, self.in_channels)), x)

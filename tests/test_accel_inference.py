@@ -1,4 +1,4 @@
-"""fcnseg.infer.fast: the trimmed-canvas net must equal the padded net for every input size."""
+"""fcnseg.accel's inference twin: the trimmed-canvas net must equal the plain net for every input size."""
 
 from __future__ import annotations
 
@@ -8,16 +8,10 @@ import torch.nn.functional as F
 from tiny_nets import random_net
 from torch import nn
 
-from fcnseg.infer.fast import FastFCN, _ConvReLU, optimize
+from fcnseg.accel import for_inference
+from fcnseg.accel.inference import FastFCN, _ConvReLU
 
 SIZES = [(1, 1), (2, 3), (17, 23), (32, 32), (64, 48), (100, 7), (131, 1), (161, 203)]
-
-
-def padded_net(arch: str, **options) -> nn.Module:
-    """The reference: :func:`random_net` running its padded layers as written."""
-    model = random_net(arch, **options)
-    model.trim_padding = False
-    return model
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -26,8 +20,8 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("arch", ["fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce", "fcn-alexnet"])
 def test_equals_padded_net_at_every_size(arch: str) -> None:
-    model = padded_net(arch)
-    fast = optimize(model)
+    model = random_net(arch)
+    fast = for_inference(model)
     for height, width in SIZES:
         x = 60 * torch.randn(2 if height * width < 1000 else 1, 3, height, width)
         with torch.no_grad():
@@ -39,25 +33,25 @@ def test_equals_padded_net_at_every_size(arch: str) -> None:
 
 def test_every_architecture_has_the_fast_path(tiny_model) -> None:
     """Trunks the canvas cannot run (GoogLeNet's inception modules) run as written, same head."""
-    fast = optimize(tiny_model)
+    fast = for_inference(tiny_model)
     for height, width in [(1, 1), (37, 50)]:
         x = 60 * torch.randn(2, tiny_model.in_channels, height, width)
         with torch.no_grad():
             expected = tiny_model(x)
         assert relative_error(fast(x), expected) <= 1e-4
-    twins = list(fast.streams.values()) if hasattr(fast, "streams") else [fast]  # a late fusion's
+    twins = list(fast.wrappers) if hasattr(fast, "wrappers") else [fast]  # a late fusion's
     assert all((twin.as_written is None) == ("googlenet" not in tiny_model.config["arch"]) for twin in twins)
 
 
 def test_learned_upsampling_and_single_tower_alexnet() -> None:
     """Class-mixing deconvolutions keep the dense path; ungrouped AlexNet without LRN works too."""
-    model = padded_net("fcn8s", frozen_upsampling="none")
+    model = random_net("fcn8s", frozen_upsampling="none")
     with torch.no_grad():
         for name in ("upscore2", "upscore_pool4", "upscore8"):
             getattr(model, name).weight.normal_(0, 0.1)
-    alexnet = padded_net("fcn-alexnet", groups=1, lrn=False)
+    alexnet = random_net("fcn-alexnet", groups=1, lrn=False)
     for net in (model, alexnet):
-        fast = optimize(net)
+        fast = for_inference(net)
         for height, width in [(1, 2), (45, 38)]:
             x = 60 * torch.randn(1, 3, height, width)
             with torch.no_grad():
@@ -66,7 +60,7 @@ def test_learned_upsampling_and_single_tower_alexnet() -> None:
 
 def test_canvas_skips_the_padding() -> None:
     """At 500x500 VGG's first stage runs on 8 zeros of padding instead of 100, and copies back later."""
-    fast = optimize(random_net("fcn8s"))
+    fast = for_inference(random_net("fcn8s"))
     rows, cols = fast.plan(500, 500)
     assert rows.pad == cols.pad == (8, 8)
     # Canvas vs full length after pool1 and pool2; after pool3 the runs are too short: back to full.
@@ -106,11 +100,11 @@ def test_fused_convolution_routes_agree(shape, kernel, stride, padding, im2col, 
 
 @pytest.mark.parametrize("arch", ["fcn8s", "fcn-alexnet", "fcn32s-googlenet"])  # the last two have LRN
 def test_bfloat16_keeps_most_labels(arch) -> None:
-    model = padded_net(arch)
+    model = random_net(arch)
     x = 60 * torch.randn(1, 3, 40, 56)
     with torch.no_grad():
         expected = model(x)
-    got = optimize(model, torch.bfloat16)(x)
+    got = for_inference(model, torch.bfloat16)(x)
     assert got.dtype == torch.float32
     assert (got.argmax(1) == expected.argmax(1)).float().mean() > 0.9
 
