@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from tiny_nets import random_net
 from torch import nn
 
-from fcnseg.accel import for_inference
+from fcnseg.accel import for_inference, inference
 from fcnseg.accel.inference import FastFCN, _ConvReLU
 
 SIZES = [(1, 1), (2, 3), (17, 23), (32, 32), (64, 48), (100, 7), (131, 1), (161, 203)]
@@ -82,12 +82,12 @@ def test_canvas_skips_the_padding() -> None:
 def test_fused_convolution_routes_agree(shape, kernel, stride, padding, im2col, monkeypatch) -> None:
     """oneDNN (packed per input shape), im2col (huge kernels) and 1x1 products all equal conv + ReLU."""
     if im2col:
-        monkeypatch.setattr(_ConvReLU, "HUGE", 0)
+        monkeypatch.setattr(inference, "HUGE_KERNEL", 0)
     torch.manual_seed(1)
     conv = nn.Conv2d(shape[1], 16, kernel, stride, padding)
     fused = _ConvReLU(conv, relu=True)
     fused.pack()
-    assert (fused.matrix is not None) == im2col
+    assert fused.as_matrix == im2col
     pointwise = _ConvReLU(nn.Conv2d(16, 8, 1), relu=False)
     pointwise.pack()
     for batch in (shape, (3, *shape[1:])):

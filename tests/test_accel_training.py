@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tiny_nets import random_net
 from torch import nn
 
-from fcnseg.accel import for_training, head, reach
+from fcnseg.accel import for_training, head, kernels, reach
 from fcnseg.accel.canvas import Window, layer_windows
 from fcnseg.accel.training import TrimmedFCN
 from fcnseg.models.fcn import FCN
@@ -73,7 +73,7 @@ def test_training_with_dropout_equals_the_padded_net(arch: str, channels_last: b
 
 def test_learned_upsampling_single_tower_alexnet_and_fc_as_matrix_product(monkeypatch) -> None:
     """Learnable (class-mixing) upsamplers, AlexNet without groups or LRN, and the im2col route."""
-    monkeypatch.setattr(reach, "HUGE_KERNEL", 0)  # every convolution as unfold + matrix product
+    monkeypatch.setattr(kernels, "HUGE_KERNEL", 0)  # every convolution as unfold + matrix product
     for model in (
         random_net("fcn8s", frozen_upsampling="none"),
         random_net("fcn-alexnet", groups=1, lrn=False),

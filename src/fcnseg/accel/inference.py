@@ -19,6 +19,7 @@ from torch import nn
 from fcnseg.accel import Shared
 from fcnseg.accel.canvas import AxisPlan, canvas_reason, gather, layer_windows, plan_canvas
 from fcnseg.accel.head import Blob, fcn_head
+from fcnseg.accel.kernels import HUGE_KERNEL, matrix_convolution
 from fcnseg.models.fcn import FCN
 from fcnseg.models.layers import check_input
 
@@ -35,9 +36,6 @@ class _ConvReLU(nn.Conv2d):
     MKL as one matrix product (im2col), as fast whatever the shape. bfloat16, or
     builds without oneDNN, use ``F.conv2d``.
     """
-
-    HUGE = 1 << 24
-    """Weights with more elements than this go to im2col: reordering them per shape costs seconds."""
 
     SHAPES = 4
     """Input shapes whose packed weights are kept."""
@@ -57,34 +55,17 @@ class _ConvReLU(nn.Conv2d):
         self.weight = nn.Parameter(conv.weight.detach(), requires_grad=False)
         self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach(), requires_grad=False)
         self.relu = relu
-        self.matrix: torch.Tensor | None = None
+        self.as_matrix = False
         self.packed: OrderedDict[torch.Size, torch.Tensor] = OrderedDict()
 
     def pack(self) -> None:
-        """Lay float32 weights out as an im2col matrix where that is the route taken."""
-        weight = self.weight.detach()
+        """Choose the route: the matrix product where that is fastest (see the class's docstring)."""
         self.packed.clear()
-        self.matrix = None
-        if (
-            weight.dtype == torch.float32  # without native bfloat16, MKL's product runs at ~1 GFLOP/s
+        self.as_matrix = (
+            self.weight.dtype == torch.float32  # without native bfloat16, MKL's product runs at ~1 GFLOP/s
             and self.groups == 1
-            and self.dilation == (1, 1)
-            and self.bias is not None
-            and (self.kernel_size == (1, 1) or weight.numel() > self.HUGE)
-        ):
-            self.matrix = weight.permute(2, 3, 1, 0).reshape(-1, self.out_channels)  # (kh kw cin, cout)
-
-    def _im2col(self, x: torch.Tensor) -> torch.Tensor:
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        rows = x.permute(0, 2, 3, 1)
-        if ph or pw:
-            rows = F.pad(rows, (0, 0, pw, pw, ph, ph))
-        if (kh, kw, sh, sw) != (1, 1, 1, 1):
-            rows = rows.unfold(1, kh, sh).unfold(2, kw, sw).permute(0, 1, 2, 4, 5, 3)
-        n, height, width = rows.shape[:3]
-        y = torch.addmm(self.bias, rows.reshape(n * height * width, -1), self.matrix)  # type: ignore[arg-type]
-        y = y.relu_() if self.relu else y
-        return y.view(n, height, width, -1).permute(0, 3, 1, 2)
+            and (self.kernel_size == (1, 1) or self.weight.numel() > HUGE_KERNEL)
+        )
 
     def _packed_for(self, shape: torch.Size) -> torch.Tensor:
         if shape in self.packed:
@@ -103,8 +84,9 @@ class _ConvReLU(nn.Conv2d):
         return self.packed[shape]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.matrix is not None:
-            return self._im2col(x)
+        if self.as_matrix:
+            y = matrix_convolution(x, self.weight, self.bias, self.stride, self.padding, self.dilation)  # type: ignore[arg-type]
+            return y.relu_() if self.relu else y
         if x.dtype == torch.float32 and torch.backends.mkldnn.is_available():
             return torch.ops.mkldnn._convolution_pointwise(
                 x.contiguous(memory_format=torch.channels_last),

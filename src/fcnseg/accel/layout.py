@@ -1,7 +1,7 @@
 """Channels-last blobs for narrow nets on the CPU: the same net, in the memory layout fastest for it.
 
 oneDNN's channels-last kernels beat its blocked ones for convolutions of up to
-:data:`~fcnseg.accel.reach.CHANNELS_LAST_WIDTH` output channels; a convolution's output
+:data:`~fcnseg.accel.kernels.CHANNELS_LAST_WIDTH` output channels; a convolution's output
 follows its input's layout, so a channels-last input runs a whole net of narrow layers
 channels-last (SSD300 at the synthetic set's widths: a training step 1.6x, inference 1.9x,
 ``benchmarks/bench_ssd.py``). The net itself runs, every layer a module: only the input's
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fcnseg.accel.reach import CHANNELS_LAST_WIDTH
+from fcnseg.accel.kernels import CHANNELS_LAST_WIDTH
 
 __all__ = ["ChannelsLastInput", "narrow"]
 

@@ -37,13 +37,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from fcnseg.accel.canvas import AxisPlan, Window, gather, layer_windows, layers_reason, plan_canvas
+from fcnseg.accel.kernels import convolve
 from fcnseg.models.trunk import run_layers
 
 __all__ = [
-    "CHANNELS_LAST_WIDTH",
-    "HUGE_KERNEL",
     "ReachPlan",
-    "convolve",
     "plan_reach",
     "run_trunk",
     "trunk_plan",
@@ -303,20 +301,6 @@ def _strictly_channels_last(t: torch.Tensor) -> bool:
     return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
 
 
-CHANNELS_LAST_WIDTH = 128
-"""On the CPU, convolutions with at most this many output channels run channels-last.
-
-oneDNN reorders default-layout blobs into its blocked layout and back on every
-call, forward and backward: for wide, shallow blobs (VGG's first two stages) that
-costs more than the convolution gains, while for deep ones its blocked kernels
-beat the channels-last ones.
-"""
-
-HUGE_KERNEL = 1 << 24
-"""On the CPU, convolution weights with more elements than this (fc6) run as one matrix product
-(im2col), instead of oneDNN reordering 400 MB of weights on every call."""
-
-
 def run_trunk(
     backbone: nn.Sequential, x: torch.Tensor, taps: Sequence[str] = ()
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -467,26 +451,6 @@ def _step(layer: nn.Module, x: torch.Tensor, unpadded: bool, cpu: bool) -> torch
     if unpadded and isinstance(layer, nn.AvgPool2d):
         return F.avg_pool2d(x, layer.kernel_size, layer.stride, 0, divisor_override=layer.divisor_override)
     return layer(x)
-
-
-def convolve(layer: nn.Conv2d, x: torch.Tensor, padding: tuple[int, int], cpu: bool) -> torch.Tensor:
-    """``layer`` with ``padding``, with its own parameters, by the fastest exact route for its shape
-    (on the CPU: :data:`CHANNELS_LAST_WIDTH`, :data:`HUGE_KERNEL`)."""
-    w = layer.weight
-    if cpu and w.numel() > HUGE_KERNEL and layer.groups == 1:
-        n, _, height, width = x.shape
-        (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
-        out_h = (height + 2 * padding[0] - dh * (kh - 1) - 1) // sh + 1
-        out_w = (width + 2 * padding[1] - dw * (kw - 1) - 1) // sw + 1
-        columns = F.unfold(x, layer.kernel_size, layer.dilation, padding, layer.stride)
-        y = torch.matmul(w.view(w.shape[0], -1), columns)
-        if layer.bias is not None:
-            y = y + layer.bias[:, None]
-        return y.view(n, w.shape[0], out_h, out_w)
-    if cpu:
-        wide = layer.out_channels > CHANNELS_LAST_WIDTH
-        x = x.contiguous(memory_format=torch.contiguous_format if wide else torch.channels_last)
-    return F.conv2d(x, w, layer.bias, layer.stride, padding, layer.dilation, layer.groups)
 
 
 def _shared(a: torch.Tensor, b: torch.Tensor) -> bool:
