@@ -24,11 +24,12 @@ from fcnseg import distributed
 from fcnseg.data.datasets import InMemory
 from fcnseg.data.preprocess import preprocess
 from fcnseg.data.synthetic import CLASS_NAMES, SyntheticSegmentation
+from fcnseg.files import atomic_write
 from fcnseg.infer.overlay import figure
 from fcnseg.metrics.segmentation import evaluate_confusion, format_metrics, scores
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.trainer import Trainer
-from fcnseg.weights.checkpoint import atomic_write, save_checkpoint
+from fcnseg.weights.checkpoint import save_checkpoint
 
 # Chosen by trying settings on 2 CPU cores, on held-out mean IU in the same time. From scratch,
 # with no BatchNorm, the net sits on the "all background" plateau for hundreds of steps;

@@ -14,8 +14,8 @@ from fcnseg.data.preprocess import PRESETS
 from fcnseg.data.registry import DATASETS, MODALITY_CHANNELS
 from fcnseg.errors import ConfigError
 from fcnseg.tasks import TASKS
+from fcnseg.tasks.losses import REDUCTIONS
 from fcnseg.train.config import RECIPES, TrainConfig
-from fcnseg.train.losses import REDUCTIONS
 from fcnseg.train.run_folder import RunFolder
 from fcnseg.train.trainer import Trainer, TrainingInterrupted
 

@@ -28,9 +28,9 @@ from fcnseg.detection.evaluation import evaluate_detections
 from fcnseg.detection.loss import MultiBoxLoss
 from fcnseg.detection.priors import prior_boxes
 from fcnseg.errors import ConfigError
+from fcnseg.files import atomic_write
 from fcnseg.infer.detect import MIN_SCORE, detect_images, detection_records, draw_boxes
 from fcnseg.models.registry import DETECTORS, build_model
-from fcnseg.weights.checkpoint import atomic_write
 
 if TYPE_CHECKING:
     from fcnseg.distributed import Context

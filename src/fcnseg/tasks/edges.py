@@ -28,10 +28,10 @@ from fcnseg.data.transforms import (
     pad_collate,
 )
 from fcnseg.errors import ConfigError, FcnsegError
+from fcnseg.files import atomic_write
 from fcnseg.metrics.edges import EDGE_MAX_DIST, edge_counts, scores
 from fcnseg.models.registry import build_model
-from fcnseg.train.edge_losses import HEDLoss
-from fcnseg.weights.checkpoint import atomic_write
+from fcnseg.tasks.losses import HEDLoss
 
 if TYPE_CHECKING:
     from fcnseg.distributed import Context

@@ -23,12 +23,12 @@ from fcnseg.data.transforms import (
     RandomScale,
     pad_collate,
 )
+from fcnseg.files import atomic_write
 from fcnseg.infer.overlay import colorize, overlay
 from fcnseg.metrics.segmentation import evaluate_confusion, format_metrics, scores
 from fcnseg.models.fcn import FCN
 from fcnseg.models.registry import build_model
-from fcnseg.train.losses import SegmentationLoss, class_pixel_counts, median_frequency_weights
-from fcnseg.weights.checkpoint import atomic_write
+from fcnseg.tasks.losses import SegmentationLoss, class_pixel_counts, median_frequency_weights
 
 if TYPE_CHECKING:
     from fcnseg.distributed import Context

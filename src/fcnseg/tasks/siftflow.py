@@ -23,8 +23,8 @@ from fcnseg.errors import ConfigError
 from fcnseg.metrics.segmentation import confusion_matrix, format_metrics, scores
 from fcnseg.models.heads import MultiHeadFCN
 from fcnseg.models.registry import build_model
+from fcnseg.tasks.losses import SegmentationLoss
 from fcnseg.tasks.segmentation import SegmentationTask
-from fcnseg.train.losses import SegmentationLoss
 
 if TYPE_CHECKING:
     from fcnseg.distributed import Context
