@@ -27,9 +27,9 @@ def run(args: argparse.Namespace) -> int:
     with web.listen(args.host, args.port) as sock:
         model = load(args.weights).to(resolve_device(args.device))
         predictor = web.Predictor(model, Path(args.weights).name, max_pixels=args.max_megapixels)
-        classes = "" if predictor.task in web.MAPS else f", {model.num_classes} classes"
+        classes = f", {model.num_classes} classes" if predictor.info()["classes"] else ""
         print(
-            f"fcnseg serve: {args.weights} ({model.config['arch']}, {predictor.task}{classes}) "
+            f"fcnseg serve: {args.weights} ({model.config['arch']}, {predictor.task.name}{classes}) "
             f"at {web.url_of(sock)}  (Ctrl-C to stop)",
             flush=True,
         )

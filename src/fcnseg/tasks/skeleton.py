@@ -35,6 +35,8 @@ class SkeletonTask(EdgeTask):
     synthetic = SyntheticSkeletons
     datasets_known = ("synthetic", "sk-large", "sk506")
     max_dist = SKELETON_MAX_DIST
+    noun = "skeleton"
+    meaning = "a skeleton (an object's medial axis)"
 
     def __init__(self) -> None:
         self.thresholds = SYNTHETIC_THRESHOLDS
