@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from fcnseg.cli.options import add_device, add_weights, positive
 from fcnseg.data.registry import DATASETS
 from fcnseg.distributed import Context
 from fcnseg.infer import crf
@@ -27,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "for a detector (ssd300), VOC mAP (VOC07 11-point and area under the curve, difficult boxes "
         "ignored) and the AP of every class.",
     )
-    parser.add_argument("weights", help="an fcnseg checkpoint (.pt) or a Caffe model")
+    add_weights(parser)
     parser.add_argument(
         "data",
         help="a folder (images/ and masks/), the root of --dataset, or 'synthetic' for the held-out synthetic set",
@@ -38,8 +39,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="split of --dataset (default: the paper's validation split; detection on voc: 2007-test)",
     )
     parser.add_argument("--images", type=int, default=100, help="synthetic only: how many images")
-    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass (padded)")
-    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--batch-size", type=positive, default=1, help="images per forward pass (padded)")
+    add_device(parser)
     parser.add_argument(
         "--crf",
         action="store_true",
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     task, options = task_of(model), InferenceOptions(crf=args.crf, batch_size=args.batch_size)
     task.check_options(model, options, args.weights)
     dataset = task.evaluation_set(model, dataset_name, args.data, args.split, args.images, args.weights)
-    device = resolve_device(args.device or "auto")
+    device = resolve_device(args.device)
     metrics = task.measure(model.to(device), dataset, options, Context(device=device), progress=True)
     if args.json:
         names = task.class_names(model, dataset)

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fcnseg.cli.options import integers
 from fcnseg.models.flops import ComputeCost
 from fcnseg.models.registry import ARCHITECTURES, BUILDERS, build_model
 from fcnseg.tasks import task_of
@@ -35,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--num-classes", type=int, help="architecture only (default: 21; HED and FSDS have their own)"
     )
     parser.add_argument(
-        "--widths", type=parse_widths, help="architecture only: narrower widths, e.g. 4,8,16,32,32,64"
+        "--widths", type=integers, help="architecture only: narrower widths, e.g. 4,8,16,32,32,64"
     )
     parser.add_argument("--all-layers", action="store_true", help="also list ReLU and dropout layers")
     parser.set_defaults(run=run)
@@ -51,13 +52,6 @@ def parse_size(text: str) -> tuple[int, int]:
     if len(size) != 2 or min(size) < 1:
         raise argparse.ArgumentTypeError(f"size must be two positive numbers HxW, got {text!r}")
     return size
-
-
-def parse_widths(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(w) for w in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"widths must be comma-separated integers, got {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:

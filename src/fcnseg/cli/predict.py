@@ -19,7 +19,8 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from fcnseg.data.images import MAX_PIXELS, read_image
+from fcnseg.cli.options import add_device, add_max_megapixels, add_weights, fraction, positive
+from fcnseg.data.images import read_image
 from fcnseg.infer import crf
 from fcnseg.infer.detect import MIN_SCORE
 from fcnseg.infer.predict import PRECISIONS, resolve_device
@@ -257,28 +258,6 @@ def _memory(text: str) -> int:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _alpha(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"alpha must be in [0, 1], got {text}")
-    return value
-
-
-def _megapixels(text: str) -> int | None:
-    """Megapixels -> a pixel count; 0 means no limit."""
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (no limit) or positive, got {text}")
-    return round(value * 1e6) or None
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
@@ -293,7 +272,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "detector (ssd300) write <stem>.json, every box with its class and score, and <stem>_boxes.jpg."
         ),
     )
-    parser.add_argument("weights", help="fcnseg checkpoint")
+    add_weights(parser)
     parser.add_argument("inputs", nargs="+", help="image files, folders (not recursive) or quoted globs")
     parser.add_argument(
         "--out",
@@ -313,7 +292,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=MIN_SCORE,
         help="detectors: draw the boxes of at least this score (JSON has all)",
     )
-    parser.add_argument("--overlay-alpha", type=_alpha, default=0.5, help="colour weight in the overlay")
+    parser.add_argument("--overlay-alpha", type=fraction, default=0.5, help="colour weight in the overlay")
     parser.add_argument(
         "--probs", action="store_true", help="also write <stem>_probs.npy: (C, H, W) softmax probabilities"
     )
@@ -333,9 +312,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="refine the labels with a dense CRF (DeepLab's VOC parameters, 10 mean-field iterations, "
         f"on the CPU; needs pip install '{crf.EXTRA}')",
     )
-    parser.add_argument(
-        "--device", choices=("cpu", "cuda", "auto"), default="auto", help="auto: CUDA when available"
-    )
+    add_device(parser)
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -350,11 +327,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="activation memory budget, e.g. 4G (default: half the memory available)",
     )
-    parser.add_argument("--batch-size", type=_positive, default=4, help="images of one size per forward pass")
-    parser.add_argument(
-        "--max-megapixels",
-        type=_megapixels,
-        default=str(MAX_PIXELS / 1e6),
-        help="refuse larger images, a guard against decompression bombs (PIL's limit; 0 = no limit)",
-    )
+    parser.add_argument("--batch-size", type=positive, default=4, help="images of one size per forward pass")
+    add_max_megapixels(parser, "refused")
     parser.set_defaults(run=run)
