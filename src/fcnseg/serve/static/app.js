@@ -203,8 +203,9 @@ function blend(canvas, bitmap, layer, opacity) {
   canvas.classList.toggle("small", bitmap.width < 360);
 }
 
-// The overlay panel of a view: its canvas shows the layer over the image at the slider's opacity.
+// The overlay panel, first in a view: its canvas shows the layer over the image at the slider's opacity.
 function showOverlay(view, bitmap, layer) {
+  view.prepend(document.importNode($("#overlay-panel").content, true));
   const overlay = $(".overlay", view);
   const slider = $(".opacity-slider", view);
   const shown = $(".opacity-value", view);
