@@ -98,6 +98,7 @@ class EdgeTask(TaskBase):
     datasets_known = ("synthetic", "bsds500", "hed-bsds")
     max_dist = EDGE_MAX_DIST
     noun = "edge"
+    """The map's kind, as ``fcnseg predict`` reports it: "drew edge maps of"."""
     meaning = "an edge"
     """What the map gives the probability of, for the page's legend."""
 

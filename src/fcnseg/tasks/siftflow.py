@@ -71,7 +71,6 @@ class SiftFlowTask(SegmentationTask):
     score = "sem_mean_iu"
     metrics = tuple(f"{head}_{metric}" for head in HEADS for metric in _METRICS)
     curves = {"sem_mean_iu": "semantic mean IU", "geo_pixel_acc": "geometric pixel acc."}
-    synthetic = None
     datasets_known = ("siftflow",)
     takes = ()
     serves = False
