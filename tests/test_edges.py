@@ -26,8 +26,8 @@ from fcnseg.data.edges import (
 )
 from fcnseg.metrics.edges import edge_counts, evaluate_skeletons, scores
 from fcnseg.models.sides import side_taps
+from fcnseg.tasks.losses import FSDSLoss, HEDLoss, balanced_sigmoid_loss, balanced_softmax_loss
 from fcnseg.train.config import TrainConfig
-from fcnseg.train.edge_losses import FSDSLoss, HEDLoss, balanced_sigmoid_loss, balanced_softmax_loss
 from fcnseg.train.optim import make_optimizer
 from fcnseg.weights.caffe import load_caffe_fcn
 from fcnseg.weights.caffe_format import CaffeLayer, write_caffemodel
@@ -462,7 +462,7 @@ def test_an_image_with_no_skeleton_trains_as_background(tmp_path):
     label = torch.from_numpy(quantise_scales(scales, SCALE_THRESHOLDS["sk-large"]))[None]
     assert scales.shape == (24, 30) and not label.any()
     model = tiny("fsds").train()
-    loss = fcnseg.train.edge_losses.FSDSLoss((2, 3, 4, 5, 5))(model(torch.rand(1, 3, 24, 30)), label)
+    loss = fcnseg.tasks.losses.FSDSLoss((2, 3, 4, 5, 5))(model(torch.rand(1, 3, 24, 30)), label)
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert loss == 0 and grads and all(torch.isfinite(g).all() for g in grads)

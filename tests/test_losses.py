@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fcnseg.train.losses import (
+from fcnseg.tasks.losses import (
     class_pixel_counts,
     loss_sampling_mask,
     median_frequency_weights,

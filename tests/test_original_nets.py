@@ -9,10 +9,10 @@ import fcnseg
 from fcnseg import build_model
 from fcnseg.errors import ConfigError
 from fcnseg.models.layers import crop_like
+from fcnseg.tasks.losses import SegmentationLoss
 from fcnseg.tasks.siftflow import HeadsLoss, SiftFlowTask
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.initial import initial_weights, initialise, widen_first_conv
-from fcnseg.train.losses import SegmentationLoss
 
 TINY = (4, 8, 8, 16, 16, 32)
 

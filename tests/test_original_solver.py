@@ -12,9 +12,9 @@ from fcnseg import build_model
 from fcnseg.data.preprocess import get_preprocessing, preprocess
 from fcnseg.errors import ConfigError
 from fcnseg.models.layers import bilinear_kernel
+from fcnseg.tasks.losses import segmentation_loss
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.initial import initialise
-from fcnseg.train.losses import segmentation_loss
 from fcnseg.train.optim import make_optimizer
 
 TINY = (4, 8, 8, 16, 16, 32)

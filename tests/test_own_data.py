@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-import fcnseg.train.losses as losses_module
+import fcnseg.tasks.losses as losses_module
 import fcnseg.train.trainer as trainer_module
 from fcnseg.cli import main
 from fcnseg.data.datasets import DataError

@@ -29,6 +29,7 @@ from fcnseg.data.palette import pascal_palette
 from fcnseg.data.synthetic import CLASS_NAMES, make_sample
 from fcnseg.infer.detect import MIN_SCORE, detect_images, detection_records, draw_boxes
 from fcnseg.serve import app as web
+from fcnseg.tasks import get_task
 from fcnseg.tasks.edges import grey_map, predict_map
 
 MESSAGE = "fcnseg serve needs the serve extra: pip install 'fcnseg[serve]'"
@@ -419,15 +420,12 @@ def test_pixel_limit_is_the_servers(model):
     assert small.post("/segment", **upload(png(sample(6, (20, 25))))).status_code == 200
 
 
-FORWARD = {"segmentation": "predict", "edges": "predict_map", "detection": "detect_images"}
-"""The function of ``fcnseg.serve.app`` that runs the net of a task."""
-
-
-@pytest.mark.parametrize("task", FORWARD)
+@pytest.mark.parametrize("task", ["segmentation", "edges", "detection"])
 def test_concurrent_requests_take_turns_on_the_model(nets, task, monkeypatch):
     """Several threads at once: the model runs one request at a time, and each gets its own answer."""
     active, most, lock = 0, 0, threading.Lock()
-    forward = getattr(web, FORWARD[task])
+    kind = type(get_task(task))  # its predict_images runs the net
+    forward = kind.predict_images
 
     def watched(*args, **kwargs):
         nonlocal active, most
@@ -441,7 +439,7 @@ def test_concurrent_requests_take_turns_on_the_model(nets, task, monkeypatch):
             with lock:
                 active -= 1
 
-    monkeypatch.setattr(web, FORWARD[task], watched)
+    monkeypatch.setattr(kind, "predict_images", watched)
     client = TestClient(web.create_app(web.Predictor(nets[task])))
     images = [sample(10 + i, (16 + 3 * i, 40 - 2 * i)) for i in range(6)]
     answers: list = [None] * len(images)
@@ -461,7 +459,7 @@ def test_concurrent_requests_take_turns_on_the_model(nets, task, monkeypatch):
         alone = client.post("/predict?format=png&min_score=0", **upload(png(image)))
         assert answer.status_code == 200 and answer.content == alone.content
         if task == "segmentation":
-            assert (labels_of(answer.content) == forward(nets[task], image)).all()
+            assert (labels_of(answer.content) == fcnseg.predict(nets[task], image)).all()
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from tiny_nets import tiny_fcn
 import fcnseg
 from fcnseg.data.palette import pascal_palette
 from fcnseg.data.synthetic import CLASS_NAMES, make_sample
+from fcnseg.infer.detect import MIN_SCORE, detect_images
 from fcnseg.infer.overlay import overlay
 from fcnseg.serve.app import SAMPLE_SIZE
 from fcnseg.tasks.edges import grey_map, predict_map, red_overlay
@@ -227,3 +228,36 @@ def test_an_edge_net_shows_its_map_overlay_and_what_white_means(driver, folder):
         link = driver.find_element(By.CSS_SELECTOR, ".download")
         assert link.get_attribute("download") == "shapes_edges.png"
     assert re.fullmatch(r"shapes\.png: 67 × 45 pixels, forward pass [\d.]+ (ms|s) on cpu", status), status
+
+
+def test_a_detector_shows_its_boxes_counts_them_and_says_how_many(driver, folder):
+    """An SSD checkpoint: the page shows the boxes of the default min score drawn at
+    the upload's size, counts them per class, and says how many it found in the status line."""
+    torch.manual_seed(0)
+    ssd = fcnseg.build_model("ssd300", len(CLASS_NAMES), widths=(4, 8, 8, 16, 16, 16)).eval()
+    with torch.no_grad():  # flatter class scores: some boxes score above the default min score, some below
+        for name, head in ssd.heads.items():
+            if name.endswith("_conf"):
+                head.weight *= 0.09
+    ssd.meta = {"class_names": list(CLASS_NAMES), "preprocess": "caffe"}
+    found = detect_images(ssd, [IMAGE])[0]
+    shown = found["scores"] >= MIN_SCORE
+    assert 0 < shown.sum() < len(shown)  # the min score picks some of the boxes
+    Image.fromarray(IMAGE).save(folder / "shapes.png")
+    with fcnseg_serve(fcnseg.save_checkpoint(ssd, folder / "ssd.pt")) as address:
+        driver.get(address)
+        wait_for(driver, "ready")
+        choose(driver, folder / "shapes.png")
+        assert wait_for(driver, "done", "error") == "done", driver.find_element(By.ID, "status").text
+        status = driver.find_element(By.ID, "status").text
+        size = driver.execute_script(
+            "const i = document.querySelector('img.drawn'); return [i.naturalWidth, i.naturalHeight];"
+        )
+        counts = [int(cell.text) for cell in driver.find_elements(By.CSS_SELECTOR, ".legend td.count")]
+    assert size == [67, 45]
+    expected = np.bincount(found["labels"][shown], minlength=len(CLASS_NAMES))[1:].tolist()
+    assert counts == expected
+    boxes = f"{shown.sum()} box{'' if shown.sum() == 1 else 'es'} of score ≥ {MIN_SCORE:.2f}"
+    assert re.fullmatch(
+        rf"shapes\.png: 67 × 45 pixels, forward pass [\d.]+ (ms|s) on cpu, {boxes}", status
+    ), status

@@ -102,12 +102,6 @@ class Edges:
     def summary(self, metrics, model):
         return f"F1 {metrics['f1']:.3f}"
 
-    def prediction_suffixes(self):
-        return [".npy"]
-
-    def write_prediction(self, stem, image, prediction):
-        np.save(f"{stem}.npy", prediction)
-
 
 def test_segmentation_is_the_default_and_an_unknown_task_lists_the_known_ones(capsys):
     assert TrainConfig().task == "segmentation" and isinstance(get_task("segmentation"), SegmentationTask)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import fcnseg
-import fcnseg.train.losses as losses_module
+import fcnseg.tasks.losses as losses_module
 import fcnseg.weights.checkpoint as checkpoint_module
 from fcnseg import build_model, load_checkpoint
 from fcnseg.cli import main

@@ -12,6 +12,7 @@ from tiny_nets import TINY_GOOGLENET, googlenet_caffe_layers
 from torch import nn
 
 import fcnseg
+from fcnseg import files
 from fcnseg.cli import main
 from fcnseg.models.googlenet import GOOGLENET_CONVS
 from fcnseg.weights import checkpoint
@@ -330,10 +331,10 @@ def test_outputs_follow_the_umask(tmp_path, monkeypatch, mask):
     try:
         written = [
             fcnseg.save_checkpoint(model, tmp_path / "m.pt"),
-            checkpoint.atomic_write(tmp_path / "a.bin", lambda f: f.write(b"x")),
+            files.atomic_write(tmp_path / "a.bin", lambda f: f.write(b"x")),
         ]
-        monkeypatch.setattr(checkpoint, "_PROC_STATUS", str(tmp_path / "no-proc"))
-        written.append(checkpoint.atomic_write(tmp_path / "b.bin", lambda f: f.write(b"y")))
+        monkeypatch.setattr(files, "_PROC_STATUS", str(tmp_path / "no-proc"))
+        written.append(files.atomic_write(tmp_path / "b.bin", lambda f: f.write(b"y")))
         assert os.umask(mask) == mask  # reading the umask left it as it was
     finally:
         os.umask(previous)

@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 from tqdm import tqdm
 
 from fcnseg.errors import FcnsegError
-from fcnseg.weights.checkpoint import atomic_write
+from fcnseg.files import atomic_write
 
 __all__ = [
     "ARCHIVES",

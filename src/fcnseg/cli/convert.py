@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fcnseg.data.voc import VOC_CLASSES
-from fcnseg.models.heads import MultiHeadFCN
+from torch import nn
+
 from fcnseg.models.registry import ARCHITECTURES, BUILDERS
+from fcnseg.tasks import task_of
 from fcnseg.weights.caffe import load_caffe
 from fcnseg.weights.checkpoint import save_checkpoint
 from fcnseg.weights.imagenet import fcn_from_imagenet
@@ -44,22 +45,17 @@ def _read_class_names(path: Path | None, num_classes: int) -> list[str] | None:
     return names
 
 
-def _save(model, args: argparse.Namespace) -> int:
-    names = _read_class_names(args.classes, model.num_classes)
-    if names is None and model.task == "segmentation" and model.num_classes == len(VOC_CLASSES):
-        names = list(VOC_CLASSES)
+def _save(model: nn.Module, args: argparse.Namespace) -> int:
+    task = task_of(model)
+    names = _read_class_names(args.classes, model.num_classes) or task.default_class_names(model)
     if names is not None:
         model.meta["class_names"] = names
     if args.out.resolve() == args.weights.resolve():
         raise ValueError(f"--out {args.out} would overwrite the input")
     save_checkpoint(model, args.out)
     widths = ",".join(map(str, model.config["widths"]))
-    classified = model.task in ("segmentation", "siftflow", "detection")
-    predicts = f"{model.num_classes} classes" if classified else model.task
-    if isinstance(model, MultiHeadFCN):
-        predicts += f" (heads {'+'.join(map(str, model.heads))})"
     print(
-        f"{args.weights} -> {args.out}: {model.config['arch']}, {predicts}, "
+        f"{args.weights} -> {args.out}: {model.config['arch']}, {task.predicts(model)}, "
         f"widths {widths}, preprocess {model.meta['preprocess']}, "
         f"{sum(p.numel() for p in model.parameters()):,} parameters"
     )

@@ -1,9 +1,8 @@
 """``fcnseg demo``: the whole pipeline in minutes on a CPU, with no data and no network.
 
-It generates the synthetic set, trains a narrow FCN-8s from scratch, scores it on
-held-out images, and leaves in one folder everything a user would look at:
-overlays of image / ground truth / prediction, the training curves, the metrics
-and the checkpoint.
+It generates the synthetic set, trains a narrow FCN-8s (or HED, FSDS) from scratch, scores it
+on held-out images, and leaves in one folder everything a user would look at: overlays of
+image / ground truth / prediction, the training curves, the metrics and the checkpoint.
 """
 
 from __future__ import annotations
@@ -13,7 +12,10 @@ import functools
 import json
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,14 +23,13 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from fcnseg import distributed
-from fcnseg.data.datasets import InMemory
-from fcnseg.data.preprocess import preprocess
-from fcnseg.data.synthetic import CLASS_NAMES, SyntheticSegmentation
-from fcnseg.infer.overlay import figure
-from fcnseg.metrics.segmentation import evaluate_confusion, format_metrics, scores
+from fcnseg.data.datasets import IGNORE_INDEX, InMemory
+from fcnseg.files import atomic_write
+from fcnseg.tasks import Task, get_task
+from fcnseg.tasks.common import InferenceOptions
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.trainer import Trainer
-from fcnseg.weights.checkpoint import atomic_write, save_checkpoint
+from fcnseg.weights.checkpoint import save_checkpoint
 
 # Chosen by trying settings on 2 CPU cores, on held-out mean IU in the same time. From scratch,
 # with no BatchNorm, the net sits on the "all background" plateau for hundreds of steps;
@@ -86,6 +87,39 @@ SIDES_QUICK_DATA = {"train_images": 8, "val_images": 2, "test_images": 2, "image
 _OUTPUTS = ("last.pt", "best.pt", "model.pt", "log.csv", "curves.png", "metrics.json", "overlays")
 
 
+def _all_background(test_set: Dataset) -> str:
+    """What calling every pixel background scores on ``test_set``: a floor to read the net's scores by."""
+    labels = np.concatenate([label.ravel() for _, label in test_set])
+    background = float(np.mean(labels[labels != IGNORE_INDEX] == 0))
+    return (
+        f"(calling every pixel background would score pixel acc. {100 * background:.1f}, mean IU "
+        f"{100 * background / test_set.num_classes:.1f})"
+    )
+
+
+@dataclass(frozen=True)
+class Demo:
+    """The demo of one task: its net's name for people, its settings and data (full and ``--quick``),
+    and what a trivial prediction would score, if that says something."""
+
+    net: str
+    settings: dict[str, Any]
+    data: dict[str, Any]
+    quick: dict[str, Any]
+    quick_data: dict[str, Any]
+    floor: Callable[[Dataset], str] | None = None
+
+
+# A task shown here has ``synthetic(num_images, seed=, size_range=)``, its data set in the synthetic
+# world, and ``sample_figure(model, image, truth, scale)``: image | ground truth | prediction.
+DEMOS = {
+    "segmentation": Demo("FCN-8s", FULL, FULL_DATA, QUICK, QUICK_DATA, _all_background),
+    "edges": Demo("HED", SIDES, SIDES_DATA, SIDES_QUICK, SIDES_QUICK_DATA),
+    "skeleton": Demo("FSDS", SIDES, SIDES_DATA, SIDES_QUICK, SIDES_QUICK_DATA),
+}
+"""The tasks ``fcnseg demo --task`` shows."""
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
@@ -96,7 +130,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=Path("fcnseg-demo"), help="output folder")
     parser.add_argument(
         "--task",
-        choices=("segmentation", "edges", "skeleton"),
+        choices=tuple(DEMOS),
         default="segmentation",
         help="edges: a narrow HED on the synthetic boundaries; skeleton: a narrow FSDS on their medial "
         "axes (about a minute and a half each)",
@@ -123,45 +157,39 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     out = _prepare(args.out)
     progress = not args.quiet
-    if args.task != "segmentation":
-        return _sides_demo(args, out, progress, start)
-    settings, data = (QUICK, QUICK_DATA) if args.quick else (FULL, FULL_DATA)
+    demo, task = DEMOS[args.task], get_task(args.task)
+    settings, data = (demo.quick, demo.quick_data) if args.quick else (demo.settings, demo.data)
     size = data["image_size"]
-    train_set = InMemory(
-        SyntheticSegmentation(data["train_images"], seed=0, size_range=size), "generating train set", progress
+    # Seed 2: test images neither trained on nor used to pick the best checkpoint.
+    train_set, val_set, test_set = (
+        InMemory(
+            task.synthetic(data[f"{split}_images"], seed=seed, size_range=size),
+            f"generating {split} set",
+            progress,
+        )
+        for seed, split in enumerate(("train", "val", "test"))
     )
-    val_set = InMemory(
-        SyntheticSegmentation(data["val_images"], seed=1, size_range=size), "generating val set", progress
-    )
-    # Seed 2: images neither trained on nor used to pick the best checkpoint.
-    test_set = InMemory(
-        SyntheticSegmentation(data["test_images"], seed=2, size_range=size), "generating test set", progress
-    )
-
     config = TrainConfig(
-        **settings, seed=args.seed, out=str(out), device=args.device, progress=progress, image_size=size
-    )
+        task=args.task, **settings, seed=args.seed, out=str(out), device=args.device, progress=progress,
+        image_size=size,
+    )  # fmt: skip
     result = Trainer(config, train_set=train_set, val_set=val_set).fit()
     model = result.model
     device = next(model.parameters()).device
-
-    confusion = evaluate_confusion(model, test_set, model.num_classes, device=device, progress=progress)
-    metrics = scores(confusion)
+    metrics = task.measure(model, test_set, InferenceOptions(), distributed.Context(device=device), progress)
     model.meta["metrics"] = metrics
     save_checkpoint(model.cpu(), out / "model.pt")
-    summary = json.dumps({**metrics, "class_names": list(CLASS_NAMES)}, indent=2) + "\n"
+    names = task.class_names(model)
+    summary = json.dumps({**metrics, **({"class_names": names} if names else {})}, indent=2) + "\n"
     atomic_write(out / "metrics.json", lambda f: f.write(summary.encode()))
-    written = _write_overlays(model, test_set, config.preprocess, out / "overlays", args.overlays)
+    written = _write_overlays(task, model.eval(), test_set, out / "overlays", args.overlays)
 
     print(
-        f"\nFCN-8s {settings['widths']} trained {result.steps} steps; held-out synthetic images ({len(test_set)}):"
+        f"\n{demo.net} {settings['widths']} trained {result.steps} steps; held-out synthetic images ({len(test_set)}):"
     )
-    print(format_metrics(metrics, CLASS_NAMES))
-    background = float(confusion[0].sum() / confusion.sum())
-    print(
-        f"(calling every pixel background would score pixel acc. {100 * background:.1f}, mean IU "
-        f"{100 * background / len(CLASS_NAMES):.1f})"
-    )
+    print(task.summary(metrics, model))
+    if demo.floor is not None:
+        print(demo.floor(test_set))
     print(
         f"\nwrote {out}/: model.pt, best.pt, last.pt, metrics.json, log.csv, curves.png, {len(written)} overlays"
     )
@@ -185,69 +213,16 @@ def _prepare(out: Path) -> Path:
     return out
 
 
-def _write_overlays(model, dataset: Dataset, mode: str, folder: Path, count: int) -> list[Path]:
-    """PNGs of image | ground truth | prediction with a legend, enlarged 3x so the small images can be seen."""
+def _write_overlays(
+    task: Task, model: torch.nn.Module, dataset: Dataset, folder: Path, count: int
+) -> list[Path]:
+    """PNGs of image | ground truth | prediction (the task's figure), enlarged 3x so the small images
+    can be seen."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    model.eval()
     for i in range(min(count, len(dataset))):
-        image, label = dataset[i]
-        with torch.no_grad():
-            pred = model(preprocess(image, mode)[None]).argmax(1)[0].numpy()
-        panels = [("image", image), ("ground truth", label), ("prediction", pred)]
-        picture = Image.fromarray(figure(panels, model.meta["class_names"], scale=3))
+        picture = Image.fromarray(task.sample_figure(model, *dataset[i], scale=3))
         written.append(
             atomic_write(folder / f"sample_{i}.png", functools.partial(picture.save, format="PNG"))
         )
     return written
-
-
-def _sides_demo(args: argparse.Namespace, out: Path, progress: bool, start: float) -> int:
-    """Train a narrow HED (edges) or FSDS (skeleton) on the synthetic world and score held-out images."""
-    from fcnseg.data.edges import SyntheticEdges, SyntheticSkeletons
-    from fcnseg.tasks import get_task
-    from fcnseg.tasks.edges import predict_map
-
-    settings, data = (SIDES_QUICK, SIDES_QUICK_DATA) if args.quick else (SIDES, SIDES_DATA)
-    kind = SyntheticEdges if args.task == "edges" else SyntheticSkeletons
-    size = data["image_size"]
-    sets = [
-        InMemory(
-            kind(data[f"{split}_images"], seed=seed, size_range=size), f"generating {split} set", progress
-        )
-        for seed, split in enumerate(("train", "val", "test"))
-    ]
-    config = TrainConfig(
-        task=args.task, **settings, seed=args.seed, out=str(out), device=args.device, progress=progress,
-        image_size=size,
-    )  # fmt: skip
-    result = Trainer(config, train_set=sets[0], val_set=sets[1]).fit()
-    model, task = result.model, get_task(args.task)
-    device = next(model.parameters()).device
-    metrics = task.evaluate(model, sets[2], config, distributed.Context(device=device), progress)
-    model.meta["metrics"] = metrics
-    save_checkpoint(model.cpu(), out / "model.pt")
-    summary = json.dumps(metrics, indent=2) + "\n"
-    atomic_write(out / "metrics.json", lambda f: f.write(summary.encode()))
-    folder = out / "overlays"
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(min(args.overlays, len(sets[2]))):
-        image, truth = sets[2][i]
-        shown = [
-            image,
-            *(np.repeat(m[..., None], 3, 2) for m in (task.truths(truth)[0], predict_map(model, image))),
-        ]
-        panels = np.concatenate([np.clip(np.asarray(p, np.float32) * (255 if p.dtype != np.uint8 else 1), 0, 255)
-                                 for p in shown], axis=1).astype(np.uint8)  # fmt: skip
-        picture = Image.fromarray(panels.repeat(3, 0).repeat(3, 1))
-        atomic_write(folder / f"sample_{i}.png", functools.partial(picture.save, format="PNG"))
-    net = "HED" if args.task == "edges" else "FSDS"
-    print(
-        f"\n{net} {settings['widths']} trained {result.steps} steps; held-out synthetic images ({len(sets[2])}):"
-    )
-    print(task.summary(metrics, model))
-    print(
-        f"\nwrote {out}/: model.pt, best.pt, last.pt, metrics.json, log.csv, curves.png, overlays (image | truth | prediction)"
-    )
-    print(f"total time {time.perf_counter() - start:.0f} s")
-    return 0

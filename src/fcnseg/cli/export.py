@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fcnseg.cli.options import add_weights
 from fcnseg.infer.export import export_onnx, export_torchscript
 from fcnseg.weights.load import load, segmentation_only
 
@@ -33,7 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("format", choices=("onnx", "torchscript"), help="onnx needs the export extra")
-    parser.add_argument("weights", help="fcnseg checkpoint")
+    add_weights(parser)
     parser.add_argument("--out", required=True, help="file to write, e.g. model.onnx or model.pt")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     parser.add_argument(

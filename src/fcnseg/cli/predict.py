@@ -1,6 +1,6 @@
-"""``fcnseg predict``: segment files, folders and globs into palette PNGs, overlays and probabilities
-(a PNG per head for a net of several); or, with a detector, find boxes and write them as JSON and
-drawn on the image."""
+"""``fcnseg predict``: run a net on files, folders and globs and write what its task writes: palette
+PNGs, overlays and probabilities (a PNG per head for a net of several), edge or skeleton maps, or
+boxes as JSON and drawn on the image."""
 
 from __future__ import annotations
 
@@ -13,25 +13,20 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
+from torch import nn
 from tqdm import tqdm
 
-from fcnseg.data.images import MAX_PIXELS, read_image
+from fcnseg.cli.options import add_device, add_max_megapixels, add_weights, fraction, positive
+from fcnseg.data.images import read_image
 from fcnseg.infer import crf
-from fcnseg.infer.detect import MIN_SCORE, detect_images
-from fcnseg.infer.predict import PRECISIONS, predict_batch, resolve_device
+from fcnseg.infer.detect import MIN_SCORE
+from fcnseg.infer.predict import PRECISIONS, resolve_device
 from fcnseg.infer.tiling import parse_memory
-from fcnseg.models.fcn import FCN
-from fcnseg.models.heads import MultiHeadFCN
-from fcnseg.models.ssd import SSD
-from fcnseg.tasks import get_task
-from fcnseg.tasks.detection import DetectionTask
-from fcnseg.tasks.edges import predict_map
-from fcnseg.tasks.segmentation import SegmentationTask
+from fcnseg.tasks import Task, task_of
+from fcnseg.tasks.common import InferenceOptions
 from fcnseg.weights.load import load
 
 IMAGE_SUFFIXES = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
@@ -39,10 +34,6 @@ IMAGE_SUFFIXES = frozenset(ext for ext, fmt in Image.registered_extensions().ite
 
 MAX_PENDING_FACTOR = 2
 """Images waiting for a same-size batch are flushed beyond this many batches' worth."""
-
-SEGMENTATION = SegmentationTask()
-DETECTION = DetectionTask()
-"""What predict writes: the task's files for each image."""
 
 
 def collect_inputs(specs: Sequence[str]) -> tuple[list[Path], list[str]]:
@@ -115,19 +106,22 @@ def output_stems(files: Sequence[Path], suffixes: Sequence[str]) -> list[str]:
     return stems
 
 
-def _output_options(args: argparse.Namespace) -> dict[str, Any]:
-    """What ``SegmentationTask.write_prediction`` writes besides the label PNG, from the flags."""
-    return {"overlay_format": args.overlay_format if args.overlay else None}
-
-
-def _output_suffixes(args: argparse.Namespace, model: torch.nn.Module) -> list[str]:
-    if isinstance(model, SSD):
-        return DETECTION.prediction_suffixes(overlay_format=args.overlay_format)
-    if isinstance(model, MultiHeadFCN):
-        return get_task(model.task).prediction_suffixes(**_output_options(args), heads=model.head_names)
-    if model.task != "segmentation":
-        return get_task(model.task).prediction_suffixes(**_output_options(args))
-    return SEGMENTATION.prediction_suffixes(**_output_options(args), probs=args.probs)
+def _options(args: argparse.Namespace) -> InferenceOptions:
+    """What the flags ask of the net and of the files written."""
+    return InferenceOptions(
+        overlay=args.overlay,
+        overlay_format=args.overlay_format,
+        overlay_alpha=args.overlay_alpha,
+        min_score=args.min_score,
+        probs=args.probs,
+        probs_dtype=args.probs_dtype,
+        tta_flip=args.tta_flip,
+        tta_scales=args.tta_scales,
+        crf=args.crf,
+        precision=args.precision,
+        max_memory=args.max_memory,
+        batch_size=args.batch_size,
+    )
 
 
 def _check_out_is_no_input_folder(out: Path, specs: Sequence[str], files: Sequence[Path]) -> None:
@@ -168,86 +162,54 @@ def _describe(path: Path, error: BaseException) -> str:
     return message if str(path) in message else f"{path}: {message}"
 
 
-def _segment(
-    args: argparse.Namespace, model: FCN, files: Sequence[Path], stems: Sequence[str], failures: list[str]
+def _predict(
+    task: Task,
+    model: nn.Module,
+    options: InferenceOptions,
+    files: Sequence[Path],
+    stems: Sequence[str],
+    out: Path,
+    max_pixels: int | None,
+    failures: list[str],
 ) -> int:
-    """Read, batch by size, segment and write (a label map per head for a net of several: its task's
-    files); returns how many images were written."""
-    task = get_task(model.task)
+    """Read, batch by size, predict and write each image's files (the task's); returns how many
+    images were written."""
     done = 0
     pending: dict[tuple[int, int], list[tuple[Path, str, np.ndarray]]] = defaultdict(list)
     bar = tqdm(total=len(files), unit="img", desc="fcnseg predict", disable=None)
 
-    def segment_group(group: list[tuple[Path, str, np.ndarray]]) -> None:
+    def predict_group(group: list[tuple[Path, str, np.ndarray]]) -> None:
         nonlocal done
         try:
-            labels, probs = predict_batch(
-                model,
-                np.stack([image for _, _, image in group]),
-                return_probs=args.probs,
-                tta_flip=args.tta_flip,
-                tta_scales=args.tta_scales,
-                max_memory=args.max_memory,
-                precision=args.precision,
-                crf=crf.CRFSettings() if args.crf else None,
-            )
+            predictions = task.predict_images(model, np.stack([image for _, _, image in group]), options)
         except (ValueError, RuntimeError) as error:
             failures.extend(_describe(path, error) for path, _, _ in group)
             bar.update(len(group))
             return
-        options = {**_output_options(args), "overlay_alpha": args.overlay_alpha}
-        for i, (path, stem, image) in enumerate(group):
+        for (path, stem, image), prediction in zip(group, predictions, strict=True):
             try:
-                if isinstance(labels, dict):  # one map per head
-                    task.write_prediction(
-                        Path(args.out) / stem, image, {h: m[i] for h, m in labels.items()}, **options
-                    )
-                else:
-                    prediction = (labels[i], probs[i] if probs is not None else None)
-                    task.write_prediction(
-                        Path(args.out) / stem, image, prediction, **options, probs_dtype=args.probs_dtype
-                    )
+                task.write_prediction(model, out / stem, image, prediction, options)
                 done += 1
-            except OSError as error:
+            except (ValueError, OSError) as error:
                 failures.append(_describe(path, error))
             bar.update(1)
 
     for path, stem in zip(files, stems, strict=True):
         try:
-            image = read_image(path, max_pixels=args.max_megapixels)
+            image = read_image(path, max_pixels=max_pixels)
         except (ValueError, OSError) as error:
             failures.append(_describe(path, error))
             bar.update(1)
             continue
         group = pending[image.shape[:2]]
         group.append((path, stem, image))
-        if len(group) >= args.batch_size:
-            segment_group(pending.pop(image.shape[:2]))
-        elif sum(map(len, pending.values())) > MAX_PENDING_FACTOR * args.batch_size:
-            segment_group(pending.pop(max(pending, key=lambda size: len(pending[size]))))
+        if len(group) >= options.batch_size:
+            predict_group(pending.pop(image.shape[:2]))
+        elif sum(map(len, pending.values())) > MAX_PENDING_FACTOR * options.batch_size:
+            predict_group(pending.pop(max(pending, key=lambda size: len(pending[size]))))
     for size in list(pending):
-        segment_group(pending.pop(size))
+        predict_group(pending.pop(size))
     bar.close()
-    return done
-
-
-def _detect(
-    args: argparse.Namespace, model: SSD, files: Sequence[Path], stems: Sequence[str], failures: list[str]
-) -> int:
-    """Read, detect and write one image at a time; returns how many images were written."""
-    done = 0
-    names = list(model.meta.get("class_names") or map(str, range(model.num_classes)))
-    for path, stem in tqdm(
-        list(zip(files, stems, strict=True)), unit="img", desc="fcnseg predict", disable=None
-    ):
-        try:
-            image = read_image(path, max_pixels=args.max_megapixels)
-            found = detect_images(model, [image])[0]
-            options = {"overlay_format": args.overlay_format, "min_score": args.min_score}
-            DETECTION.write_prediction(Path(args.out) / stem, image, (found, names), **options)
-            done += 1
-        except (ValueError, OSError, RuntimeError) as error:
-            failures.append(_describe(path, error))
     return done
 
 
@@ -255,70 +217,17 @@ def run(args: argparse.Namespace) -> int:
     weights, out = Path(args.weights), Path(args.out)
     files, failures = collect_inputs(args.inputs)
     model = load(weights)
-    suffixes = _output_suffixes(args, model)
+    task, options = task_of(model), _options(args)
+    task.check_prediction(model, options, str(weights))
+    suffixes = task.prediction_suffixes(model, options)
     stems = output_stems(files, suffixes)
     _check_out_is_no_input_folder(out, args.inputs, files)
     _check_no_overwrite(files, weights, [out / (s + x) for s in stems for x in suffixes])
-    asked = {
-        "--probs": args.probs,
-        "--tta-flip": args.tta_flip,
-        "--tta-scales": args.tta_scales,
-        "--crf": args.crf,
-    }
-    given = [flag for flag, value in asked.items() if value]
-    if model.task != "segmentation" and given:
-        raise ValueError(
-            f"{', '.join(given)}: only for segmentation nets of one output; {weights} is a net of the {model.task} task"
-        )
-    if args.crf:
-        crf.require()
     _prepare_out(out)
-    if isinstance(model, SSD):
-        model.to(resolve_device(args.device))
-        start = time.perf_counter()
-        done = _detect(args, model, files, stems, failures) if files else 0
-        return _report(done, files, out, start, failures, "found boxes in")
-    multihead = isinstance(model, MultiHeadFCN)
-    if model.task != "segmentation" and not multihead:
-        model.to(resolve_device(args.device))
-        start = time.perf_counter()
-        done = _edge_maps(args, model, files, stems, failures)
-        return _report(done, files, out, start, failures, "drew edge or skeleton maps of")
-    classes = max(model.heads) if multihead else model.num_classes
-    if classes > 256:
-        where = " in a head" if multihead else ""
-        raise ValueError(f"{weights}: model has {classes} classes{where} but a palette PNG holds at most 256")
     model.to(resolve_device(args.device))
     start = time.perf_counter()
-    done = _segment(args, model, files, stems, failures) if files else 0
-    verb = f"wrote {' and '.join(model.head_names)} label maps of" if multihead else "segmented"
-    return _report(done, files, out, start, failures, verb)
-
-
-def _edge_maps(
-    args: argparse.Namespace,
-    model: torch.nn.Module,
-    files: Sequence[Path],
-    stems: Sequence[str],
-    failures: list[str],
-) -> int:
-    """An edge (HED) or skeleton (FSDS) map per image, written by the net's task; returns how many."""
-    task = get_task(model.task)
-    device = next(model.parameters()).device
-    done = 0
-    for path, stem in tqdm(
-        list(zip(files, stems, strict=True)), unit="img", desc="fcnseg predict", disable=None
-    ):
-        try:
-            image = read_image(path, max_pixels=args.max_megapixels)
-            edges = predict_map(model, image, device)
-            task.write_prediction(
-                Path(args.out) / stem, image, edges, **_output_options(args), overlay_alpha=args.overlay_alpha
-            )
-            done += 1
-        except (ValueError, OSError, RuntimeError) as error:
-            failures.append(_describe(path, error))
-    return done
+    done = _predict(task, model, options, files, stems, out, args.max_megapixels, failures) if files else 0
+    return _report(done, files, out, start, failures, task.predicted(model))
 
 
 def _report(done: int, files: Sequence[Path], out: Path, start: float, failures: list[str], verb: str) -> int:
@@ -349,28 +258,6 @@ def _memory(text: str) -> int:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _alpha(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"alpha must be in [0, 1], got {text}")
-    return value
-
-
-def _megapixels(text: str) -> int | None:
-    """Megapixels -> a pixel count; 0 means no limit."""
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (no limit) or positive, got {text}")
-    return round(value * 1e6) or None
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
@@ -385,7 +272,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "detector (ssd300) write <stem>.json, every box with its class and score, and <stem>_boxes.jpg."
         ),
     )
-    parser.add_argument("weights", help="fcnseg checkpoint")
+    add_weights(parser)
     parser.add_argument("inputs", nargs="+", help="image files, folders (not recursive) or quoted globs")
     parser.add_argument(
         "--out",
@@ -405,7 +292,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=MIN_SCORE,
         help="detectors: draw the boxes of at least this score (JSON has all)",
     )
-    parser.add_argument("--overlay-alpha", type=_alpha, default=0.5, help="colour weight in the overlay")
+    parser.add_argument("--overlay-alpha", type=fraction, default=0.5, help="colour weight in the overlay")
     parser.add_argument(
         "--probs", action="store_true", help="also write <stem>_probs.npy: (C, H, W) softmax probabilities"
     )
@@ -425,9 +312,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="refine the labels with a dense CRF (DeepLab's VOC parameters, 10 mean-field iterations, "
         f"on the CPU; needs pip install '{crf.EXTRA}')",
     )
-    parser.add_argument(
-        "--device", choices=("cpu", "cuda", "auto"), default="auto", help="auto: CUDA when available"
-    )
+    add_device(parser)
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -442,11 +327,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="activation memory budget, e.g. 4G (default: half the memory available)",
     )
-    parser.add_argument("--batch-size", type=_positive, default=4, help="images of one size per forward pass")
-    parser.add_argument(
-        "--max-megapixels",
-        type=_megapixels,
-        default=str(MAX_PIXELS / 1e6),
-        help="refuse larger images, a guard against decompression bombs (PIL's limit; 0 = no limit)",
-    )
+    parser.add_argument("--batch-size", type=positive, default=4, help="images of one size per forward pass")
+    add_max_megapixels(parser, "refused")
     parser.set_defaults(run=run)

@@ -7,8 +7,7 @@ import ipaddress
 import sys
 from pathlib import Path
 
-from fcnseg.cli.predict import _megapixels
-from fcnseg.data.images import MAX_PIXELS
+from fcnseg.cli.options import add_device, add_max_megapixels, add_weights, positive_float
 from fcnseg.infer.predict import resolve_device
 from fcnseg.weights.load import load
 
@@ -27,9 +26,9 @@ def run(args: argparse.Namespace) -> int:
     with web.listen(args.host, args.port) as sock:
         model = load(args.weights).to(resolve_device(args.device))
         predictor = web.Predictor(model, Path(args.weights).name, max_pixels=args.max_megapixels)
-        classes = "" if predictor.task in web.MAPS else f", {model.num_classes} classes"
+        classes = f", {model.num_classes} classes" if predictor.info()["classes"] else ""
         print(
-            f"fcnseg serve: {args.weights} ({model.config['arch']}, {predictor.task}{classes}) "
+            f"fcnseg serve: {args.weights} ({model.config['arch']}, {predictor.task.name}{classes}) "
             f"at {web.url_of(sock)}  (Ctrl-C to stop)",
             flush=True,
         )
@@ -37,13 +36,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"fcnseg serve: listening on {args.host}: other machines can reach it", file=sys.stderr)
         web.serve(web.create_app(predictor, round(args.max_upload_mb * web.MB)), sock)
     return 0
-
-
-def _megabytes(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -61,21 +53,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "pip install 'fcnseg[serve]'."
         ),
     )
-    parser.add_argument("weights", help="fcnseg checkpoint, Caffe model or published name (voc-fcn8s)")
+    add_weights(parser)
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 lets other machines in"
     )
     parser.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one")
     parser.add_argument(
-        "--max-upload-mb", type=_megabytes, default=50, help="larger uploads are refused (HTTP 413)"
+        "--max-upload-mb", type=positive_float, default=50, help="larger uploads are refused (HTTP 413)"
     )
-    parser.add_argument(
-        "--max-megapixels",
-        type=_megapixels,
-        default=str(MAX_PIXELS / 1e6),
-        help="larger images are refused (HTTP 400), as a guard against decompression bombs; 0: no limit",
-    )
-    parser.add_argument(
-        "--device", choices=("cpu", "cuda", "auto"), default="auto", help="auto: CUDA when available"
-    )
+    add_max_megapixels(parser, "refused (HTTP 400)")
+    add_device(parser)
     parser.set_defaults(run=run)

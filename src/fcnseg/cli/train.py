@@ -10,12 +10,13 @@ from typing import Any
 
 from fcnseg import distributed
 from fcnseg.cli import shown_default
+from fcnseg.cli.options import integers
 from fcnseg.data.preprocess import PRESETS
 from fcnseg.data.registry import DATASETS, MODALITY_CHANNELS
 from fcnseg.errors import ConfigError
 from fcnseg.tasks import TASKS
+from fcnseg.tasks.losses import REDUCTIONS
 from fcnseg.train.config import RECIPES, TrainConfig
-from fcnseg.train.losses import REDUCTIONS
 from fcnseg.train.run_folder import RunFolder
 from fcnseg.train.trainer import Trainer, TrainingInterrupted
 
@@ -37,7 +38,7 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
     ),
     (
         "--widths",
-        {"type": lambda s: tuple(int(w) for w in s.split(",")), "help": "narrow VGG16: c1,c2,c3,c4,c5,fc"},
+        {"type": integers, "help": "narrow VGG16: c1,c2,c3,c4,c5,fc"},
     ),
     (
         "--init",
@@ -117,7 +118,7 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--lr-step-size", {"type": int, "help": "step schedule: steps between lr drops"}),
     (
         "--lr-steps",
-        {"type": lambda s: tuple(int(v) for v in s.split(",")), "help": "multistep: e.g. 80000,100000"},
+        {"type": integers, "help": "multistep: e.g. 80000,100000"},
     ),
     ("--lr-gamma", {"type": float, "help": "step and multistep schedules: factor of each lr drop"}),
     (

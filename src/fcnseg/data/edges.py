@@ -195,13 +195,15 @@ def _pairs(base: Path, split: str) -> list[tuple[Path, Path]]:
     return pairs
 
 
-class BSDS500(torch.utils.data.Dataset):
-    """The Berkeley Segmentation Data Set 500 (``BSR/BSDS500/data``): ``images/<split>/<id>.jpg`` and
-    ``groundTruth/<split>/<id>.mat``, whose ``groundTruth`` cell holds one struct per annotator with
-    a ``Boundaries`` map. Items are (image, boundaries (K, H, W) bool)."""
+class _MatPairs(torch.utils.data.Dataset):
+    """Images and their ground truth in MAT-files: ``images/<split>/<id>.jpg`` and
+    ``groundTruth/<split>/<id>.mat`` at ``root`` or one of the folders ``nested`` below it. Each
+    data set reads its ``variables`` of an image's file into its own ground truth (:meth:`truth`)."""
 
-    def __init__(self, root: str | Path, split: str = "train"):
-        self.root = _find_layout(Path(root), split, "BSDS500", ("data", "BSDS500/data", "BSR/BSDS500/data"))
+    variables: tuple[str, ...]
+
+    def __init__(self, root: str | Path, split: str, kind: str, nested: tuple[str, ...]):
+        self.root = _find_layout(Path(root), split, kind, nested)
         self.split = split
         self.pairs = _pairs(self.root, split)
 
@@ -211,55 +213,67 @@ class BSDS500(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image_path, truth_path = self.pairs[index]
         image = read_image(image_path)
-        cells = load_mat(truth_path, ["groundTruth"]).get("groundTruth")
+        return image, self.truth(load_mat(truth_path, list(self.variables)), image.shape[:2], truth_path)
+
+    def truth(self, variables: dict, size: tuple[int, int], path: Path) -> np.ndarray:
+        raise NotImplementedError
+
+
+class BSDS500(_MatPairs):
+    """The Berkeley Segmentation Data Set 500 (``BSR/BSDS500/data``): ``images/<split>/<id>.jpg`` and
+    ``groundTruth/<split>/<id>.mat``, whose ``groundTruth`` cell holds one struct per annotator with
+    a ``Boundaries`` map. Items are (image, boundaries (K, H, W) bool)."""
+
+    variables = ("groundTruth",)
+
+    def __init__(self, root: str | Path, split: str = "train"):
+        super().__init__(root, split, "BSDS500", ("data", "BSDS500/data", "BSR/BSDS500/data"))
+
+    def truth(self, variables: dict, size: tuple[int, int], path: Path) -> np.ndarray:
+        """Each annotator's boundaries, (K, H, W) bool."""
+        cells = variables.get("groundTruth")
         if not isinstance(cells, np.ndarray) or cells.dtype != object or cells.size == 0:
-            raise MatReadError(f"{truth_path}: expected a cell array groundTruth, one struct per annotator")
+            raise MatReadError(f"{path}: expected a cell array groundTruth, one struct per annotator")
         maps = []
         for k, cell in enumerate(cells.flat):
             if isinstance(cell, np.ndarray) and cell.dtype == object and cell.size == 1:
                 cell = cell.flat[0]
             boundaries = cell.get("Boundaries") if isinstance(cell, dict) else None
-            if not isinstance(boundaries, np.ndarray) or boundaries.shape != image.shape[:2]:
+            if not isinstance(boundaries, np.ndarray) or boundaries.shape != size:
                 raise MatReadError(
-                    f"{truth_path}: annotator {k + 1}: expected Boundaries of size {image.shape[:2]}, got "
+                    f"{path}: annotator {k + 1}: expected Boundaries of size {size}, got "
                     f"{getattr(boundaries, 'shape', type(boundaries).__name__)}"
                 )
             maps.append(boundaries != 0)
-        return image, np.stack(maps)
+        return np.stack(maps)
 
 
-class SkeletonDataset(torch.utils.data.Dataset):
+class SkeletonDataset(_MatPairs):
     """SK-LARGE or SK506: ``images/<split>/<id>.jpg`` and ``groundTruth/<split>/<id>.mat`` with the
     object's ``edge`` and ``symmetry`` (skeleton) maps. Items are (image, scales (H, W) float32) by
     :func:`skeleton_scales`; ``thresholds`` are the data set's scale classes."""
+
+    variables = ("edge", "symmetry")
 
     def __init__(self, root: str | Path, split: str = "train", name: str = "sk-large"):
         if name not in SCALE_THRESHOLDS:
             raise ValueError(
                 f"unknown skeleton data set {name!r}; choose one of {', '.join(SCALE_THRESHOLDS)}"
             )
-        self.name, self.thresholds, self.split = name, SCALE_THRESHOLDS[name], split
-        nested = ("SK-LARGE", "SK506", "sk506")
-        self.root = _find_layout(Path(root), split, name, nested)
-        self.pairs = _pairs(self.root, split)
+        self.name, self.thresholds = name, SCALE_THRESHOLDS[name]
+        super().__init__(root, split, name, ("SK-LARGE", "SK506", "sk506"))
 
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        image_path, truth_path = self.pairs[index]
-        image = read_image(image_path)
-        truth = load_mat(truth_path, ["edge", "symmetry"])
+    def truth(self, variables: dict, size: tuple[int, int], path: Path) -> np.ndarray:
+        """The skeleton's scales (:func:`skeleton_scales`) from its ``symmetry`` and ``edge`` maps."""
         maps = {}
-        for key in ("edge", "symmetry"):
-            value = truth.get(key)
-            if not isinstance(value, np.ndarray) or value.shape != image.shape[:2]:
+        for key in self.variables:
+            value = variables.get(key)
+            if not isinstance(value, np.ndarray) or value.shape != size:
                 raise MatReadError(
-                    f"{truth_path}: expected a variable {key!r} of size {image.shape[:2]}, got "
-                    f"{getattr(value, 'shape', 'none')}"
+                    f"{path}: expected a variable {key!r} of size {size}, got {getattr(value, 'shape', 'none')}"
                 )
             maps[key] = value != 0
-        return image, skeleton_scales(maps["symmetry"], maps["edge"])
+        return skeleton_scales(maps["symmetry"], maps["edge"])
 
 
 class HEDPairs(torch.utils.data.Dataset):

@@ -48,6 +48,18 @@ VOC_CLASSES = (
 _SEG11_LAST_YEAR = 2011
 
 
+def _first_holding(candidates: list[Path], marker: str, what: str, fetch: str, root: Path) -> Path:
+    """The first of ``candidates`` that holds the folder ``marker``; else a FileNotFoundError that says
+    where ``what`` was expected and how to get it (``fcnseg.download.fetch(fetch, root)``)."""
+    for candidate in candidates:
+        if (candidate / marker).is_dir():
+            return candidate
+    raise FileNotFoundError(
+        f"no {what} under {root}: expected {candidates[0]}/{marker} "
+        f"(get it with fcnseg.download.fetch('{fetch}', '{root}'))"
+    )
+
+
 def find_voc_dir(root: str | Path, year: str = "2012") -> Path:
     """The ``VOC<year>`` folder (holding JPEGImages/) under ``root``, wherever the tar put it."""
     root = Path(root)
@@ -57,26 +69,14 @@ def find_voc_dir(root: str | Path, year: str = "2012") -> Path:
         root / f"VOC{year}",
         root,
     ]
-    for candidate in candidates:
-        if (candidate / "JPEGImages").is_dir():
-            return candidate
-    raise FileNotFoundError(
-        f"no PASCAL VOC{year} under {root}: expected {candidates[0]}/JPEGImages "
-        f"(get it with fcnseg.download.fetch('voc{year}', '{root}'))"
-    )
+    return _first_holding(candidates, "JPEGImages", f"PASCAL VOC{year}", f"voc{year}", root)
 
 
 def find_sbd_dir(root: str | Path) -> Path:
     """SBD's ``dataset`` folder (holding img/ and cls/) under ``root``."""
     root = Path(root)
     candidates = [root / "benchmark_RELEASE" / "dataset", root / "dataset", root]
-    for candidate in candidates:
-        if (candidate / "cls").is_dir():
-            return candidate
-    raise FileNotFoundError(
-        f"no SBD under {root}: expected {candidates[0]}/cls "
-        f"(get it with fcnseg.download.fetch('sbd', '{root}'))"
-    )
+    return _first_holding(candidates, "cls", "SBD", "sbd", root)
 
 
 def seg11valid_ids(voc_dir: Path, sbd_dir: Path) -> list[str]:

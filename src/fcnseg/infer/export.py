@@ -26,8 +26,8 @@ import torch
 import fcnseg
 from fcnseg.data.preprocess import Preprocessing, get_preprocessing, preprocessing_of
 from fcnseg.errors import MissingExtraError
+from fcnseg.files import atomic_write_path
 from fcnseg.models.fcn import FCN
-from fcnseg.weights.checkpoint import atomic_write_path
 
 __all__ = ["export_onnx", "export_torchscript", "onnx_metadata"]
 

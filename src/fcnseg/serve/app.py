@@ -5,9 +5,10 @@ One model answers every request, one forward pass at a time: ``predict`` switche
 model's mode and caches its fast twin, which concurrent calls must not interleave, and one
 pass already uses every core. Reading uploads and encoding results run beside it.
 
-The model is of any task a checkpoint holds: segmentation (label maps), edges and skeleton
-(maps in [0, 1]) or detection (boxes). The page (``static/``) shows each entry of ``outputs``
-in a response with the view of that name, the task's (``VIEWS`` in ``static/app.js``).
+The model is of any task whose page view there is (``Task.serves``): segmentation (label maps),
+edges and skeleton (maps in [0, 1]) or detection (boxes). The task predicts, draws the picture and
+makes the page's view of a result; the page (``static/``) shows each entry of ``outputs`` in a
+response with the view of that name, the task's (``VIEWS`` in ``static/app.js``).
 """
 
 from __future__ import annotations
@@ -27,14 +28,12 @@ import torch
 from PIL import Image
 
 from fcnseg.data.images import MAX_PIXELS, ImageReadError, read_image
-from fcnseg.data.palette import pascal_palette
 from fcnseg.data.preprocess import get_preprocessing, preprocessing_of
 from fcnseg.data.synthetic import make_sample, sample_seed
 from fcnseg.errors import MissingExtraError
-from fcnseg.infer.detect import MIN_SCORE, detect_images, detection_records, draw_boxes
-from fcnseg.infer.overlay import colorize
-from fcnseg.infer.predict import predict
-from fcnseg.tasks.edges import OVERLAY_COLOUR, grey_map, predict_map
+from fcnseg.infer.detect import MIN_SCORE
+from fcnseg.tasks import TASKS, get_task
+from fcnseg.tasks.common import InferenceOptions
 
 EXTRA = "fcnseg[serve]"
 """What to install for ``fcnseg serve``: Starlette, python-multipart (its form parser) and uvicorn."""
@@ -67,9 +66,7 @@ _SAMPLE_SEED = 3  # the demo draws its train, validation and test sets from seed
 MB = 1_000_000
 """A megabyte, as ``--max-upload-mb`` counts them."""
 
-MAPS = {"edges": "an edge", "skeleton": "a skeleton (an object's medial axis)"}
-"""The tasks whose nets draw a map in [0, 1], and what the map is of."""
-TASKS = ("segmentation", *MAPS, "detection")
+SHOWN = tuple(name for name, task in TASKS.items() if task.serves)
 """The tasks the page shows."""
 
 
@@ -101,26 +98,23 @@ class Prediction:
     image: np.ndarray
     """(H, W, 3) uint8 RGB, as the model saw it."""
     output: Any
-    """The task's: (H, W) uint8 class ids (segmentation), an (H, W) float32 map in [0, 1] (edges,
-    skeleton), or detections as ``fcnseg.infer.detect.detect_images`` gives them (detection)."""
+    """The task's prediction (``Task.predict_images``): a label map, a map in [0, 1], detections."""
     seconds: float
     """Time of the forward pass, preprocessing and decoding included, waiting for the model not."""
 
 
 class Predictor:
-    """A model that predicts on uploaded image files, one forward pass at a time: label maps,
-    edge or skeleton maps, or boxes, by the model's task."""
+    """A model that predicts on uploaded image files, one forward pass at a time, as its task does:
+    label maps, edge or skeleton maps, or boxes."""
 
     def __init__(
         self, model: torch.nn.Module, name: str = "model", max_pixels: int | None = MAX_PIXELS
     ) -> None:
-        self.task = getattr(model, "task", "segmentation")
-        if self.task not in TASKS:
-            raise ValueError(f"{name}: a net of the {self.task} task; fcnseg serve shows {', '.join(TASKS)}")
-        if self.task == "segmentation" and model.num_classes > 256:
-            raise ValueError(
-                f"{name}: model has {model.num_classes} classes but a palette PNG holds at most 256"
-            )
+        task = model.task
+        if task not in SHOWN:
+            raise ValueError(f"{name}: a net of the {task} task; fcnseg serve shows {', '.join(SHOWN)}")
+        self.task = get_task(task)
+        self.task.check_prediction(model, InferenceOptions(), name)
         if model.in_channels != 3:
             raise ValueError(
                 f"{name}: model takes {model.in_channels} input channels; the page sends RGB images"
@@ -128,49 +122,29 @@ class Predictor:
         self.model = model.eval()
         self.name = name
         self.max_pixels = max_pixels
-        names = list(getattr(model, "meta", {}).get("class_names") or [])
-        self.class_names = names + [str(i) for i in range(len(names), model.num_classes)]
         self._lock = threading.Lock()
         # A first pass warms the model up (and builds a segmentation net's fast twin, fcnseg.infer.fast),
         # so that no request's time includes it.
         self._forward(np.zeros((32, 32, 3), np.uint8))
 
     def info(self) -> dict[str, Any]:
-        """What ``GET /info`` answers: the net and its task, its classes with their colours (none
-        for a map), its preprocessing; for a map, what it shows and in which colour over the image."""
-        colours = pascal_palette(256)  # as the label PNGs and the drawn boxes colour classes
-        preprocess = get_preprocessing(preprocessing_of(self.model))
-        info = {
+        """What ``GET /info`` answers: the net and its task, its preprocessing, and the task's fields
+        (``Task.page_info``): its classes with their colours (none for a map), what its view needs."""
+        return {
             "weights": self.name,
             "arch": self.model.config["arch"],
-            "task": self.task,
+            "task": self.task.name,
             "widths": list(self.model.config.get("widths") or []),
             "num_classes": self.model.num_classes,
-            "classes": [
-                {"id": i, "name": name, "color": _hex(colours[i % 256])}
-                for i, name in enumerate(self.class_names if self.task not in MAPS else [])
-            ],
-            "preprocess": asdict(preprocess),
+            "preprocess": asdict(get_preprocessing(preprocessing_of(self.model))),
             "device": str(next(self.model.parameters()).device),
             "max_pixels": self.max_pixels,
-            "outputs": [self.task],
+            "outputs": [self.task.name],
+            **self.task.page_info(self.model),
         }
-        if self.task in MAPS:
-            info["legend"] = (
-                f"the grey level is the net's probability of {MAPS[self.task]} at each pixel: "
-                "white is sure, black is none"
-            )
-            info["overlay_color"] = _hex(OVERLAY_COLOUR)
-        if self.task == "detection":
-            info["min_score"] = MIN_SCORE
-        return info
 
     def _forward(self, image: np.ndarray) -> Any:
-        if self.task == "segmentation":
-            return predict(self.model, image)
-        if self.task == "detection":
-            return detect_images(self.model, [image])[0]
-        return predict_map(self.model, image, next(self.model.parameters()).device)
+        return self.task.predict_images(self.model, image[None], InferenceOptions())[0]
 
     def predict(self, data: bytes, name: str) -> Prediction:
         """Decode an uploaded file (refused with ``ImageReadError`` if it is no image or too large)
@@ -185,35 +159,17 @@ class Predictor:
     def picture(self, result: Prediction, min_score: float = MIN_SCORE) -> bytes:
         """The task's picture of a result as a PNG, as ``fcnseg predict`` draws it: the palette label
         map, the grey map, or the image with its boxes of at least ``min_score``."""
-        if self.task == "segmentation":
-            return png_bytes(colorize(result.output))
-        if self.task == "detection":
-            return png_bytes(draw_boxes(result.image, result.output, self.class_names, min_score))
-        return png_bytes(Image.fromarray(grey_map(result.output)))
+        options = InferenceOptions(min_score=min_score)
+        return png_bytes(self.task.picture(self.model, result.image, result.output, options))
 
     def outputs(self, result: Prediction, min_score: float = MIN_SCORE) -> dict[str, Any]:
-        """The page's view of a result, under the task's name: the picture as a data URL, and for
-        segmentation each class's share of the pixels; for detection the boxes of at least
-        ``min_score`` and how many of each class."""
+        """The page's view of a result, under the task's name (``Task.page_view``), its picture as a
+        data URL; ``min_score`` picks the boxes shown."""
         picture = _data_url(self.picture(result, min_score))
-        if self.task == "segmentation":
-            counts = np.bincount(result.output.ravel(), minlength=self.model.num_classes)
-            view = {"labels": picture, "shares": (counts / max(result.output.size, 1)).tolist()}
-        elif self.task == "detection":
-            found = {key: value[result.output["scores"] >= min_score] for key, value in result.output.items()}
-            view = {
-                "drawn": picture,
-                "min_score": min_score,
-                "detections": detection_records(found, self.class_names),
-                "counts": np.bincount(found["labels"], minlength=self.model.num_classes).tolist(),
-            }
-        else:
-            view = {"map": picture}
-        return {self.task: view}
-
-
-def _hex(colour: Any) -> str:
-    return "#{:02x}{:02x}{:02x}".format(*(int(c) for c in colour))
+        options = InferenceOptions(min_score=min_score)
+        return {
+            self.task.name: self.task.page_view(self.model, result.image, result.output, picture, options)
+        }
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -322,16 +278,16 @@ def create_app(predictor: Predictor, max_upload_bytes: int = 50 * MB) -> Starlet
             raise HTTPException(404, f"no sample {number}: samples are 0 to {SAMPLES - 1}")
         return Response(sample_png(number), media_type="image/png")
 
-    async def answer(request: Request, default_format: str, tasks: tuple[str, ...] = TASKS) -> Response:
+    async def answer(request: Request, default_format: str, tasks: tuple[str, ...] = SHOWN) -> Response:
         try:
             kind = _query_format(request, default_format)
             min_score = _query_min_score(request)
             data, name = await _uploaded_file(request, max_upload_bytes)
-            if predictor.task not in tasks:
+            if predictor.task.name not in tasks:
                 raise RequestError(
                     400,
                     f"POST {request.url.path} answers {' and '.join(tasks)} nets; {predictor.name} is a net "
-                    f"of the {predictor.task} task ({info['arch']}): POST /predict answers every task",
+                    f"of the {predictor.task.name} task ({info['arch']}): POST /predict answers every task",
                 )
             result = await run_in_threadpool(predictor.predict, data, name)
         except RequestError as error:
@@ -345,7 +301,7 @@ def create_app(predictor: Predictor, max_upload_bytes: int = 50 * MB) -> Starlet
 
         def body() -> dict[str, Any]:
             height, width = result.image.shape[:2]
-            fields = {"name": name, "task": predictor.task, "width": width, "height": height}
+            fields = {"name": name, "task": predictor.task.name, "width": width, "height": height}
             fields |= {"seconds": result.seconds, "outputs": predictor.outputs(result, min_score)}
             if request.query_params.get("with_image") == "1":
                 fields["image"] = _data_url(png_bytes(Image.fromarray(result.image)))

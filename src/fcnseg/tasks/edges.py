@@ -1,5 +1,6 @@
 """Edge detection, HED's task: images with annotators' boundaries, the HED net and its class-balanced
-sigmoid loss, the BSDS benchmark's ODS / OIS / AP, and edge maps as grey PNGs and overlays."""
+sigmoid loss, the BSDS benchmark's ODS / OIS / AP, edge maps as grey PNGs and overlays, and the side
+outputs' geometry."""
 
 from __future__ import annotations
 
@@ -20,25 +21,27 @@ from fcnseg.data.datasets import DataError
 from fcnseg.data.edges import BSDS500, HEDPairs, SkeletonDataset, SyntheticEdges, edge_labels
 from fcnseg.data.preprocess import preprocess, preprocessing_of
 from fcnseg.data.registry import DEFAULT_SPLITS, open_dataset
-from fcnseg.data.transforms import (
-    Compose,
-    NetPairs,
-    RandomCrop,
-    RandomHorizontalFlip,
-    RandomScale,
-    pad_collate,
-)
+from fcnseg.data.transforms import NetPairs, pad_collate
 from fcnseg.errors import ConfigError, FcnsegError
 from fcnseg.metrics.edges import EDGE_MAX_DIST, edge_counts, scores
+from fcnseg.models.flops import compute_cost
 from fcnseg.models.registry import build_model
-from fcnseg.train.edge_losses import HEDLoss
-from fcnseg.weights.checkpoint import atomic_write
+from fcnseg.tasks.common import (
+    INFO_SIZE,
+    InferenceOptions,
+    NetDescription,
+    TaskBase,
+    augmentation,
+    hex_colour,
+    write_picture,
+)
+from fcnseg.tasks.losses import HEDLoss
 
 if TYPE_CHECKING:
     from fcnseg.distributed import Context
     from fcnseg.train.config import TrainConfig
 
-__all__ = ["OVERLAY_COLOUR", "EdgeTask", "Targets", "grey_map", "predict_map", "red_overlay"]
+__all__ = ["OVERLAY_COLOUR", "EdgeTask", "Targets", "grey_map", "predict_map", "predict_maps", "red_overlay"]
 
 OVERLAY_COLOUR = (255, 32, 32)
 """The colour of an edge or skeleton map drawn over its image."""
@@ -59,11 +62,17 @@ class Targets(Dataset):
 
 
 @torch.no_grad()
-def predict_map(model: nn.Module, image: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
-    """The (H, W) map in [0, 1] that an edge or skeleton net (``model.edge_map``) predicts for an
-    (H, W, 3) uint8 image, with the preprocessing its weights expect."""
-    x = preprocess(image, preprocessing_of(model))[None].to(device)
-    return model.edge_map(for_inference(model)(x))[0].float().cpu().numpy()
+def predict_maps(model: nn.Module, images: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 images of one size -> the (N, H, W) maps in [0, 1] that an edge or skeleton
+    net (``model.edge_map``) predicts, with the preprocessing its weights expect, where the net is
+    (by the speed layer's path: :func:`fcnseg.accel.for_inference`)."""
+    x = preprocess(images, preprocessing_of(model)).to(next(model.parameters()).device)
+    return model.edge_map(for_inference(model)(x)).float().cpu().numpy()
+
+
+def predict_map(model: nn.Module, image: np.ndarray) -> np.ndarray:
+    """The (H, W) map in [0, 1] of one (H, W, 3) uint8 image (:func:`predict_maps`)."""
+    return predict_maps(model, image[None])[0]
 
 
 def grey_map(prediction: np.ndarray) -> np.ndarray:
@@ -79,7 +88,7 @@ def red_overlay(image: np.ndarray, prediction: np.ndarray, alpha: float = 0.5) -
     return np.clip(np.rint(shown), 0, 255).astype(np.uint8)
 
 
-class EdgeTask:
+class EdgeTask(TaskBase):
     """An edge map per image; best.pt is the best validation ODS F-measure."""
 
     name = "edges"
@@ -90,6 +99,10 @@ class EdgeTask:
     synthetic = SyntheticEdges
     datasets_known = ("synthetic", "bsds500", "hed-bsds")
     max_dist = EDGE_MAX_DIST
+    noun = "edge"
+    """The map's kind, as ``fcnseg predict`` reports it: "drew edge maps of"."""
+    meaning = "an edge"
+    """What the map gives the probability of, for the page's legend."""
 
     def datasets(self, config: TrainConfig) -> tuple[Dataset, Dataset | None]:
         """The synthetic world's boundaries, or a data set's splits (HED-BSDS: its pairs, and
@@ -144,15 +157,7 @@ class EdgeTask:
         return edge_labels(truth)
 
     def train_samples(self, train_set: Dataset, config: TrainConfig) -> NetPairs:
-        transforms = []
-        if config.scale_range is not None:
-            transforms.append(RandomScale(config.scale_range))
-        if config.flip:
-            transforms.append(RandomHorizontalFlip())
-        if config.crop is not None:
-            transforms.append(RandomCrop(config.crop))
-        transform = Compose(transforms) if transforms else None
-        return NetPairs(Targets(train_set, self.label), config.preprocess, transform, config.seed)
+        return NetPairs(Targets(train_set, self.label), config.preprocess, augmentation(config), config.seed)
 
     collate = staticmethod(pad_collate)
 
@@ -163,8 +168,8 @@ class EdgeTask:
         """The maps a prediction is matched against: one per annotator."""
         return list(truth)
 
-    def evaluate(
-        self, model: nn.Module, dataset: Dataset, config: TrainConfig, context: Context, progress: bool
+    def measure(
+        self, model: nn.Module, dataset: Dataset, options: InferenceOptions, context: Context, progress: bool
     ) -> dict[str, Any]:
         """The benchmark's scores over ``dataset``, each process taking every world_size-th image."""
         was_training = model.training
@@ -173,9 +178,10 @@ class EdgeTask:
         indices = range(context.rank, len(dataset), context.world_size)
         for i in tqdm(indices, desc="evaluating", disable=not progress, leave=False):
             image, truth = dataset[i]
-            edges = predict_map(model, image, context.device)
             try:
-                counts.append(edge_counts(edges, self.truths(truth), max_dist=self.max_dist))
+                counts.append(
+                    edge_counts(predict_map(model, image), self.truths(truth), max_dist=self.max_dist)
+                )
             except ValueError as error:
                 pairs = getattr(dataset, "pairs", None)
                 sample = f"{pairs[i][1]}" if pairs else f"image {i} of {len(dataset)}"
@@ -184,28 +190,96 @@ class EdgeTask:
         gathered = [c for part in distributed.all_gather_objects(counts, context) for c in part]
         return scores(gathered)
 
-    def summary(self, metrics: dict[str, Any], model: nn.Module) -> str:
+    def summary(self, metrics: dict[str, Any], model: nn.Module, dataset: Dataset | None = None) -> str:
         return "  ".join(f"{key.upper()} {metrics[key]:.4f}" for key in self.metrics)
 
-    def prediction_suffixes(self, *, overlay_format: str | None = None, **options: Any) -> list[str]:
-        return [".png", *([f"_overlay.{overlay_format}"] if overlay_format else [])]
+    def evaluation_set(
+        self, model: nn.Module, name: str, data: str | None, split: str | None, images: int, source: str
+    ) -> Dataset:
+        """Split ``split`` (default: the validation split) of data set ``name`` at ``data``, or
+        ``images`` held-out synthetic images (the training runs' validation seed)."""
+        self.check_dataset(name, source)
+        return self.synthetic(images, seed=1) if name == "synthetic" else open_dataset(name, data, split)
+
+    def class_names(self, model: nn.Module, dataset: Dataset | None = None) -> list[str]:
+        """None: a map has no classes."""
+        return []
+
+    def predicts(self, model: nn.Module) -> str:
+        return self.name
+
+    def predict_images(
+        self, model: nn.Module, images: np.ndarray, options: InferenceOptions
+    ) -> list[np.ndarray]:
+        """(N, H, W, 3) uint8 images of one size -> per image the (H, W) map in [0, 1]."""
+        return list(predict_maps(model, images))
+
+    def prediction_suffixes(self, model: nn.Module, options: InferenceOptions) -> list[str]:
+        return [".png", *([f"_overlay.{options.overlay_format}"] if options.overlay else [])]
 
     def write_prediction(
         self,
+        model: nn.Module,
         stem: Path,
         image: np.ndarray,
         prediction: np.ndarray,
-        *,
-        overlay_format: str | None = None,
-        overlay_alpha: float = 0.5,
-        **options: Any,
+        options: InferenceOptions,
     ) -> None:
-        """``prediction``: the (H, W) map in [0, 1]. Writes ``stem.png``, the map in grey (white: sure
-        edge); with ``overlay_format`` ("jpg" or "png") ``stem_overlay.jpg``, the map in red over
-        the image."""
-        grey = grey_map(prediction)
-        atomic_write(f"{stem}.png", lambda f: Image.fromarray(grey).save(f, format="PNG"))
-        if overlay_format:
-            picture = Image.fromarray(red_overlay(image, prediction, overlay_alpha))
-            kind = "JPEG" if overlay_format == "jpg" else "PNG"
-            atomic_write(f"{stem}_overlay.{overlay_format}", lambda f: picture.save(f, format=kind))
+        """Writes ``stem.png``, the map in grey (white: sure); with ``options.overlay``
+        ``stem_overlay.jpg``, the map in red over the image."""
+        write_picture(f"{stem}.png", self.picture(model, image, prediction, options))
+        if options.overlay:
+            shown = Image.fromarray(red_overlay(image, prediction, options.overlay_alpha))
+            write_picture(f"{stem}_overlay.{options.overlay_format}", shown)
+
+    def predicted(self, model: nn.Module) -> str:
+        return f"drew {self.noun} maps of"
+
+    def picture(
+        self, model: nn.Module, image: np.ndarray, prediction: np.ndarray, options: InferenceOptions
+    ) -> Image.Image:
+        """The map in grey: white where the net is sure, black where it sees nothing."""
+        return Image.fromarray(grey_map(prediction))
+
+    def page_info(self, model: nn.Module) -> dict[str, Any]:
+        """No classes; what the map shows, and the colour the page draws it in over the image."""
+        return {
+            "classes": [],
+            "legend": f"the grey level is the net's probability of {self.meaning} at each pixel: "
+            "white is sure, black is none",
+            "overlay_color": hex_colour(OVERLAY_COLOUR),
+        }
+
+    def page_view(
+        self,
+        model: nn.Module,
+        image: np.ndarray,
+        prediction: np.ndarray,
+        picture: str,
+        options: InferenceOptions,
+    ) -> dict[str, Any]:
+        return {"map": picture}
+
+    def sample_figure(
+        self, model: nn.Module, image: np.ndarray, truth: np.ndarray, scale: int = 3
+    ) -> np.ndarray:
+        """Image | ground truth (the first annotator's) | predicted map, in grey, enlarged ``scale`` times."""
+        maps = (self.truths(truth)[0], predict_map(model, image))
+        panels = [image, *(np.repeat(grey_map(m.astype(np.float32))[..., None], 3, 2) for m in maps)]
+        return np.concatenate(panels, axis=1).repeat(scale, 0).repeat(scale, 1)
+
+    def describe_net(self, model: nn.Module, size: tuple[int, int] | None = None) -> NetDescription:
+        """Each side output's tap, stride, receptive field and crop offset, at ``size`` (default
+        :data:`INFO_SIZE`)."""
+        cost = compute_cost(model, size or INFO_SIZE)
+        fields = {name: (tap.stride, tap.field) for name, tap in model.backbone.taps.items()}
+        summary = []
+        for tap, (score, _, offset) in zip(model.taps, model.sides, strict=True):
+            stride, field = fields[tap.name]
+            summary.append(
+                f"{score:<17} on {tap.name.replace('relu', 'conv')}: stride {stride}, receptive field "
+                f"{field}x{field}, crop at {offset}"
+            )
+        plane = "x".join(map(str, cost.input_shape[1:]))
+        outputs = [("(output)", "sides, then fused", f"{model.outputs}x{plane}")]
+        return NetDescription(cost, f"{self.name}, {model.outputs} outputs", fields, outputs, summary)

@@ -1,5 +1,6 @@
 """Semantic segmentation, the paper's task: image/mask pairs, an FCN, the per-pixel softmax loss,
-the four metrics of one confusion matrix, and palette PNGs of class ids."""
+the four metrics of one confusion matrix, palette PNGs of class ids and overlays, and the FCN's
+strides and crop offsets."""
 
 from __future__ import annotations
 
@@ -8,36 +9,55 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
 from fcnseg.data.datasets import Split, check_pairs, files_of, holdout
-from fcnseg.data.preprocess import get_preprocessing
+from fcnseg.data.preprocess import get_preprocessing, preprocess, preprocessing_of
 from fcnseg.data.registry import DEFAULT_SPLITS, open_dataset
-from fcnseg.data.transforms import (
-    Compose,
-    NetPairs,
-    RandomCrop,
-    RandomHorizontalFlip,
-    RandomScale,
-    pad_collate,
-)
-from fcnseg.infer.overlay import colorize, overlay
+from fcnseg.data.synthetic import SyntheticSegmentation
+from fcnseg.data.transforms import NetPairs, pad_collate
+from fcnseg.data.voc import VOC_CLASSES
+from fcnseg.files import atomic_write
+from fcnseg.infer import crf
+from fcnseg.infer.overlay import colorize, figure, overlay
+from fcnseg.infer.predict import predict_batch
 from fcnseg.metrics.segmentation import evaluate_confusion, format_metrics, scores
 from fcnseg.models.fcn import FCN
+from fcnseg.models.flops import compute_cost
 from fcnseg.models.registry import build_model
-from fcnseg.train.losses import SegmentationLoss, class_pixel_counts, median_frequency_weights
-from fcnseg.weights.checkpoint import atomic_write
+from fcnseg.tasks.common import (
+    INFO_SIZE,
+    REFINEMENTS,
+    InferenceOptions,
+    NetDescription,
+    TaskBase,
+    augmentation,
+    write_picture,
+)
+from fcnseg.tasks.losses import SegmentationLoss, class_pixel_counts, median_frequency_weights
 
 if TYPE_CHECKING:
     from fcnseg.distributed import Context
     from fcnseg.train.config import TrainConfig
 
-__all__ = ["SegmentationTask"]
+__all__ = ["PALETTE_SIZE", "SegmentationTask", "check_palette"]
+
+PALETTE_SIZE = 256
+"""The most classes a palette PNG holds."""
 
 
-class SegmentationTask:
+def check_palette(source: str, classes: int, where: str = "") -> None:
+    """Refuse a net whose label maps a palette PNG cannot hold (``where``: " in a head")."""
+    if classes > PALETTE_SIZE:
+        raise ValueError(
+            f"{source}: model has {classes} classes{where} but a palette PNG holds at most {PALETTE_SIZE}"
+        )
+
+
+class SegmentationTask(TaskBase):
     """A class per pixel; best.pt is the best validation mean IU."""
 
     name = "segmentation"
@@ -45,6 +65,9 @@ class SegmentationTask:
     score = "mean_iu"
     metrics = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")
     curves = {"mean_iu": "mean IU", "pixel_acc": "pixel acc."}
+    synthetic = SyntheticSegmentation
+    datasets_known = ("synthetic", "folder", "voc", "sbd", "nyud", "siftflow", "context")
+    takes = REFINEMENTS
 
     def datasets(self, config: TrainConfig) -> tuple[Dataset, Dataset]:
         """The synthetic set; a folder with a second one or a held-out share; or a data set's splits."""
@@ -104,16 +127,7 @@ class SegmentationTask:
         return model
 
     def train_samples(self, train_set: Dataset, config: TrainConfig) -> NetPairs:
-        transforms = []
-        if config.scale_range is not None:
-            transforms.append(RandomScale(config.scale_range))
-        if config.flip:
-            transforms.append(RandomHorizontalFlip())
-        if config.crop is not None:
-            transforms.append(RandomCrop(config.crop))
-        return NetPairs(
-            train_set, config.preprocess, Compose(transforms) if transforms else None, config.seed
-        )
+        return NetPairs(train_set, config.preprocess, augmentation(config), config.seed)
 
     collate = staticmethod(pad_collate)
 
@@ -131,45 +145,150 @@ class SegmentationTask:
             sampling_cell=config.loss_sampling_cell,
         )
 
-    def evaluate(
-        self, model: nn.Module, dataset: Dataset, config: TrainConfig, context: Context, progress: bool
+    def measure(
+        self, model: nn.Module, dataset: Dataset, options: InferenceOptions, context: Context, progress: bool
     ) -> dict[str, Any]:
+        """The four metrics and per-class IU of one confusion matrix over ``dataset`` (of the dense
+        CRF's labels with ``options.crf``)."""
         confusion = evaluate_confusion(
             model,
             dataset,
             model.num_classes,
-            batch_size=config.val_batch_size,
+            batch_size=options.batch_size,
             context=context,
             progress=progress,
+            crf=crf.CRFSettings() if options.crf else None,
         )
         return scores(confusion)
 
-    def summary(self, metrics: dict[str, Any], model: nn.Module) -> str:
-        names = model.meta.get("class_names") or [str(i) for i in range(model.num_classes)]
-        return format_metrics(metrics, names)
+    def summary(self, metrics: dict[str, Any], model: nn.Module, dataset: Dataset | None = None) -> str:
+        return format_metrics(metrics, self.class_names(model, dataset))
 
-    def prediction_suffixes(self, *, overlay_format: str | None = None, probs: bool = False) -> list[str]:
-        overlay_suffix = [f"_overlay.{overlay_format}"] if overlay_format else []
-        return [".png", *overlay_suffix, *(["_probs.npy"] if probs else [])]
+    def evaluation_set(
+        self, model: nn.Module, name: str, data: str | None, split: str | None, images: int, source: str
+    ) -> Dataset:
+        """Split ``split`` (default: the paper's validation split) of data set ``name`` at ``data``,
+        or ``images`` held-out synthetic images; it must have the net's classes."""
+        self.check_dataset(name, source)
+        dataset = open_dataset(name, data, split, num_images=images, num_classes=model.num_classes)
+        if model.num_classes != dataset.num_classes:
+            raise ValueError(
+                f"{source} predicts {model.num_classes} classes but {data} has {dataset.num_classes}"
+            )
+        return dataset
+
+    def default_class_names(self, model: nn.Module) -> list[str] | None:
+        """PASCAL VOC's, for a net of its 21 classes (the original nets' files name none)."""
+        return list(VOC_CLASSES) if model.num_classes == len(VOC_CLASSES) else None
+
+    def check_options(self, model: nn.Module, options: InferenceOptions, source: str) -> None:
+        """The refinements apply (the dense CRF if its extra is installed)."""
+        super().check_options(model, options, source)
+        if options.crf:
+            crf.require()
+
+    def check_prediction(self, model: nn.Module, options: InferenceOptions, source: str) -> None:
+        self.check_options(model, options, source)
+        check_palette(source, model.num_classes)
+
+    def predict_images(
+        self, model: nn.Module, images: np.ndarray, options: InferenceOptions
+    ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """(N, H, W, 3) uint8 images of one size -> per image the (H, W) label map and, with
+        ``options.probs``, the (C, H, W) probabilities (else None)."""
+        labels, probs = predict_batch(
+            model,
+            images,
+            return_probs=options.probs,
+            tta_flip=options.tta_flip,
+            tta_scales=options.tta_scales,
+            max_memory=options.max_memory,
+            precision=options.precision,
+            crf=crf.CRFSettings() if options.crf else None,
+        )
+        return [(labels[i], probs[i] if options.probs else None) for i in range(len(labels))]
+
+    def prediction_suffixes(self, model: nn.Module, options: InferenceOptions) -> list[str]:
+        overlay_suffix = [f"_overlay.{options.overlay_format}"] if options.overlay else []
+        return [".png", *overlay_suffix, *(["_probs.npy"] if options.probs else [])]
 
     def write_prediction(
         self,
+        model: nn.Module,
         stem: Path,
         image: np.ndarray,
         prediction: tuple[np.ndarray, np.ndarray | None],
-        *,
-        overlay_format: str | None = None,
-        overlay_alpha: float = 0.5,
-        probs_dtype: str = "float16",
+        options: InferenceOptions,
     ) -> None:
-        """``prediction``: the (H, W) label map, and the (C, H, W) probabilities or None. Writes
-        ``stem.png``, the class ids as a palette PNG; with ``overlay_format`` ("jpg" or "png")
+        """Writes ``stem.png``, the class ids as a palette PNG; with ``options.overlay``
         ``stem_overlay.jpg``, the colours over the image; with probabilities ``stem_probs.npy``."""
         labels, probs = prediction
-        atomic_write(f"{stem}.png", lambda f: colorize(labels).save(f, format="PNG"))
-        if overlay_format:
-            shown = Image.fromarray(overlay(image, labels, alpha=overlay_alpha))
-            kind = "JPEG" if overlay_format == "jpg" else "PNG"
-            atomic_write(f"{stem}_overlay.{overlay_format}", lambda f: shown.save(f, format=kind))
+        write_picture(f"{stem}.png", self.picture(model, image, prediction, options))
+        if options.overlay:
+            shown = Image.fromarray(overlay(image, labels, alpha=options.overlay_alpha))
+            write_picture(f"{stem}_overlay.{options.overlay_format}", shown)
         if probs is not None:
-            atomic_write(f"{stem}_probs.npy", lambda f: np.save(f, probs.astype(probs_dtype)))
+            atomic_write(f"{stem}_probs.npy", lambda f: np.save(f, probs.astype(options.probs_dtype)))
+
+    def predicted(self, model: nn.Module) -> str:
+        return "segmented"
+
+    def picture(
+        self,
+        model: nn.Module,
+        image: np.ndarray,
+        prediction: tuple[np.ndarray, Any],
+        options: InferenceOptions,
+    ) -> Image.Image:
+        """The label map as a palette PNG of class ids in the PASCAL colours."""
+        return colorize(prediction[0])
+
+    def page_view(
+        self,
+        model: nn.Module,
+        image: np.ndarray,
+        prediction: tuple[np.ndarray, Any],
+        picture: str,
+        options: InferenceOptions,
+    ) -> dict[str, Any]:
+        """The label map (``picture``, its URL) and each class's share of the pixels."""
+        labels = prediction[0]
+        counts = np.bincount(labels.ravel(), minlength=model.num_classes)
+        return {"labels": picture, "shares": (counts / max(labels.size, 1)).tolist()}
+
+    def sample_figure(
+        self, model: nn.Module, image: np.ndarray, truth: np.ndarray, scale: int = 3
+    ) -> np.ndarray:
+        """Image | ground truth | prediction of the plain net (in eval mode) over a legend of the classes."""
+        x = preprocess(image, preprocessing_of(model))[None].to(next(model.parameters()).device)
+        with torch.no_grad():
+            labels = model(x).argmax(1)[0].cpu().numpy()
+        panels = [("image", image), ("ground truth", truth), ("prediction", labels)]
+        return figure(panels, self.class_names(model), scale=scale)
+
+    def describe_net(self, model: nn.Module, size: tuple[int, int] | None = None) -> NetDescription:
+        """The score layers' geometry at ``size`` (default :data:`INFO_SIZE`): output stride, where
+        score_fr's cells sit, the crop offsets."""
+        if not hasattr(model, "backbone"):
+            raise ValueError(
+                f"{model.config['arch']} is a late fusion of {len(model.streams)} fcn32s streams: "
+                "`fcnseg info fcn32s` describes each"
+            )
+        cost = compute_cost(model, size or INFO_SIZE)
+        fields = {name: (tap.stride, tap.field) for name, tap in model.backbone.taps.items()}
+        fields["score_fr"] = fields[model.backbone.output.name]  # 1x1: the trunk output's positions
+        plane = "x".join(map(str, cost.input_shape[1:]))
+        stride, field = fields["score_fr"]
+        coarse = model.backbone.output.geometry
+        final = getattr(model, model.final_name)
+        offsets = [f"{model.final_name} {model.output_offset}"]
+        offsets += [f"score_{tap} {offset}" for tap, offset in model.skip_offsets.items()]
+        summary = [
+            f"output stride     {stride} (score_fr), upsampled by {model.final_name} "
+            f"({final.kernel_size[0]}/{final.stride[0]})",
+            f"score_fr centres  x = {coarse.scale} * i + {float(coarse.shift):g} in input pixels",
+            f"crop offsets      {', '.join(offsets)}",
+            f"receptive field   {field}x{field} pixels (score_fr)",
+        ]
+        outputs = [("(output)", f"crop at {model.output_offset}", f"{model.num_classes}x{plane}")]
+        return NetDescription(cost, f"{model.num_classes} classes", fields, outputs, summary)

@@ -3,7 +3,7 @@ heads and one loss each, as the original siftflow-fcn* nets train."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,11 +21,13 @@ from fcnseg.data.registry import DEFAULT_SPLITS
 from fcnseg.data.siftflow import SIFTFLOW_HEAD_NAMES, SIFTFLOW_HEADS, SiftFlowSegmentation
 from fcnseg.data.transforms import NetPairs, pad_collate
 from fcnseg.errors import ConfigError
+from fcnseg.infer.predict import predict_batch
 from fcnseg.metrics.segmentation import confusion_matrix, format_metrics, scores
 from fcnseg.models.heads import MultiHeadFCN
 from fcnseg.models.registry import build_model
-from fcnseg.tasks.segmentation import SegmentationTask
-from fcnseg.train.losses import SegmentationLoss
+from fcnseg.tasks.common import InferenceOptions
+from fcnseg.tasks.losses import SegmentationLoss
+from fcnseg.tasks.segmentation import SegmentationTask, check_palette
 
 if TYPE_CHECKING:
     from fcnseg.distributed import Context
@@ -71,6 +73,8 @@ class SiftFlowTask(SegmentationTask):
     metrics = tuple(f"{head}_{metric}" for head in HEADS for metric in _METRICS)
     curves = {"sem_mean_iu": "semantic mean IU", "geo_pixel_acc": "geometric pixel acc."}
     datasets_known = ("siftflow",)
+    takes = ()
+    serves = False
 
     def datasets(self, config: TrainConfig) -> tuple[Dataset, Dataset]:
         if config.dataset != "siftflow":
@@ -144,8 +148,8 @@ class SiftFlowTask(SegmentationTask):
         )
         return HeadsLoss(tuple(train_set.num_classes), loss)
 
-    def evaluate(
-        self, model: nn.Module, dataset: Dataset, config: TrainConfig, context: Context, progress: bool
+    def measure(
+        self, model: nn.Module, dataset: Dataset, options: InferenceOptions, context: Context, progress: bool
     ) -> dict[str, Any]:
         """Each head's four metrics (and per-class IU), from one confusion matrix per head."""
         if tuple(model.heads) != tuple(dataset.num_classes):
@@ -155,7 +159,7 @@ class SiftFlowTask(SegmentationTask):
         shard = list(range(context.rank, len(dataset), context.world_size))
         loader = DataLoader(
             NetPairs(dataset, preprocessing_of(model)),
-            batch_size=config.val_batch_size,
+            batch_size=options.batch_size,
             sampler=[(0, i) for i in shard],
             collate_fn=self.collate,
         )
@@ -176,9 +180,9 @@ class SiftFlowTask(SegmentationTask):
                 result[f"{head}_{key}"] = value
         return result
 
-    def summary(self, metrics: dict[str, Any], model: nn.Module) -> str:
+    def summary(self, metrics: dict[str, Any], model: nn.Module, dataset: Dataset | None = None) -> str:
         """A table per head, under the head's name (its metrics are the ``sem_``, ``geo_`` keys)."""
-        names = model.meta.get("class_names") or [str(i) for n in model.heads for i in range(n)]
+        names = self.class_names(model, dataset)
         bounds = np.cumsum([0, *model.heads])
         tables = []
         for i, (head, title) in enumerate(zip(HEADS, model.head_names, strict=True)):
@@ -186,9 +190,42 @@ class SiftFlowTask(SegmentationTask):
             tables.append(f"{title}:\n" + format_metrics(own, names[bounds[i] : bounds[i + 1]]))
         return "\n\n".join(tables)
 
-    def prediction_suffixes(self, *, heads: Sequence[str], overlay_format: str | None = None) -> list[str]:
-        """Each head's files (:func:`head_suffix`), in the order of ``heads``, the model's head names."""
-        own = super().prediction_suffixes(overlay_format=overlay_format)
+    def class_names(self, model: nn.Module, dataset: Dataset | None = None) -> list[str]:
+        """The heads' class names in channel order: the metadata's, else the data set's (listed per
+        head), else each head's class ids."""
+        heads = getattr(dataset, "class_names", None) or [[str(i) for i in range(n)] for n in model.heads]
+        return list(
+            getattr(model, "meta", {}).get("class_names") or [name for head in heads for name in head]
+        )
+
+    def evaluation_set(
+        self, model: nn.Module, name: str, data: str | None, split: str | None, images: int, source: str
+    ) -> Dataset:
+        """Split ``split`` (default: test) of SIFT Flow at ``data``, with both labelings."""
+        self.check_dataset(name, source)
+        return self.open_split(data, split or DEFAULT_SPLITS[name][1])
+
+    def predicts(self, model: nn.Module) -> str:
+        return f"{model.num_classes} classes (heads {'+'.join(map(str, model.heads))})"
+
+    def default_class_names(self, model: nn.Module) -> list[str] | None:
+        return None
+
+    def check_prediction(self, model: nn.Module, options: InferenceOptions, source: str) -> None:
+        self.check_options(model, options, source)
+        check_palette(source, max(model.heads), " in a head")
+
+    def predict_images(
+        self, model: nn.Module, images: np.ndarray, options: InferenceOptions
+    ) -> list[dict[str, np.ndarray]]:
+        """(N, H, W, 3) uint8 images of one size -> per image each head's (H, W) label map by head name."""
+        labels, _ = predict_batch(model, images, max_memory=options.max_memory, precision=options.precision)
+        return [{head: maps[i] for head, maps in labels.items()} for i in range(len(images))]
+
+    def prediction_suffixes(self, model: nn.Module, options: InferenceOptions) -> list[str]:
+        """Each head's files (:func:`head_suffix`), in the order of the model's heads."""
+        own = super().prediction_suffixes(model, options)
+        heads = model.head_names
         suffixes = [head_suffix(i, name) + suffix for i, name in enumerate(heads) for suffix in own]
         if len({s.lower() for s in suffixes}) < len(suffixes):
             raise ValueError(f"the head names {list(heads)} give two heads the same file: {suffixes}")
@@ -196,15 +233,18 @@ class SiftFlowTask(SegmentationTask):
 
     def write_prediction(
         self,
+        model: nn.Module,
         stem: Path,
         image: np.ndarray,
         prediction: dict[str, np.ndarray],
-        *,
-        overlay_format: str | None = None,
-        overlay_alpha: float = 0.5,
+        options: InferenceOptions,
     ) -> None:
         """``prediction``: each head's (H, W) label map by head name, in channel order. Each is written
         as a segmentation net's, its files named ``stem`` + :func:`head_suffix` + the usual ending."""
-        options = {"overlay_format": overlay_format, "overlay_alpha": overlay_alpha}
         for i, (name, labels) in enumerate(prediction.items()):
-            super().write_prediction(Path(f"{stem}{head_suffix(i, name)}"), image, (labels, None), **options)
+            super().write_prediction(
+                model, Path(f"{stem}{head_suffix(i, name)}"), image, (labels, None), options
+            )
+
+    def predicted(self, model: nn.Module) -> str:
+        return f"wrote {' and '.join(model.head_names)} label maps of"

@@ -15,7 +15,7 @@ from fcnseg.errors import ConfigError
 from fcnseg.metrics.edges import SKELETON_MAX_DIST
 from fcnseg.models.sides import FSDS_FUSE_INIT, FSDS_SIDE_CHANNELS
 from fcnseg.tasks.edges import EdgeTask
-from fcnseg.train.edge_losses import FSDSLoss
+from fcnseg.tasks.losses import FSDSLoss
 
 if TYPE_CHECKING:
     from fcnseg.train.config import TrainConfig
@@ -35,6 +35,8 @@ class SkeletonTask(EdgeTask):
     synthetic = SyntheticSkeletons
     datasets_known = ("synthetic", "sk-large", "sk506")
     max_dist = SKELETON_MAX_DIST
+    noun = "skeleton"
+    meaning = "a skeleton (an object's medial axis)"
 
     def __init__(self) -> None:
         self.thresholds = SYNTHETIC_THRESHOLDS

@@ -14,7 +14,7 @@ from fcnseg.data.registry import DATASETS, MODALITY_CHANNELS
 from fcnseg.errors import ConfigError
 from fcnseg.models.registry import FUSION_STREAMS
 from fcnseg.tasks import get_task
-from fcnseg.train.losses import REDUCTIONS, SAMPLING_SCOPES
+from fcnseg.tasks.losses import REDUCTIONS, SAMPLING_SCOPES
 
 __all__ = ["AUTO", "RECIPES", "TrainConfig"]
 

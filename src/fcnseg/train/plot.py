@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from fcnseg.weights.checkpoint import atomic_write
+from fcnseg.files import atomic_write
 
 __all__ = ["plot_curves"]
 

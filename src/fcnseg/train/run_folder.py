@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from fcnseg.files import atomic_write
 from fcnseg.train.config import AUTO
 from fcnseg.train.plot import plot_curves
 from fcnseg.train.state import RunState
-from fcnseg.weights.checkpoint import atomic_save, atomic_write, checkpoint_dict, read_checkpoint
+from fcnseg.weights.checkpoint import atomic_save, checkpoint_dict, read_checkpoint
 
 if TYPE_CHECKING:
     from fcnseg.train.config import TrainConfig

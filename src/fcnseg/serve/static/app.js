@@ -1,6 +1,7 @@
 // The fcnseg serve page: sends an image to POST /predict and shows each of the answer's outputs
 // with the view of its name, the model's task. VIEWS maps output names (fcnseg/serve/app.py,
-// Predictor.outputs) to the functions that show them: a task with other outputs adds its view here.
+// Predictor.outputs) to the functions that show them, each of which may return a note for the
+// status line: a task with other outputs adds its view here.
 "use strict";
 
 const VIEWS = {
@@ -95,7 +96,7 @@ async function post(file, name, withImage) {
   form.append("image", file, name);
   const query = new URLSearchParams({ format: "json" });
   if (withImage) query.set("with_image", "1");
-  if (state.info.task === "detection") query.set("min_score", String(state.minScore));
+  if ("min_score" in state.info) query.set("min_score", String(state.minScore));
   try {
     const response = await fetch(`predict?${query}`, { method: "POST", body: form });
     const body = await response
@@ -150,18 +151,14 @@ async function show(result, bitmap, name) {
   $("#size").textContent = `${result.width} × ${result.height}`;
   const views = $("#views");
   views.replaceChildren();
+  let notes = "";
   for (const [output, data] of Object.entries(result.outputs)) {
-    if (output in VIEWS) await VIEWS[output](views, data, { bitmap, result, name });
+    if (output in VIEWS) notes += (await VIEWS[output](views, data, { bitmap, result, name })) ?? "";
   }
   $("#result").hidden = false;
-  const found = result.outputs.detection;
-  const count = found ? found.detections.length : 0;
-  const boxes = found
-    ? `, ${count} box${count === 1 ? "" : "es"} of score ≥ ${found.min_score.toFixed(2)}`
-    : "";
   setStatus(
     `${name}: ${result.width} × ${result.height} pixels, forward pass ${duration(result.seconds)} ` +
-      `on ${state.info.device}${boxes}`,
+      `on ${state.info.device}${notes}`,
   );
   document.body.dataset.state = "done";
 }
@@ -170,23 +167,27 @@ function rgb(hex) {
   return [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
 }
 
+// A canvas of the decoded image `picture` whose RGBA pixels `change(data, i)` has rewritten in place.
+function pixelLayer(picture, change) {
+  const canvas = document.createElement("canvas");
+  canvas.width = picture.naturalWidth;
+  canvas.height = picture.naturalHeight;
+  const context = canvas.getContext("2d", { willReadFrequently: true });
+  context.drawImage(picture, 0, 0);
+  const pixels = context.getImageData(0, 0, canvas.width, canvas.height);
+  for (let i = 0; i < pixels.data.length; i += 4) change(pixels.data, i);
+  context.putImageData(pixels, 0, 0);
+  return canvas;
+}
+
 // The label colours, transparent on background (id 0): over the image at opacity a they give
 // (1 - a) * image + a * colour where there is a class, and the image elsewhere, as
 // fcnseg.infer.overlay.overlay does.
 function colourLayer(labels, background) {
-  const canvas = document.createElement("canvas");
-  canvas.width = labels.naturalWidth;
-  canvas.height = labels.naturalHeight;
-  const context = canvas.getContext("2d", { willReadFrequently: true });
-  context.drawImage(labels, 0, 0);
-  const pixels = context.getImageData(0, 0, canvas.width, canvas.height);
   const [r, g, b] = rgb(background);
-  const data = pixels.data;
-  for (let i = 0; i < data.length; i += 4) {
+  return pixelLayer(labels, (data, i) => {
     if (data[i] === r && data[i + 1] === g && data[i + 2] === b) data[i + 3] = 0;
-  }
-  context.putImageData(pixels, 0, 0);
-  return canvas;
+  });
 }
 
 function blend(canvas, bitmap, layer, opacity) {
@@ -202,8 +203,9 @@ function blend(canvas, bitmap, layer, opacity) {
   canvas.classList.toggle("small", bitmap.width < 360);
 }
 
-// The overlay panel of a view: its canvas shows the layer over the image at the slider's opacity.
+// The overlay panel, first in a view: its canvas shows the layer over the image at the slider's opacity.
 function showOverlay(view, bitmap, layer) {
+  view.prepend(document.importNode($("#overlay-panel").content, true));
   const overlay = $(".overlay", view);
   const slider = $(".opacity-slider", view);
   const shown = $(".opacity-value", view);
@@ -274,22 +276,13 @@ async function showSegmentation(container, output, { bitmap, name }) {
 // The map's colour with the map for alpha: over the image at opacity a it gives
 // (1 - a m) * image + a m * colour at a pixel of map value m, as fcnseg.tasks.edges.red_overlay does.
 function mapLayer(map, colour) {
-  const canvas = document.createElement("canvas");
-  canvas.width = map.naturalWidth;
-  canvas.height = map.naturalHeight;
-  const context = canvas.getContext("2d", { willReadFrequently: true });
-  context.drawImage(map, 0, 0);
-  const pixels = context.getImageData(0, 0, canvas.width, canvas.height);
   const [r, g, b] = rgb(colour);
-  const data = pixels.data;
-  for (let i = 0; i < data.length; i += 4) {
+  return pixelLayer(map, (data, i) => {
     data[i + 3] = data[i];
     data[i] = r;
     data[i + 1] = g;
     data[i + 2] = b;
-  }
-  context.putImageData(pixels, 0, 0);
-  return canvas;
+  });
 }
 
 async function showMap(container, output, { bitmap, name }) {
@@ -333,6 +326,8 @@ async function showDetection(container, output, { name }) {
     rows.append(classRow(className, color, count === 0, cell("count", String(count))));
   });
   container.append(view);
+  const found = output.detections.length;
+  return `, ${found} box${found === 1 ? "" : "es"} of score ≥ ${output.min_score.toFixed(2)}`;
 }
 
 start();

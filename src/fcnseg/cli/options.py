@@ -1,0 +1,78 @@
+"""The arguments several commands share, and the argument types that check values as they are read."""
+
+from __future__ import annotations
+
+import argparse
+
+from fcnseg.data.images import MAX_PIXELS
+
+__all__ = [
+    "add_device",
+    "add_max_megapixels",
+    "add_weights",
+    "fraction",
+    "integers",
+    "megapixels",
+    "positive",
+    "positive_float",
+]
+
+
+def add_weights(parser: argparse.ArgumentParser) -> None:
+    """The positional ``weights``: anything ``fcnseg.load`` reads."""
+    parser.add_argument("weights", help="fcnseg checkpoint, Caffe model or published name (voc-fcn8s)")
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    """``--device`` of the commands that run a saved net (not training's, which torchrun sets)."""
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda", "auto"), default="auto", help="auto: CUDA when available"
+    )
+
+
+def add_max_megapixels(parser: argparse.ArgumentParser, refused: str) -> None:
+    """``--max-megapixels``: the decompression-bomb guard of the commands that read images;
+    ``refused`` says what happens to a larger one."""
+    parser.add_argument(
+        "--max-megapixels",
+        type=megapixels,
+        default=str(MAX_PIXELS / 1e6),
+        help=f"larger images are {refused}, a guard against decompression bombs (PIL's limit; 0: no limit)",
+    )
+
+
+def megapixels(text: str) -> int | None:
+    """Megapixels -> a pixel count; 0 means no limit (None)."""
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (no limit) or positive, got {text}")
+    return round(value * 1e6) or None
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def integers(text: str) -> tuple[int, ...]:
+    """``4,8,16`` -> (4, 8, 16)."""
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
