@@ -55,6 +55,15 @@ def _fixed_bilinear(channels: int, factor: int) -> nn.ConvTranspose2d:
     return layer.requires_grad_(False)
 
 
+def _zero_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
+    """A 1x1 side score layer as the reference prototxts leave it: they give it no filler, so Caffe's
+    default, a constant 0, fills its weights and bias (the paper's text is silent on it)."""
+    layer = nn.Conv2d(in_channels, out_channels, 1)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
 Mults = tuple[tuple[float, float], tuple[float, float]]
 """(lr_mult, decay_mult) of a layer's weight, then of its bias: Caffe's ``param`` entries."""
 _TRUNK_MULTS: Mults = ((1, 1), (2, 0))
@@ -87,7 +96,7 @@ class _SideOutputNet(nn.Module):
         }
         for layer, tap, width in zip(layers, self.taps, channels, strict=True):
             score = score_name.format(stage=layer.removeprefix("conv").split("_")[0])
-            self.add_module(score, nn.Conv2d(tap.channels, width, 1))
+            self.add_module(score, _zero_conv(tap.channels, width))
             self.lr_mults[score] = _SIDE_MULTS
             geometry, upsample = tap.geometry, None
             factor = tap.geometry.scale
