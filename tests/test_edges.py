@@ -22,7 +22,7 @@ from fcnseg.data.edges import (
     quantise_scales,
     skeleton_scales,
 )
-from fcnseg.metrics.edges import edge_counts, evaluate_skeletons, scores
+from fcnseg.metrics.edges import edge_counts, evaluate_skeletons, scores, skeleton_counts
 from fcnseg.models.sides import side_taps
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.edge_losses import FSDSLoss, HEDLoss, balanced_sigmoid_loss, balanced_softmax_loss
@@ -328,6 +328,28 @@ def test_evaluate_edges_hand_cases():
     np.testing.assert_allclose(counts[:, 0], [n, 2 * n, n, n], rtol=0.03)
     skeleton = evaluate_skeletons([truth.astype(float)], [truth])
     assert skeleton["ods"] > 0.98
+
+
+def test_skeleton_scores_divide_each_map_by_its_maximum():
+    """FSDS's evaluation divides each map by its maximum before cutting it at 100 thresholds: a net
+    whose maps peak at 0.9 on one image and 0.12 on another scores as if both peaked at 1."""
+    truth = _lines()
+    noise = np.zeros(truth.shape)
+    noise[[20, 100, 180], 30:170] = 0.5  # weaker false lines beside the true ones, half the map's peak
+    maps = [peak * (truth + noise) for peak in (0.9, 0.12)]
+    normalised = [m / m.max() for m in maps]
+    as_given = fcnseg.evaluate_skeletons(maps, [truth, truth])
+    assert as_given["ods"] == pytest.approx(
+        fcnseg.evaluate_skeletons(normalised, [truth, truth])["ods"], abs=0.01
+    )
+    assert as_given["ods"] > 0.95  # above 0.5 of each peak only the true lines remain
+    # undivided, no one threshold keeps both images' lines and drops both false ones
+    undivided = fcnseg.evaluate_edges(maps, [[truth], [truth]], max_dist=0.01)
+    assert undivided["ods"] < 0.75
+    counts = skeleton_counts(maps[1], truth)
+    assert counts.shape == (4, 100)
+    with pytest.raises(ValueError, match="not in \\[0, 1\\]"):  # 8-bit maps are refused, not divided
+        skeleton_counts(255 * truth.astype(float), truth)
 
 
 def test_scores_from_counts_by_hand():

@@ -1,4 +1,6 @@
-"""Edge and skeleton scores as the BSDS benchmark computes them: ODS, OIS and AP over 99 thresholds.
+"""Edge and skeleton scores as the benchmarks compute them: ODS, OIS and AP over 99 thresholds for
+edges (the BSDS benchmark); for skeletons over 100, each map first divided by its maximum (FSDS's
+evaluation, :func:`skeleton_counts`).
 
 Each predicted map is thinned by non-maximum suppression (HED's evaluation runs the structured-edge
 toolbox's ``edgesNmsMex`` first), cut at each threshold, thinned to one pixel (``bwmorph thin``) and
@@ -34,6 +36,7 @@ __all__ = [
     "evaluate_skeletons",
     "problems",
     "scores",
+    "skeleton_counts",
 ]
 
 EDGE_MAX_DIST = 0.0075
@@ -41,6 +44,11 @@ EDGE_MAX_DIST = 0.0075
 SKELETON_MAX_DIST = 0.01
 """The skeleton benchmarks' tolerance (SYMMAX, SK506, SK-LARGE), a fraction of the diagonal."""
 THRESHOLDS = 99
+"""The BSDS benchmark's thresholds (``edgesEvalImg``'s ``thrs``)."""
+SKELETON_THRESHOLDS = 100
+"""The skeleton evaluation's (``skeval_demo.m``: ``opts.nthresh = 100``)."""
+_MAX_FLOOR = 1e-6
+"""forward_all.py divides by ``max(skeleton.max(), 1e-6)``: an empty map stays empty."""
 
 
 def _edge_eval():
@@ -126,6 +134,26 @@ def edge_counts(
     return np.stack([matched_r, total_r, matched_p, total_p])
 
 
+def skeleton_counts(
+    prediction: np.ndarray,
+    skeleton: np.ndarray,
+    *,
+    max_dist: float = SKELETON_MAX_DIST,
+    nms: bool = True,
+) -> np.ndarray:
+    """One image's (4, 100) matches as FSDS's evaluation counts them: the (H, W) map in [0, 1] divided
+    by its maximum (zeakey/skeleton's forward_all.py saves it so, and skeval_demo.m divides again),
+    then NMS and 100 thresholds against the (H, W) skeleton. Without the division a net whose maps
+    peak at different heights in different images is cut at thresholds that mean different things
+    in each. Summed over images they give :func:`scores`."""
+    found = problems(prediction, [skeleton])
+    if found:
+        raise ValueError("; ".join(found))
+    prediction = np.asarray(prediction, dtype=np.float64)
+    prediction = prediction / max(float(prediction.max()), _MAX_FLOOR)
+    return edge_counts(prediction, [skeleton], max_dist=max_dist, nms=nms, count=SKELETON_THRESHOLDS)
+
+
 def _rpf(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     matched_r, total_r, matched_p, total_p = counts
     recall = matched_r / np.where(total_r == 0, 1, total_r)
@@ -209,6 +237,22 @@ def evaluate_skeletons(
     max_dist: float = SKELETON_MAX_DIST,
 ) -> dict[str, float]:
     """The skeleton benchmarks' scores of skeleton maps (each (H, W) in [0, 1]) against one (H, W)
-    bool skeleton per image: the same matching at their tolerance, after the same NMS as FSDS's
-    evaluation. ``ods`` is the F-measure these benchmarks report."""
-    return evaluate_edges(predictions, [[t] for t in ground_truths], max_dist=max_dist)
+    bool skeleton per image, as FSDS's evaluation computes them (:func:`skeleton_counts`: each map
+    divided by its maximum, the same NMS, 100 thresholds, their tolerance). ``ods`` is the
+    F-measure these benchmarks report. Every image is checked first, as :func:`evaluate_edges` does."""
+    if len(predictions) != len(ground_truths):
+        raise ValueError(f"{len(predictions)} predictions but {len(ground_truths)} ground truths")
+    if not predictions:
+        raise ValueError("nothing to evaluate: no predictions")
+    found = [
+        f"image {i}: {p}"
+        for i, (prediction, truth) in enumerate(zip(predictions, ground_truths, strict=True))
+        for p in problems(prediction, [truth])
+    ]
+    if found:
+        raise ValueError(
+            f"{len(found)} problem(s) with the predictions or ground truths:\n  " + "\n  ".join(found)
+        )
+    return scores(
+        [skeleton_counts(p, t, max_dist=max_dist) for p, t in zip(predictions, ground_truths, strict=True)]
+    )

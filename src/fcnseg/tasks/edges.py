@@ -162,6 +162,10 @@ class EdgeTask:
         """The maps a prediction is matched against: one per annotator."""
         return list(truth)
 
+    def counts(self, prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
+        """One image's matches at each threshold (:func:`~fcnseg.metrics.edges.edge_counts`)."""
+        return edge_counts(prediction, self.truths(truth), max_dist=self.max_dist)
+
     def evaluate(
         self, model: nn.Module, dataset: Dataset, config: TrainConfig, context: Context, progress: bool
     ) -> dict[str, Any]:
@@ -174,7 +178,7 @@ class EdgeTask:
             image, truth = dataset[i]
             edges = predict_map(model, image, context.device)
             try:
-                counts.append(edge_counts(edges, self.truths(truth), max_dist=self.max_dist))
+                counts.append(self.counts(edges, truth))
             except ValueError as error:
                 pairs = getattr(dataset, "pairs", None)
                 sample = f"{pairs[i][1]}" if pairs else f"image {i} of {len(dataset)}"
