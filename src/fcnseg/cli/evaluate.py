@@ -14,6 +14,7 @@ from fcnseg.data.preprocess import preprocessing_of
 from fcnseg.data.registry import DATASETS, DEFAULT_SPLITS, open_dataset
 from fcnseg.distributed import Context
 from fcnseg.infer import crf
+from fcnseg.infer.edge_outputs import EDGE_OUTPUTS
 from fcnseg.infer.predict import resolve_device
 from fcnseg.metrics.segmentation import evaluate_confusion, format_metrics, scores
 from fcnseg.models.ssd import SSD
@@ -49,6 +50,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help=f"score the labels after a dense CRF (DeepLab's VOC parameters; needs pip install '{crf.EXTRA}')",
     )
+    parser.add_argument(
+        "--edge-output",
+        choices=EDGE_OUTPUTS,
+        help="HED: the map to score; fuse: the fused output (default); merge: the mean of the fused and "
+        "side-mean maps, each thinned first, as the reference's merge_res.m (the paper's best)",
+    )
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     parser.set_defaults(run=run)
 
@@ -62,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.crf:
         crf.require()
+    if args.edge_output is not None and model.config.get("arch") != "hed":
+        raise ValueError(
+            f"--edge-output: only for HED nets (its fused and side outputs); {args.weights} is not one"
+        )
     if isinstance(model, SSD):
         return _run_detection(args, model, dataset_name)
     if model.task != "segmentation":
@@ -112,6 +123,7 @@ def _run_task(args: argparse.Namespace, model: torch.nn.Module, dataset_name: st
         init=None,
         preprocess=preprocessing_of(model),
         val_batch_size=args.batch_size,
+        edge_output=args.edge_output or "fuse",
     )
     if synthetic:
         _, dataset = task.datasets(config)

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from fcnseg.data.images import MAX_PIXELS, read_image
 from fcnseg.infer import crf
 from fcnseg.infer.detect import MIN_SCORE, detect_images
+from fcnseg.infer.edge_outputs import EDGE_OUTPUTS
 from fcnseg.infer.predict import PRECISIONS, predict_batch, resolve_device
 from fcnseg.infer.tiling import parse_memory
 from fcnseg.models.fcn import FCN
@@ -266,6 +267,10 @@ def run(args: argparse.Namespace) -> int:
         "--crf": args.crf,
     }
     given = [flag for flag, value in asked.items() if value]
+    if args.edge_output is not None and getattr(model, "config", {}).get("arch") != "hed":
+        raise ValueError(
+            f"--edge-output: only for HED nets (its fused and side outputs); {weights} is not one"
+        )
     if model.task != "segmentation" and given:
         raise ValueError(
             f"{', '.join(given)}: only for segmentation nets of one output; {weights} is a net of the {model.task} task"
@@ -311,7 +316,7 @@ def _edge_maps(
     ):
         try:
             image = read_image(path, max_pixels=args.max_megapixels)
-            edges = predict_map(model, image, device)
+            edges = predict_map(model, image, device, args.edge_output or "fuse")
             task.write_prediction(
                 Path(args.out) / stem, image, edges, **_output_options(args), overlay_alpha=args.overlay_alpha
             )
@@ -406,6 +411,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="detectors: draw the boxes of at least this score (JSON has all)",
     )
     parser.add_argument("--overlay-alpha", type=_alpha, default=0.5, help="colour weight in the overlay")
+    parser.add_argument(
+        "--edge-output",
+        choices=EDGE_OUTPUTS,
+        help="HED: the map to write; fuse: the fused output (default); merge: (fuse + mean of the side "
+        "outputs) / 2, the late merging HED's paper reports best",
+    )
     parser.add_argument(
         "--probs", action="store_true", help="also write <stem>_probs.npy: (C, H, W) softmax probabilities"
     )

@@ -37,6 +37,7 @@ __all__ = [
     "problems",
     "scores",
     "skeleton_counts",
+    "suppress",
 ]
 
 EDGE_MAX_DIST = 0.0075
@@ -105,6 +106,13 @@ def _annotators(ground_truths: Sequence[np.ndarray] | np.ndarray) -> list[np.nda
     return [np.asarray(t, dtype=bool) for t in ground_truths]
 
 
+def suppress(prediction: np.ndarray) -> np.ndarray:
+    """An (H, W) map thinned by the evaluation's non-maximum suppression (the structured-edge
+    toolbox's ``edgesNmsMex`` with r 1, s 5, m 1.01, as HED's ``nms_process.m`` and FSDS's ``nms.m``)."""
+    _, fast_nms = _edge_eval()
+    return fast_nms(np.asarray(prediction, dtype=np.float64), r=1, s=5, m=1.01)
+
+
 def edge_counts(
     prediction: np.ndarray,
     ground_truths: Sequence[np.ndarray],
@@ -116,13 +124,13 @@ def edge_counts(
     """One image's (4, count) matches: matched and total annotator pixels, matched and total predicted
     pixels, at each threshold. Summed over images they give the data set's scores (:func:`scores`).
     ``prediction``: (H, W) in [0, 1]; ``ground_truths``: the annotators' (H, W) maps."""
-    evaluate, fast_nms = _edge_eval()
+    evaluate, _ = _edge_eval()
     found = problems(prediction, ground_truths)
     if found:
         raise ValueError("; ".join(found))
     prediction = np.asarray(prediction, dtype=np.float64)
     if nms:
-        prediction = fast_nms(prediction, r=1, s=5, m=1.01)
+        prediction = suppress(prediction)
     matched_r, total_r, matched_p, total_p = evaluate(
         thresholds(count),
         prediction,

@@ -28,7 +28,8 @@ from fcnseg.data.transforms import (
     pad_collate,
 )
 from fcnseg.errors import ConfigError, FcnsegError
-from fcnseg.metrics.edges import EDGE_MAX_DIST, edge_counts, scores
+from fcnseg.infer.edge_outputs import edge_output, merge_thinned, side_mean
+from fcnseg.metrics.edges import EDGE_MAX_DIST, edge_counts, scores, suppress
 from fcnseg.models.registry import build_model
 from fcnseg.train.edge_losses import HEDLoss
 from fcnseg.weights.checkpoint import atomic_write
@@ -58,11 +59,23 @@ class Targets(Dataset):
 
 
 @torch.no_grad()
-def predict_map(model: nn.Module, image: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
-    """The (H, W) map in [0, 1] that an edge or skeleton net (``model.edge_map``) predicts for an
-    (H, W, 3) uint8 image, with the preprocessing its weights expect."""
+def predict_map(
+    model: nn.Module, image: np.ndarray, device: torch.device | str = "cpu", output: str = "fuse"
+) -> np.ndarray:
+    """The (H, W) map in [0, 1] that an edge or skeleton net predicts for an (H, W, 3) uint8 image,
+    with the preprocessing its weights expect; ``output`` picks the net's own map (``model.edge_map``)
+    or HED's merge (:data:`~fcnseg.infer.edge_outputs.EDGE_OUTPUTS`)."""
     x = preprocess(image, preprocessing_of(model))[None].to(device)
-    return model.edge_map(model(x))[0].float().cpu().numpy()
+    return edge_output(model, model(x), output)[0].float().cpu().numpy()
+
+
+@torch.no_grad()
+def _thinned_merge(model: nn.Module, image: np.ndarray, device: torch.device | str) -> np.ndarray:
+    """HED's merge as its evaluation scores it: the fused map and the side mean each thinned by NMS,
+    then averaged (merge_res.m)."""
+    logits = model(preprocess(image, preprocessing_of(model))[None].to(device))
+    fuse, sides = (m[0].float().cpu().numpy() for m in (edge_output(model, logits), side_mean(model, logits)))
+    return merge_thinned(fuse, sides, suppress)
 
 
 def grey_map(prediction: np.ndarray) -> np.ndarray:
@@ -162,9 +175,9 @@ class EdgeTask:
         """The maps a prediction is matched against: one per annotator."""
         return list(truth)
 
-    def counts(self, prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    def counts(self, prediction: np.ndarray, truth: np.ndarray, nms: bool = True) -> np.ndarray:
         """One image's matches at each threshold (:func:`~fcnseg.metrics.edges.edge_counts`)."""
-        return edge_counts(prediction, self.truths(truth), max_dist=self.max_dist)
+        return edge_counts(prediction, self.truths(truth), max_dist=self.max_dist, nms=nms)
 
     def evaluate(
         self, model: nn.Module, dataset: Dataset, config: TrainConfig, context: Context, progress: bool
@@ -176,9 +189,10 @@ class EdgeTask:
         indices = range(context.rank, len(dataset), context.world_size)
         for i in tqdm(indices, desc="evaluating", disable=not progress, leave=False):
             image, truth = dataset[i]
-            edges = predict_map(model, image, context.device)
+            merge = config.edge_output == "merge"
+            edges = (_thinned_merge if merge else predict_map)(model, image, context.device)
             try:
-                counts.append(self.counts(edges, truth))
+                counts.append(self.counts(edges, truth, nms=not merge))
             except ValueError as error:
                 pairs = getattr(dataset, "pairs", None)
                 sample = f"{pairs[i][1]}" if pairs else f"image {i} of {len(dataset)}"

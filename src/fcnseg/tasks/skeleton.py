@@ -63,7 +63,7 @@ class SkeletonTask(EdgeTask):
         """The skeleton: the pixels with a scale."""
         return [truth > 0]
 
-    def counts(self, prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    def counts(self, prediction: np.ndarray, truth: np.ndarray, nms: bool = True) -> np.ndarray:
         """Matches against the skeleton (the pixels with a scale), as FSDS's evaluation counts them:
         each map divided by its maximum, 100 thresholds (:func:`~fcnseg.metrics.edges.skeleton_counts`)."""
-        return skeleton_counts(prediction, self.truths(truth)[0], max_dist=self.max_dist)
+        return skeleton_counts(prediction, self.truths(truth)[0], max_dist=self.max_dist, nms=nms)

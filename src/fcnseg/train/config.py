@@ -12,6 +12,7 @@ from typing import Any
 from fcnseg.data.preprocess import get_preprocessing
 from fcnseg.data.registry import DATASETS, MODALITY_CHANNELS
 from fcnseg.errors import ConfigError
+from fcnseg.infer.edge_outputs import EDGE_OUTPUTS
 from fcnseg.models.registry import FUSION_STREAMS
 from fcnseg.tasks import get_task
 from fcnseg.train.losses import REDUCTIONS, SAMPLING_SCOPES
@@ -141,6 +142,8 @@ class TrainConfig:
     # NHWC activations (on CPU the trunk picks each convolution's layout itself: it changes
     # little there). Same math, but dropout masks are drawn in memory order: not the default layout's.
     channels_last: bool = False
+    # Scoring: which map of an edge net validation scores ("fuse", or HED's "merge" of fused and side outputs)
+    edge_output: str = "fuse"
     # Running
     seed: int = 0
     val_every: int = 0  # steps between validations; 0 = once per epoch
@@ -179,6 +182,7 @@ class TrainConfig:
             "amp": ("off", "bf16", "fp16"),
             "weight_init": ("default", "kaiming"),
             "frozen_upsampling": ("all", "final", "none"),
+            "edge_output": EDGE_OUTPUTS,
         }
         get_task(self.task)  # an unknown name raises, listing the known ones
         for name, allowed in choices.items():
@@ -207,6 +211,8 @@ class TrainConfig:
                     f"preprocess {self.preprocess!r} takes {channels} channels but modality "
                     f"{self.modality or 'rgb'!r} gives {wanted}"
                 )
+        if self.edge_output == "merge" and self.arch != "hed":
+            raise ConfigError(f"edge_output merge is HED's (its fused and side outputs), not {self.arch}'s")
         if self.num_classes is not None and self.num_classes < 1:
             raise ConfigError(f"num_classes must be positive, got {self.num_classes}")
         if self.checkpoint_every < 0:

@@ -25,6 +25,7 @@ __all__ = ["RunFolder"]
 
 _RESUME_IGNORES = {
     "epochs", "out", "workers", "progress", "device", "init", "notes", "channels_last", "checkpoint_every",
+    "edge_output",
 }  # fmt: skip
 """Settings that do not change the trajectory: a run may resume with other values."""
 
