@@ -20,7 +20,6 @@ from fcnseg.data.detection import (
     annotation_files,
     check_annotations,
     detection_collate,
-    normalised_target,
     ssd_augment,
     voc_detection_split,
 )
@@ -42,19 +41,18 @@ __all__ = ["DetectionTask", "evaluate_detector"]
 def evaluate_detector(
     model: nn.Module, dataset: Dataset, batch_size: int = 1, progress: bool = False
 ) -> dict[str, Any]:
-    """VOC mAP (:func:`fcnseg.detection.evaluate_detections`) of an SSD on a data set of (image, target)."""
+    """VOC mAP (:func:`fcnseg.detection.evaluate_detections`) of an SSD on a data set of (image, target),
+    boxes in the images' pixels as the devkit scores them."""
     detections, truths = [], []
     pending: list[np.ndarray] = []
 
     def flush() -> None:
-        for image, found in zip(pending, detect_images(model, pending), strict=True):
-            height, width = image.shape[:2]
-            detections.append(normalised_target(found, height, width))
+        detections.extend(detect_images(model, pending))
         pending.clear()
 
     for index in tqdm(range(len(dataset)), desc="evaluating", unit="img", disable=not progress):
         image, target = dataset[index]
-        truths.append(normalised_target(target, *image.shape[:2]))
+        truths.append(target)
         pending.append(image)
         if len(pending) >= batch_size:
             flush()
