@@ -29,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "and the IU of every class, of WEIGHTS on DATA (for a two-headed SIFT Flow net, of each head: "
         "semantic and geometric, --dataset siftflow); for an edge (HED) or skeleton (FSDS) net, "
         "ODS, OIS and AP as the BSDS benchmark computes them (--dataset bsds500, sk-large, sk506); "
-        "for a detector (ssd300), VOC mAP (VOC07 11-point and area under the curve, difficult boxes "
+        "for a detector (ssd300, ssd512), VOC mAP (VOC07 11-point and area under the curve, difficult boxes "
         "ignored) and the AP of every class.",
     )
     parser.add_argument("weights", help="an fcnseg checkpoint (.pt) or a Caffe model")

@@ -387,7 +387,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "or skeleton (FSDS) net, <stem>.png is the map in grey (white: sure) and --overlay draws it "
             "in red over the image. With a net of two heads (SIFT Flow's), <stem>.png is the first "
             "head's labels (semantic) and <stem>_<head>.png each other's (<stem>_geometric.png). With a "
-            "detector (ssd300) write <stem>.json, every box with its class and score, and <stem>_boxes.jpg."
+            "detector (ssd300, ssd512) write <stem>.json, every box with its class and score, and <stem>_boxes.jpg."
         ),
     )
     parser.add_argument("weights", help="fcnseg checkpoint")

@@ -31,7 +31,7 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
         "--arch",
         {
             "help": "fcn32s, fcn32s-fixed, fcn16s, fcn8s, fcn8s-atonce, fcn-alexnet, fcn32s-googlenet, "
-            "fcn32s-late-fusion (NYUD colour + HHA); hed, fsds; ssd300 "
+            "fcn32s-late-fusion (NYUD colour + HHA); hed, fsds; ssd300, ssd512 "
             "(default: the task's: fcn8s; hed for --task edges, fsds for skeleton, ssd300 for detection)"
         },
     ),

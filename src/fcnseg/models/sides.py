@@ -16,7 +16,7 @@ from torch import nn
 from fcnseg.models.geometry import AffineMap, crop_offset, layer_map
 from fcnseg.models.layers import bilinear_kernel, crop_like
 from fcnseg.models.trunk import SequentialTrunk, Tap, Trunk
-from fcnseg.models.vgg import VGG16_WIDTHS, vgg16_backbone
+from fcnseg.models.vgg import VGG16_CONVS, VGG16_WIDTHS, vgg16_backbone
 
 __all__ = ["FSDS", "HED", "side_taps", "vgg16_side_trunk"]
 
@@ -38,11 +38,20 @@ def side_taps(trunk: Trunk, names: Sequence[str]) -> list[Tap]:
 
 
 def vgg16_side_trunk(widths: Sequence[int] | None = None, in_channels: int = 3) -> SequentialTrunk:
-    """VGG16 conv1_1 ... relu5_3 with conv1_1 padded by 35: HED's trunk, without pool5 and the fc layers."""
-    widths = tuple(widths or VGG16_WIDTHS)[:5]
-    if len(widths) != 5:
-        raise ValueError(f"HED and FSDS need 5 widths (conv1..conv5), got {widths}")
-    full = vgg16_backbone((*widths, 1), in_channels=in_channels, input_padding=HED_INPUT_PADDING)
+    """VGG16 conv1_1 ... relu5_3 with conv1_1 padded by 35: HED's trunk, without pool5 and the fc layers.
+
+    ``widths``: 5 (a stage each; a sixth, fc, is ignored) or 13 (a convolution each, conv1_1 .. conv5_3).
+    """
+    widths = tuple(widths or VGG16_WIDTHS)
+    if len(widths) in (5, 6):
+        convs = widths[:5] + (1,)
+    elif len(widths) == len(VGG16_CONVS):
+        convs = widths + (1, 1)
+    else:
+        raise ValueError(
+            f"HED and FSDS need 5 widths (conv1..conv5) or 13 (conv1_1 .. conv5_3), got {widths}"
+        )
+    full = vgg16_backbone(convs, in_channels=in_channels, input_padding=HED_INPUT_PADDING)
     return full[: list(dict(full.named_children())).index("relu5_3") + 1]
 
 

@@ -1,4 +1,4 @@
-"""Object detection with SSD: images with boxes, SSD300, the MultiBox loss, VOC mean average precision,
+"""Object detection with SSD: images with boxes, SSD300 or SSD512, the MultiBox loss, VOC mean average precision,
 and boxes drawn and written as JSON."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from fcnseg.data.detection import (
 )
 from fcnseg.detection.evaluation import evaluate_detections
 from fcnseg.detection.loss import MultiBoxLoss
-from fcnseg.detection.priors import prior_boxes
+from fcnseg.detection.priors import prior_boxes, prior_spec
 from fcnseg.errors import ConfigError
 from fcnseg.infer.detect import MIN_SCORE, detect_images, detection_records, draw_boxes
 from fcnseg.models.registry import DETECTORS, build_model
@@ -112,7 +112,8 @@ class DetectionTask:
         return model
 
     def train_samples(self, train_set: Dataset, config: TrainConfig) -> DetectionSamples:
-        return DetectionSamples(train_set, config.preprocess, ssd_augment, config.seed)
+        size = prior_spec(config.arch).image_size  # 300 or 512: the net's design size
+        return DetectionSamples(train_set, config.preprocess, ssd_augment, config.seed, size)
 
     collate = staticmethod(detection_collate)
 

@@ -403,7 +403,9 @@ def resolve(
         _note(progress, f"converting {original.name} for {arch} -> {out}")
         from fcnseg.weights.imagenet import fcn_from_imagenet, ssd_from_imagenet  # protobuf, to convert only
 
-        model = ssd_from_imagenet(original) if arch in DETECTORS else fcn_from_imagenet(arch, original)
+        model = (
+            ssd_from_imagenet(original, arch=arch) if arch in DETECTORS else fcn_from_imagenet(arch, original)
+        )
         model.meta["weights"] = name
         save_checkpoint(model, out)
     return out
