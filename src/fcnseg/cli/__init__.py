@@ -7,7 +7,7 @@ import importlib
 import sys
 from typing import Any
 
-COMMANDS = ("convert", "train", "evaluate", "demo", "info", "predict", "serve", "export", "weights")
+COMMANDS = ("convert", "train", "evaluate", "demo", "info", "predict", "serve", "export", "weights", "data")
 """Sub-command modules of this package; each has ``add_parser(subparsers)`` setting ``run``."""
 
 

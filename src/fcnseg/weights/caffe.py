@@ -27,7 +27,7 @@ from fcnseg.models.sides import FSDS, HED
 from fcnseg.models.ssd import SSD, SSD300_EXTRAS, SSD512_EXTRAS, extra_widths
 from fcnseg.models.vgg import VGG16_CONVS, VGG16_LAYERS, compact_widths
 from fcnseg.weights.caffe_format import CaffeLayer, read_caffemodel
-from fcnseg.weights.transfer import Parts, WeightsMismatchError, copy_into
+from fcnseg.weights.transfer import Parts, WeightsMismatchError, caffe_name, copy_into
 
 WIDTH_LAYERS = {
     "vgg16": VGG16_LAYERS,
@@ -352,6 +352,29 @@ def _is_bilinear(weight: np.ndarray) -> bool:
     if weight.ndim != 4 or weight.shape[0] != weight.shape[1] or weight.shape[2] != weight.shape[3]:
         return True
     return np.allclose(weight, bilinear_kernel(weight.shape[0], weight.shape[-1]).numpy(), rtol=0, atol=1e-6)
+
+
+def load_caffe_trunk(
+    path: str | os.PathLike, arch: str, widths: tuple[int, ...] | None = None
+) -> HED | FSDS | SSD:
+    """A fresh ``arch`` net (HED, FSDS, SSD300 or SSD512) whose trunk holds a published trunk's layers,
+    as the reference solvers' ``copy_from`` fills them by name: HED's 5stage-vgg and FSDS's
+    vgg16convs (conv1_1 .. conv5_3), SSD's VGG_ILSVRC_16_layers_fc_reduced (also fc6 and fc7). Every
+    layer of the trunk must be in the file with its shape; the file's other layers (fc8) are not
+    used; the side and head layers keep their initialisation. ``widths``: the trunk's, if not VGG16's."""
+    path = Path(path)
+    blobs = learned_blobs(read_caffemodel(path))
+    model = build_model(arch, widths=widths)
+    trunk = {caffe_name(f"backbone.{name}") for name, _ in model.backbone.named_children()}
+    copy_into(
+        model.backbone, {k: v for k, v in blobs.items() if k in trunk}, source=str(path), reshape="legacy"
+    )
+    model.meta = {
+        "preprocess": "ssd" if arch in DETECTORS else "caffe",
+        "source": path.name,
+        "task": model.task,
+    }
+    return model
 
 
 def load_caffe_weights(model: FCN | LateFusionFCN, path: str | os.PathLike) -> FCN | LateFusionFCN:
