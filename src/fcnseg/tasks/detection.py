@@ -69,7 +69,7 @@ class DetectionTask:
     metrics = ("map07", "map")
     curves = {"map07": "mAP (11-point)", "map": "mAP (area)"}
 
-    def datasets(self, config: TrainConfig) -> tuple[Dataset, Dataset]:
+    def datasets(self, config: TrainConfig) -> tuple[Dataset, Dataset | None]:
         """The synthetic shapes with boxes, or VOC07+12 trainval / VOC07 test (``--train-split``,
         ``--val-split`` as ``2007-trainval+2012-trainval``)."""
         if config.dataset == "synthetic":
@@ -84,7 +84,7 @@ class DetectionTask:
         train, val = DEFAULT_DETECTION_SPLITS
         return (
             voc_detection_split(config.train_split or train, config.data),
-            voc_detection_split(config.val_split or val, config.data),
+            voc_detection_split(config.val_split or val, config.data) if config.validates else None,
         )
 
     def check_data(

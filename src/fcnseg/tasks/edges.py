@@ -117,6 +117,8 @@ class EdgeTask:
             )
         splits = DEFAULT_SPLITS[name]
         train = open_dataset(name, config.data, config.train_split or splits[0])
+        if not config.validates:
+            return train, None
         if name == "hed-bsds":  # HED's augmented pairs have no validation split: BSDS500's, when given
             val_split = config.val_split or splits[1]
             return train, open_dataset("bsds500", config.val_data, val_split) if config.val_data else None
