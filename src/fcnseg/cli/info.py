@@ -153,7 +153,7 @@ def _ssd_summary(model: SSD, cost: ComputeCost, fields: dict[str, tuple[int, int
     pixels, then its priors: their step (the spacing of their centres), sizes, aspect ratios and count."""
     shapes = {caffe_name(row.name): row.output_shape for row in cost.layers}
     header = (
-        f"{'source':<14}{'map':>8}{'stride':>8}{'field':>7}{'step':>6}{'min':>5}{'max':>5}"
+        f"{'source':<14}{'map':>8}{'stride':>8}{'field':>7}{'step':>6}{'min':>7}{'max':>7}"
         f"  {'aspect ratios':<15}{'per location':>12}{'priors':>8}"
     )
     lines, total = [header, "-" * len(header)], 0
@@ -167,8 +167,8 @@ def _ssd_summary(model: SSD, cost: ComputeCost, fields: dict[str, tuple[int, int
         largest = "-" if layer.max_size is None else f"{layer.max_size:g}"
         ratios = ",".join(_ratio(r) for r in layer.ratios(model.prior_spec.flip))
         lines.append(
-            f"{reader:<14}{f'{height}x{width}':>8}{stride:>8}{field:>7}{layer.step:>6g}{layer.min_size:>5g}"
-            f"{largest:>5}  {ratios:<15}{per_location:>12}{count:>8,}"
+            f"{reader:<14}{f'{height}x{width}':>8}{stride:>8}{field:>7}{layer.step:>6g}{layer.min_size:>7g}"
+            f"{largest:>7}  {ratios:<15}{per_location:>12}{count:>8,}"
         )
     return [
         *lines,

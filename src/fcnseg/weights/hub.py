@@ -597,7 +597,8 @@ def _check_fits(name: str, weights: Weights, arch: str, widths: tuple[int, ...] 
             "(torchvision's single-tower layout), not the default layout of the net to initialise "
             "(Caffe's two-tower AlexNet with LRN); use 'imagenet-caffe' (the Caffe AlexNet, preprocess caffe)"
         )
-    wanted = tuple(widths) if widths is not None else _FAMILY_WIDTHS[family]
+    default = SSD300_WIDTHS if arch in DETECTORS else _FAMILY_WIDTHS[family]
+    wanted = tuple(widths) if widths is not None else default
     if wanted != tuple(weights.widths):
         raise ValueError(
             f"{name} has widths {tuple(weights.widths)}; a net of widths {wanted} cannot take its weights "
