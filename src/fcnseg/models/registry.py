@@ -1,4 +1,4 @@
-"""The named architectures (the paper's FCNs, and SSD300 for detection) and ``build_model``, the one way
+"""The named architectures (the paper's FCNs, HED and FSDS, and SSD300 and SSD512 for detection) and ``build_model``, the one way
 to make them."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from fcnseg.detection.priors import SSD300_PRIORS, SSD512_PRIORS, PriorSpec
 from fcnseg.models.alexnet import ALEXNET_WIDTHS, alexnet_backbone
 from fcnseg.models.dense import DILATED_ARCHS, vgg_fcn_dilated
 from fcnseg.models.fcn import FCN
@@ -13,7 +14,7 @@ from fcnseg.models.fusion import LateFusionFCN
 from fcnseg.models.googlenet import GOOGLENET_WIDTHS, googlenet_backbone
 from fcnseg.models.heads import MultiHeadFCN
 from fcnseg.models.sides import FSDS, HED
-from fcnseg.models.ssd import SSD, SSD300_WIDTHS
+from fcnseg.models.ssd import SSD, SSD300_EXTRAS, SSD300_WIDTHS, SSD512_EXTRAS, ExtraLayer
 from fcnseg.models.vgg import VGG16_WIDTHS, vgg16_backbone
 
 AT_ONCE_SCALES = (0.01, 0.0001)
@@ -102,12 +103,28 @@ def trunk_family(arch: str) -> str:
     return "googlenet" if arch.endswith("-googlenet") else "vgg16"
 
 
-def _ssd300(num_classes: int, widths, in_channels: int, frozen_upsampling: str = "final") -> SSD:
-    return SSD(num_classes, widths or SSD300_WIDTHS, in_channels)  # nothing to upsample: the flag is moot
+def _ssd(priors: PriorSpec, extras: tuple[ExtraLayer, ...]):
+    def build(
+        num_classes: int, widths, in_channels: int, frozen_upsampling: str = "final", extra_widths=None
+    ) -> SSD:  # nothing to upsample: frozen_upsampling is moot
+        return SSD(
+            num_classes,
+            widths or SSD300_WIDTHS,
+            in_channels,
+            priors,
+            extras=extras,
+            extra_widths=extra_widths,
+        )
+
+    return build
 
 
-DETECTORS: dict[str, Callable[..., SSD]] = {"ssd300": _ssd300}
-"""Detection nets: widths are conv1..conv5 and fc6/fc7 (1024 in SSD300); the extras follow fc7's."""
+DETECTORS: dict[str, Callable[..., SSD]] = {
+    "ssd300": _ssd(SSD300_PRIORS, SSD300_EXTRAS),
+    "ssd512": _ssd(SSD512_PRIORS, SSD512_EXTRAS),
+}
+"""Detection nets: widths are conv1..conv5 and fc6/fc7 (1024), or each of their 15 layers'; the extra
+layers follow fc7's width unless ``extra_widths`` gives each its own."""
 
 BUILDERS: dict[str, Callable[..., FCN | HED | FSDS | SSD]] = {
     **ARCHITECTURES,
@@ -126,7 +143,7 @@ def build_model(
     frozen_upsampling: str = "all",
     **options: Any,
 ) -> FCN | HED | FSDS | SSD:
-    """Build a net by name (:data:`BUILDERS`: an FCN, HED, FSDS or SSD300), with freshly initialised weights.
+    """Build a net by name (:data:`BUILDERS`: an FCN, HED, FSDS, SSD300 or SSD512), with freshly initialised weights.
 
     ``widths`` narrows the backbone (conv1..conv5 channels, then fc6/fc7), e.g.
     ``(4, 8, 16, 32, 32, 64)`` for a tiny test net (GoogLeNet: one per convolution,

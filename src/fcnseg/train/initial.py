@@ -16,7 +16,7 @@ from fcnseg.models.layers import bilinear_kernel
 from fcnseg.models.registry import BUILDERS
 from fcnseg.train.config import AUTO
 from fcnseg.weights.checkpoint import read_checkpoint
-from fcnseg.weights.hub import resolve
+from fcnseg.weights.hub import WEIGHTS, resolve
 from fcnseg.weights.transfer import copy_matching_layers
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def initial_weights(
             say(f"training from scratch ({reason})")
             return None
         try:
-            path = resolve(name, IMAGENET_DONORS.get(config.arch, config.arch), config.widths, progress)
+            path = resolve(name, _converted_for(name, config.arch), config.widths, progress)
         except (OSError, ValueError) as error:
             say(
                 f"training from scratch: ImageNet weights ({name}) cannot be had: {error}\n"
@@ -80,10 +80,17 @@ def initial_weights(
     elif name is None:
         return None
     else:
-        path = resolve(name, IMAGENET_DONORS.get(config.arch, config.arch), config.widths, progress)
+        path = resolve(name, _converted_for(name, config.arch), config.widths, progress)
     initial = read_checkpoint(path)
     initial["source"] = name
     return initial
+
+
+def _converted_for(name: str, arch: str) -> str:
+    """The net a published name is converted for: a classifier for HED and FSDS as an FCN's trunk
+    (:data:`IMAGENET_DONORS`), a published trunk for the net itself."""
+    trunk = name in WEIGHTS and WEIGHTS[name].is_trunk
+    return arch if trunk else IMAGENET_DONORS.get(arch, arch)
 
 
 def _streams_checkpoint(sources: dict[str, str]) -> dict[str, Any]:
