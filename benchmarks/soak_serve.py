@@ -6,9 +6,11 @@ the demo's narrow FCN-8s (random weights: the work is the same). Each client pos
 synthetic images of 256 to 512 px a side, and in equal numbers of the rest, hostile uploads:
 random bytes, a PNG cut in half, a 40000x40000 PNG (a decompression bomb of about 0.2 MB) and a
 60 MB body. Every image must come back as a palette PNG of its size, every hostile upload as a
-JSON 4xx; a 5xx, a dropped connection or another answer is a failure. Latency is from sending the
-request to the last byte of the answer; peak memory is the server's ``VmHWM`` (peak resident set)
-at the end. The section ``serve-load`` of ``benchmarks/RESULTS.md`` is replaced.
+JSON 4xx; a 5xx, a dropped connection or another answer is a failure, and so is a server that
+does not answer ``GET /health`` and one more image after, or whose peak memory reaches 3 GiB.
+Latency is from sending the request to the last byte of the answer; peak memory is the server's
+``VmHWM`` (peak resident set) at the end. The exit status is 1 on any failure. The section
+``serve-load`` of ``benchmarks/RESULTS.md`` is replaced.
 
     python benchmarks/soak_serve.py              # 240 requests, 8 clients, about 3 minutes
     python benchmarks/soak_serve.py --no-write   # print only
@@ -49,6 +51,8 @@ from fcnseg.data.synthetic import make_sample
 WIDTHS = (4, 8, 16, 32, 32, 64)
 """The demo's narrow FCN-8s."""
 HOSTILE = ("garbage", "truncated", "bomb", "huge body")
+MAX_RSS = 3 * 2**30
+"""The most the server may use, in bytes."""
 URL_LINE = re.compile(r"^fcnseg serve: .* at (http://127\.0\.0\.1:\d+/)  \(Ctrl-C to stop\)$", re.M)
 
 
@@ -218,7 +222,11 @@ def main() -> None:
             for thread in threads:
                 thread.join()
             wall = time.perf_counter() - start
-            alive = post(url, requests_of(1, 0.0, args.seed + 1)[0]).problem is None
+            health = http.client.HTTPConnection(*url.split("//")[1].rstrip("/").split(":"), timeout=60)
+            health.request("GET", "/health")
+            alive = health.getresponse().status == 200
+            health.close()
+            alive = alive and post(url, requests_of(1, 0.0, args.seed + 1)[0]).problem is None
             peak = peak_rss(process.pid)
         finally:
             process.send_signal(signal.SIGINT)
@@ -274,7 +282,12 @@ def report(args: argparse.Namespace, answers: list[Answer], wall: float, peak: i
         print(f"FAILED {answer.request.kind} {answer.request.name}: {answer.problem}", file=sys.stderr)
     if not args.no_write:
         write_section("serve-load", text)
-    if failures or not alive:
+    if peak >= MAX_RSS:
+        print(
+            f"FAILED: the server's peak memory {peak / 2**30:.2f} GiB reached {MAX_RSS / 2**30:g} GiB",
+            file=sys.stderr,
+        )
+    if failures or not alive or peak >= MAX_RSS:
         sys.exit(1)
 
 
