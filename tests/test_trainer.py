@@ -28,6 +28,7 @@ from fcnseg.train.config import TrainConfig
 from fcnseg.train.initial import initial_weights, initialise, kaiming_init
 from fcnseg.train.run_folder import RunFolder
 from fcnseg.train.trainer import Trainer, TrainingDiverged, log_columns, train
+from fcnseg.weights.checkpoint import CheckpointError
 from fcnseg.weights.transfer import copy_matching_layers
 
 TINY = (4, 8, 8, 16, 16, 32)
@@ -161,6 +162,21 @@ def test_a_training_state_of_an_older_fcnseg_is_refused_saying_what_to_do(tmp_pa
         train(tiny_config(tmp_path, max_steps=4), resume=True)
     assert main(["train", "--out", str(tmp_path / "run"), "--resume", "--quiet"]) == 2
     assert "cannot be resumed; start a new run from its weights" in capsys.readouterr().err
+
+
+def test_a_damaged_training_state_is_refused_by_name(tmp_path):
+    train(tiny_config(tmp_path, max_steps=2))
+    last = tmp_path / "run" / "last.pt"
+    data = torch.load(last, weights_only=True)
+    torch.save({**data, "step": "2", "history": {}}, last)
+    with pytest.raises(CheckpointError) as raised:
+        train(tiny_config(tmp_path, max_steps=2), resume=True)
+    assert str(raised.value) == (
+        f"{last} holds a damaged training state:\n  'step' is str, not int\n  'history' is dict, not list"
+    )
+    torch.save({**data, "optimizer": {"state": {}, "param_groups": []}}, last)
+    with pytest.raises(CheckpointError, match=r"does not fit its own settings \(ValueError: .*--init"):
+        train(tiny_config(tmp_path, max_steps=2), resume=True)
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path, monkeypatch):

@@ -93,8 +93,8 @@ class RunFolder:
             rng = saved["rng"]
             set_rng_state(rng[rank] if rank < len(rng) else rng[0])
             return RunState.from_dict(saved)
-        except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as error:
-            # torch's loaders fail in all these ways on a state that does not fit the net
+        except (RuntimeError, ValueError, TypeError, LookupError, AttributeError, ArithmeticError) as error:
+            # torch's, numpy's and random's loaders fail in all these ways on a state that does not fit
             raise CheckpointError(
                 f"{self.last} holds a training state that does not fit its own settings "
                 f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
