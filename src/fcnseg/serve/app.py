@@ -127,7 +127,7 @@ class Predictor:
         self.max_pixels = max_pixels
         self._lock = threading.Lock()
         self.seconds = 0.0  # a running mean of the time a request holds the model
-        # A first pass warms the model up (and builds a segmentation net's fast twin, fcnseg.infer.fast),
+        # A first pass warms the model up (and builds a segmentation net's fast twin, fcnseg.accel),
         # so that no request's time includes it.
         start = time.perf_counter()
         self._forward(np.zeros((32, 32, 3), np.uint8))

@@ -44,11 +44,13 @@ class RunFolder:
         those that do not change the trajectory), or None when there is none yet (a run killed
         before its first checkpoint starts afresh); without ``resume``, None, and a folder that
         holds a run is an error rather than being overwritten."""
-        if not resume or not self.last.exists():
-            if not resume and self.last.exists():
+        if not resume:
+            if self.last.exists():
                 raise ValueError(
                     f"{self.path} already holds a run ({self.last}); resume it or pick another out"
                 )
+            return None
+        if not self.last.exists():
             return None
         saved = self.read_last()
         mine, theirs = config.to_dict(), saved["train_config"]
