@@ -126,12 +126,13 @@ class Predictor:
         self.name = name
         self.max_pixels = max_pixels
         self._lock = threading.Lock()
-        self.seconds = 0.0  # a running mean of the time a request holds the model
         # A first pass warms the model up (and builds a segmentation net's fast twin, fcnseg.accel),
         # so that no request's time includes it.
         start = time.perf_counter()
         self._forward(np.zeros((32, 32, 3), np.uint8))
-        self.seconds = time.perf_counter() - start
+        self.seconds = (
+            time.perf_counter() - start
+        )  # then a running mean of the time a request holds the model
 
     def info(self) -> dict[str, Any]:
         """What ``GET /info`` answers: the net and its task, its preprocessing, and the task's fields
