@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from _results import machine, write_section
 from PIL import Image
-from soak_training import RUN, same_run
+from soak_training import RUN, same_run, step_on_disk
 
 import fcnseg
 from fcnseg.data.synthetic import make_sample
@@ -96,13 +96,6 @@ def train(out: Path, steps: int, resume: bool) -> subprocess.Popen:
     command = [sys.executable, "-m", "fcnseg", "train", *RUN, "--max-steps", str(steps), "--out", str(out)]
     command += ["--checkpoint-every", "1step"] + (["--resume"] if resume else [])
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def step_on_disk(last: Path) -> int:
-    try:
-        return torch.load(last, weights_only=True)["step"]
-    except Exception:  # not there yet, or being replaced this instant
-        return -1
 
 
 def training(
@@ -197,7 +190,7 @@ def main() -> None:
     ]
     text = "\n".join(
         [
-            "## A full disk under training and prediction",
+            "### A full disk under training and prediction",
             "",
             f"A {SIZE.upper()}B tmpfs filled to the last byte at random moments (seeded) while `fcnseg train` "
             f"writes a run to it (the demo's narrow FCN-8s on the synthetic set, {args.steps} steps, "
@@ -226,7 +219,7 @@ def main() -> None:
     )
     print(text)
     if not args.no_write:
-        write_section("full-disk", text)
+        write_section("full-disk", text, inside="robustness")
     if differ or status != 2:
         sys.exit(1)
 

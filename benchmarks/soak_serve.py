@@ -234,10 +234,18 @@ def main() -> None:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
-    report(args, answers, wall, peak, alive)
+            log = (Path(folder) / "serve.log").read_text()
+    passed = report(args, answers, wall, peak, alive)
+    if any(a.status is None or a.status >= 500 for a in answers):
+        trace = log.find("Traceback")
+        print(
+            f"the server's log: {log[trace : trace + 8000] if trace >= 0 else log[-8000:]}", file=sys.stderr
+        )
+    if not passed:
+        sys.exit(1)
 
 
-def report(args: argparse.Namespace, answers: list[Answer], wall: float, peak: int, alive: bool) -> None:
+def report(args: argparse.Namespace, answers: list[Answer], wall: float, peak: int, alive: bool) -> bool:
     failures = [a for a in answers if a.problem]
     statuses: dict[str, dict[int | None, int]] = {}
     for answer in answers:
@@ -255,7 +263,7 @@ def report(args: argparse.Namespace, answers: list[Answer], wall: float, peak: i
     ]
     text = "\n".join(
         [
-            "## fcnseg serve under load",
+            "### fcnseg serve under load",
             "",
             f"{args.clients} clients post {len(answers)} requests to `/segment` of the real `fcnseg serve` "
             f"(defaults; the demo's narrow FCN-8s), {args.hostile:.0%} of them hostile: random bytes, "
@@ -281,14 +289,13 @@ def report(args: argparse.Namespace, answers: list[Answer], wall: float, peak: i
     for answer in failures[:20]:
         print(f"FAILED {answer.request.kind} {answer.request.name}: {answer.problem}", file=sys.stderr)
     if not args.no_write:
-        write_section("serve-load", text)
+        write_section("serve-load", text, inside="robustness")
     if peak >= MAX_RSS:
         print(
             f"FAILED: the server's peak memory {peak / 2**30:.2f} GiB reached {MAX_RSS / 2**30:g} GiB",
             file=sys.stderr,
         )
-    if failures or not alive or peak >= MAX_RSS:
-        sys.exit(1)
+    return not (failures or not alive or peak >= MAX_RSS)
 
 
 if __name__ == "__main__":

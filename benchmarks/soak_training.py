@@ -3,9 +3,9 @@
 The demo's narrow FCN-8s on the synthetic set (120 training images of 64-128 px, batches of 2:
 60 steps an epoch, flips, loss sampling, dropout), 300 steps, ``--threads 1 --seed 0
 --checkpoint-every 1step``, each run an ``fcnseg train`` process. The run never killed is run
-first; then the same run is killed with SIGKILL at random moments (seeded; anywhere from the
-start, before any checkpoint, to the end, within a step or a save) and restarted with
-``--resume`` after each kill. After every kill every ``.pt`` in the run folder must load, and at
+first; then the same run is killed with SIGKILL at random moments (seeded): the first while it
+starts, before any checkpoint, the others at random steps, anywhere within the step or its save,
+and restarted with ``--resume`` after each kill. After every kill every ``.pt`` in the run folder must load, and at
 the end the weights, the optimiser's state and the log must equal the run never killed, bit for
 bit. A third run checkpoints only at validations (``--checkpoint-every 0``): it must end the same
 too, and its time shows what a checkpoint at every step costs. The section ``training-kills`` of
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import os
 import random
 import signal
@@ -76,13 +77,25 @@ def train(out: Path, steps: int, every: str, resume: bool = False) -> subprocess
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def finish(process: subprocess.Popen) -> float:
-    """Wait for a run to end well; its seconds."""
-    start = time.perf_counter()
-    _, errors = process.communicate()
+def step_on_disk(last: Path) -> int:
+    """The step of ``last.pt``; -1 while there is none."""
+    try:
+        return torch.load(last, weights_only=True)["step"]
+    except FileNotFoundError:
+        return -1
+
+
+def finish(process: subprocess.Popen, last: Path | None = None) -> tuple[float, float]:
+    """Wait for a run to end well: its seconds, and those until ``last`` (its last.pt) first appeared."""
+    start, first = time.perf_counter(), math.nan
+    while process.poll() is None:
+        if last is not None and math.isnan(first) and last.exists():
+            first = time.perf_counter() - start
+        time.sleep(0.05)
     if process.returncode != 0:
-        raise RuntimeError(f"fcnseg train failed ({process.returncode}):\n{errors}")
-    return time.perf_counter() - start
+        raise RuntimeError(f"fcnseg train failed ({process.returncode}):\n{process.stderr.read()}")
+    process.stderr.close()
+    return time.perf_counter() - start, first
 
 
 def check_folder(out: Path) -> tuple[int | None, int, int]:
@@ -125,26 +138,36 @@ def main() -> None:
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="soak-training-") as folder:
         root = Path(folder)
-        straight_seconds = finish(train(root / "straight", args.steps, "1step"))
-        sparse_seconds = finish(train(root / "sparse", args.steps, "0"))
+        straight_seconds, startup = finish(
+            train(root / "straight", args.steps, "1step"), root / "straight" / "last.pt"
+        )
+        step_seconds = (straight_seconds - startup) / args.steps
+        sparse_seconds, _ = finish(train(root / "sparse", args.steps, "0"))
+        targets = sorted(rng.sample(range(5, args.steps - 5), args.kills - 1))
         kills: list[Kill] = []
         out = root / "killed"
-        resume_seconds = 0.0
-        while len(kills) < args.kills:
+        for target in [None, *targets]:  # the step after which to kill; None: before the first checkpoint
             process = train(out, args.steps, "1step", resume=True)  # afresh while there is no last.pt
-            done = kills[-1].step or 0 if kills else 0
-            after = rng.uniform(0.5, 0.8 * straight_seconds * max(0.2, 1 - done / args.steps))
-            try:
-                process.wait(timeout=after)
-                raise RuntimeError(f"the run ended before its kill at {after:.1f} s: {process.stderr.read()}")
-            except subprocess.TimeoutExpired:
-                pass
+            start = time.perf_counter()
+            if target is None:
+                time.sleep(rng.uniform(0.5, 0.9 * startup))
+            else:
+                while step_on_disk(out / "last.pt") < target:
+                    if process.poll() is not None:
+                        raise RuntimeError(f"the run ended before its kill: {process.stderr.read()}")
+                    time.sleep(0.05)
+                time.sleep(rng.uniform(0, 2 * step_seconds))  # within the next steps or their saves
+            if process.poll() is not None:
+                raise RuntimeError(f"the run ended before its kill: {process.stderr.read()}")
             process.send_signal(signal.SIGKILL)
             process.wait()
             process.stderr.close()
-            kills.append(Kill(after, *check_folder(out)))
-            print(f"kill {len(kills)} at {after:.1f} s: last.pt at step {kills[-1].step}", flush=True)
-        resume_seconds = finish(train(out, args.steps, "1step", resume=True))
+            kills.append(Kill(time.perf_counter() - start, *check_folder(out)))
+            print(
+                f"kill {len(kills)} after {kills[-1].after:.1f} s: last.pt at step {kills[-1].step}",
+                flush=True,
+            )
+        resume_seconds, _ = finish(train(out, args.steps, "1step", resume=True))
         differ = same_run(root / "straight", out)
         sparse_differ = same_run(root / "straight", root / "sparse")
         left = sorted(p.name for p in out.iterdir())
@@ -168,7 +191,7 @@ def report(
     identical = not differ and left == ["best.pt", "curves.png", "last.pt", "log.csv"]
     text = "\n".join(
         [
-            "## Training killed with SIGKILL, resumed: the same bits",
+            "### Training killed with SIGKILL, resumed: the same bits",
             "",
             f"The demo's narrow FCN-8s on 120 synthetic images (batches of 2, flips, loss sampling, "
             f"dropout), {args.steps} steps, `--threads 1 --seed 0 --checkpoint-every 1step`, each run an "
@@ -195,7 +218,7 @@ def report(
     )
     print(text)
     if not args.no_write:
-        write_section("training-kills", text)
+        write_section("training-kills", text, inside="robustness")
     if not identical or sparse_differ:
         sys.exit(1)
 

@@ -23,6 +23,7 @@ from starlette.testclient import TestClient
 from tiny_nets import tiny_fcn
 
 import fcnseg
+import fcnseg.infer.predict as predict_module
 import fcnseg.serve
 from fcnseg.cli import main
 from fcnseg.data.palette import pascal_palette
@@ -580,10 +581,26 @@ def test_a_request_that_cannot_reach_the_model_in_time_answers_503(held_model):
         refused = client.post("/segment", **upload(png(sample(2, (20, 24)))))
         assert 0.4 < time.monotonic() - start < 10
         assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
-        assert "the model was not free within 0.5 s (fcnseg serve --timeout)" in refused.json()["error"]
+        assert (
+            "the model was not free within the time limit (fcnseg serve --timeout)" in refused.json()["error"]
+        )
         release.set()
         thread.join()
         assert first["r"].status_code == 200  # the pass that had begun ran to its end
+
+
+def test_too_little_free_memory_for_a_pass_answers_503_not_500(client, monkeypatch):
+    """The default memory budget is half of what the machine has free at the time: with others
+    taking it all, the server is busy, and the image is not at fault."""
+    monkeypatch.setattr(predict_module, "default_max_memory", lambda device: 2**20)
+    refused = client.post("/segment", **upload(png(sample(3, (20, 28)))))
+    assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["error"].startswith(
+        "the server is busy: too little memory is free now for a pass on 28x20 pixels (memory budget 1 MiB "
+        "is too small for even one "
+    )
+    monkeypatch.undo()
+    assert client.post("/segment", **upload(png(sample(3, (20, 28))))).status_code == 200
 
 
 def test_whatever_a_decoder_raises_on_a_damaged_file_is_a_400(client, monkeypatch):

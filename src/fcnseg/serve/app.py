@@ -41,6 +41,7 @@ from fcnseg.data.preprocess import get_preprocessing, preprocessing_of
 from fcnseg.data.synthetic import make_sample, sample_seed
 from fcnseg.errors import MissingExtraError
 from fcnseg.infer.detect import MIN_SCORE
+from fcnseg.infer.tiling import MemoryBudgetError
 from fcnseg.serve import MAX_QUEUE, TIMEOUT
 from fcnseg.tasks import TASKS, get_task
 from fcnseg.tasks.common import InferenceOptions
@@ -103,7 +104,8 @@ class Prediction:
 
 
 class Busy(Exception):
-    """The model did not come free before a request's time limit: the server is overloaded."""
+    """The server cannot answer now: the model did not come free before a request's time limit, or
+    the machine has too little memory free for the pass."""
 
 
 class Predictor:
@@ -159,19 +161,23 @@ class Predictor:
         An image over the pixel limit is refused from its header (:class:`ImageTooLarge`) and one
         that cannot be decoded with :class:`ImageReadError`, whatever the decoder raised; the
         decoding waits for the model, so that one image at a time is decoded. :class:`Busy` when
-        the model is not free by ``deadline`` (a ``time.monotonic()``); a pass that has begun runs
-        to its end.
+        the model is not free by ``deadline`` (a ``time.monotonic()``), or the machine has too
+        little memory free for the pass now; a pass that has begun runs to its end.
         """
         upload = _Upload(data, name)
-        image_size(upload, max_pixels=self.max_pixels)
+        width, height = image_size(upload, max_pixels=self.max_pixels)
         if not self._lock.acquire(timeout=max(0.0, min(deadline - time.monotonic(), threading.TIMEOUT_MAX))):
-            raise Busy(f"the model was not free within the time limit of {name}")
+            raise Busy("the model was not free within the time limit (fcnseg serve --timeout)")
         try:
             start = time.perf_counter()
             image = _decode(upload, self.max_pixels)
             output = self._forward(image)
             seconds = time.perf_counter() - start
             self.seconds += (seconds - self.seconds) / 8
+        except (MemoryBudgetError, MemoryError, torch.OutOfMemoryError) as error:
+            raise Busy(
+                f"too little memory is free now for a pass on {width}x{height} pixels ({error})"
+            ) from error
         finally:
             self._lock.release()
         return Prediction(image, output, seconds)
@@ -198,7 +204,7 @@ def _decode(upload: _Upload, max_pixels: int | None) -> np.ndarray:
     never make a 5xx."""
     try:
         return read_image(upload, max_pixels=max_pixels)
-    except ImageReadError:
+    except (ImageReadError, MemoryError):  # the second is the machine's state, not the file's fault
         raise
     except Exception as error:
         raise ImageReadError(f"cannot read image {upload}: {type(error).__name__}: {error}") from error
@@ -350,10 +356,8 @@ def create_app(
             raise RequestError(413, str(error)) from None
         except ImageReadError as error:
             raise RequestError(400, str(error)) from None
-        except Busy:
-            raise busy(
-                f"the server is busy: the model was not free within {timeout:g} s (fcnseg serve --timeout)"
-            ) from None
+        except Busy as error:
+            raise busy(f"the server is busy: {error}") from None
         headers = {"X-Forward-Seconds": f"{result.seconds:.6f}"}
         if kind == "png":
             png = await queue.run(predictor.picture, result, min_score)
