@@ -132,9 +132,8 @@ class Predictor:
         # so that no request's time includes it.
         start = time.perf_counter()
         self._forward(np.zeros((32, 32, 3), np.uint8))
-        self.seconds = (
-            time.perf_counter() - start
-        )  # then a running mean of the time a request holds the model
+        # then a running mean of the time a request holds the model, for Retry-After
+        self.seconds = time.perf_counter() - start
 
     def info(self) -> dict[str, Any]:
         """What ``GET /info`` answers: the net and its task, its preprocessing, and the task's fields
