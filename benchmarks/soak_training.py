@@ -107,7 +107,7 @@ def check_folder(out: Path) -> tuple[int | None, int, int]:
     for path in sorted(out.glob("*.pt")):
         load_checkpoint(path)
         loaded += 1
-    unfinished = sum(len(temporary_files(p)) for p in (folder.last, folder.best, folder.log, folder.curves))
+    unfinished = len(temporary_files(out))
     return step, unfinished, loaded
 
 

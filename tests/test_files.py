@@ -79,10 +79,8 @@ def test_free_space_is_told_in_words():
     ]
 
 
-def test_temporary_files_are_those_of_the_file_alone(tmp_path):
-    for name in (".last.pt.abc123.tmp", ".last.pt.x.tmp", ".best.pt.q.tmp", "last.pt", ".last.ptx.1.tmp"):
+def test_temporary_files_are_the_writers_alone(tmp_path):
+    for name in (".last.pt.abc123.tmp", ".best.pt.x.tmp", "last.pt", "notes.tmp", ".tmp", ".hidden"):
         (tmp_path / name).write_bytes(b"")
-    assert [p.name for p in temporary_files(tmp_path / "last.pt")] == [
-        ".last.pt.abc123.tmp",
-        ".last.pt.x.tmp",
-    ]
+    (tmp_path / ".log.csv.q1.tmp").mkdir()  # a folder is nobody's temporary file
+    assert [p.name for p in temporary_files(tmp_path)] == [".best.pt.x.tmp", ".last.pt.abc123.tmp"]

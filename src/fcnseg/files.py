@@ -8,7 +8,6 @@ full disk never leaves a torn file where a good one was.
 from __future__ import annotations
 
 import errno
-import glob
 import os
 import shutil
 import tempfile
@@ -56,10 +55,10 @@ def _size(count: int) -> str:
     return f"{count} bytes"
 
 
-def temporary_files(path: str | os.PathLike) -> list[Path]:
-    """The temporary files that writes of ``path`` left behind when their process was killed."""
-    path = Path(path)
-    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+def temporary_files(folder: str | os.PathLike) -> list[Path]:
+    """The temporary files (``.<name>.<random>.tmp``) that writes into ``folder`` left behind when
+    their process was killed: never a whole file, which has its own name."""
+    return sorted(p for p in Path(folder).glob(".?*.?*.tmp") if p.is_file())
 
 
 _PROC_STATUS = "/proc/self/status"

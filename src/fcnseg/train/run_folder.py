@@ -104,10 +104,9 @@ class RunFolder:
             ) from error
 
     def remove_unfinished(self) -> None:
-        """Delete the temporary files of writes that a kill cut short (never one that is whole)."""
-        for path in (self.last, self.best, self.log, self.curves):
-            for unfinished in temporary_files(path):
-                unfinished.unlink(missing_ok=True)
+        """Delete the temporary files of writes that a kill cut short (never a file that is whole)."""
+        for unfinished in temporary_files(self.path):
+            unfinished.unlink(missing_ok=True)
 
     def save(
         self,
