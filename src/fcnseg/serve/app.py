@@ -3,14 +3,14 @@
 
 One model answers every request, one forward pass at a time: ``predict`` switches the
 model's mode and caches its fast twin, which concurrent calls must not interleave, and one
-pass already uses every core. Reading uploads and encoding results run beside it.
+pass already uses every core. Reading uploads and encoding results run beside it; decoding an
+image takes its turn at the model, so that one image at a time is decoded.
 
 A crowd, hostile or not, meets bounds rather than a hang or a crash: at most ``max_queue``
 uploads are taken in at once (more get 503 with ``Retry-After``), each within a time limit,
 with the body's size counted as it streams and the image's pixels from its header before it
-is decoded; images are decoded one at a time, beside the forward pass. So memory stays under
-the model, ``max_queue`` uploads and one image at the pixel limit with its forward pass, and
-no input gets a 5xx.
+is decoded. So memory stays under the model, ``max_queue`` uploads and one image at the pixel
+limit with its forward pass, and no input gets a 5xx.
 
 The model is of any task whose page view there is (``Task.serves``): segmentation (label maps),
 edges and skeleton (maps in [0, 1]) or detection (boxes). The task predicts, draws the picture and
