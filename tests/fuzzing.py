@@ -4,16 +4,59 @@ Each mutant is one of: bytes overwritten, bits flipped, the file truncated, a sp
 random bytes inserted, or a span of the file copied over or into another place (a splice).
 Positions are drawn from ``hot`` when given (the structure of a file, say, rather than its
 pixel or weight values), with one in five drawn from the whole file.
+
+``FCNSEG_FUZZ_SCALE`` (an integer, 1 unless set) multiplies every count: the first mutants of a
+seed are the same whatever the scale, so a long run extends the tests' run. With
+``FCNSEG_FUZZ_LOG`` naming a file, each fuzzing appends a JSON line: the test, the cases, the
+failures and the seconds (``benchmarks/soak_fuzz.py`` reads them).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from fcnseg.errors import FcnsegError
+
+SCALE = int(os.environ.get("FCNSEG_FUZZ_SCALE", "1"))
+"""How many times the tests' counts each fuzzing runs."""
+
+
+def scaled(count: int) -> int:
+    return count * SCALE
+
+
+def record(cases: int, failures: Sequence[str], seconds: float) -> None:
+    """Append one fuzzing's figures to ``FCNSEG_FUZZ_LOG``, when it names a file."""
+    log = os.environ.get("FCNSEG_FUZZ_LOG")
+    if log:
+        test = os.environ.get("PYTEST_CURRENT_TEST", "?").rsplit(" ", 1)[0]
+        line = {"test": test, "cases": cases, "failures": len(failures), "seconds": round(seconds, 2)}
+        with open(log, "a") as out:
+            out.write(json.dumps(line) + "\n")
+
+
+def check_all(check: Callable[[object], str | None], cases: Iterable[tuple[str, object]]) -> list[str]:
+    """``check`` each case, as ``(description, case)``; the failures, as ``description: what check said``
+    (or the exception it raised), recorded (:func:`record`)."""
+    failures, count, start = [], 0, time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for how, case in cases:
+            count += 1
+            try:
+                problem = check(case)
+            except Exception as error:  # what the tests look for: any exception that escapes
+                problem = f"{type(error).__name__}: {error}"
+            if problem:
+                failures.append(f"{how}: {problem}")
+    record(count, failures, time.perf_counter() - start)
+    return failures
 
 
 def mutants(
@@ -65,19 +108,19 @@ def fuzz(
     count: int,
     hot: Sequence[int] | None = None,
 ) -> list[str]:
-    """Feed ``count`` mutants of ``data`` to ``read`` through ``path``; the ones it did not load or
-    refuse with an ``FcnsegError``, as ``seed/index (how): exception``."""
-    failures = []
-    with warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore"
-        )  # decoders warn about damage (PIL's TIFF plugin, torch) before failing
-        for index, (how, mutant) in enumerate(mutants(data, seed, count, hot)):
-            path.write_bytes(mutant)
-            try:
-                read(path)
-            except FcnsegError:
-                pass
-            except Exception as error:  # what the test is looking for: any other exception
-                failures.append(f"seed {seed} mutant {index} ({how}): {type(error).__name__}: {error}")
-    return failures
+    """Feed ``count`` (scaled) mutants of ``data`` to ``read`` through ``path``; the ones it did not
+    load or refuse with an ``FcnsegError``, as ``seed/index (how): exception``. Decoders warn about
+    damage (PIL's TIFF plugin, torch) before failing: warnings are ignored."""
+
+    def load(mutant: bytes) -> None:
+        path.write_bytes(mutant)
+        try:
+            read(path)
+        except FcnsegError:
+            pass
+
+    cases = (
+        (f"seed {seed} mutant {index} ({how})", mutant)
+        for index, (how, mutant) in enumerate(mutants(data, seed, scaled(count), hot))
+    )
+    return check_all(load, cases)

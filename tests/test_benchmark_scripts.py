@@ -1,5 +1,6 @@
 """The benchmark scripts' shared pieces, and quick runs of the scripts (they write nothing)."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -88,3 +89,15 @@ def test_bench_ssd_quick_run():
         "inference",
     }  # (each row: live, then in the table)
     assert all(float(row[6]) < 1e-4 for row in rows)  # the routed convolutions give the same outputs
+
+
+def test_soak_serve_quick_run():
+    """The real server under 4 clients, a quarter of their 40 requests hostile (a 40000x40000 PNG bomb,
+    a 60 MB body...): every answer right, no 5xx or dropped connection, alive after, under 3 GiB."""
+    out = run_script("soak_serve.py", "--quick")
+    row = next(line for line in out.splitlines() if line.startswith("| 40 |"))
+    requests, right, errors, dropped = (int(cell) for cell in row.split("|")[1:5])
+    assert (requests, right, errors, dropped) == (40, 40, 0, 0)
+    assert row.rstrip().endswith("| yes |")
+    for kind, status in (("bomb", "413"), ("huge body", "413"), ("garbage", "400"), ("image", "200")):
+        assert re.search(rf"^\| {kind} \| \d+ \| {status}: \d+ \|$", out, re.M), kind

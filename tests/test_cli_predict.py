@@ -1,5 +1,8 @@
 """``fcnseg predict`` over files, folders and globs: outputs, naming, and every kind of bad input."""
 
+import errno
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -233,3 +236,35 @@ def test_max_megapixels_refuses_larger_images_and_zero_lifts_the_limit(weights, 
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["small.png"]
     assert main([*args[:-1], "0", "--out", str(tmp_path / "b")]) == 0
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["big.png", "small.png"]
+
+
+def test_a_full_disk_stops_saying_so_and_keeps_what_was_written(weights, tmp_path, monkeypatch, capsys):
+    """The disk fills while the third image's label map is flushed: two images' files stay, whole."""
+    images = {name: write(tmp_path / "in" / f"{name}.png", 20, 24 + i, i) for i, name in enumerate("abcde")}
+    out = tmp_path / "out"
+    real_fsync, flushed = os.fsync, {"files": 0}
+
+    def fsync(fd):
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            flushed["files"] += 1
+            if flushed["files"] == 5:  # a.png, a_overlay.jpg, b.png, b_overlay.jpg, then c.png
+                raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    rc = main(
+        ["predict", str(weights), str(tmp_path / "in"), "--out", str(out), "--overlay", "--batch-size", "1"]
+    )
+    monkeypatch.undo()
+    assert rc == 2
+    captured = capsys.readouterr()
+    assert "segmented 2 of 5 images" in captured.out
+    error = captured.err.strip()
+    assert error.startswith(f"fcnseg predict: error: cannot write {out / 'c.png'}: No space left on device (")
+    assert f"free on the disk of {out}): stopped after 2 of 5 images; what is in {out} is whole" in error
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "a_overlay.jpg", "b.png", "b_overlay.jpg"]
+    for name in "ab":
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(out / f"{name}.png")), predict(tiny(), images[name])
+        )
+        assert Image.open(out / f"{name}_overlay.jpg").size == (images[name].shape[1], 20)

@@ -69,13 +69,18 @@ def test_bad_annotations_are_listed_together(voc):
         voc,
         "2007",
         "bad",
-        {"a": [("dog", (40, 5, 10, 30))], "b": [("unicorn", (1, 1, 5, 5)), ("cat", (3, 3, 3, 9))]},
+        {
+            "a": [("dog", (40, 5, 10, 30))],
+            "b": [("unicorn", (1, 1, 5, 5)), ("cat", (3, 3, 3, 9))],
+            "c": [("cat", (3, 3, "inf", 9))],
+        },
     )
     with pytest.raises(DataError) as found:
         check_annotations(voc_detection_split("2007-bad", voc))
     text = str(found.value)
-    assert "2 annotation(s)" in text and "a.xml" in text and "degenerate box [40.0, 5.0, 10.0, 30.0]" in text
+    assert "3 annotation(s)" in text and "a.xml" in text and "degenerate box [40.0, 5.0, 10.0, 30.0]" in text
     assert "class 'unicorn'" in text and "object 1 (cat): degenerate" in text
+    assert "c.xml: object 0 (cat): bndbox [3.0, 3.0, inf, 9.0] is not finite" in text
 
 
 def test_crop_keeps_boxes_whose_centre_is_inside_clipped_to_the_window():

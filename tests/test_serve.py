@@ -23,6 +23,7 @@ from starlette.testclient import TestClient
 from tiny_nets import side_net, tiny_fcn
 
 import fcnseg
+import fcnseg.infer.predict as predict_module
 import fcnseg.serve
 from fcnseg.cli import main
 from fcnseg.data.palette import pascal_palette
@@ -358,7 +359,7 @@ BAD_UPLOADS = {
     "truncated": (upload(truncated(), "cut.png"), 400, "cannot read image cut.png"),
     "too many pixels": (
         upload(bomb_png(13_400, 13_400), "bomb.png"),
-        400,
+        413,
         ("cannot read image bomb.png", "--max-megapixels"),
     ),
     "over the size limit": (
@@ -381,7 +382,11 @@ BAD_UPLOADS = {
         400,
         "expected a multipart",
     ),
-    "two files": ({"files": [("image", ("a.png", b"a")), ("image", ("b.png", b"b"))]}, 400, "Too many files"),
+    "two files": (
+        {"files": [("image", ("a.png", b"a")), ("image", ("b.png", b"b"))]},
+        400,
+        "the form holds more than one file; send one, in the field 'image'",
+    ),
 }
 
 
@@ -414,7 +419,7 @@ def test_pixel_limit_is_the_servers(model):
     small = TestClient(web.create_app(web.Predictor(model, max_pixels=500)))
     refused = small.post("/segment", **upload(png(sample(6, (20, 30))), "big.png"))
     assert (
-        refused.status_code == 400
+        refused.status_code == 413
         and "big.png: 30x20 = 0.0006 MP is over the 0.0005 MP limit" in refused.text
     )
     assert small.post("/segment", **upload(png(sample(6, (20, 25))))).status_code == 200
@@ -515,7 +520,135 @@ def test_a_taken_port_is_refused_before_serving(weights, capsys):
 def test_without_the_extra_the_command_names_it_and_exits_2(module, weights, monkeypatch, capsys):
     for name in [m for m in sys.modules if m == module or m.startswith(module + ".")]:
         monkeypatch.setitem(sys.modules, name, None)  # what an install without the extra looks like
-    monkeypatch.delitem(sys.modules, "fcnseg.serve.app")
-    monkeypatch.delattr(fcnseg.serve, "app")
+    for name in ("app", "upload"):  # imported again, they find the extra missing
+        monkeypatch.delitem(sys.modules, f"fcnseg.serve.{name}")
+        monkeypatch.delattr(fcnseg.serve, name)
     assert main(["serve", str(weights)]) == 2
     assert capsys.readouterr().err.strip() == f"fcnseg serve: error: {MESSAGE}"
+
+
+def test_health_says_how_full_the_queue_is(client):
+    assert client.get("/health").json() == {"status": "ok", "queued": 0, "max_queue": web.MAX_QUEUE}
+
+
+@pytest.fixture
+def held_model(model, monkeypatch):
+    """A segmentation net whose forward passes wait, once begun, until ``release.set()``."""
+    kind, forward = type(get_task("segmentation")), type(get_task("segmentation")).predict_images
+    predictor = web.Predictor(model)
+    began, release = threading.Event(), threading.Event()
+
+    def held(*args, **kwargs):
+        began.set()
+        assert release.wait(30)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(kind, "predict_images", held)
+    return predictor, began, release
+
+
+def post_in_thread(client, image: np.ndarray) -> tuple[threading.Thread, dict]:
+    answer: dict = {}
+    thread = threading.Thread(target=lambda: answer.update(r=client.post("/segment", **upload(png(image)))))
+    thread.start()
+    return thread, answer
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_the_server_goes_on(held_model):
+    predictor, began, release = held_model
+    with TestClient(web.create_app(predictor, max_queue=1)) as client:
+        thread, first = post_in_thread(client, sample(1, (20, 24)))
+        assert began.wait(30)
+        assert client.get("/health").json()["queued"] == 1
+        refused = client.post("/segment", **upload(png(sample(2, (20, 24)))))
+        assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+        assert refused.json()["error"].startswith(
+            "the server is busy: 1 uploads are in (fcnseg serve --max-queue); retry in "
+        )
+        release.set()
+        thread.join()
+        assert first["r"].status_code == 200 and labels_of(first["r"].content).shape == (20, 24)
+        assert client.get("/health").json()["queued"] == 0
+        assert client.post("/segment", **upload(png(sample(2, (20, 24))))).status_code == 200
+
+
+def test_a_request_that_cannot_reach_the_model_in_time_answers_503(held_model):
+    predictor, began, release = held_model
+    with TestClient(web.create_app(predictor, timeout=0.5)) as client:
+        thread, first = post_in_thread(client, sample(1, (20, 24)))
+        assert began.wait(30)
+        start = time.monotonic()
+        refused = client.post("/segment", **upload(png(sample(2, (20, 24)))))
+        assert 0.4 < time.monotonic() - start < 10
+        assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+        assert (
+            "the model was not free within the time limit (fcnseg serve --timeout)" in refused.json()["error"]
+        )
+        release.set()
+        thread.join()
+        assert first["r"].status_code == 200  # the pass that had begun ran to its end
+
+
+def test_too_little_free_memory_for_a_pass_answers_503_not_500(client, monkeypatch):
+    """The default memory budget is half of what the machine has free at the time: with others
+    taking it all, the server is busy, and the image is not at fault."""
+    monkeypatch.setattr(predict_module, "default_max_memory", lambda device: 2**20)
+    refused = client.post("/segment", **upload(png(sample(3, (20, 28)))))
+    assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["error"].startswith(
+        "the server is busy: too little memory is free now for a pass on 28x20 pixels (memory budget 1 MiB "
+        "is too small for even one "
+    )
+    monkeypatch.undo()
+    assert client.post("/segment", **upload(png(sample(3, (20, 28))))).status_code == 200
+
+
+def test_whatever_a_decoder_raises_on_a_damaged_file_is_a_400(client, monkeypatch):
+    def damaged(*args, **kwargs):
+        raise struct.error("unpack requires a buffer of 4 bytes")
+
+    monkeypatch.setattr(web, "read_image", damaged)
+    response = client.post("/segment", **upload(png(sample(3, (20, 20))), "odd.png"))
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "cannot read image odd.png: error: unpack requires a buffer of 4 bytes"
+    }
+
+
+def raw_request(url: str, data: bytes, pause: float = 0.0, more: bytes = b"") -> http.client.HTTPResponse:
+    """Send ``data`` on a new connection, then after ``pause`` seconds ``more``; the response, read."""
+    parts = urllib.parse.urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
+    sock.sendall(data)
+    time.sleep(pause)
+    try:
+        sock.sendall(more)
+    except OSError:  # the server answered and closed already
+        pass
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    response.body = response.read()
+    sock.close()
+    return response
+
+
+def test_the_command_bounds_slow_and_oversized_uploads_and_keeps_serving(weights):
+    head = "POST /segment HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    with fcnseg_serve(weights, "--timeout", "1", "--max-upload-mb", "1") as url:
+        # declared too large, waiting for 100 Continue: answered at once, no body sent
+        start = time.monotonic()
+        expect = raw_request(
+            url, f"{head}Content-Length: 1000000000\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        assert expect.status == 413 and time.monotonic() - start < 5
+        assert "the upload is 1e+03 MB, over the 1 MB limit" in json.loads(expect.body)["error"]
+        # a body that stops coming: 408 after the time limit, and the connection closed
+        slow = raw_request(url, f"{head}Content-Length: 1000\r\n\r\n--b\r\n".encode(), pause=3, more=b"x")
+        assert slow.status == 408 and slow.getheader("connection") == "close"
+        assert json.loads(slow.body) == {
+            "error": "the upload did not arrive in time (fcnseg serve --timeout)"
+        }
+        status, body = http_request(url + "health")
+        assert status == 200 and json.loads(body) == {"status": "ok", "queued": 0, "max_queue": 16}
+        status, body = http_post(url + "segment", "ok.png", png(sample(8, (21, 34))))
+        assert status == 200 and labels_of(body).shape == (21, 34)

@@ -2,9 +2,15 @@
 
 import csv
 import dataclasses
+import errno
 import hashlib
 import json
 import math
+import random
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -19,11 +25,14 @@ from fcnseg.cli import main
 from fcnseg.data.preprocess import preprocess
 from fcnseg.data.registry import open_dataset
 from fcnseg.errors import ConfigError
+from fcnseg.files import WriteError
 from fcnseg.metrics.segmentation import confusion_matrix, evaluate_confusion, scores
 from fcnseg.tasks.segmentation import SegmentationTask
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.initial import initial_weights, initialise, kaiming_init
+from fcnseg.train.run_folder import RunFolder
 from fcnseg.train.trainer import Trainer, TrainingDiverged, log_columns, train
+from fcnseg.weights.checkpoint import CheckpointError
 from fcnseg.weights.transfer import copy_matching_layers
 
 TINY = (4, 8, 8, 16, 16, 32)
@@ -159,6 +168,21 @@ def test_a_training_state_of_an_older_fcnseg_is_refused_saying_what_to_do(tmp_pa
     assert "cannot be resumed; start a new run from its weights" in capsys.readouterr().err
 
 
+def test_a_damaged_training_state_is_refused_by_name(tmp_path):
+    train(tiny_config(tmp_path, max_steps=2))
+    last = tmp_path / "run" / "last.pt"
+    data = torch.load(last, weights_only=True)
+    torch.save({**data, "step": "2", "history": {}}, last)
+    with pytest.raises(CheckpointError) as raised:
+        train(tiny_config(tmp_path, max_steps=2), resume=True)
+    assert str(raised.value) == (
+        f"{last} holds a damaged training state:\n  'step' is str, not int\n  'history' is dict, not list"
+    )
+    torch.save({**data, "optimizer": {"state": {}, "param_groups": []}}, last)
+    with pytest.raises(CheckpointError, match=r"does not fit its own settings \(ValueError: .*--init"):
+        train(tiny_config(tmp_path, max_steps=2), resume=True)
+
+
 def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path, monkeypatch):
     config = tiny_config(tmp_path)
     real = losses_module.segmentation_loss
@@ -179,7 +203,8 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path, monke
     assert digest(last) == before
 
 
-def test_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+def test_a_full_disk_stops_the_run_naming_the_file_and_resuming_loses_nothing(tmp_path, monkeypatch):
+    straight = train(tiny_config(tmp_path, "straight"))
     real_save = torch.save
     calls = {"n": 0}
 
@@ -187,18 +212,163 @@ def test_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
         calls["n"] += 1
         if calls["n"] > 2:  # step 2 writes last.pt and best.pt; step 4 finds the disk full
             f.write(b"partial")
-            raise OSError(28, "No space left on device")
+            raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(checkpoint_module.torch, "save", full_disk)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(WriteError) as raised:
         train(tiny_config(tmp_path))
     monkeypatch.undo()
     run = tmp_path / "run"
-    assert torch.load(run / "last.pt", weights_only=True)["step"] == 2
+    message = str(raised.value)
+    assert message.startswith(f"cannot write {run / 'last.pt'}: No space left on device (")
+    assert f"free on the disk of {run}); training stopped at step 4. " in message
+    assert message.endswith("make room and continue with --resume")
+    assert RunFolder(run).read_last()["step"] == 2 and load_checkpoint(run / "best.pt")
     assert sorted(p.name for p in run.iterdir()) == ["best.pt", "curves.png", "last.pt", "log.csv"]
     resumed = train(tiny_config(tmp_path), resume=True)
     assert resumed.steps == 6
+    assert_same_state(straight.model.state_dict(), resumed.model.state_dict())
+
+
+def test_checkpoints_every_n_steps_resume_mid_epoch_to_the_same_weights(tmp_path, monkeypatch):
+    """Validations at the ends of epochs (steps 3 and 6), and last.pt every 2 steps between them."""
+    config = dict(val_every=0, checkpoint_every="2steps", dropout=0.5)
+    straight = train(tiny_config(tmp_path, "straight", **config))
+    kill_at_call(monkeypatch, 6)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(tmp_path, "killed", **config))
+    monkeypatch.undo()
+    saved = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
+    assert (saved["step"], saved["epoch"], saved["epoch_step"], saved["loss_count"]) == (5, 1, 2, 2)
+    assert saved["train_config"]["checkpoint_every"] == "2steps"
+    resumed = train(tiny_config(tmp_path, "killed", **config), resume=True)
+    assert_same_state(straight.model.state_dict(), resumed.model.state_dict())
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in straight.history]
+
+
+@pytest.mark.parametrize(
+    "every, expected",
+    [
+        (600, 600.0),
+        ("600s", 600.0),
+        ("10min", 600.0),
+        ("1.5h", 5400.0),
+        ("50steps", "50steps"),
+        ("1step", "1step"),
+    ],
+)
+def test_checkpoint_every_is_seconds_or_steps(every, expected):
+    config = TrainConfig(checkpoint_every=every)
+    assert config.checkpoint_every == expected
+    steps = isinstance(expected, str)
+    assert (config.checkpoint_steps is not None, config.checkpoint_seconds is not None) == (steps, not steps)
+
+
+@pytest.mark.parametrize("every", ["soon", "-5", "2.5steps", "10 minutes", float("nan")])
+def test_a_bad_checkpoint_interval_is_named(every):
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        TrainConfig(checkpoint_every=every)
+
+
+def test_resume_before_the_first_checkpoint_starts_afresh_from_the_flags(tmp_path, capsys):
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text('arch = "fcn32s"\nwidths = [4, 8, 8, 16, 16, 32]\ntrain_images = 2\nval_images = 1\n')
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".last.pt.k1ll3d.tmp").write_bytes(b"PK\x03\x04 cut short by a kill")
+    args = [
+        "train",
+        "--config",
+        str(recipe),
+        "--image-size",
+        "32",
+        "32",
+        "--max-steps",
+        "2",
+        "--out",
+        str(out),
+    ]
+    assert main([*args, "--resume", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        f"no {out / 'last.pt'} yet (stopped before its first checkpoint): starting the run afresh" in printed
+    )
+    saved = RunFolder(out).read_last()
+    assert saved["step"] == 2 and saved["train_config"]["arch"] == "fcn32s"
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "curves.png", "last.pt", "log.csv"]
+
+
+KILLED_RUN = [
+    *(
+        "--widths",
+        "4,8,16,32,32,64",
+        "--init",
+        "none",
+        "--weight-init",
+        "kaiming",
+        "--preprocess",
+        "imagenet",
+    ),
+    *("--train-images", "24", "--val-images", "3", "--image-size", "48", "64", "--batch-size", "2"),
+    *("--flip", "--loss-keep-prob", "0.7", "--max-steps", "30", "--val-every", "8", "--seed", "0"),
+    *("--checkpoint-every", "1step", "--threads", "1", "--quiet"),
+]
+"""A run that checkpoints at every step: 12 steps an epoch, dropout, flips and loss sampling."""
+
+
+def _step_on_disk(last):
+    try:
+        return torch.load(last, weights_only=True)["step"]
+    except FileNotFoundError:
+        return None
+
+
+def test_a_run_killed_by_sigkill_at_any_moment_resumes_to_the_same_bits(tmp_path):
+    """SIGKILL before the first checkpoint, then mid-epoch at a random moment of a step (or of its
+    save); ``--resume`` each time. Every .pt on disk loads after every kill, and the run ends as
+    one that was never killed: weights, optimiser and log. (benchmarks/soak_training.py kills a
+    longer run more often.)"""
+    assert main(["train", *KILLED_RUN, "--out", str(tmp_path / "straight")]) == 0
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "fcnseg", "train", *KILLED_RUN, "--out", str(out), "--resume"]
+    rng = random.Random(0)
+    for kill_after in (None, 10):  # the step on disk after which to kill (None: before any)
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 300
+        if kill_after is None:
+            time.sleep(0.2)  # torch is not yet imported
+        else:
+            while (_step_on_disk(out / "last.pt") or 0) < kill_after:
+                assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0, 0.1))  # somewhere in one of the next steps, or in its save
+        assert process.poll() is None
+        process.send_signal(signal.SIGKILL)
+        assert process.wait() == -signal.SIGKILL
+        process.stderr.close()
+        if kill_after is None:
+            assert not (out / "last.pt").exists()
+        else:
+            assert RunFolder(out).read_last()["step"] > kill_after
+            for path in out.glob("*.pt"):
+                assert fcnseg.load_checkpoint(path).config["widths"] == [4, 8, 16, 32, 32, 64], path
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+    straight, killed = (
+        torch.load(tmp_path / n / "last.pt", weights_only=True) for n in ("straight", "killed")
+    )
+    assert killed["step"] == 30
+    assert_same_state(straight["state_dict"], killed["state_dict"])
+    for a, b in zip(
+        straight["optimizer"]["state"].values(), killed["optimizer"]["state"].values(), strict=True
+    ):
+        assert_same_state(a, b)
+    assert [{k: v for k, v in row.items() if k != "seconds"} for row in killed["history"]] == [
+        {k: v for k, v in row.items() if k != "seconds"} for row in straight["history"]
+    ]
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "curves.png", "last.pt", "log.csv"]
 
 
 def test_defaults_learn_and_the_paper_recipe_is_there_by_name():

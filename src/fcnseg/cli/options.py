@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from fcnseg.data.images import MAX_PIXELS
 
 __all__ = [
     "add_device",
     "add_max_megapixels",
+    "add_threads",
     "add_weights",
     "fraction",
     "integers",
     "megapixels",
     "positive",
     "positive_float",
+    "set_threads",
 ]
 
 
@@ -28,6 +32,28 @@ def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", choices=("cpu", "cuda", "auto"), default="auto", help="auto: CUDA when available"
     )
+
+
+def add_threads(parser: argparse.ArgumentParser) -> None:
+    """``--threads``: the CPU threads torch runs on; one makes a run's numbers the same bit for bit
+    whatever the machine's number of cores (set it with :func:`set_threads`)."""
+    parser.add_argument(
+        "--threads",
+        type=positive,
+        default=None,
+        help="CPU threads for torch, within and between operations; without it, torch's choice: one per core",
+    )
+
+
+def set_threads(count: int | None) -> None:
+    """Run torch on ``count`` CPU threads, within operations and between them (None: as it is)."""
+    if count is None:
+        return
+    torch.set_num_threads(count)
+    try:
+        torch.set_num_interop_threads(count)
+    except RuntimeError:  # allowed once, before any parallel work; later the pool stays as it is
+        pass
 
 
 def add_max_megapixels(parser: argparse.ArgumentParser, refused: str) -> None:

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from fcnseg.cli.options import add_device, add_max_megapixels, add_weights, fraction, positive
 from fcnseg.data.images import read_image
+from fcnseg.files import DISK_FULL, WriteError
 from fcnseg.infer import crf
 from fcnseg.infer.detect import MIN_SCORE
 from fcnseg.infer.edge_outputs import EDGE_OUTPUTS
@@ -164,6 +165,14 @@ def _describe(path: Path, error: BaseException) -> str:
     return message if str(path) in message else f"{path}: {message}"
 
 
+class _DiskFull(Exception):
+    """The output disk has no room left: ``error`` (which names the file), after ``done`` images."""
+
+    def __init__(self, error: WriteError, done: int) -> None:
+        super().__init__(str(error))
+        self.error, self.done = error, done
+
+
 def _predict(
     task: Task,
     model: nn.Module,
@@ -175,7 +184,8 @@ def _predict(
     failures: list[str],
 ) -> int:
     """Read, batch by size, predict and write each image's files (the task's); returns how many
-    images were written."""
+    images were written. A full disk stops it (:class:`_DiskFull`): every later image would fail
+    the same way."""
     done = 0
     pending: dict[tuple[int, int], list[tuple[Path, str, np.ndarray]]] = defaultdict(list)
     bar = tqdm(total=len(files), unit="img", desc="fcnseg predict", disable=None)
@@ -192,26 +202,32 @@ def _predict(
             try:
                 task.write_prediction(model, out / stem, image, prediction, options)
                 done += 1
+            except WriteError as error:
+                if error.errno in DISK_FULL:
+                    raise _DiskFull(error, done) from error
+                failures.append(_describe(path, error))
             except (ValueError, OSError) as error:
                 failures.append(_describe(path, error))
             bar.update(1)
 
-    for path, stem in zip(files, stems, strict=True):
-        try:
-            image = read_image(path, max_pixels=max_pixels)
-        except (ValueError, OSError) as error:
-            failures.append(_describe(path, error))
-            bar.update(1)
-            continue
-        group = pending[image.shape[:2]]
-        group.append((path, stem, image))
-        if len(group) >= options.batch_size:
-            predict_group(pending.pop(image.shape[:2]))
-        elif sum(map(len, pending.values())) > MAX_PENDING_FACTOR * options.batch_size:
-            predict_group(pending.pop(max(pending, key=lambda size: len(pending[size]))))
-    for size in list(pending):
-        predict_group(pending.pop(size))
-    bar.close()
+    try:
+        for path, stem in zip(files, stems, strict=True):
+            try:
+                image = read_image(path, max_pixels=max_pixels)
+            except (ValueError, OSError) as error:
+                failures.append(_describe(path, error))
+                bar.update(1)
+                continue
+            group = pending[image.shape[:2]]
+            group.append((path, stem, image))
+            if len(group) >= options.batch_size:
+                predict_group(pending.pop(image.shape[:2]))
+            elif sum(map(len, pending.values())) > MAX_PENDING_FACTOR * options.batch_size:
+                predict_group(pending.pop(max(pending, key=lambda size: len(pending[size]))))
+        for size in list(pending):
+            predict_group(pending.pop(size))
+    finally:
+        bar.close()
     return done
 
 
@@ -228,7 +244,16 @@ def run(args: argparse.Namespace) -> int:
     _prepare_out(out)
     model.to(resolve_device(args.device))
     start = time.perf_counter()
-    done = _predict(task, model, options, files, stems, out, args.max_megapixels, failures) if files else 0
+    try:
+        done = (
+            _predict(task, model, options, files, stems, out, args.max_megapixels, failures) if files else 0
+        )
+    except _DiskFull as full:
+        _report(full.done, files, out, start, failures, task.predicted(model))
+        raise OSError(
+            f"{full.error}: stopped after {full.done} of {len(files)} images; what is in {out} is whole "
+            "(each file is written completely or not at all): make room and run again for the rest"
+        ) from full.error
     return _report(done, files, out, start, failures, task.predicted(model))
 
 

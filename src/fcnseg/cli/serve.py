@@ -7,8 +7,9 @@ import ipaddress
 import sys
 from pathlib import Path
 
-from fcnseg.cli.options import add_device, add_max_megapixels, add_weights, positive_float
+from fcnseg.cli.options import add_device, add_max_megapixels, add_weights, positive, positive_float
 from fcnseg.infer.predict import resolve_device
+from fcnseg.serve import MAX_QUEUE, TIMEOUT
 from fcnseg.weights.load import load
 
 
@@ -34,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
         )
         if not _is_loopback(args.host):
             print(f"fcnseg serve: listening on {args.host}: other machines can reach it", file=sys.stderr)
-        web.serve(web.create_app(predictor, round(args.max_upload_mb * web.MB)), sock)
+        app = web.create_app(predictor, round(args.max_upload_mb * web.MB), args.max_queue, args.timeout)
+        web.serve(app, sock)
     return 0
 
 
@@ -49,8 +51,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "detector's boxes with their classes and scores, and how many of each class; and the forward "
             "time. The HTTP API under it: GET /info (the model, its task, classes and preprocessing as "
             "JSON), POST /predict (a multipart field 'image' -> JSON; ?format=png for the task's picture), "
-            "POST /segment (segmentation nets: a palette PNG label map). Needs the serve extra: "
-            "pip install 'fcnseg[serve]'."
+            "POST /segment (segmentation nets: a palette PNG label map), GET /health. Every refusal is "
+            "JSON with an error message and a 4xx status, or 503 with Retry-After when the server is "
+            "busy. Needs the serve extra: pip install 'fcnseg[serve]'."
         ),
     )
     add_weights(parser)
@@ -61,6 +64,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-upload-mb", type=positive_float, default=50, help="larger uploads are refused (HTTP 413)"
     )
-    add_max_megapixels(parser, "refused (HTTP 400)")
+    add_max_megapixels(parser, "refused from their header, before decoding (HTTP 413)")
+    parser.add_argument(
+        "--max-queue",
+        type=positive,
+        default=MAX_QUEUE,
+        help="uploads taken in at once (read, waiting for the model, or running); more get HTTP 503 "
+        "with Retry-After, and memory stays under this many uploads",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=TIMEOUT,
+        help="seconds an upload may take to arrive (else HTTP 408) and then to reach the model "
+        "(else HTTP 503); a forward pass that has begun runs to its end",
+    )
     add_device(parser)
     parser.set_defaults(run=run)

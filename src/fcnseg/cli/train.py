@@ -10,13 +10,13 @@ from typing import Any
 
 from fcnseg import distributed
 from fcnseg.cli import shown_default
-from fcnseg.cli.options import integers
+from fcnseg.cli.options import add_threads, integers, set_threads
 from fcnseg.data.preprocess import PRESETS
 from fcnseg.data.registry import DATASETS, MODALITY_CHANNELS
 from fcnseg.errors import ConfigError
 from fcnseg.tasks import TASKS
 from fcnseg.tasks.losses import REDUCTIONS
-from fcnseg.train.config import RECIPES, TrainConfig
+from fcnseg.train.config import RECIPES, TrainConfig, parse_every
 from fcnseg.train.run_folder import RunFolder
 from fcnseg.train.trainer import Trainer, TrainingInterrupted
 
@@ -24,6 +24,14 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # the same parser, from PyPI
     import tomli as tomllib
+
+
+def _every(text: str) -> float | str:
+    try:
+        return parse_every(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("checkpoint_every ")) from None
+
 
 # Flags that map one to one onto TrainConfig fields (dest == field name).
 _FLAGS: list[tuple[str, dict[str, Any]]] = [
@@ -160,7 +168,15 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
     ),
     ("--seed", {"type": int}),
     ("--val-every", {"type": int, "help": "steps between validations and checkpoints; 0: once per epoch"}),
-    ("--checkpoint-every", {"type": float, "help": "seconds between saves of last.pt between validations"}),
+    (
+        "--checkpoint-every",
+        {
+            "type": _every,
+            "metavar": "EVERY",
+            "help": "how often last.pt is also saved between validations: seconds (600, 10min, 1.5h) or "
+            "steps (50steps); 0: only at validations",
+        },
+    ),
     ("--val-batch-size", {"type": int}),
     ("--workers", {"type": int, "help": "DataLoader worker processes"}),
     ("--device", {"help": "cpu or cuda (default: cuda when available)"}),
@@ -185,6 +201,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="continue the run in --out from its last.pt, with its settings"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_threads(parser)
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     for flag, options in _FLAGS:
         # default=None: a flag left out lets the recipe decide; the help shows TrainConfig's default
@@ -222,15 +239,19 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Defaults, then the saved run (``--resume``) or ``--config``, then the flags given."""
+    """Defaults, then the saved run (``--resume`` of a run that has ``last.pt``) or ``--config``, then
+    the flags given. ``--resume`` of a run killed before its first checkpoint starts it afresh, from
+    ``--config`` and the flags, so that a supervisor can always restart with ``--resume``."""
     values: dict[str, Any] = {}
+    recipe = load_recipe(args.config) if args.config else {}
     if args.resume:
-        out = args.out or (load_recipe(args.config).get("out") if args.config else None)
+        out = args.out or recipe.get("out")
         if not out:
             raise ValueError("--resume needs --out (or a --config naming out): the run folder to continue")
-        values.update(RunFolder(out).read_last()["train_config"])
-    elif args.config:
-        values.update(load_recipe(args.config))
+        folder = RunFolder(out)
+        values.update(folder.read_last()["train_config"] if folder.last.exists() else recipe)
+    else:
+        values.update(recipe)
     if args.recipe:
         values["recipe"] = args.recipe
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -241,6 +262,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
     config = config_from_args(args)
     context = distributed.init_from_env(config.device)
     try:

@@ -8,6 +8,7 @@ sees boxes divided by the image's width and height, as Caffe's annotated data do
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,9 +23,11 @@ from fcnseg.data.datasets import DataError, read_id_list, require_files
 from fcnseg.data.images import read_image
 from fcnseg.data.preprocess import preprocess
 from fcnseg.data.voc import VOC_CLASSES, find_voc_dir
+from fcnseg.errors import FcnsegError
 
 __all__ = [
     "DEFAULT_DETECTION_SPLITS",
+    "AnnotationError",
     "DetectionSamples",
     "annotation_files",
     "VOCDetection",
@@ -43,12 +46,17 @@ DEFAULT_DETECTION_SPLITS = ("2007-trainval+2012-trainval", "2007-test")
 Target = dict[str, np.ndarray]
 
 
+class AnnotationError(FcnsegError):
+    """A VOC annotation that cannot be read or used; the message names the file and every bad object."""
+
+
 def read_voc_annotation(path: Path, class_names: Sequence[str] = VOC_CLASSES) -> Target:
-    """The boxes of a VOC ``Annotations/<id>.xml``; a ValueError naming the file lists every bad object."""
+    """The boxes of a VOC ``Annotations/<id>.xml``; an :class:`AnnotationError` naming the file lists
+    every bad object."""
     try:
         root = ET.parse(path).getroot()
     except (ET.ParseError, OSError) as error:
-        raise ValueError(f"{path}: not a readable VOC annotation ({error})") from None
+        raise AnnotationError(f"{path}: not a readable VOC annotation ({error})") from None
     boxes, labels, difficult, problems = [], [], [], []
     for n, obj in enumerate(root.iter("object")):
         name = (obj.findtext("name") or "").strip()
@@ -58,7 +66,9 @@ def read_voc_annotation(path: Path, class_names: Sequence[str] = VOC_CLASSES) ->
         except (AttributeError, TypeError, ValueError):
             problems.append(f"object {n} ({name or 'no name'}): bndbox needs numbers xmin, ymin, xmax, ymax")
             continue
-        if name not in class_names[1:]:
+        if not all(math.isfinite(c) for c in coords):
+            problems.append(f"object {n} ({name or 'no name'}): bndbox {coords} is not finite")
+        elif name not in class_names[1:]:
             problems.append(f"object {n}: class {name!r} is not one of {', '.join(class_names[1:])}")
         elif not (coords[0] < coords[2] and coords[1] < coords[3]):
             problems.append(f"object {n} ({name}): degenerate box {coords} (needs xmin < xmax, ymin < ymax)")
@@ -67,7 +77,7 @@ def read_voc_annotation(path: Path, class_names: Sequence[str] = VOC_CLASSES) ->
             labels.append(class_names.index(name))
             difficult.append((obj.findtext("difficult") or "0").strip() == "1")
     if problems:
-        raise ValueError(f"{path}: " + "; ".join(problems))
+        raise AnnotationError(f"{path}: " + "; ".join(problems))
     return {
         "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
         "labels": np.asarray(labels, dtype=np.int64),

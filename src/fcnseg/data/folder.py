@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fcnseg.data.datasets import IGNORE_INDEX, SegmentationDataset
+from fcnseg.data.datasets import IGNORE_INDEX, DataError, SegmentationDataset
 from fcnseg.data.images import read_label
 
 __all__ = ["IMAGE_SUFFIXES", "MASK_SUFFIXES", "FolderSegmentation"]
@@ -33,7 +33,8 @@ class FolderSegmentation(SegmentationDataset):
     ``num_classes``, else from the masks themselves (the largest id other than 255, plus
     one); names then default to ``class0``, ``class1``, ... ``classes_from`` says which.
     Every image needs a mask and every mask an image; otherwise one error lists what is
-    unpaired.
+    unpaired. A layout that cannot be used raises a :class:`DataError` (a missing folder a
+    ``FileNotFoundError``) that names the files.
     """
 
     def __init__(
@@ -51,26 +52,29 @@ class FolderSegmentation(SegmentationDataset):
                 raise FileNotFoundError(f"{folder} does not exist; expected layout:\n{_LAYOUT}")
         lossy = sorted(p.name for p in mask_dir.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
         if lossy:
-            raise ValueError(
+            raise DataError(
                 f"masks in {mask_dir} must be lossless (PNG): JPEG compression changes class ids; "
-                f"found {_listing(lossy)}"
+                f"found {_listing(lossy)}",
+                lossy,
             )
         image_files = _by_key(image_dir, IMAGE_SUFFIXES)
         mask_files = _by_key(mask_dir, MASK_SUFFIXES)
         if not image_files and not mask_files:
-            raise ValueError(
+            raise DataError(
                 f"no images in {image_dir} ({' '.join(IMAGE_SUFFIXES)}) and no masks in {mask_dir} "
-                f"({' '.join(MASK_SUFFIXES)})"
+                f"({' '.join(MASK_SUFFIXES)})",
+                [],
             )
         unpaired = sorted(
             [str(image_files[k].relative_to(self.root)) for k in image_files.keys() - mask_files.keys()]
             + [str(mask_files[k].relative_to(self.root)) for k in mask_files.keys() - image_files.keys()]
         )
         if unpaired:
-            raise ValueError(
+            raise DataError(
                 f"{len(unpaired)} file(s) in {self.root} have no partner (an image needs a mask "
                 f"of the same name in {masks}/, and a mask an image in {images}/): "
-                f"{_listing(unpaired)}"
+                f"{_listing(unpaired)}",
+                unpaired,
             )
         files = [(image_files[k], mask_files[k]) for k in sorted(image_files)]
         names, self.classes_from = _class_names(self.root, class_names, num_classes, [m for _, m in files])
@@ -89,7 +93,7 @@ def _by_key(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
             continue
         key = path.relative_to(folder).with_suffix("").as_posix()
         if key in found:
-            raise ValueError(f"{found[key]} and {path} have the same name: which one is meant?")
+            raise DataError(f"{found[key]} and {path} have the same name: which one is meant?", [str(path)])
         found[key] = path
     return found
 
@@ -100,12 +104,15 @@ def _class_names(
     """The class names and where they came from: classes.txt, the caller, or the masks."""
     listed = root / "classes.txt"
     if listed.is_file():
-        names, source = (
-            tuple(line.strip() for line in listed.read_text().splitlines() if line.strip()),
-            "classes.txt",
-        )
+        try:
+            text = listed.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise DataError(
+                f"{listed} is not UTF-8 text ({error}): write one class name per line", []
+            ) from None
+        names, source = tuple(line.strip() for line in text.splitlines() if line.strip()), "classes.txt"
         if class_names is not None and tuple(class_names) != names:
-            raise ValueError(f"class_names {list(class_names)} contradict {listed}: {list(names)}")
+            raise DataError(f"class_names {list(class_names)} contradict {listed}: {list(names)}", [])
     elif class_names is not None:
         names, source = tuple(class_names), "given"
     else:
@@ -114,9 +121,9 @@ def _class_names(
         )
         names = tuple(f"class{i}" for i in range(count))
     if num_classes is not None and num_classes != len(names):
-        raise ValueError(f"num_classes={num_classes} but {len(names)} class names: {list(names)}")
+        raise DataError(f"num_classes={num_classes} but {len(names)} class names: {list(names)}", [])
     if not names:
-        raise ValueError(f"the class list of {root} is empty")
+        raise DataError(f"the class list of {root} is empty", [])
     return names, source
 
 

@@ -14,7 +14,16 @@ from PIL import Image, ImageOps
 from fcnseg.data.palette import pascal_palette
 from fcnseg.errors import FcnsegError
 
-__all__ = ["MAX_PIXELS", "ImageReadError", "check_pair", "read_depth", "read_image", "read_label"]
+__all__ = [
+    "MAX_PIXELS",
+    "ImageReadError",
+    "ImageTooLarge",
+    "check_pair",
+    "image_size",
+    "read_depth",
+    "read_image",
+    "read_label",
+]
 
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _INDEX_MODES = ("P", "L", "1", *_SIXTEEN_BIT)
@@ -22,6 +31,10 @@ _INDEX_MODES = ("P", "L", "1", *_SIXTEEN_BIT)
 
 class ImageReadError(FcnsegError):
     """An image or mask that cannot be decoded or interpreted; the message names the file."""
+
+
+class ImageTooLarge(ImageReadError):
+    """An image over the pixel limit, refused from its header before anything is decoded."""
 
 
 MAX_PIXELS = 178_956_970
@@ -44,32 +57,53 @@ def _pixel_limit(max_pixels: int | None) -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = saved
 
 
+def _too_large(path: str | Path, width: int, height: int, max_pixels: int) -> ImageTooLarge:
+    return ImageTooLarge(
+        f"cannot read image {path}: {width}x{height} = {width * height / 1e6:.3g} MP is over "
+        f"the {max_pixels / 1e6:.3g} MP limit that guards against decompression bombs; for a "
+        "file you trust, raise it (--max-megapixels of fcnseg predict or serve)"
+    )
+
+
+@contextlib.contextmanager
+def _header(path: str | Path, max_pixels: int | None) -> Iterator[Image.Image]:
+    """``path`` opened (its header read, nothing decoded) and checked to be at most ``max_pixels``."""
+    try:
+        with _pixel_limit(max_pixels), Image.open(path) as im:
+            width, height = im.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise _too_large(path, width, height, max_pixels)
+            yield im
+    except (FileNotFoundError, ImageReadError):
+        raise
+    except Image.DecompressionBombError as exc:  # PIL's guard, at MAX_PIXELS
+        raise ImageTooLarge(
+            f"cannot read image {path}: {str(exc).rstrip('.')}; for a file you trust, raise the limit "
+            "(--max-megapixels of fcnseg predict or serve)"
+        ) from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageReadError(f"cannot read image {path}: {exc}") from exc
+
+
+def image_size(path: str | Path, *, max_pixels: int | None = MAX_PIXELS) -> tuple[int, int]:
+    """An image's (width, height) from its header alone: :class:`ImageTooLarge` over ``max_pixels``
+    (None: no limit), :class:`ImageReadError` if it is no image."""
+    with _header(path, max_pixels) as im:
+        return im.size
+
+
 def _open(path: str | Path, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
     """Fully decode ``path`` (so truncated files fail here, not later) in its EXIF orientation.
 
     An image over ``max_pixels`` (None: no limit) is refused from its header, before
     anything is decoded.
     """
-    try:
-        with _pixel_limit(max_pixels), Image.open(path) as im:
-            width, height = im.size
-            if max_pixels is not None and width * height > max_pixels:
-                raise ImageReadError(
-                    f"cannot read image {path}: {width}x{height} = {width * height / 1e6:.3g} MP is over "
-                    f"the {max_pixels / 1e6:.3g} MP limit that guards against decompression bombs; for a "
-                    "file you trust, raise it (--max-megapixels of fcnseg predict or serve)"
-                )
+    with _header(path, max_pixels) as im:
+        try:
             im.load()
             return ImageOps.exif_transpose(im)
-    except (FileNotFoundError, ImageReadError):
-        raise
-    except Image.DecompressionBombError as exc:  # PIL's guard, at MAX_PIXELS
-        raise ImageReadError(
-            f"cannot read image {path}: {str(exc).rstrip('.')}; for a file you trust, raise the limit "
-            "(--max-megapixels of fcnseg predict or serve)"
-        ) from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageReadError(f"cannot read image {path}: {exc}") from exc
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise ImageReadError(f"cannot read image {path}: {exc}") from exc
 
 
 def _sixteen_bit_values(im: Image.Image, path: str | Path) -> np.ndarray:

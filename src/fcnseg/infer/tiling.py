@@ -36,6 +36,11 @@ DEFAULT_MEMORY_FRACTION = 0.5
 """Share of the memory available now that inference may use by default."""
 
 
+class MemoryBudgetError(ValueError):
+    """A memory budget too small for even one tile: with the default budget, the machine has too
+    little memory free now (a server answers that it is busy, not that the image is wrong)."""
+
+
 def activation_bytes(model: FCN | LateFusionFCN, height: int, width: int, batch: int = 1) -> int:
     """Estimated peak activation memory of one forward pass on (batch, C, height, width).
 
@@ -149,7 +154,7 @@ def plan_tiles(model: FCN | LateFusionFCN, budget: int) -> TilePlan:
     overlap = 2 * margin + stride
     tile = overlap + stride
     if activation_bytes(model, tile, tile) > budget:
-        raise ValueError(
+        raise MemoryBudgetError(
             f"memory budget {budget / 2**20:.0f} MiB is too small for even one {tile}x{tile} tile "
             f"(needs about {activation_bytes(model, tile, tile) / 2**20:.0f} MiB); raise max_memory"
         )

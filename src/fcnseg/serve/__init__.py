@@ -2,3 +2,10 @@
 
 Needs the ``serve`` extra (Starlette, python-multipart, uvicorn): ``pip install 'fcnseg[serve]'``.
 """
+
+MAX_QUEUE = 16
+"""Uploads taken in at once by default (``--max-queue``): twice the clients of the load test
+(``benchmarks/soak_serve.py``), whose uploads must never wait for a place."""
+
+TIMEOUT = 60.0
+"""Seconds a request may take by default (``--timeout``) to arrive and then to reach the model."""

@@ -1,9 +1,16 @@
 """The web app of ``fcnseg serve``: a page to try a model, on ``GET /info``, ``POST /predict`` and
-``POST /segment``.
+``POST /segment``, and ``GET /health``.
 
 One model answers every request, one forward pass at a time: ``predict`` switches the
 model's mode and caches its fast twin, which concurrent calls must not interleave, and one
-pass already uses every core. Reading uploads and encoding results run beside it.
+pass already uses every core. Reading uploads and encoding results run beside it; decoding an
+image takes its turn at the model, so that one image at a time is decoded.
+
+A crowd, hostile or not, meets bounds rather than a hang or a crash: at most ``max_queue``
+uploads are taken in at once (more get 503 with ``Retry-After``), each within a time limit,
+with the body's size counted as it streams and the image's pixels from its header before it
+is decoded. So memory stays under the model, ``max_queue`` uploads and one image at the pixel
+limit with its forward pass, and no input gets a 5xx.
 
 The model is of any task whose page view there is (``Task.serves``): segmentation (label maps),
 edges and skeleton (maps in [0, 1]) or detection (boxes). The task predicts, draws the picture and
@@ -15,23 +22,27 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
 
-from fcnseg.data.images import MAX_PIXELS, ImageReadError, read_image
+from fcnseg.data.images import MAX_PIXELS, ImageReadError, ImageTooLarge, image_size, read_image
 from fcnseg.data.preprocess import get_preprocessing, preprocessing_of
 from fcnseg.data.synthetic import make_sample, sample_seed
 from fcnseg.errors import MissingExtraError
 from fcnseg.infer.detect import MIN_SCORE
+from fcnseg.infer.tiling import MemoryBudgetError
+from fcnseg.serve import MAX_QUEUE, TIMEOUT
 from fcnseg.tasks import TASKS, get_task
 from fcnseg.tasks.common import InferenceOptions
 
@@ -39,43 +50,32 @@ EXTRA = "fcnseg[serve]"
 """What to install for ``fcnseg serve``: Starlette, python-multipart (its form parser) and uvicorn."""
 
 try:
-    import python_multipart  # noqa: F401  (Starlette parses uploads with it, but says so only at the first)
+    import anyio
     import uvicorn
     from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
-    from starlette.datastructures import UploadFile
     from starlette.exceptions import HTTPException
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import FileResponse, JSONResponse, Response
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
+
+    from fcnseg.serve.upload import FIELD, MB, RequestError, parse_upload, read_body
 except ImportError as error:
     raise MissingExtraError(f"fcnseg serve needs the serve extra: pip install '{EXTRA}'") from error
 
-__all__ = ["EXTRA", "Predictor", "create_app", "listen", "serve", "url_of"]
+__all__ = ["EXTRA", "FIELD", "MB", "Busy", "Predictor", "create_app", "listen", "serve", "url_of"]
 
 STATIC = Path(__file__).with_name("static")
-FIELD = "image"
-"""The multipart field that carries the image in ``POST /predict`` and ``POST /segment``."""
 
 SAMPLES = 4
 SAMPLE_SIZE = (96, 128)
 """Built-in synthetic samples (H, W): the demo's data at a size it trains near."""
 _SAMPLE_SEED = 3  # the demo draws its train, validation and test sets from seeds 0, 1 and 2
 
-MB = 1_000_000
-"""A megabyte, as ``--max-upload-mb`` counts them."""
-
 SHOWN = tuple(name for name, task in TASKS.items() if task.serves)
 """The tasks the page shows."""
 
-
-class RequestError(Exception):
-    """A request refused with an HTTP status and a message that names the problem."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+_T = TypeVar("_T")
 
 
 class _Upload(io.BytesIO):
@@ -103,6 +103,11 @@ class Prediction:
     """Time of the forward pass, preprocessing and decoding included, waiting for the model not."""
 
 
+class Busy(Exception):
+    """The server cannot answer now: the model did not come free before a request's time limit, or
+    the machine has too little memory free for the pass."""
+
+
 class Predictor:
     """A model that predicts on uploaded image files, one forward pass at a time, as its task does:
     label maps, edge or skeleton maps, or boxes."""
@@ -125,7 +130,10 @@ class Predictor:
         self._lock = threading.Lock()
         # A first pass warms the model up (and builds a segmentation net's fast twin, fcnseg.accel),
         # so that no request's time includes it.
+        start = time.perf_counter()
         self._forward(np.zeros((32, 32, 3), np.uint8))
+        # then a running mean of the time a request holds the model, for Retry-After
+        self.seconds = time.perf_counter() - start
 
     def info(self) -> dict[str, Any]:
         """What ``GET /info`` answers: the net and its task, its preprocessing, and the task's fields
@@ -146,14 +154,31 @@ class Predictor:
     def _forward(self, image: np.ndarray) -> Any:
         return self.task.predict_images(self.model, image[None], InferenceOptions())[0]
 
-    def predict(self, data: bytes, name: str) -> Prediction:
-        """Decode an uploaded file (refused with ``ImageReadError`` if it is no image or too large)
-        and run the model on it."""
-        image = read_image(_Upload(data, name), max_pixels=self.max_pixels)
-        with self._lock:
+    def predict(self, data: bytes, name: str, deadline: float = math.inf) -> Prediction:
+        """Decode an uploaded file and run the model on it.
+
+        An image over the pixel limit is refused from its header (:class:`ImageTooLarge`) and one
+        that cannot be decoded with :class:`ImageReadError`, whatever the decoder raised; the
+        decoding waits for the model, so that one image at a time is decoded. :class:`Busy` when
+        the model is not free by ``deadline`` (a ``time.monotonic()``), or the machine has too
+        little memory free for the pass now; a pass that has begun runs to its end.
+        """
+        upload = _Upload(data, name)
+        width, height = image_size(upload, max_pixels=self.max_pixels)
+        if not self._lock.acquire(timeout=max(0.0, min(deadline - time.monotonic(), threading.TIMEOUT_MAX))):
+            raise Busy("the model was not free within the time limit (fcnseg serve --timeout)")
+        try:
             start = time.perf_counter()
+            image = _decode(upload, self.max_pixels)
             output = self._forward(image)
             seconds = time.perf_counter() - start
+            self.seconds += (seconds - self.seconds) / 8
+        except (MemoryBudgetError, MemoryError, torch.OutOfMemoryError) as error:
+            raise Busy(
+                f"too little memory is free now for a pass on {width}x{height} pixels ({error})"
+            ) from error
+        finally:
+            self._lock.release()
         return Prediction(image, output, seconds)
 
     def picture(self, result: Prediction, min_score: float = MIN_SCORE) -> bytes:
@@ -170,6 +195,18 @@ class Predictor:
         return {
             self.task.name: self.task.page_view(self.model, result.image, result.output, picture, options)
         }
+
+
+def _decode(upload: _Upload, max_pixels: int | None) -> np.ndarray:
+    """``read_image`` of an upload, whose every failure is the upload's fault: a decoder that meets a
+    damaged file may raise what it likes (struct.error, IndexError...), and a client's file must
+    never make a 5xx."""
+    try:
+        return read_image(upload, max_pixels=max_pixels)
+    except (ImageReadError, MemoryError):  # the second is the machine's state, not the file's fault
+        raise
+    except Exception as error:
+        raise ImageReadError(f"cannot read image {upload}: {type(error).__name__}: {error}") from error
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -189,46 +226,36 @@ def sample_png(index: int) -> bytes:
     return png_bytes(Image.fromarray(image))
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request's body, refused with 413 past ``limit`` bytes.
+class _Queue:
+    """The uploads taken in (being read, waiting for the model, or running), at most ``capacity``;
+    and the thread pool they run their work in, as large."""
 
-    The rest of a body over the limit is read and dropped, so that the client, still
-    sending, gets the answer rather than a reset connection.
-    """
-    body, size = bytearray(), 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size <= limit:
-            body += chunk
-    if size > limit:
-        raise RequestError(
-            413,
-            f"the upload is {size / MB:.3g} MB, over the {limit / MB:.3g} MB limit (fcnseg serve --max-upload-mb)",
-        )
-    return bytes(body)
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self.taken = capacity, 0
+        self.threads = anyio.CapacityLimiter(capacity)
+
+    def enter(self) -> bool:
+        if self.taken >= self.capacity:
+            return False
+        self.taken += 1
+        return True
+
+    def leave(self) -> None:
+        self.taken -= 1
+
+    async def run(self, work: Callable[..., _T], *args: Any) -> _T:
+        return await anyio.to_thread.run_sync(work, *args, limiter=self.threads)
 
 
-async def _uploaded_file(request: Request, limit: int) -> tuple[bytes, str]:
-    """The bytes and file name of the ``image`` field of a multipart upload of at most ``limit`` bytes."""
-    content_type = request.headers.get("content-type", "")
-    if not content_type.startswith("multipart/form-data"):
-        raise RequestError(
-            400,
-            f"expected a multipart/form-data upload with the image in the field '{FIELD}', "
-            f"got content type {content_type or 'none'!r} (curl -F {FIELD}=@photo.jpg)",
-        )
-    body = await _read_body(request, limit)
-
-    async def replay() -> dict[str, Any]:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    async with Request(request.scope, replay).form(max_files=1) as form:
-        upload = form.get(FIELD)
-        if not isinstance(upload, UploadFile):
-            fields = ", ".join(repr(k) for k in form) or "none"
-            kind = "a text value, not a file" if upload is not None else "missing"
-            raise RequestError(400, f"the field '{FIELD}' is {kind} (fields sent: {fields})")
-        return await upload.read(), upload.filename or "upload"
+async def _drain(request: Request, deadline: float) -> None:
+    """Read and drop what is left of a request's body (until ``deadline``), so that a client still
+    sending it gets the answer rather than a reset connection."""
+    with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
+        try:
+            async for _ in request.stream():
+                pass
+        except ClientDisconnect:  # nothing left to drop, nobody to answer
+            pass
 
 
 def _query_format(request: Request, default: str) -> str:
@@ -251,8 +278,13 @@ def _query_min_score(request: Request) -> float:
     return value
 
 
-def create_app(predictor: Predictor, max_upload_bytes: int = 50 * MB) -> Starlette:
-    """The page at ``/``, ``GET /info``, ``POST /predict``, ``POST /segment``,
+def create_app(
+    predictor: Predictor,
+    max_upload_bytes: int = 50 * MB,
+    max_queue: int = MAX_QUEUE,
+    timeout: float = TIMEOUT,
+) -> Starlette:
+    """The page at ``/``, ``GET /info``, ``GET /health``, ``POST /predict``, ``POST /segment``,
     ``GET /samples/{i}.png`` and ``/static``.
 
     ``POST /predict`` takes a multipart upload whose field ``image`` holds an image file and
@@ -261,10 +293,15 @@ def create_app(predictor: Predictor, max_upload_bytes: int = 50 * MB) -> Starlet
     the task's picture (:meth:`Predictor.picture`) instead. ``min_score`` (detection) picks the boxes
     (default :data:`~fcnseg.infer.detect.MIN_SCORE`). ``POST /segment``, for segmentation nets, is
     ``/predict`` answering the label map's PNG unless ``?format=json``. Both give the forward time in
-    the ``X-Forward-Seconds`` header. Bad requests get 400, uploads over ``max_upload_bytes`` 413,
-    with ``{"error": message}``.
+    the ``X-Forward-Seconds`` header.
+
+    Every refusal is JSON, ``{"error": message}``: 400 for a bad request or a file that is no
+    image, 413 for an upload over ``max_upload_bytes`` or an image over the pixel limit, 408 for an
+    upload still arriving after ``timeout`` seconds, and 503 with ``Retry-After`` when
+    ``max_queue`` uploads are in already or the model is not free within ``timeout``.
     """
     info = predictor.info() | {"max_upload_bytes": max_upload_bytes, "samples": SAMPLES}
+    queue = _Queue(max_queue)
 
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html")
@@ -272,34 +309,60 @@ def create_app(predictor: Predictor, max_upload_bytes: int = 50 * MB) -> Starlet
     async def get_info(request: Request) -> Response:
         return JSONResponse(info)
 
+    async def get_health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "queued": queue.taken, "max_queue": queue.capacity})
+
     async def get_sample(request: Request) -> Response:
         number = request.path_params["number"]
         if number >= SAMPLES:
             raise HTTPException(404, f"no sample {number}: samples are 0 to {SAMPLES - 1}")
         return Response(sample_png(number), media_type="image/png")
 
+    def busy(message: str) -> RequestError:
+        wait = max(1, math.ceil(queue.taken * predictor.seconds))
+        return RequestError(503, f"{message}; retry in {wait} s", {"Retry-After": str(wait)})
+
     async def answer(request: Request, default_format: str, tasks: tuple[str, ...] = SHOWN) -> Response:
+        deadline = time.monotonic() + timeout
+        if not queue.enter():
+            await _drain(request, deadline)
+            error = busy(f"the server is busy: {queue.capacity} uploads are in (fcnseg serve --max-queue)")
+            return JSONResponse({"error": str(error)}, status_code=error.status, headers=error.headers)
         try:
-            kind = _query_format(request, default_format)
-            min_score = _query_min_score(request)
-            data, name = await _uploaded_file(request, max_upload_bytes)
-            if predictor.task.name not in tasks:
-                raise RequestError(
-                    400,
-                    f"POST {request.url.path} answers {' and '.join(tasks)} nets; {predictor.name} is a net "
-                    f"of the {predictor.task.name} task ({info['arch']}): POST /predict answers every task",
-                )
-            result = await run_in_threadpool(predictor.predict, data, name)
+            return await respond(request, default_format, tasks, deadline)
         except RequestError as error:
-            return JSONResponse({"error": str(error)}, status_code=error.status)
+            return JSONResponse({"error": str(error)}, status_code=error.status, headers=error.headers)
+        finally:
+            queue.leave()
+
+    async def respond(
+        request: Request, default_format: str, tasks: tuple[str, ...], deadline: float
+    ) -> Response:
+        body = await read_body(request, max_upload_bytes, deadline)
+        kind = _query_format(request, default_format)
+        min_score = _query_min_score(request)
+        if predictor.task.name not in tasks:
+            raise RequestError(
+                400,
+                f"POST {request.url.path} answers {' and '.join(tasks)} nets; {predictor.name} is a net "
+                f"of the {predictor.task.name} task ({info['arch']}): POST /predict answers every task",
+            )
+        data, name = await queue.run(parse_upload, body, request.headers.get("content-type", ""))
+        del body  # the upload's bytes are in data now
+        try:
+            result = await queue.run(predictor.predict, data, name, deadline)
+        except ImageTooLarge as error:
+            raise RequestError(413, str(error)) from None
         except ImageReadError as error:
-            return JSONResponse({"error": str(error)}, status_code=400)
+            raise RequestError(400, str(error)) from None
+        except Busy as error:
+            raise busy(f"the server is busy: {error}") from None
         headers = {"X-Forward-Seconds": f"{result.seconds:.6f}"}
         if kind == "png":
-            png = await run_in_threadpool(predictor.picture, result, min_score)
+            png = await queue.run(predictor.picture, result, min_score)
             return Response(png, media_type="image/png", headers=headers)
 
-        def body() -> dict[str, Any]:
+        def fields() -> dict[str, Any]:
             height, width = result.image.shape[:2]
             fields = {"name": name, "task": predictor.task.name, "width": width, "height": height}
             fields |= {"seconds": result.seconds, "outputs": predictor.outputs(result, min_score)}
@@ -307,7 +370,7 @@ def create_app(predictor: Predictor, max_upload_bytes: int = 50 * MB) -> Starlet
                 fields["image"] = _data_url(png_bytes(Image.fromarray(result.image)))
             return fields
 
-        return JSONResponse(await run_in_threadpool(body), headers=headers)
+        return JSONResponse(await queue.run(fields), headers=headers)
 
     async def post_predict(request: Request) -> Response:
         return await answer(request, "json")
@@ -323,6 +386,7 @@ def create_app(predictor: Predictor, max_upload_bytes: int = 50 * MB) -> Starlet
         routes=[
             Route("/", index),
             Route("/info", get_info),
+            Route("/health", get_health),
             Route("/samples/{number:int}.png", get_sample),
             Route("/predict", post_predict, methods=["POST"]),
             Route("/segment", post_segment, methods=["POST"]),
@@ -356,5 +420,7 @@ def url_of(sock: socket.socket) -> str:
 def serve(app: Starlette, sock: socket.socket) -> None:
     """Serve ``app`` on ``sock`` until Ctrl-C or SIGTERM, logging each request (not uvicorn's startup)."""
     log_config = {**uvicorn.config.LOGGING_CONFIG}
-    log_config["loggers"] = {**log_config["loggers"], "uvicorn.error": {"level": "WARNING"}}
+    # the multipart parser warns of every malformed upload, which the client is told of already
+    quiet = {"uvicorn.error": {"level": "WARNING"}, "python_multipart": {"level": "ERROR"}}
+    log_config["loggers"] = {**log_config["loggers"], **quiet}
     uvicorn.Server(uvicorn.Config(app, log_config=log_config)).run(sockets=[sock])

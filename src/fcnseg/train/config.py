@@ -4,6 +4,7 @@ is one in TOML), starting from a named recipe."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from fcnseg.models.registry import FUSION_STREAMS
 from fcnseg.tasks import get_task
 from fcnseg.tasks.losses import REDUCTIONS, SAMPLING_SCOPES
 
-__all__ = ["AUTO", "NO_SPLIT", "RECIPES", "TrainConfig"]
+__all__ = ["AUTO", "NO_SPLIT", "RECIPES", "TrainConfig", "parse_every"]
 
 RECIPES: dict[str, dict[str, Any]] = {
     "fcnseg": {},
@@ -45,6 +46,38 @@ NO_SPLIT = "none"
 AUTO = "auto"
 """``init``: ImageNet weights where the net can take them and they can be had, else from scratch.
 ``preprocess``: the initial weights' preprocessing, else "imagenet"."""
+
+
+_SECONDS = {"": 1, "s": 1, "sec": 1, "min": 60, "h": 3600}
+_STEPS = ("step", "steps")
+_EVERY = re.compile(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*", re.IGNORECASE)
+
+
+def parse_every(value: float | str) -> float | str:
+    """``checkpoint_every`` in its one form: seconds as a number, or steps as ``"<n>steps"``.
+
+    A number, or a string of one with ``s``, ``min`` or ``h`` (``600``, ``"10min"``, ``"1.5h"``), is
+    a time; ``"50steps"`` (``"1step"``) a number of steps, which makes the checkpoints fall at the
+    same steps in every run; 0 means only at validations. Raises :class:`ConfigError`.
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _EVERY.fullmatch(value) if isinstance(value, str) else None
+        unit = match.group(2).lower() if match else ""
+        if not match or unit not in (*_SECONDS, *_STEPS):
+            raise ConfigError(
+                f"checkpoint_every must be seconds (600, 10min, 1.5h) or steps (50steps), got {value!r}"
+            )
+        amount = float(match.group(1))
+        if unit in _STEPS:
+            if not amount.is_integer():
+                raise ConfigError(f"checkpoint_every counts whole steps, got {value!r}")
+            return f"{int(amount)}step" + ("" if amount == 1 else "s")
+        seconds = amount * _SECONDS[unit]
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ConfigError(f"checkpoint_every must be >= 0 seconds, got {value!r}")
+    return seconds
 
 
 def _fits(value: Any, hint: Any) -> bool:
@@ -158,7 +191,8 @@ class TrainConfig:
     # Running
     seed: int = 0
     val_every: int = 0  # steps between validations; 0 = once per epoch
-    checkpoint_every: float = 600.0  # seconds: last.pt is also written this often between validations
+    # last.pt is also written this often between validations: seconds (600, "10min") or steps ("50steps")
+    checkpoint_every: float | str = 600.0
     val_batch_size: int = 1
     workers: int = 0
     device: str | None = None
@@ -180,6 +214,7 @@ class TrainConfig:
         self.image_size = tuple(int(s) for s in self.image_size)
         if self.scale_range is not None:
             self.scale_range = tuple(float(s) for s in self.scale_range)
+        self.checkpoint_every = parse_every(self.checkpoint_every)
         self.validate()
 
     def validate(self) -> None:
@@ -231,8 +266,7 @@ class TrainConfig:
             raise ConfigError(f"edge_output merge is HED's (its fused and side outputs), not {self.arch}'s")
         if self.num_classes is not None and self.num_classes < 1:
             raise ConfigError(f"num_classes must be positive, got {self.num_classes}")
-        if self.checkpoint_every < 0:
-            raise ConfigError(f"checkpoint_every must be >= 0 seconds, got {self.checkpoint_every}")
+        parse_every(self.checkpoint_every)
         positive = (
             "lr",
             "lr_step_size",
@@ -272,6 +306,18 @@ class TrainConfig:
     def validates(self) -> bool:
         """Whether the run validates (``val_split`` is not "none")."""
         return self.val_split != NO_SPLIT
+
+    @property
+    def checkpoint_steps(self) -> int | None:
+        """Steps between checkpoints, when ``checkpoint_every`` counts steps (0: none between validations)."""
+        every = parse_every(self.checkpoint_every)
+        return int(every.removesuffix("s").removesuffix("step")) if isinstance(every, str) else None
+
+    @property
+    def checkpoint_seconds(self) -> float | None:
+        """Seconds between checkpoints, when ``checkpoint_every`` is a time (0: none between validations)."""
+        every = parse_every(self.checkpoint_every)
+        return None if isinstance(every, str) else every
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:

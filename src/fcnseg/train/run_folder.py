@@ -1,5 +1,6 @@
 """A run's folder: ``last.pt`` (everything needed to resume), ``best.pt`` (the best weights),
-``log.csv``, ``curves.png`` and ``test.json`` (the test split's scores), each written atomically."""
+``log.csv``, ``curves.png`` and ``test.json`` (the test split's scores), each written atomically,
+so that every file in it is whole at every instant, whenever the process is killed."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from fcnseg.files import atomic_write
+from fcnseg.files import atomic_write, temporary_files
 from fcnseg.train.config import AUTO
 from fcnseg.train.plot import plot_curves
-from fcnseg.train.state import RunState
-from fcnseg.weights.checkpoint import atomic_save, checkpoint_dict, read_checkpoint
+from fcnseg.train.state import RunState, set_rng_state
+from fcnseg.weights.checkpoint import CheckpointError, atomic_save, checkpoint_dict, read_checkpoint
 
 if TYPE_CHECKING:
     from fcnseg.train.config import TrainConfig
@@ -43,13 +44,16 @@ class RunFolder:
 
     def saved_run(self, config: TrainConfig, resume: bool) -> dict[str, Any] | None:
         """With ``resume``, ``last.pt``, which must hold a run of ``config``'s settings (but for
-        those that do not change the trajectory); without, None, and a folder that holds a run
-        is an error rather than being overwritten."""
+        those that do not change the trajectory), or None when there is none yet (a run killed
+        before its first checkpoint starts afresh); without ``resume``, None, and a folder that
+        holds a run is an error rather than being overwritten."""
         if not resume:
             if self.last.exists():
                 raise ValueError(
                     f"{self.path} already holds a run ({self.last}); resume it or pick another out"
                 )
+            return None
+        if not self.last.exists():
             return None
         saved = self.read_last()
         mine, theirs = config.to_dict(), saved["train_config"]
@@ -60,17 +64,52 @@ class RunFolder:
         return saved
 
     def read_last(self) -> dict[str, Any]:
-        """``last.pt``, checked to hold a training state that this fcnseg can continue."""
+        """``last.pt``, checked to hold a training state that this fcnseg can continue; a
+        :class:`CheckpointError` that says what is wrong if not."""
         saved = read_checkpoint(self.last)
         if "optimizer" not in saved or "train_config" not in saved:
-            raise ValueError(f"{self.last} holds weights only, not a training state to resume")
+            raise CheckpointError(f"{self.last} holds weights only, not a training state to resume")
         missing = [f.name for f in dataclasses.fields(RunState) if f.name not in saved]
         if missing:
-            raise ValueError(
+            raise CheckpointError(
                 f"{self.last} holds the training state of an older fcnseg (without {', '.join(missing)}), "
                 f"which cannot be resumed; start a new run from its weights with --init {self.last}"
             )
+        problems = _state_problems(saved)
+        if problems:
+            raise CheckpointError(f"{self.last} holds a damaged training state:\n  " + "\n  ".join(problems))
         return saved
+
+    def restore(
+        self,
+        saved: dict[str, Any],
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        rank: int = 0,
+    ) -> RunState:
+        """Put ``saved`` (from :meth:`read_last`) back: the weights, the optimiser, the scaler, process
+        ``rank``'s random generators (rank 0's for a rank the run did not have); its run state."""
+        try:
+            model.load_state_dict(saved["state_dict"])
+            optimizer.load_state_dict(saved["optimizer"])
+            if saved.get("scaler"):
+                scaler.load_state_dict(saved["scaler"])
+            rng = saved["rng"]
+            set_rng_state(rng[rank] if rank < len(rng) else rng[0])
+            return RunState.from_dict(saved)
+        except (RuntimeError, ValueError, TypeError, LookupError, AttributeError, ArithmeticError) as error:
+            # torch's, numpy's and random's loaders fail in all these ways on a state that does not fit
+            raise CheckpointError(
+                f"{self.last} holds a training state that does not fit its own settings "
+                f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+                f"start a new run from its weights with --init {self.last}"
+            ) from error
+
+    def remove_unfinished(self) -> None:
+        """Delete the temporary files of writes that a kill cut short (never a file that is whole)."""
+        for unfinished in temporary_files(self.path):
+            unfinished.unlink(missing_ok=True)
 
     def save(
         self,
@@ -119,6 +158,33 @@ class RunFolder:
 def _plain(value: Any) -> Any:
     """NumPy numbers and arrays in ``test.json`` as plain numbers and lists."""
     return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
+_STATE_TYPES: dict[str, type | tuple[type, ...]] = {
+    "step": int, "epoch": int, "epoch_step": int, "seconds": float, "best_score": float,
+    "best_metrics": (dict, type(None)), "loss_sum": float, "loss_count": int, "history": list,
+    "train_config": dict, "optimizer": dict, "scaler": (dict, type(None)), "rng": list,
+}  # fmt: skip
+"""What each entry of a training state is (ints are floats too, as JSON and Python take them)."""
+
+
+def _state_problems(saved: dict[str, Any]) -> list[str]:
+    """The entries of a training state that are missing or of the wrong kind."""
+    problems = []
+    for key, kind in _STATE_TYPES.items():
+        kinds = kind if isinstance(kind, tuple) else (kind, int) if kind is float else (kind,)
+        value = saved.get(key)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            names = " or ".join(k.__name__.replace("NoneType", "None") for k in kinds)
+            problems.append(f"'{key}' is {type(value).__name__.replace('NoneType', 'None')}, not {names}")
+    if not problems:
+        if min(saved["step"], saved["epoch"], saved["epoch_step"], saved["loss_count"]) < 0:
+            problems.append("a step, epoch or count is negative")
+        if not saved["rng"] or not all(isinstance(r, dict) for r in saved["rng"]):
+            problems.append("'rng' is not a list of generator states")
+        if not all(isinstance(row, dict) for row in saved["history"]):
+            problems.append("'history' is not a list of log rows")
+    return problems
 
 
 def _format(value: float) -> str:

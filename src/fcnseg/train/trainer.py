@@ -7,8 +7,12 @@ The loop brings the rest: steps, validation, the run folder (``last.pt``, ``best
 Ctrl-C or SIGTERM. best.pt is picked on the validation split, never on the test split, which is
 scored once, after the last step (``test_split``); without validation best.pt is the final
 snapshot. Every source of randomness is either derived from (seed, epoch, index, step) or saved
-in ``last.pt``, so a run killed at any moment and resumed ends with the same weights as one that
-was never interrupted.
+in ``last.pt``, so a run killed at any moment, even by SIGKILL, and resumed from any checkpoint
+ends with the same weights as one that was never interrupted: ``last.pt`` holds the weights, the
+optimiser, the position in the epoch's data order, the global generators, the loss sums of the
+next log row and the run's clock. The data workers' augmentation is drawn from (seed, epoch,
+index) alone, the loss's sampling from (seed, rank, step), and the learning rate is a function of
+the step (or of the saved clock).
 """
 
 from __future__ import annotations
@@ -36,12 +40,13 @@ from fcnseg import distributed
 from fcnseg.accel import for_training
 from fcnseg.data.datasets import DataError
 from fcnseg.errors import FcnsegError
+from fcnseg.files import WriteError
 from fcnseg.tasks import Task, get_task
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.initial import initial_weights, initialise, settle_preprocess
 from fcnseg.train.optim import make_optimizer, set_lr
 from fcnseg.train.run_folder import RunFolder
-from fcnseg.train.state import RunState, rng_state, seed_everything, set_rng_state, step_generator
+from fcnseg.train.state import RunState, rng_state, seed_everything, step_generator
 from fcnseg.weights.checkpoint import model_from_checkpoint, read_checkpoint
 
 __all__ = ["TrainResult", "Trainer", "TrainingDiverged", "TrainingInterrupted", "log_columns", "train"]
@@ -92,6 +97,7 @@ class _Run:
     state: RunState
     started: float  # the time.perf_counter() at which the run's clock (state.seconds) read 0
     saved_at: float  # the time.perf_counter() of the last save of last.pt
+    saved_step: int  # the step of the last save of last.pt
 
     def seconds(self) -> float:
         return time.perf_counter() - self.started
@@ -141,9 +147,14 @@ class Trainer:
         context = self.context or distributed.init_from_env(self.config.device)
         say = _speaker(self.config, context)
         saved = self.folder.saved_run(self.config, resume)
+        if resume and saved is None:
+            say(f"no {self.folder.last} yet (stopped before its first checkpoint): starting the run afresh")
+        if context.is_main:
+            self.folder.remove_unfinished()
         train_set, val_set = self._data(context, say)
         run = self._start(context, say, saved, train_set)
         config, state = run.config, run.state
+        self._write(run, lambda: self.folder.write_log(state.history, log_columns(self.task)))
         shard = DistributedSampler(
             train_set, num_replicas=context.world_size, rank=context.rank, shuffle=True, seed=config.seed
         )
@@ -223,19 +234,13 @@ class Trainer:
         criterion = self.task.criterion(config, train_set).to(device)
         state = RunState()
         if saved is not None:
-            model.load_state_dict(saved["state_dict"])
-            optimizer.load_state_dict(saved["optimizer"])
-            if saved.get("scaler"):
-                scaler.load_state_dict(saved["scaler"])
-            state = RunState.from_dict(saved)
+            # each process's own generators, or rank 0's for all when the number of processes changed
+            rank = context.rank if len(saved["rng"]) == context.world_size else 0
+            state = self.folder.restore(saved, model, optimizer, scaler, rank)
             say(f"resuming {self.folder.last} at step {state.step} (epoch {state.epoch + 1})")
-            rng = saved["rng"]
-            set_rng_state(rng[context.rank] if len(rng) == context.world_size else rng[0])
         else:
             # Dropout streams differ between processes; the weights are rank 0's (DDP broadcasts).
             seed_everything(config.seed * 1_000_003 + context.rank + 1)
-        if context.is_main:
-            self.folder.write_log(state.history, log_columns(self.task))
         now = time.perf_counter()
         return _Run(
             config=config,
@@ -249,6 +254,7 @@ class Trainer:
             state=state,
             started=now - state.seconds,
             saved_at=now,
+            saved_step=state.step,
         )
 
     def _batches(
@@ -302,11 +308,14 @@ class Trainer:
         return total
 
     def _save_between(self, run: _Run, stop: _Stop) -> None:
-        """Save ``last.pt`` when ``checkpoint_every`` seconds have passed since the last save, or when
-        a signal asked to stop, and then stop."""
+        """Save ``last.pt`` when ``checkpoint_every`` steps or seconds have passed since the last save,
+        or when a signal asked to stop, and then stop."""
         config, context = run.config, run.context
+        steps, seconds = config.checkpoint_steps, config.checkpoint_seconds
         overdue = (
-            bool(config.checkpoint_every) and time.perf_counter() - run.saved_at >= config.checkpoint_every
+            run.state.step - run.saved_step >= steps
+            if steps
+            else bool(seconds) and time.perf_counter() - run.saved_at >= seconds
         )
         if not distributed.any_true(overdue or stop.number is not None, context):
             return
@@ -347,9 +356,12 @@ class Trainer:
             state.best_metrics = {**metrics, "step": state.step}
         run.model.meta["metrics"] = metrics
         self._save(run, best=improved)
-        if context.is_main:
+
+        def write_log() -> None:
             self.folder.write_log(state.history, log_columns(task))
             self.folder.draw_curves(state.history, task.curves)
+
+        self._write(run, write_log)
         distributed.barrier(context)
         return row
 
@@ -368,9 +380,8 @@ class Trainer:
             metrics = self.task.evaluate(
                 model, test_set, test_config, context, config.progress and context.is_main
             )
-        if context.is_main:
-            record = {"split": config.test_split, "data": test_config.val_data or config.data, "step": step}
-            self.folder.write_test({**record, "weights": "best.pt", "metrics": metrics})
+        record = {"split": config.test_split, "data": test_config.val_data or config.data, "step": step}
+        self._write(run, lambda: self.folder.write_test({**record, "weights": "best.pt", "metrics": metrics}))
         score = self.task.score
         run.say(
             f"test split {config.test_split}, {len(test_set)} images, best.pt of step {step}: {score} {metrics[score]:.4f}"
@@ -381,9 +392,30 @@ class Trainer:
         """Write ``last.pt`` (and with ``best`` ``best.pt``) from rank 0, with every process's generators."""
         run.state.seconds = run.seconds()
         rng = distributed.all_gather_objects(rng_state(), run.context)
+        self._write(
+            run,
+            lambda: self.folder.save(run.model, run.optimizer, run.scaler, rng, run.config, run.state, best),
+        )
+        run.saved_at, run.saved_step = time.perf_counter(), run.state.step
+
+    def _write(self, run: _Run, write: Callable[[], None]) -> None:
+        """Call ``write`` (files of the run folder) on rank 0; if the system refuses a file (a full
+        disk), stop every process with a :class:`~fcnseg.files.WriteError` that names it, the room
+        left and how to go on. A failed write leaves the file that was there before."""
+        error: WriteError | None = None
         if run.context.is_main:
-            self.folder.save(run.model, run.optimizer, run.scaler, rng, run.config, run.state, best)
-        run.saved_at = time.perf_counter()
+            try:
+                write()
+            except WriteError as refused:
+                error = refused
+        if distributed.any_true(error is not None, run.context):
+            if error is None:
+                raise OSError("rank 0 could not write the run folder; its output says why")
+            error.message += (
+                f"; training stopped at step {run.state.step}. Every file in {self.folder.path} is whole "
+                "(a failed write leaves the one before): make room and continue with --resume"
+            )
+            raise error
 
 
 def train(config: TrainConfig, resume: bool = False, **datasets: Dataset) -> TrainResult:
