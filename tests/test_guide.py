@@ -7,6 +7,7 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
 import torch
 
 from fcnseg.cli import main
@@ -27,9 +28,14 @@ def run_code(code: str, namespace: dict, source: Path = GUIDE) -> str:
     return out.getvalue()
 
 
-def test_readme_trunk_example_prints_what_the_readme_shows():
-    section = README.read_text().split("### Trunks\n", 1)[1].split("\n## ", 1)[0]
-    found = blocks(section)
+def readme_section(title: str) -> str:
+    """The README's text under ``### title``, up to the next heading."""
+    return re.split(r"\n#{2,3} ", README.read_text().split(f"### {title}\n", 1)[1], maxsplit=1)[0]
+
+
+@pytest.mark.parametrize("title", ["Trunks", "Plain nets and the speed layer"])
+def test_readme_examples_print_what_the_readme_shows(title):
+    found = blocks(readme_section(title))
     assert [kind for kind, _ in found] == ["python", "text"]
     torch.manual_seed(0)
     assert run_code(found[0][1], {}, README) == found[1][1]

@@ -176,3 +176,23 @@ def test_a_wrapper_that_disagrees_with_the_net_is_not_used(monkeypatch, caplog) 
         assert for_inference(model) is model
         assert for_training(model.train()) is model
     assert "the output differs from the plain net's" in caplog.text
+
+
+def test_serve_follows_a_hook() -> None:
+    """The served label PNG is the argmax of ``model(x)``, whatever a hook makes of the scores."""
+    import io
+
+    from PIL import Image
+    from starlette.testclient import TestClient
+
+    from fcnseg.serve import app as web
+
+    model = small("fcn8s")
+    model.upscore8.register_forward_hook(class_two_everywhere)
+    client = TestClient(web.create_app(web.Predictor(model, "hooked.pt")))
+    buffer = io.BytesIO()
+    Image.fromarray(image()).save(buffer, format="PNG")
+    response = client.post("/segment", files={"image": ("x.png", buffer.getvalue(), "image/png")})
+    assert response.status_code == 200
+    labels = np.array(Image.open(io.BytesIO(response.content)))
+    assert (labels == 2).all() and np.array_equal(labels, plain_labels(model, image()))

@@ -123,7 +123,7 @@ class Predictor:
         self.name = name
         self.max_pixels = max_pixels
         self._lock = threading.Lock()
-        # A first pass warms the model up (and builds a segmentation net's fast twin, fcnseg.infer.fast),
+        # A first pass warms the model up (and builds a segmentation net's fast twin, fcnseg.accel),
         # so that no request's time includes it.
         self._forward(np.zeros((32, 32, 3), np.uint8))
 
