@@ -17,11 +17,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision_states import BLOCKS, torchvision_fcn_state, torchvision_resnet
 
 import fcnseg
 from fcnseg.accel import for_inference, for_training
 from fcnseg.accel.inference import FastFCN
 from fcnseg.accel.training import TrimmedFCN
+from fcnseg.cli import main
 from fcnseg.models.geometry import AffineMap
 from fcnseg.models.layers import bilinear_upsampler
 from fcnseg.models.registry import BUILDERS
@@ -29,84 +31,8 @@ from fcnseg.models.resnet import resnet_trunk
 from fcnseg.models.trunk import SequentialTrunk
 from fcnseg.weights.transfer import WeightsMismatchError
 
-BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 NARROW = (8, 16, 16, 32)
 ALIGNED = [f"fcn{n}s-resnet{d}" for d in (18, 50) for n in (32, 16, 8)]
-
-
-def torchvision_resnet(depth: int, widths=(64, 128, 256, 512), seed: int = 0, meta: bool = False) -> dict:
-    """A ResNet state dict with torchvision's names and shapes, classifier (fc) included: He-scaled
-    convolutions, BatchNorm with random statistics (or, ``meta``, shapes only)."""
-    generator = torch.Generator().manual_seed(seed)
-    device = "meta" if meta else "cpu"
-
-    def draw(*shape, low=None, scale=1.0):
-        if meta:
-            return torch.empty(*shape, device=device)
-        if low is not None:
-            return torch.empty(*shape).uniform_(low, low + 1, generator=generator)
-        return torch.randn(*shape, generator=generator) * scale
-
-    state: dict[str, torch.Tensor] = {}
-
-    def conv(name: str, out: int, inp: int, k: int) -> None:
-        state[f"{name}.weight"] = draw(out, inp, k, k, scale=(2 / (inp * k * k)) ** 0.5)
-
-    def norm(name: str, c: int) -> None:
-        state[f"{name}.weight"] = draw(c, low=0.5)
-        state[f"{name}.bias"] = draw(c, scale=0.1)
-        state[f"{name}.running_mean"] = draw(c, scale=0.1)
-        state[f"{name}.running_var"] = draw(c, low=0.5)
-        state[f"{name}.num_batches_tracked"] = torch.tensor(0, device=device)
-
-    bottleneck = depth >= 50
-    expansion = 4 if bottleneck else 1
-    conv("conv1", widths[0], 3, 7)
-    norm("bn1", widths[0])
-    inp = widths[0]
-    for i, (planes, count) in enumerate(zip(widths, BLOCKS[depth], strict=True), start=1):
-        for j in range(count):
-            p = f"layer{i}.{j}"
-            if bottleneck:
-                for name, (out, cin, k) in {
-                    "1": (planes, inp, 1),
-                    "2": (planes, planes, 3),
-                    "3": (planes * 4, planes, 1),
-                }.items():
-                    conv(f"{p}.conv{name}", out, cin, k)
-                    norm(f"{p}.bn{name}", out)
-            else:
-                for name, cin in (("1", inp), ("2", planes)):
-                    conv(f"{p}.conv{name}", planes, cin, 3)
-                    norm(f"{p}.bn{name}", planes)
-            if j == 0 and (i > 1 or inp != planes * expansion):
-                conv(f"{p}.downsample.0", planes * expansion, inp, 1)
-                norm(f"{p}.downsample.1", planes * expansion)
-            inp = planes * expansion
-    state["fc.weight"] = draw(1000, inp, scale=0.01)
-    state["fc.bias"] = draw(1000, scale=0.01)
-    return state
-
-
-def torchvision_fcn_state(depth: int, num_classes: int, widths=(64, 128, 256, 512), aux=True) -> dict:
-    """torchvision's fcn_resnet<depth> state dict: the trunk under backbone., FCNHead(s)."""
-    trunk = torchvision_resnet(depth, widths, seed=1)
-    state = {f"backbone.{k}": v for k, v in trunk.items() if not k.startswith("fc.")}
-    generator = torch.Generator().manual_seed(2)
-    heads = {"classifier": widths[3] * 4, **({"aux_classifier": widths[2] * 4} if aux else {})}
-    for head, channels in heads.items():
-        inner = channels // 4
-        state[f"{head}.0.weight"] = (
-            torch.randn(inner, channels, 3, 3, generator=generator) / (9 * channels) ** 0.5
-        )
-        state[f"{head}.1.weight"] = torch.rand(inner, generator=generator) + 0.5
-        state[f"{head}.1.bias"] = torch.randn(inner, generator=generator) * 0.1
-        state[f"{head}.1.running_mean"] = torch.randn(inner, generator=generator) * 0.1
-        state[f"{head}.1.running_var"] = torch.rand(inner, generator=generator) + 0.5
-        state[f"{head}.1.num_batches_tracked"] = torch.tensor(0)
-        state[f"{head}.4.weight"] = torch.randn(num_classes, inner, 1, 1, generator=generator) / inner**0.5
-        state[f"{head}.4.bias"] = torch.randn(num_classes, generator=generator)
-    return state
 
 
 def reference_fcn(state: dict, x: torch.Tensor, depth: int) -> torch.Tensor:
@@ -402,3 +328,17 @@ def test_a_net_of_ones_own_registers_once_then_saves_and_loads(tmp_path, monkeyp
     del BUILDERS["small-fcn"]
     with pytest.raises(fcnseg.FcnsegError, match=re.escape("'small-fcn', not one of")):
         fcnseg.load(tmp_path / "net.pt")
+
+
+def test_training_starts_from_a_torchvision_file(tmp_path):
+    state = torchvision_resnet(18, NARROW)
+    path = tmp_path / "resnet18-f37072fd.pth"
+    torch.save(state, path)
+    args = ["train", "--arch", "fcn16s-resnet18", "--widths", "8,16,16,32", "--init", str(path), "--quiet"]
+    args += ["--train-images", "2", "--val-images", "1", "--image-size", "32", "40", "--max-steps", "1"]
+    assert main([*args, "--lr", "1e-12", "--batch-size", "2", "--out", str(tmp_path / "run")]) == 0
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert saved["meta"]["preprocess"] == "imagenet"
+    assert torch.allclose(
+        saved["state_dict"]["backbone.layer3.1.conv1.weight"], state["layer3.1.conv1.weight"]
+    )
