@@ -42,8 +42,9 @@ def run_list(args: argparse.Namespace) -> int:
         ]
         print("  ".join(cells).rstrip())
     print()
-    print("scores: mean IU on PASCAL VOC (seg11valid, seg12test) as the FCN authors publish them; ImageNet")
-    print("accuracy of the classifiers. ~ sizes are estimates (4 bytes per parameter); others are published.")
+    print("scores: mean IU on PASCAL VOC (seg11valid, seg12test) as the FCN authors publish them; torchvision's")
+    print("FCNs' as torchvision publishes them; ImageNet accuracy of the classifiers. ~ sizes are estimates")
+    print("(4 bytes per parameter); others are published.")
     print("\n'fcnseg train --init NAME' takes an FCN above, a classifier that fits the net, or")
     for alias, by_family in hub.INIT_NAMES.items():
         print(f"  {alias}: {', '.join(f'{name} for {family} nets' for family, name in by_family.items())}")

@@ -215,10 +215,10 @@ WEIGHTS: dict[str, Weights] = {
             score=f"{top1} top-1",
         )
         for depth, prefix, top1 in (
-            (18, "f37072fd", 69.758),
-            (34, "b627a593", 73.314),
-            (50, "0676ba61", 76.130),
-            (101, "63fe2227", 77.374),
+            (18, "f37072fd", "69.758"),
+            (34, "b627a593", "73.314"),
+            (50, "0676ba61", "76.130"),
+            (101, "63fe2227", "77.374"),
         )
     },
     # ImageNet classifiers. torchvision's file names carry the first 8 hex digits of the SHA-256;
