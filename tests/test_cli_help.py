@@ -10,6 +10,7 @@ import re
 
 import pytest
 
+import fcnseg
 from fcnseg.cli import build_parser, main
 from fcnseg.cli.train import config_from_args
 from fcnseg.train.config import TrainConfig
@@ -79,3 +80,10 @@ def test_help_shows_the_real_defaults(command, capsys, monkeypatch):
         expected = {"--overlay-format", "--overlay-alpha", "--probs-dtype", "--device", "--precision"}
         assert expected | {"--batch-size", "--max-megapixels"} <= set(shown)
         assert shown["--precision"] == "fp32"
+
+
+def test_version_prints_the_package_version(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"fcnseg {fcnseg.__version__}\n"

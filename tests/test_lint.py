@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[1]
-PATHS = ["src", "tests", "benchmarks"]
+PATHS = ["src", "tests", "benchmarks", "hubconf.py"]
 
 
 @pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["check", "format"])

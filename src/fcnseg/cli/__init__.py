@@ -7,6 +7,8 @@ import importlib
 import sys
 from typing import Any
 
+from fcnseg import __version__
+
 COMMANDS = ("convert", "train", "evaluate", "demo", "info", "predict", "serve", "export", "weights")
 """Sub-command modules of this package; each has ``add_parser(subparsers)`` setting ``run``."""
 
@@ -46,6 +48,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fcnseg", description="Fully Convolutional Networks for semantic segmentation.")
+    parser.add_argument("--version", action="version", version=f"fcnseg {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"fcnseg.cli.{name}").add_parser(subparsers)
