@@ -342,3 +342,27 @@ def test_training_starts_from_a_torchvision_file(tmp_path):
     assert torch.allclose(
         saved["state_dict"]["backbone.layer3.1.conv1.weight"], state["layer3.1.conv1.weight"]
     )
+
+
+def test_hed_fsds_and_ssd_read_the_taps_of_any_trunk():
+    trunk = resnet_trunk(18, (2, 4, 4, 8)).eval()
+    hed = fcnseg.build_model("hed", backbone=trunk, taps=("relu", "layer1", "layer2", "layer3", "layer4"))
+    upsamplers = [getattr(hed, name) for _, name, _ in hed.sides]
+    assert [u.kernel_size[0] for u in upsamplers] == [3, 7, 15, 31, 63]  # 2f - 1: s * i grids
+    assert hed.crop_offsets == [1, 3, 7, 15, 31]
+    fsds = fcnseg.build_model("fsds", backbone=trunk, taps=("layer1", "layer2", "layer3", "layer4"))
+    with torch.no_grad():
+        assert hed.eval()(torch.zeros(1, 3, 37, 50)).shape == (1, 6, 37, 50)
+        assert fsds.eval()(torch.zeros(2, 3, 1, 9)).shape == (2, 19, 1, 9)
+    with pytest.raises(ValueError, match="the side outputs read 5 taps, got 3"):
+        fcnseg.build_model("hed", backbone=trunk, taps=("layer1", "layer2", "layer3"))
+    ssd = fcnseg.build_model(
+        "ssd300", backbone=resnet_trunk(18, (4, 8, 8, 16), output_stride=16), conv4_3="layer2"
+    ).eval()
+    assert ssd.map_sizes((300, 300)) == [(38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)]
+    assert ssd.conv4_3_norm.scale.numel() == 8 and ssd.heads["fc7_mbox_loc"].in_channels == 16
+    with torch.no_grad():
+        loc, conf = ssd(torch.zeros(1, 3, 300, 300))
+        assert loc.shape == (1, 8732, 4) and conf.shape == (1, 8732, 21)
+        with pytest.raises(ValueError, match="too small for SSD: conv8_2, conv9_2 would be empty"):
+            ssd(torch.zeros(1, 3, 100, 100))

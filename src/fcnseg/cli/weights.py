@@ -42,7 +42,9 @@ def run_list(args: argparse.Namespace) -> int:
         ]
         print("  ".join(cells).rstrip())
     print()
-    print("scores: mean IU on PASCAL VOC (seg11valid, seg12test) as the FCN authors publish them; torchvision's")
+    print(
+        "scores: mean IU on PASCAL VOC (seg11valid, seg12test) as the FCN authors publish them; torchvision's"
+    )
     print("FCNs' as torchvision publishes them; ImageNet accuracy of the classifiers. ~ sizes are estimates")
     print("(4 bytes per parameter); others are published.")
     print("\n'fcnseg train --init NAME' takes an FCN above, a classifier that fits the net, or")

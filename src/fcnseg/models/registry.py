@@ -143,10 +143,18 @@ def _side_output_net(net: type[HED] | type[FSDS]):
     """HED or FSDS: their outputs are fixed (edges; background and four scales), so ``num_classes``
     must be theirs, and the FCN head's options do not apply."""
 
-    def build(num_classes: int | None, widths, in_channels: int, **head: Any) -> HED | FSDS:
+    def build(
+        num_classes: int | None,
+        widths,
+        in_channels: int,
+        backbone: nn.Module | None = None,
+        taps=None,
+        **head: Any,
+    ) -> HED | FSDS:
         if num_classes is not None and num_classes != net.num_classes:
             raise ValueError(f"{net.__name__} predicts {net.num_classes} class(es), not {num_classes}")
-        return net(widths, in_channels)
+        given = {"trunk": as_trunk(backbone)} if backbone is not None else {}
+        return net(widths, in_channels, **given, **({"taps": tuple(taps)} if taps is not None else {}))
 
     return build
 
@@ -186,8 +194,11 @@ def trunk_family(arch: str) -> str:
     return "googlenet" if arch.endswith("-googlenet") else "vgg16"
 
 
-def _ssd300(num_classes: int, widths, in_channels: int, frozen_upsampling: str = "final") -> SSD:
-    return SSD(num_classes, widths or SSD300_WIDTHS, in_channels)  # nothing to upsample: the flag is moot
+def _ssd300(
+    num_classes: int, widths, in_channels: int, frozen_upsampling: str = "final", backbone=None, conv4_3=None
+) -> SSD:  # nothing to upsample: the flag is moot
+    given = {k: v for k, v in (("trunk", backbone), ("conv4_3", conv4_3)) if v is not None}
+    return SSD(num_classes, widths or SSD300_WIDTHS, in_channels, **given)
 
 
 DETECTORS: dict[str, Callable[..., SSD]] = {"ssd300": _ssd300}
