@@ -365,6 +365,14 @@ def torchvision_entry(name: str, arch: str, data: bytes, classes: int, **fields)
     )
 
 
+def test_resnet_imagenet_offline_says_where_to_put_the_file(server, capsys):
+    args = ["train", "--arch", "fcn8s-resnet50", "--init", "imagenet", "--quiet", "--max-steps", "1"]
+    assert main([*args, "--out", str(hub.home() / "run")]) == 2  # the real entry; the server has no file
+    err = capsys.readouterr().err
+    assert "could not download" in err and "/models/resnet50-0676ba61.pth" in err
+    assert f"(sha256 0676ba61) and place it at {hub.home() / 'downloads' / 'resnet50-0676ba61.pth'}" in err
+
+
 def test_resnet_imagenet_by_name_initialises_a_training_run(server, registry):
     state = torchvision_resnet(18, RESNET_NARROW)
     buffer = io.BytesIO()
