@@ -16,7 +16,14 @@ from fcnseg.data.preprocess import DEFAULT_PREPROCESS, PRESETS, same_colour_codi
 from fcnseg.models.layers import bilinear_kernel
 from fcnseg.models.registry import BUILDERS
 from fcnseg.train.config import AUTO
-from fcnseg.weights.checkpoint import checkpoint_dict, read_checkpoint, safe_load, weights_format
+from fcnseg.weights.checkpoint import (
+    checked_checkpoint,
+    checkpoint_dict,
+    is_state_dict,
+    read_checkpoint,
+    safe_load,
+    weights_format,
+)
 from fcnseg.weights.hub import resolve
 from fcnseg.weights.transfer import copy_matching_layers
 
@@ -90,17 +97,18 @@ def initial_weights(
 def _read_initial(path: Path, arch: str) -> dict[str, Any]:
     """The checkpoint at ``path``; a torchvision state dict there (an ImageNet ResNet such as
     ``resnet50-0676ba61.pth``, or torchvision's FCN) is converted for ``arch`` first."""
-    if path.is_file() and weights_format(path) == "checkpoint":
-        data = safe_load(path, "cpu", "fcnseg checkpoint")
-        if isinstance(data, dict) and data and all(isinstance(v, torch.Tensor) for v in data.values()):
-            from fcnseg.weights.imagenet import fcn_from_imagenet
-            from fcnseg.weights.torchvision import torchvision_fcn
+    if not path.is_file() or weights_format(path) != "checkpoint":
+        return read_checkpoint(path)  # its error says what the file is
+    data = safe_load(path, "cpu", "fcnseg checkpoint")
+    if not is_state_dict(data):
+        return checked_checkpoint(data, path)
+    from fcnseg.weights.imagenet import fcn_from_imagenet
+    from fcnseg.weights.torchvision import torchvision_fcn
 
-            tv = "classifier.4.weight" in data
-            model = torchvision_fcn(data, arch, str(path)) if tv else fcn_from_imagenet(arch, data)
-            model.meta["source"] = path.name
-            return checkpoint_dict(model)
-    return read_checkpoint(path)
+    tv = "classifier.4.weight" in data
+    model = torchvision_fcn(data, arch, str(path)) if tv else fcn_from_imagenet(arch, data)
+    model.meta["source"] = path.name
+    return checkpoint_dict(model)
 
 
 def _streams_checkpoint(sources: dict[str, str]) -> dict[str, Any]:

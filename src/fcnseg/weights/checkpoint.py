@@ -209,6 +209,12 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return checked_checkpoint(safe_load(path, map_location, "fcnseg checkpoint"), path)
 
 
+def is_state_dict(data: Any) -> bool:
+    """A bare dict of tensors, as ``torch.save(model.state_dict())`` writes (torchvision's files): no
+    fcnseg checkpoint."""
+    return isinstance(data, dict) and bool(data) and all(isinstance(v, torch.Tensor) for v in data.values())
+
+
 def checked_checkpoint(data: Any, path: Path) -> dict[str, Any]:
     """``data``, as loaded from ``path``, if it is a whole fcnseg checkpoint; else a CheckpointError."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:

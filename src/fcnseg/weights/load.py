@@ -12,6 +12,7 @@ from fcnseg.weights import hub
 from fcnseg.weights.checkpoint import (
     CheckpointError,
     checked_checkpoint,
+    is_state_dict,
     model_from_checkpoint,
     safe_load,
     weights_format,
@@ -39,7 +40,7 @@ def load(
 
         return load_caffe(path, arch)
     data = safe_load(path, map_location, "fcnseg checkpoint")
-    if _is_state_dict(data):
+    if is_state_dict(data):
         from fcnseg.weights.torchvision import torchvision_fcn
 
         if "classifier.4.weight" not in data:
@@ -52,11 +53,6 @@ def load(
     if arch is not None and model.config["arch"] != arch:
         raise ValueError(f"{path} holds an {model.config['arch']} model, not {arch}")
     return model
-
-
-def _is_state_dict(data: object) -> bool:
-    """A bare dict of tensors, as ``torch.save(model.state_dict())`` writes: no fcnseg checkpoint."""
-    return isinstance(data, dict) and bool(data) and all(isinstance(v, torch.Tensor) for v in data.values())
 
 
 def segmentation_only(model: torch.nn.Module, source: str | os.PathLike, command: str) -> FCN:
