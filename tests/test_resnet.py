@@ -366,3 +366,30 @@ def test_hed_fsds_and_ssd_read_the_taps_of_any_trunk():
         assert loc.shape == (1, 8732, 4) and conf.shape == (1, 8732, 21)
         with pytest.raises(ValueError, match="too small for SSD: conv8_2, conv9_2 would be empty"):
             ssd(torch.zeros(1, 3, 100, 100))
+
+
+def test_convert_imagenet_makes_a_checkpoint_of_a_full_width_resnet(tmp_path):
+    shapes = torchvision_resnet(18, meta=True)  # torchvision's widths: the config records none
+    state = {
+        k: torch.zeros(v.shape, dtype=torch.long if v.dim() == 0 else torch.float32)
+        for k, v in shapes.items()
+    }
+    torch.save(state, tmp_path / "resnet18-f37072fd.pth")
+    out = tmp_path / "fcn32s-resnet18.pt"
+    assert (
+        main(
+            [
+                "convert",
+                "imagenet",
+                str(tmp_path / "resnet18-f37072fd.pth"),
+                "--arch",
+                "fcn32s-resnet18",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    model = fcnseg.load(out)
+    assert model.config["widths"] is None and model.meta["preprocess"] == "imagenet"
+    assert model.backbone.layer4[1].conv2.weight.shape == (512, 512, 3, 3)
