@@ -368,7 +368,7 @@ def test_hed_fsds_and_ssd_read_the_taps_of_any_trunk():
             ssd(torch.zeros(1, 3, 100, 100))
 
 
-def test_convert_imagenet_makes_a_checkpoint_of_a_full_width_resnet(tmp_path):
+def test_convert_imagenet_makes_a_checkpoint_of_a_full_width_resnet(tmp_path, capsys):
     shapes = torchvision_resnet(18, meta=True)  # torchvision's widths: the config records none
     state = {
         k: torch.zeros(v.shape, dtype=torch.long if v.dim() == 0 else torch.float32)
@@ -376,20 +376,12 @@ def test_convert_imagenet_makes_a_checkpoint_of_a_full_width_resnet(tmp_path):
     }
     torch.save(state, tmp_path / "resnet18-f37072fd.pth")
     out = tmp_path / "fcn32s-resnet18.pt"
+    args = ["convert", "imagenet", str(tmp_path / "resnet18-f37072fd.pth"), "--arch", "fcn32s-resnet18"]
+    assert main([*args, "--out", str(out)]) == 0
     assert (
-        main(
-            [
-                "convert",
-                "imagenet",
-                str(tmp_path / "resnet18-f37072fd.pth"),
-                "--arch",
-                "fcn32s-resnet18",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
+        "fcn32s-resnet18, 21 classes, widths the architecture's own, preprocess imagenet"
+        in capsys.readouterr().out
     )
-    model = fcnseg.load(out)
-    assert model.config["widths"] is None and model.meta["preprocess"] == "imagenet"
-    assert model.backbone.layer4[1].conv2.weight.shape == (512, 512, 3, 3)
+    saved = torch.load(out, weights_only=True)
+    assert saved["config"]["widths"] is None
+    assert saved["state_dict"]["backbone.layer4.1.conv2.weight"].shape == (512, 512, 3, 3)
