@@ -6,8 +6,8 @@ Run from the repository root::
     python benchmarks/bench_resnet.py --archs fcn8s-resnet18 --rounds 1 --no-write   # a quick look
 
 Each net has full widths and random weights (BatchNorm statistics included), in eval mode; one
-image of 500x500 at batch 1, float32, ``--threads`` torch threads. Two ways are timed, in turn
-round after round, so that a busy machine slows both alike: the plain net (``model(x)`` under
+image of 500x500 at batch 1, float32, ``--threads`` torch threads. Every net is timed two ways,
+all of them in turn round after round, so that a busy machine slows them alike: the plain net (``model(x)`` under
 ``torch.inference_mode``) and what ``fcnseg predict`` runs (``fcnseg.accel.for_inference``: for a
 ResNet FCN the trunk as written and the head only where the crops keep; torchvision's FCN as it
 is). The table gives the best and the median round. GMACs count convolutions and transposed convolutions as
@@ -58,7 +58,9 @@ def seeded(arch: str, seed: int = 0) -> nn.Module:
 
 
 def round_ms(runs: dict[str, callable], x: torch.Tensor, rounds: int) -> dict[str, list[float]]:
-    """Each run once to warm up, then ``rounds`` rounds of all of them in turn: each one's times, in ms."""
+    """Each run once to warm up, then ``rounds`` rounds of all of them in turn: each one's times, in ms.
+    Every net's rounds spread over the whole measurement, so a burst of other work on a shared
+    machine slows some rounds of each net, not all rounds of some."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     with torch.inference_mode():
         for run in runs.values():
@@ -90,14 +92,19 @@ def main(argv: list[str] | None = None) -> int:
         "`fcnseg predict`'s path ms, best (median) |",
         "|---|---|---|---|---|---|",
     ]
-    for arch in args.archs:
-        model = seeded(arch)
+    models = {arch: seeded(arch) for arch in args.archs}
+    runs = {
+        (arch, way): net
+        for arch, m in models.items()
+        for way, net in (("plain", m), ("fast", for_inference(m)))
+    }
+    times = round_ms(runs, x, args.rounds)
+    for arch, model in models.items():
         with torch.device("meta"):
             cost = compute_cost(fcnseg.build_model(arch), SIZE)
-        fast = for_inference(model)
         ms = {
-            name: f"{min(times):.0f} ({statistics.median(times):.0f})"
-            for name, times in round_ms({"plain": model, "fast": fast}, x, args.rounds).items()
+            way: f"{min(times[arch, way]):.0f} ({statistics.median(times[arch, way]):.0f})"
+            for way in ("plain", "fast")
         }
         stride = model.backbone.output.stride
         row = f"| {arch} | {stride} | {cost.macs / 1e9:.1f} | {cost.params / 1e6:.1f} | {ms['plain']} | {ms['fast']} |"
