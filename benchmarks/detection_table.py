@@ -4,8 +4,8 @@ The net is ``build_model("ssd300")`` with narrow widths, trained through the tra
 (``--task detection``: the reference's augmentation, MultiBox loss with 3:1 hard negatives) for a
 fixed number of steps (not a time limit, so the score does not depend on the machine's load),
 seeded, and scored with :func:`fcnseg.detection.evaluate_detections` (VOC07 11-point and area
-under the curve, IoU 0.5, difficult boxes ignored) on held-out synthetic images (seed 2: neither
-trained nor validated on). The baseline is the same net freshly initialised, before any step: what
+under the curve, the devkit's pixel areas and IoU >= 0.5, difficult boxes ignored) on held-out
+synthetic images (seed 2: neither trained nor validated on). The baseline is the same net freshly initialised, before any step: what
 boxes drawn by chance from the priors score.
 
 The table replaces the ``detection-table`` section of ``benchmarks/RESULTS.md``.
@@ -123,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
             f"crops, mirror, resize to 300), {data['train_images']} training images of {low}-{high} px, "
             f"seed {args.seed}; the checkpoint with the best validation mAP ({data['val_images']} images, "
             f"every {config.val_every} steps) scored on {args.test_images} held-out synthetic images "
-            "(seed 2) with `evaluate_detections`: VOC07 11-point mAP and the area under the curve, IoU "
-            "0.5, difficult (mostly hidden) boxes ignored. Baseline: the same net freshly initialised, "
+            "(seed 2) with `evaluate_detections` as the VOC devkit scores boxes (pixel areas counting "
+            "xmax - xmin + 1, a match at IoU >= 0.5): VOC07 11-point mAP and the area under the curve, "
+            "difficult (mostly hidden) boxes ignored. The validation images pick the checkpoint; the "
+            "held-out ones are scored once, at the end. Baseline: the same net freshly initialised, "
             "before its first step.",
             "",
             f"| net | mAP (11-point) | mAP (area) | {' | '.join(f'AP07 {c}' for c in classes)} |",

@@ -12,11 +12,13 @@ class FileServer:
     """``files[path] = bytes`` served on 127.0.0.1; ``hits[path]`` counts GETs.
 
     Paths in ``truncate`` announce their full Content-Length but send only half and close;
-    paths in ``no_length`` are sent without a Content-Length (the client reads to the close).
+    paths in ``no_length`` are sent without a Content-Length (the client reads to the close);
+    ``content_types[path]`` is sent as the Content-Type (none otherwise).
     """
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
+        self.content_types: dict[str, str] = {}
         self.hits: Counter[str] = Counter()
         self.truncate: set[str] = set()
         self.no_length: set[str] = set()
@@ -37,6 +39,8 @@ class FileServer:
                     self.send_error(404)
                     return
                 self.send_response(200)
+                if path in state.content_types:
+                    self.send_header("Content-Type", state.content_types[path])
                 if path not in state.no_length:
                     self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from tiny_nets import (
+    caffe_layer,
     fusion_caffe_layers,
     fusion_nets,
     narrow_widths,
@@ -159,3 +160,35 @@ def test_fusion_file_that_does_not_fit_lists_every_problem(tmp_path):
         fcnseg.load(path)
     message = str(error.value)  # it fills both streams' upsampling, and is named once
     assert message.count("layer upscore weight: expected shape (4, 4, 64, 64), file has (4, 3, 64, 64)") == 1
+
+
+PER_LAYER = {
+    "fcn8s": (3, 5, 6, 4, 7, 5, 6, 9, 8, 7, 6, 5, 9, 11, 7),  # conv1_1 .. conv5_3, fc6, fc7
+    "hed": (3, 5, 6, 4, 7, 5, 6, 9, 8, 7, 6, 5, 9),  # conv1_1 .. conv5_3
+    "fsds": (4, 3, 5, 6, 7, 5, 6, 8, 9, 7, 6, 5, 9),
+    "fcn-alexnet": (6, 8, 6, 4, 8, 12, 10),  # conv1 .. conv5, fc6, fc7 (groups of 2)
+}
+
+
+@pytest.mark.parametrize("arch", sorted(PER_LAYER))
+def test_every_layer_width_is_read_from_the_file(arch, tmp_path):
+    """A file whose every convolution has its own width (no stage of one width, fc7 unlike fc6) converts
+    to a net of those widths that computes what the net the file was written from computes."""
+    torch.manual_seed(0)
+    kind = "fcn" if arch.startswith("fcn") else "side"
+    net = fcnseg.build_model(arch, *((4,) if kind == "fcn" else ()), widths=PER_LAYER[arch]).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.2)
+    layers = [
+        caffe_layer(name.removeprefix("backbone."), module)
+        for name, module in net.named_modules()
+        if isinstance(module, torch.nn.Conv2d | torch.nn.ConvTranspose2d)
+    ]
+    write_caffemodel(tmp_path / "net.caffemodel", layers)
+    model = fcnseg.load(tmp_path / "net.caffemodel")
+    assert model.config["arch"] == arch and model.config["widths"] == list(PER_LAYER[arch])
+    x = _input()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), net(x))

@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_datasets import write_bsds500
 
+from fcnseg import build_model, save_checkpoint
 from fcnseg.cli import main
+from fcnseg.data.edges import BSDS500
+from fcnseg.data.preprocess import preprocess
+from fcnseg.infer.edge_outputs import edge_output
+from fcnseg.metrics.edges import edge_counts, scores, suppress
+from fcnseg.tasks.edges import grey_map, predict_map
 from fcnseg.weights.caffe_format import CaffeLayer, write_caffemodel
 
 TINY = ["--widths", "4,8,8,8,8", "--init", "none", "--weight-init", "kaiming", "--preprocess", "imagenet"]
@@ -48,6 +55,10 @@ def test_convert_hed_caffemodel(tmp_path, capsys):
     from fcnseg import build_model
 
     model = build_model("hed", widths=(4, 8, 8, 8, 8))
+    with torch.no_grad():  # the side layers start at 0: give them values a conversion can get wrong
+        for name, p in model.named_parameters():
+            if name.startswith("score-dsn"):
+                p.normal_()
     layers = [
         CaffeLayer(
             name.removeprefix("backbone."),
@@ -200,3 +211,91 @@ def test_evaluate_names_the_file_whose_score_cannot_be_computed(tmp_path, capsys
     assert main(args) == 2
     error = capsys.readouterr().err
     assert "groundTruth/val/1.mat: the prediction has 720 NaN pixel(s)" in error
+
+
+def _random_hed(path, seed=0):
+    """A narrow HED with every layer random (the sides too, which start at 0), saved as a checkpoint."""
+    torch.manual_seed(seed)
+    model = build_model("hed", widths=(4, 8, 8, 8, 8))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.3)
+    model.meta = {"preprocess": "imagenet", "task": "edges"}
+    save_checkpoint(model, path)
+    return model.eval()
+
+
+def test_hed_merge_is_fuse_and_side_mean_halved():
+    """merge_res.m: (fused map + mean of the five side maps) / 2, probabilities."""
+    torch.manual_seed(0)
+    hed = build_model("hed", widths=(4, 8, 8, 8, 8))
+    with torch.no_grad():
+        for p in hed.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.3)
+    logits = hed(torch.randn(2, 3, 20, 28))
+    p = torch.sigmoid(logits)
+    want = (p[:, 5] + (p[:, 0] + p[:, 1] + p[:, 2] + p[:, 3] + p[:, 4]) / 5) / 2
+    torch.testing.assert_close(edge_output(hed, logits, "merge"), want)
+    torch.testing.assert_close(edge_output(hed, logits, "fuse"), p[:, 5])
+    assert not torch.allclose(want, p[:, 5], atol=1e-3)
+    fsds = build_model("fsds", widths=(4, 8, 8, 8, 8))
+    with pytest.raises(ValueError, match="merge output is HED's"):
+        edge_output(fsds, fsds(torch.randn(1, 3, 16, 16)), "merge")
+
+
+def test_predict_and_evaluate_hed_merge(tmp_path, capsys):
+    hed = _random_hed(tmp_path / "hed.pt")
+    root = write_bsds500(tmp_path / "BSR")
+    test = BSDS500(root, "test")
+    image_path = test.pairs[0][0]
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "hed.pt"),
+                str(image_path),
+                "--out",
+                str(tmp_path / "m"),
+                "--edge-output",
+                "merge",
+            ]
+        )
+        == 0
+    )
+    written = np.array(Image.open(tmp_path / "m" / f"{image_path.stem}.png"))
+    image = test[0][0]
+    np.testing.assert_array_equal(written, grey_map(predict_map(hed, image, output="merge")))
+    assert not np.array_equal(written, grey_map(predict_map(hed, image)))
+    capsys.readouterr()
+    args = [
+        "evaluate",
+        str(tmp_path / "hed.pt"),
+        str(root),
+        "--dataset",
+        "bsds500",
+        "--split",
+        "test",
+        "--json",
+    ]
+    assert main([*args, "--edge-output", "merge"]) == 0
+    merged = json.loads(capsys.readouterr().out)
+    # by hand: each image's fused map and side mean, each thinned, averaged, scored without more NMS
+    counts = []
+    for image, truth in test:
+        with torch.no_grad():
+            p = torch.sigmoid(hed(preprocess(image, "imagenet")[None]))[0].numpy()
+        merge = (suppress(p[5]) + suppress(p[:5].mean(0))) / 2
+        counts.append(edge_counts(merge, list(truth), nms=False))
+    want = scores(counts)
+    assert merged == pytest.approx(want, abs=0.02)
+    assert main([*args, "--edge-output", "fuse"]) == 0
+    assert json.loads(capsys.readouterr().out) != merged
+    fsds = tmp_path / "fsds.pt"
+    save_checkpoint(build_model("fsds", widths=(4, 8, 8, 8, 8)), fsds)
+    assert (
+        main(["predict", str(fsds), str(image_path), "--out", str(tmp_path / "f"), "--edge-output", "merge"])
+        == 2
+    )
+    assert "only for HED nets" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -279,7 +280,7 @@ def test_evaluate_detections_by_hand():
         },
     ]
     # by score: tp, difficult (ignored), fp, tp, duplicate (fp): recall .5 .5 .5 1 1, precision 1 1 .5 2/3 .5
-    result = evaluate_detections(dets, gts, num_classes=3)
+    result = evaluate_detections(dets, gts, num_classes=3, inclusive=False)
     assert result["ap07"][1] == pytest.approx((6 + 5 * 2 / 3) / 11)
     assert result["ap"][1] == pytest.approx(0.5 + 0.5 * 2 / 3)
     assert math.isnan(result["ap"][2]) and result["map"] == pytest.approx(result["ap"][1])
@@ -287,6 +288,23 @@ def test_evaluate_detections_by_hand():
         [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0)}] * 2, gts, 3
     )
     assert missed["map07"] == 0.0
+
+
+def test_evaluate_detections_as_the_devkit_measures_pixels():
+    """VOCevaldet.m: a box spans xmax - xmin + 1 pixels, and a match needs IoU >= 0.5."""
+    truth = [{"boxes": np.array([[1.0, 1, 10, 10]]), "labels": np.array([1]), "difficult": np.array([False])}]
+
+    def found(box):
+        return [{"boxes": np.array([box], float), "scores": np.array([0.9]), "labels": np.array([1])}]
+
+    # rows 1..5 of a 10x10-pixel box: 50 of 100 pixels, IoU exactly 0.5, a true positive
+    assert evaluate_detections(found([1, 1, 10, 5]), truth, 2)["map07"] == 1.0
+    # as continuous coordinates the same corners overlap 36 / 81: a miss
+    assert evaluate_detections(found([1, 1, 10, 5]), truth, 2, inclusive=False)["map07"] == 0.0
+    # IoU exactly at the threshold counts, in either measure
+    exact = [{**truth[0], "boxes": np.array([[0.0, 0, 10, 10]])}]
+    assert evaluate_detections(found([0, 0, 10, 5]), exact, 2, inclusive=False)["map07"] == 1.0
+    assert evaluate_detections(found([1, 1, 10, 4]), truth, 2)["map07"] == 0.0  # 40 / 100
 
 
 def test_cross_entropy_matches_log_softmax():  # the hand sum above relies on it

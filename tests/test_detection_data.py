@@ -21,6 +21,7 @@ from fcnseg.data.detection import (
     _expand,
     check_annotations,
     detection_collate,
+    resize_for_net,
     ssd_augment,
     voc_detection_split,
 )
@@ -208,3 +209,18 @@ def test_predict_and_evaluate_a_detection_checkpoint(tmp_path, capsys):
         "holds a net of the detection task (ssd300); fcnseg export works on segmentation nets"
         in capsys.readouterr().err
     )
+
+
+def test_the_test_warp_is_opencvs_bilinear():
+    """The reference warps test images with cv::resize (INTER_LINEAR): no smoothing when shrinking,
+    unlike Pillow's bilinear; ours matches it to OpenCV's fixed-point rounding of one grey level."""
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(0)
+    for height, width, size in ((375, 500, 300), (97, 131, 300), (600, 800, 512)):
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        ours = resize_for_net(image, size).astype(int)
+        theirs = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR).astype(int)
+        assert ours.shape == (size, size, 3) and np.abs(ours - theirs).max() <= 1
+        if height > size:  # shrinking: Pillow's bilinear (the warp before) smooths, far from the reference
+            pillow = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR)).astype(int)
+            assert np.abs(pillow - theirs).max() > 10

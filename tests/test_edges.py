@@ -24,7 +24,7 @@ from fcnseg.data.edges import (
     quantise_scales,
     skeleton_scales,
 )
-from fcnseg.metrics.edges import edge_counts, evaluate_skeletons, scores
+from fcnseg.metrics.edges import edge_counts, evaluate_skeletons, scores, skeleton_counts
 from fcnseg.models.sides import side_taps
 from fcnseg.tasks.losses import FSDSLoss, HEDLoss, balanced_sigmoid_loss, balanced_softmax_loss
 from fcnseg.train.config import TrainConfig
@@ -96,12 +96,41 @@ def test_hed_layers_are_the_prototxts():
     frozen = [n for n, p in hed.named_parameters() if not p.requires_grad]
     assert sorted(frozen) == sorted(f"upsample_{f}.{k}" for f in (2, 4, 8, 16) for k in ("weight", "bias"))
     # the fusion is the 1x1 convolution of the sides: at 0.2 each, their mean times 5 / 5
+    with torch.no_grad():
+        for name, p in hed.named_parameters():
+            if name.startswith("score-dsn"):
+                p.normal_()
     out = hed(torch.randn(1, 3, 20, 24))
     torch.testing.assert_close(out[:, 5], 0.2 * out[:, :5].sum(1) + fuse.bias)
 
 
+@pytest.mark.parametrize("arch", ["hed", "fsds"])
+def test_side_layers_start_at_zero_and_the_fusion_as_the_prototxt(arch):
+    """The prototxts give score-dsn* no filler: Caffe's default constant 0 fills weights and biases.
+    The fusion layers have constant fillers (HED 0.2; FSDS 0.25, 0.25, 0.333, 0.5, 1) and zero biases."""
+    net = fcnseg.build_model(arch)
+    sides = {n: p for n, p in net.named_parameters() if n.startswith("score-dsn")}
+    assert len(sides) == (10 if arch == "hed" else 8)
+    assert all(torch.count_nonzero(p) == 0 for p in sides.values())
+    fusions = ["new-score-weighting"] if arch == "hed" else [f"cat{c}-score" for c in range(5)]
+    starts = [0.2] if arch == "hed" else [0.25, 0.25, 0.333, 0.5, 1.0]
+    for name, value in zip(fusions, starts, strict=True):
+        layer = getattr(net, name)
+        assert torch.all(layer.weight == torch.tensor(value)) and torch.all(layer.bias == 0)
+    logits = net(torch.randn(1, 3, 24, 20))
+    assert torch.count_nonzero(logits) == 0  # every side and fused logit starts at 0
+    logits.sum().backward()
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0 for n, p in sides.items() if n.endswith("weight")
+    )
+
+
 def test_fsds_fuses_each_scale_from_the_sides_that_see_it():
     fsds = tiny("fsds")
+    with torch.no_grad():
+        for name, p in fsds.named_parameters():
+            if name.startswith("score-dsn"):
+                p.normal_()
     widths = [getattr(fsds, f"cat{c}-score").weight.shape[1] for c in range(5)]
     assert widths == [4, 4, 3, 2, 1]
     assert [getattr(fsds, f"cat{c}-score").weight[0, 0].item() for c in range(5)] == pytest.approx(
@@ -301,6 +330,28 @@ def test_evaluate_edges_hand_cases():
     np.testing.assert_allclose(counts[:, 0], [n, 2 * n, n, n], rtol=0.03)
     skeleton = evaluate_skeletons([truth.astype(float)], [truth])
     assert skeleton["ods"] > 0.98
+
+
+def test_skeleton_scores_divide_each_map_by_its_maximum():
+    """FSDS's evaluation divides each map by its maximum before cutting it at 100 thresholds: a net
+    whose maps peak at 0.9 on one image and 0.12 on another scores as if both peaked at 1."""
+    truth = _lines()
+    noise = np.zeros(truth.shape)
+    noise[[20, 100, 180], 30:170] = 0.5  # weaker false lines beside the true ones, half the map's peak
+    maps = [peak * (truth + noise) for peak in (0.9, 0.12)]
+    normalised = [m / m.max() for m in maps]
+    as_given = fcnseg.evaluate_skeletons(maps, [truth, truth])
+    assert as_given["ods"] == pytest.approx(
+        fcnseg.evaluate_skeletons(normalised, [truth, truth])["ods"], abs=0.01
+    )
+    assert as_given["ods"] > 0.95  # above 0.5 of each peak only the true lines remain
+    # undivided, no one threshold keeps both images' lines and drops both false ones
+    undivided = fcnseg.evaluate_edges(maps, [[truth], [truth]], max_dist=0.01)
+    assert undivided["ods"] < 0.75
+    counts = skeleton_counts(maps[1], truth)
+    assert counts.shape == (4, 100)
+    with pytest.raises(ValueError, match="not in \\[0, 1\\]"):  # 8-bit maps are refused, not divided
+        skeleton_counts(255 * truth.astype(float), truth)
 
 
 def test_scores_from_counts_by_hand():

@@ -1,8 +1,12 @@
 """Weights by name: download through FCNSEG_MIRROR from a local server, verify, convert, cache, refuse."""
 
+import dataclasses
 import hashlib
 import io
 import re
+import tarfile
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,12 +27,12 @@ import fcnseg
 from fcnseg.cli import main
 from fcnseg.data.voc import VOC_CLASSES
 from fcnseg.download import ChecksumError, DownloadError, RemoteFile
-from fcnseg.models.registry import ARCHITECTURES
+from fcnseg.models.registry import BUILDERS
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.initial import initial_weights, initialise
 from fcnseg.weights import hub
 from fcnseg.weights.caffe import load_caffe_fcn
-from fcnseg.weights.caffe_format import write_caffemodel
+from fcnseg.weights.caffe_format import CaffeLayer, write_caffemodel
 from fcnseg.weights.hub import UnknownWeightsError, Weights
 
 FIXTURE_WIDTHS = (4, 8, 16, 32, 32, 64)  # the Caffe-written fcn8s fixture
@@ -259,7 +263,7 @@ def test_real_weights_list_runs_offline(server, capsys):
 
 def test_real_registry_is_consistent():
     for name, weights in hub.WEIGHTS.items():
-        assert weights.is_classifier or weights.arch in ARCHITECTURES, name
+        assert weights.is_classifier or weights.is_trunk or weights.arch in BUILDERS, name
         if weights.class_names is not None:
             assert len(weights.class_names) == weights.num_classes, name
         if "download.pytorch.org" in weights.file.url:  # torchvision names carry the SHA-256's start
@@ -351,6 +355,145 @@ def test_imagenet_caffe_fills_fcn_googlenet_from_bvlc_googlenet(server, registry
     assert np.array_equal(model.backbone.inception_5b.pool_proj.weight.detach().numpy(), layers[56].blobs[0])
     with pytest.raises(ValueError, match="googlenet backbone; fcn8s is built on vgg16"):
         hub.resolve("googlenet-caffe", arch="fcn8s")
+
+
+def test_the_familys_published_weights_are_named():
+    """HED's, FSDS's and SSD's released models and the trunks they start from, with their addresses
+    and the sizes their READMEs state."""
+    published = {
+        "hed-bsds": ("https://vcl.ucsd.edu/hed/hed_pretrained_bsds.caffemodel", "hed"),
+        "fsds-sk-large": ("http://data.kaiz.xyz/projects/skeleton/fsds-pretrained-skl.zip", "fsds"),
+        "ssd300-voc0712": (
+            "https://drive.google.com/uc?export=download&id=0BzKzrI_SkD1_WVVTSmQxU0dVRzA",
+            "ssd300",
+        ),
+        "ssd512-voc0712": (
+            "https://drive.google.com/uc?export=download&id=0BzKzrI_SkD1_ZDIxVHBEcUNBb2s",
+            "ssd512",
+        ),
+        "vgg16-hed": ("https://vcl.ucsd.edu/hed/5stage-vgg.caffemodel", "vgg16-convs"),
+        "vgg16-fsds": ("http://data.kaizhao.net/projects/edge/vgg16convs.caffemodel", "vgg16-convs"),
+        "vgg16-fc-reduced": (
+            "http://cs.unc.edu/~wliu/projects/ParseNet/VGG_ILSVRC_16_layers_fc_reduced.caffemodel",
+            "vgg16-reduced",
+        ),
+    }
+    for name, (url, arch) in published.items():
+        assert (hub.WEIGHTS[name].file.url, hub.WEIGHTS[name].arch) == (url, arch), name
+    assert hub.WEIGHTS["hed-bsds"].file.stated_size == "56MB"
+    assert hub.WEIGHTS["vgg16-hed"].file.stated_size == "248MB"
+    assert hub.WEIGHTS["ssd300-voc0712"].file.filename == "models_VGGNet_VOC0712_SSD_300x300.tar.gz"
+    assert hub.TRUNKS["vgg16-reduced"] == ("ssd300", "ssd512")
+    with pytest.raises(ValueError, match="trunk that ssd300 and ssd512 start from, not hed"):
+        hub.resolve("vgg16-fc-reduced", arch="hed")
+    with pytest.raises(ValueError, match="is a trunk, not a model that predicts"):
+        hub.checkpoint("vgg16-hed")
+
+
+def _ssd_archive(layout: str, blobs) -> bytes:
+    """The released model's archive: the caffemodel under models/VGGNet/VOC0712/, beside a prototxt."""
+    from test_caffe_ssd import write_ssd_caffemodel
+
+    with tempfile.TemporaryDirectory() as folder:
+        side = layout[3:]
+        model = Path(folder) / f"VGG_VOC0712_SSD_{side}x{side}_iter_120000.caffemodel"
+        write_ssd_caffemodel(model, blobs, layout)
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            tar.add(model, f"models/VGGNet/VOC0712/SSD_{side}x{side}/{model.name}")
+            info = tarfile.TarInfo(f"models/VGGNet/VOC0712/SSD_{side}x{side}/deploy.prototxt")
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"name"))
+        return buffer.getvalue()
+
+
+@pytest.mark.parametrize("layout", ["ssd300", "ssd512"])
+def test_ssd_by_name_from_its_archive(server, monkeypatch, layout):
+    from test_caffe_ssd import CLASSES, caffe_blobs, caffe_forward
+
+    blobs = caffe_blobs(2, layout)
+    server.files["/uc"] = _ssd_archive(layout, blobs)
+    name = f"{layout}-voc0712"
+    narrow = dataclasses.replace(hub.WEIGHTS[name], num_classes=CLASSES, class_names=("bg", "a", "b"))
+    monkeypatch.setitem(hub.WEIGHTS, name, narrow)
+    with pytest.warns(UserWarning, match="no checksum is published"):
+        model = fcnseg.load(name)
+    assert model.config["arch"] == layout and model.meta["preprocess"] == "ssd"
+    assert model.meta["class_names"] == ["bg", "a", "b"] and model.meta["weights"] == name
+    size = int(layout[3:])
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        loc, _ = model.double()(x)
+        want, _ = caffe_forward(blobs, x, layout)
+    torch.testing.assert_close(loc.flatten(1), want, rtol=1e-9, atol=1e-9 * float(want.abs().max()))
+    record = f"downloads/models_VGGNet_VOC0712_SSD_{size}x{size}.tar.gz.sha256"
+    assert files_in(hub.home()) == [f"checkpoints/{name}.pt", record]  # archive and caffemodel gone
+
+
+def test_a_page_instead_of_the_file_says_to_fetch_it_by_hand(server):
+    """Google Drive answers large files with a confirmation page: the download stops, names the
+    address and where to put the file, and keeps nothing."""
+    server.files["/uc"] = b"<html>Google Drive can't scan this file for viruses.</html>"
+    server.content_types["/uc"] = "text/html; charset=utf-8"
+    with pytest.raises(DownloadError) as error:
+        fcnseg.load("ssd300-voc0712")
+    message = str(error.value)
+    assert "web page" in message and "by hand from" in message
+    assert "models_VGGNet_VOC0712_SSD_300x300.tar.gz" in message
+    assert files_in(hub.home()) == []
+
+
+def _trunk_caffemodel(path, layers: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    blobs = {name: rng.normal(0, 0.1, shape).astype(np.float32) for name, shape in layers.items()}
+    write_caffemodel(
+        path,
+        [
+            CaffeLayer(name, "Convolution", [w, rng.normal(0, 0.1, w.shape[0]).astype(np.float32)], {})
+            for name, w in blobs.items()
+        ],
+    )
+    return blobs
+
+
+def test_published_trunks_start_their_nets(server, monkeypatch, tmp_path):
+    """HED's 5stage-vgg fills HED's trunk (its fc6 unused); SSD's fc_reduced fills SSD's, fc6 and fc7
+    included; the side and head layers start as the net does."""
+    widths = (4, 8, 8, 16, 16, 32)
+    convs = [
+        f"conv{s}_{i}" for s, n in zip(range(1, 6), (2, 2, 3, 3, 3), strict=True) for i in range(1, n + 1)
+    ]
+    shapes, channels = {}, 3
+    for name in convs:
+        width = widths[int(name[4]) - 1]
+        shapes[name], channels = (width, channels, 3, 3), width
+    hed_blobs = _trunk_caffemodel(tmp_path / "5stage-vgg.caffemodel", {**shapes, "fc6": (64, 16, 7, 7)})
+    server.files["/hed/5stage-vgg.caffemodel"] = (tmp_path / "5stage-vgg.caffemodel").read_bytes()
+    monkeypatch.setitem(
+        hub.WEIGHTS, "vgg16-hed", dataclasses.replace(hub.WEIGHTS["vgg16-hed"], widths=widths)
+    )
+    config = TrainConfig(task="edges", widths=widths, init="vgg16-hed", preprocess="caffe", progress=False)
+    model = fcnseg.build_model("hed", widths=widths)
+    with pytest.warns(UserWarning, match="no checksum is published"):
+        initialise(model, config, initial_weights(config, say=print), say=print)
+    assert torch.equal(model.backbone.conv4_2.weight, torch.from_numpy(hed_blobs["conv4_2"]))
+    assert torch.count_nonzero(getattr(model, "score-dsn3").weight) == 0  # the sides start as HED's
+    assert hub.is_cached("vgg16-hed") and hub.resolve("vgg16-hed", "fsds", widths).name == "vgg16-hed.fsds.pt"
+    ssd_blobs = _trunk_caffemodel(
+        tmp_path / "fc_reduced.caffemodel", {**shapes, "fc6": (32, 16, 3, 3), "fc7": (32, 32, 1, 1)}
+    )
+    server.files["/~wliu/projects/ParseNet/VGG_ILSVRC_16_layers_fc_reduced.caffemodel"] = (
+        tmp_path / "fc_reduced.caffemodel"
+    ).read_bytes()
+    reduced = dataclasses.replace(hub.WEIGHTS["vgg16-fc-reduced"], widths=widths)
+    monkeypatch.setitem(hub.WEIGHTS, "vgg16-fc-reduced", reduced)
+    with pytest.warns(UserWarning, match="no checksum is published"):
+        path = hub.resolve("vgg16-fc-reduced", "ssd512", widths, progress=False)
+    state = torch.load(path, weights_only=True)
+    assert torch.equal(state["state_dict"]["backbone.fc6.weight"], torch.from_numpy(ssd_blobs["fc6"]))
+    assert state["config"]["arch"] == "ssd512" and state["meta"]["preprocess"] == "ssd"
+    with pytest.raises(ValueError, match="cannot take its weights"):
+        hub.resolve("vgg16-fc-reduced", "ssd300", (4, 8, 8, 16, 16, 64))
 
 
 RESNET_NARROW = (8, 16, 16, 32)

@@ -1,4 +1,5 @@
-"""SSD300: the reduced VGG16 trunk, the extra layers, the heads' layout and the priors they predict for."""
+"""SSD300 and SSD512: the reduced VGG16 trunk, the extra layers, the heads' layout and the priors they
+predict for."""
 
 from __future__ import annotations
 
@@ -48,6 +49,78 @@ def test_full_ssd300_layout_as_in_ssd_pascal():
         "conv8_2_mbox_loc": 16, "conv8_2_mbox_conf": 84, "conv9_2_mbox_loc": 16, "conv9_2_mbox_conf": 84,
     }  # fmt: skip
     assert model.map_sizes((300, 300)) == [(38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)]
+
+
+def test_full_ssd512_layout_as_in_ssd_pascal_512():
+    """ssd_pascal_512.py: conv8_2 and conv9_2 of stride 2, conv10_2 a 4x4 convolution (padding 1),
+    seven sources from 64x64 to 1x1, priors from 7% and 15% to 90% of 512 pixels: 24,564."""
+    assert prior_boxes("ssd512").shape == (24564, 4)
+    spec = fcnseg.detection.prior_spec("ssd512")
+    assert [layer.min_size for layer in spec.layers] == pytest.approx(
+        [35.84, 76.8, 153.6, 230.4, 307.2, 384.0, 460.8]
+    )
+    assert [layer.max_size for layer in spec.layers] == pytest.approx(
+        [76.8, 153.6, 230.4, 307.2, 384.0, 460.8, 537.6]
+    )
+    assert spec.per_location == [4, 6, 6, 6, 6, 4, 4]
+    with torch.device("meta"):
+        model = fcnseg.build_model("ssd512", 21)
+        loc, conf = model(torch.empty(2, 3, 512, 512))
+    assert loc.shape == (2, 24564, 4) and conf.shape == (2, 24564, 21)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert shapes["backbone.fc6.weight"] == (1024, 512, 3, 3)
+    expected = {
+        "conv6_2": (512, 256, 3, 3), "conv7_2": (256, 128, 3, 3), "conv8_2": (256, 128, 3, 3),
+        "conv9_2": (256, 128, 3, 3), "conv10_1": (128, 256, 1, 1), "conv10_2": (256, 128, 4, 4),
+    }  # fmt: skip
+    assert {k: shapes[f"extras.{k}.weight"] for k in expected} == expected
+    assert model.extras.conv10_2.padding == (1, 1) and model.extras.conv8_2.stride == (2, 2)
+    assert shapes["heads.conv10_2_mbox_conf.weight"] == (84, 256, 3, 3)
+    assert shapes["heads.conv8_2_mbox_loc.weight"] == (24, 256, 3, 3)
+    assert model.map_sizes((512, 512)) == [(64, 64), (32, 32), (16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
+    # the first prior of conv10_2: the image's centre, 460.8 pixels wide
+    assert prior_boxes("ssd512")[-4].tolist() == pytest.approx([0.5, 0.5, 0.9, 0.9])
+
+
+def test_narrow_ssd512_forward_and_its_priors():
+    torch.manual_seed(0)
+    model = fcnseg.build_model("ssd512", 3, widths=TINY_SSD).eval()
+    loc, conf = model(torch.randn(1, 3, 512, 512))
+    assert loc.shape == (1, 24564, 4) and conf.shape == (1, 24564, 3)
+    torch.testing.assert_close(model.priors((512, 512)), prior_boxes("ssd512"))
+
+
+def test_extra_layers_start_as_caffe_xavier():
+    """ssd_pascal.py fills the extra layers and heads with Caffe's xavier: uniform in +-sqrt(3 / fan_in)."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model = fcnseg.build_model("ssd300", 21)
+    for name in ("conv6_1", "conv7_2"):
+        w = getattr(model.extras, name).weight.detach()
+        bound = (3 / w[0].numel()) ** 0.5
+        assert w.abs().max() <= bound and w.abs().max() > 0.99 * bound
+        assert float(w.var()) == pytest.approx(bound**2 / 3, rel=0.05)  # a uniform's variance
+        assert torch.all(getattr(model.extras, name).bias == 0)
+
+
+def test_every_layer_may_have_its_own_width():
+    """15 trunk widths (conv1_1 .. conv5_3, fc6, fc7) and the extra layers' own widths."""
+    trunk = [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]
+    extras = [5, 6, 7, 8, 9, 10, 11, 12]
+    model = fcnseg.build_model("ssd300", 3, widths=trunk, extra_widths=extras)
+    assert model.backbone.conv3_2.weight.shape == (8, 7, 3, 3) and model.backbone.fc7.weight.shape == (
+        17,
+        16,
+        1,
+        1,
+    )
+    assert model.extras.conv9_2.weight.shape == (12, 11, 3, 3)
+    assert model.heads["conv9_2_mbox_conf"].weight.shape == (12, 12, 3, 3)
+    assert model.config["extra_widths"] == extras
+    loc, _ = model(torch.randn(1, 3, 300, 300))
+    assert loc.shape == (1, 8732, 4)
+    with pytest.raises(ValueError, match="8 extra layers .* need as many widths"):
+        fcnseg.build_model("ssd300", widths=trunk, extra_widths=extras[:3])
 
 
 def test_forward_gives_one_prediction_per_prior_in_prior_order():
@@ -113,7 +186,7 @@ def test_backward_reaches_every_parameter():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="6 widths"):
+    with pytest.raises(ValueError, match="6 widths .* or 15"):
         fcnseg.build_model("ssd300", widths=(1, 2, 3))
     with pytest.raises(ValueError, match="at least 2"):
         fcnseg.build_model("ssd300", 1, widths=TINY_SSD)

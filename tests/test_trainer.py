@@ -3,9 +3,12 @@
 import csv
 import dataclasses
 import hashlib
+import json
+import math
 
 import pytest
 import torch
+from tiny_datasets import write_pascal
 from torch import nn
 
 import fcnseg
@@ -15,7 +18,8 @@ from fcnseg import build_model, load_checkpoint
 from fcnseg.cli import main
 from fcnseg.data.preprocess import preprocess
 from fcnseg.data.registry import open_dataset
-from fcnseg.metrics.segmentation import confusion_matrix, evaluate_confusion
+from fcnseg.errors import ConfigError
+from fcnseg.metrics.segmentation import confusion_matrix, evaluate_confusion, scores
 from fcnseg.tasks.segmentation import SegmentationTask
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.initial import initial_weights, initialise, kaiming_init
@@ -443,3 +447,42 @@ def test_poly_lr_is_zero_past_the_time_limit():
     assert set_lr(optimizer, config, 1.3) == 0.0 and optimizer.param_groups[0]["lr"] == 0.0
     step = TrainConfig(optimizer="sgd", lr=0.1, init=None, lr_schedule="step", lr_step_size=10, lr_gamma=0.1)
     assert [set_lr(optimizer, step, 0.5, s) for s in (0, 9, 10, 25)] == pytest.approx([0.1, 0.1, 0.01, 0.001])
+
+
+def _pascal_config(tmp_path, root, **overrides):
+    values = dict(
+        arch="fcn32s", widths=TINY, dataset="voc", data=str(root), train_split="sbd-train",
+        test_split="seg11valid", loss="mean", optimizer="sgd", lr=0.05, momentum=0.9, batch_size=1,
+        epochs=1, max_steps=3, val_every=1, preprocess="imagenet", weight_init="kaiming",
+        init=None, progress=False, seed=1, out=str(tmp_path / "run"),
+    )  # fmt: skip
+    return TrainConfig(**{**values, **overrides})
+
+
+def test_best_pt_is_picked_on_the_held_out_split_and_the_test_split_scored_once_on_it(tmp_path):
+    root = write_pascal(tmp_path / "pascal")
+    result = train(_pascal_config(tmp_path, root, val_split="sbd-heldout"))
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert best["step"] == result.best_metrics["step"]
+    record = json.loads((tmp_path / "run" / "test.json").read_text())
+    assert (
+        record["split"] == "seg11valid" and record["step"] == best["step"] and record["weights"] == "best.pt"
+    )
+    # the test metrics are best.pt's on seg11valid, computed once; they are in no log row
+    model = load_checkpoint(tmp_path / "run" / "best.pt")
+    by_hand = scores(evaluate_confusion(model, open_dataset("voc", str(root), "seg11valid"), 21))
+    assert result.test_metrics["mean_iu"] == pytest.approx(by_hand["mean_iu"])
+    assert len(result.history) == 3 and not any(math.isnan(row["mean_iu"]) for row in result.history)
+
+
+def test_without_validation_best_pt_is_the_final_snapshot(tmp_path):
+    root = write_pascal(tmp_path / "pascal")
+    result = train(_pascal_config(tmp_path, root, val_split="none"))
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert best["step"] == 3 and result.best_metrics is None
+    assert all(torch.equal(best["state_dict"][k], v) for k, v in last["state_dict"].items())
+    assert all(math.isnan(row["mean_iu"]) for row in result.history)  # nothing was validated
+    assert 0 <= result.test_metrics["mean_iu"] <= 1
+    with pytest.raises(ConfigError, match="best.pt would be picked on the split the run reports"):
+        _pascal_config(tmp_path, root, val_split="seg11valid")

@@ -31,7 +31,8 @@ def write_lines(path: Path, lines) -> None:
 
 
 def write_pascal(root: Path, h: int = 24, w: int = 32, seed: int = 0) -> Path:
-    """VOC2012 and SBD side by side: SBD train of 3 images, seg11valid of 2 (VOC val less SBD train)."""
+    """VOC2012 and SBD side by side: SBD train of 3 images, seg11valid of 2 (VOC val less SBD train),
+    SBD val of 2, one of them in seg11valid (sbd-heldout: the other)."""
     rng = np.random.default_rng(seed)
     voc = root / "VOCdevkit" / "VOC2012"
     val, sbd_train = (
@@ -50,6 +51,13 @@ def write_pascal(root: Path, h: int = 24, w: int = 32, seed: int = 0) -> Path:
         gt = {"Boundaries": [Sparse(ids == 1)], "Segmentation": ids, "CategoriesPresent": 1.0}
         write_mat(sbd / "cls" / f"{i}.mat", {"GTcls": gt}, compress=True)
     write_lines(sbd / "train.txt", sbd_train)
+    sbd_val = ["2007_000033", "2011_000010"]
+    for i in sbd_val:
+        write_image(sbd / "img" / f"{i}.jpg", rng, h, w)
+        ids = rng.integers(0, 21, size=(h, w)).astype(np.uint8)
+        gt = {"Boundaries": [Sparse(ids == 1)], "Segmentation": ids, "CategoriesPresent": 1.0}
+        write_mat(sbd / "cls" / f"{i}.mat", {"GTcls": gt}, compress=True)
+    write_lines(sbd / "val.txt", sbd_val)
     return root
 
 

@@ -172,3 +172,15 @@ def fusion_caffe_layers(color: fcnseg.FCN, hha: fcnseg.FCN) -> list:
         if name != "upscore"
     ]
     return [*layers, caffe_layer("upscore", color.upscore)]
+
+
+def side_net(arch: str, widths: tuple[int, ...], seed: int = 0) -> nn.Module:
+    """HED or FSDS whose side layers are drawn as PyTorch draws a fresh 1x1 convolution: they start
+    at 0 (as the reference prototxts leave them), which maps every image to one grey; tests of what
+    is shown or served need maps that vary."""
+    torch.manual_seed(seed)
+    net = fcnseg.build_model(arch, widths=widths)
+    for name, module in net.named_modules():
+        if name.startswith("score-dsn"):
+            module.reset_parameters()
+    return net.eval()

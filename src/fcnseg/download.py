@@ -54,13 +54,15 @@ class RemoteFile:
     md5: str | None = None
     sha256: str | None = None  # or its start, as torchvision's file names give it (8 hex digits)
     sha1: str | None = None
-    size: int | None = None  # bytes
+    size: int | None = None  # bytes, exact: checked
     extract: bool = True
     note: str = ""
+    name: str = ""  # the file's name where the URL's path does not end in it (a Google Drive link)
+    stated_size: str = ""  # the size as its source states it, rounded ("56MB"): shown, not checked
 
     @property
     def filename(self) -> str:
-        return PurePosixPath(urllib.parse.urlsplit(self.url).path).name
+        return self.name or PurePosixPath(urllib.parse.urlsplit(self.url).path).name
 
 
 _FCN_DATA = "https://github.com/shelhamer/fcn.berkeleyvision.org/tree/master/data"
@@ -111,6 +113,32 @@ ARCHIVES: dict[str, RemoteFile] = {
     ),
     "pascal-context-59": RemoteFile(
         "https://cs.stanford.edu/~roozbeh/pascal-context/59_labels.txt", extract=False
+    ),
+    # Edges and skeletons (HED, FSDS). HED's README states HED-BSDS's size; no source publishes a
+    # checksum of any of them.
+    "bsds500": RemoteFile(
+        "http://www.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/BSR/BSR_bsds500.tgz",
+        note="BSR/BSDS500/data: HED is scored on its test split (--dataset bsds500, or the recipe's "
+        "test_data).",
+    ),
+    "hed-bsds": RemoteFile(
+        "https://vcl.ucsd.edu/hed/HED-BSDS.tar",
+        stated_size="1.2GB",
+        note="HED's training pairs: BSDS500's train and val images augmented offline, listed in "
+        "HED-BSDS/train_pair.lst (--dataset hed-bsds).",
+    ),
+    "sk-large": RemoteFile(
+        "http://kaiz.xyz/sk-large",
+        name="SK-LARGE.zip",
+        note="zeakey/skeleton's README links this address for SK-LARGE; where it answers with a page, "
+        "take the archive it offers. Then 'fcnseg data prepare sk-large' makes FSDS's augmented "
+        "training set.",
+    ),
+    "sk506": RemoteFile(
+        "http://kaiz.xyz/deepsk",
+        name="SK506.zip",
+        note="DeepSkeleton's README links this project page for SK506 (also 'sk-large'): take the archive "
+        "it offers.",
     ),
 }
 
@@ -249,6 +277,10 @@ def download(
         reason = getattr(exc, "reason", exc)
         raise DownloadError(_by_hand(url, dest, expected, reason, hint)) from exc
     with response:
+        kind = (response.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if kind == "text/html" and dest.suffix.lower() not in (".html", ".htm"):
+            reason = "the server answered with a web page (a landing or confirmation page), not the file"
+            raise DownloadError(_by_hand(url, dest, expected, reason, hint))
         total = int(response.headers.get("Content-Length") or 0) or None
         if size is not None and total is not None and total != size:
             raise ChecksumError(

@@ -6,7 +6,7 @@ value is the same for every image of a batch, and for a blank (all-zero) image
 of the same size. So the trunk runs in two parts:
 
 - the **frame**: one blank image of the batch's size runs on the trimmed canvas of
-  :mod:`fcnseg.models.canvas`, where a few positions per axis stand for the long
+  :mod:`fcnseg.accel.canvas`, where a few positions per axis stand for the long
   runs of identical ones; it holds every position that no image reaches;
 - the **reach**: each image computes, along each axis, only the interval of
   positions its pixels reach (``seen``), its windows unpadded. Segments of layers

@@ -9,7 +9,7 @@ from typing import Any
 
 from fcnseg import __version__
 
-COMMANDS = ("convert", "train", "evaluate", "demo", "info", "predict", "serve", "export", "weights")
+COMMANDS = ("convert", "train", "evaluate", "demo", "info", "predict", "serve", "export", "weights", "data")
 """Sub-command modules of this package; each has ``add_parser(subparsers)`` setting ``run``."""
 
 

@@ -11,6 +11,7 @@ from fcnseg.cli.options import add_device, add_weights, positive
 from fcnseg.data.registry import DATASETS
 from fcnseg.distributed import Context
 from fcnseg.infer import crf
+from fcnseg.infer.edge_outputs import EDGE_OUTPUTS
 from fcnseg.infer.predict import resolve_device
 from fcnseg.tasks import task_of
 from fcnseg.tasks.common import InferenceOptions
@@ -25,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "and the IU of every class, of WEIGHTS on DATA (for a two-headed SIFT Flow net, of each head: "
         "semantic and geometric, --dataset siftflow); for an edge (HED) or skeleton (FSDS) net, "
         "ODS, OIS and AP as the BSDS benchmark computes them (--dataset bsds500, sk-large, sk506); "
-        "for a detector (ssd300), VOC mAP (VOC07 11-point and area under the curve, difficult boxes "
+        "for a detector (ssd300, ssd512), VOC mAP (VOC07 11-point and area under the curve, difficult boxes "
         "ignored) and the AP of every class.",
     )
     add_weights(parser)
@@ -46,6 +47,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help=f"score the labels after a dense CRF (DeepLab's VOC parameters; needs pip install '{crf.EXTRA}')",
     )
+    parser.add_argument(
+        "--edge-output",
+        choices=EDGE_OUTPUTS,
+        help="HED: the map to score; fuse: the fused output (default); merge: the mean of the fused and "
+        "side-mean maps, each thinned first, as the reference's merge_res.m (the paper's best)",
+    )
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     parser.set_defaults(run=run)
 
@@ -53,7 +60,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     dataset_name = args.dataset or ("synthetic" if args.data == "synthetic" else "folder")
     model = load(args.weights)
-    task, options = task_of(model), InferenceOptions(crf=args.crf, batch_size=args.batch_size)
+    task = task_of(model)
+    options = InferenceOptions(
+        crf=args.crf, batch_size=args.batch_size, edge_output=args.edge_output or "fuse"
+    )
     task.check_options(model, options, args.weights)
     dataset = task.evaluation_set(model, dataset_name, args.data, args.split, args.images, args.weights)
     device = resolve_device(args.device)

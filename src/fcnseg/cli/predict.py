@@ -23,6 +23,7 @@ from fcnseg.cli.options import add_device, add_max_megapixels, add_weights, frac
 from fcnseg.data.images import read_image
 from fcnseg.infer import crf
 from fcnseg.infer.detect import MIN_SCORE
+from fcnseg.infer.edge_outputs import EDGE_OUTPUTS
 from fcnseg.infer.predict import PRECISIONS, resolve_device
 from fcnseg.infer.tiling import parse_memory
 from fcnseg.tasks import Task, task_of
@@ -121,6 +122,7 @@ def _options(args: argparse.Namespace) -> InferenceOptions:
         precision=args.precision,
         max_memory=args.max_memory,
         batch_size=args.batch_size,
+        edge_output=args.edge_output or "fuse",
     )
 
 
@@ -269,7 +271,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "or skeleton (FSDS) net, <stem>.png is the map in grey (white: sure) and --overlay draws it "
             "in red over the image. With a net of two heads (SIFT Flow's), <stem>.png is the first "
             "head's labels (semantic) and <stem>_<head>.png each other's (<stem>_geometric.png). With a "
-            "detector (ssd300) write <stem>.json, every box with its class and score, and <stem>_boxes.jpg."
+            "detector (ssd300, ssd512) write <stem>.json, every box with its class and score, and <stem>_boxes.jpg."
         ),
     )
     add_weights(parser)
@@ -293,6 +295,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="detectors: draw the boxes of at least this score (JSON has all)",
     )
     parser.add_argument("--overlay-alpha", type=fraction, default=0.5, help="colour weight in the overlay")
+    parser.add_argument(
+        "--edge-output",
+        choices=EDGE_OUTPUTS,
+        help="HED: the map to write; fuse: the fused output (default); merge: (fuse + mean of the side "
+        "outputs) / 2, the late merging HED's paper reports best",
+    )
     parser.add_argument(
         "--probs", action="store_true", help="also write <stem>_probs.npy: (C, H, W) softmax probabilities"
     )

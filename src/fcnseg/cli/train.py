@@ -33,7 +33,7 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
         {
             "help": "fcn32s, fcn32s-fixed, fcn16s, fcn8s, fcn8s-atonce, fcn-alexnet, fcn32s-googlenet, "
             "fcn32s-late-fusion (NYUD colour + HHA); fcn32s/16s/8s-resnet18/34/50/101, "
-            "tv-fcn-resnet50/101 (torchvision's); hed, fsds; ssd300 "
+            "tv-fcn-resnet50/101 (torchvision's); hed, fsds; ssd300, ssd512 "
             "(default: the task's: fcn8s; hed for --task edges, fsds for skeleton, ssd300 for detection)"
         },
     ),
@@ -79,7 +79,15 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
         "--modality",
         {"choices": tuple(MODALITY_CHANNELS), "help": "NYUD input: rgb, hha, depth, rgbd or rgbhha"},
     ),
-    ("--val-split", {"help": "split to validate on (default: the paper's)"}),
+    (
+        "--val-split",
+        {
+            "help": "split to validate on and pick best.pt by (default: the paper's); none: no validation, "
+            "best.pt is the final snapshot"
+        },
+    ),
+    ("--test-split", {"help": "split to report: scored once at the end on best.pt (test.json)"}),
+    ("--test-data", {"help": "the test split's folder, where not --data's (HED: the BSDS500 folder)"}),
     ("--train-images", {"type": int, "help": "synthetic: number of training images"}),
     ("--val-images", {"type": int, "help": "synthetic: number of validation images"}),
     ("--image-size", {"type": int, "nargs": 2, "metavar": ("MIN", "MAX"), "help": "synthetic: side range"}),
@@ -253,4 +261,9 @@ def run(args: argparse.Namespace) -> int:
                 f"best validation (step {result.best_metrics['step']}), written to {result.out / 'best.pt'}:"
             )
             print(trainer.task.summary(result.best_metrics, result.model))
+        if result.test_metrics:
+            print(
+                f"test split {config.test_split}, scored once on best.pt, written to {result.out / 'test.json'}:"
+            )
+            print(trainer.task.summary(result.test_metrics, result.model))
     return 0

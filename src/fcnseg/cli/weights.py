@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fcnseg.models.registry import ARCHITECTURES
+from fcnseg.models.registry import BUILDERS
 from fcnseg.weights import hub
 
 
@@ -16,12 +16,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     get = actions.add_parser("get", help="download, verify and convert one into the cache; print its path")
     get.add_argument("name", help="a name from 'fcnseg weights list', or imagenet / imagenet-caffe")
     get.add_argument(
-        "--arch", choices=sorted(ARCHITECTURES), help="for ImageNet classifiers: the net to convert it for"
+        "--arch",
+        choices=sorted(BUILDERS),
+        help="for ImageNet classifiers and trunks: the net to convert it for",
     )
     get.set_defaults(run=run_get)
 
 
 def _size(name: str) -> str:
+    stated = hub.get(name).file.stated_size
+    if stated and hub.get(name).file.size is None:
+        return f"{stated} (stated)"
     value, exact = hub.download_size(name)
     return f"{value / 1e6:.1f} MB" if exact else f"~{value / 1e6:.0f} MB"
 
@@ -31,6 +36,8 @@ def run_list(args: argparse.Namespace) -> int:
     rows = []
     for name, weights in hub.WEIGHTS.items():
         net = f"{weights.arch} (classifier)" if weights.is_classifier else weights.arch
+        if weights.is_trunk:
+            net = f"trunk of {'/'.join(hub.TRUNKS[weights.arch])}"
         cached = "yes" if hub.is_cached(name) else "no"
         classes = "+".join(map(str, weights.heads)) if weights.heads else str(weights.num_classes)
         rows.append((name, net, classes, weights.dataset, _size(name), weights.score or "-", cached))
@@ -42,12 +49,13 @@ def run_list(args: argparse.Namespace) -> int:
         ]
         print("  ".join(cells).rstrip())
     print()
+    print("scores: mean IU on PASCAL VOC (seg11valid, seg12test) as the FCN authors publish them; ImageNet")
+    print("accuracy of the classifiers; the HED, FSDS and SSD authors' own numbers; torchvision's FCNs' as")
     print(
-        "scores: mean IU on PASCAL VOC (seg11valid, seg12test) as the FCN authors publish them; torchvision's"
+        "torchvision publishes them. ~ sizes are estimates (4 bytes per parameter); (stated) sizes as their"
     )
-    print("FCNs' as torchvision publishes them; ImageNet accuracy of the classifiers. ~ sizes are estimates")
-    print("(4 bytes per parameter); others are published.")
-    print("\n'fcnseg train --init NAME' takes an FCN above, a classifier that fits the net, or")
+    print("READMEs round them; others are published.")
+    print("\n'fcnseg train --init NAME' takes a model above, a classifier or trunk that fits the net, or")
     for alias, by_family in hub.INIT_NAMES.items():
         print(f"  {alias}: {', '.join(f'{name} for {family} nets' for family, name in by_family.items())}")
     print(f"\ncache: {hub.home()} (set FCNSEG_HOME to move it; FCNSEG_MIRROR to download from a mirror)")
@@ -58,7 +66,7 @@ def run_get(args: argparse.Namespace) -> int:
     name = args.name
     if args.arch is not None:
         path = hub.resolve(name, arch=args.arch)
-    elif name in hub.WEIGHTS and hub.get(name).is_classifier:
+    elif name in hub.WEIGHTS and (hub.get(name).is_classifier or hub.get(name).is_trunk):
         path = hub.fetch(name)
     else:
         path = hub.checkpoint(name)

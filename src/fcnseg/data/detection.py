@@ -313,8 +313,13 @@ def ssd_augment(
 
 
 def resize_for_net(image: np.ndarray, size: int = 300) -> np.ndarray:
-    """The test transform: a bilinear warp to ``size`` x ``size``; normalised boxes stay as they are."""
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    """The test transform: an (H, W, 3) uint8 image warped to ``size`` x ``size`` as the reference's
+    ``cv::resize`` with INTER_LINEAR does it (half-pixel centres, no smoothing when shrinking; Pillow's
+    bilinear smooths), to within OpenCV's fixed-point rounding of one grey level. Normalised boxes
+    stay as they are."""
+    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    warped = torch.nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
+    return warped[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 class DetectionSamples(Dataset):

@@ -1,5 +1,6 @@
-"""PASCAL VOC and SBD segmentation data sets, and the paper's split: train on SBD train, validate on
-seg11valid (the VOC2011 val images that are not in SBD train)."""
+"""PASCAL VOC and SBD segmentation data sets, and the paper's split: train on SBD train, report on
+seg11valid (the VOC2011 val images that are not in SBD train); and sbd-heldout, SBD val less
+seg11valid, to pick a model on without touching either."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ __all__ = [
     "find_sbd_dir",
     "find_voc_dir",
     "pascal_split",
+    "sbd_heldout_ids",
     "seg11valid_ids",
 ]
 
@@ -87,6 +89,18 @@ def seg11valid_ids(voc_dir: Path, sbd_dir: Path) -> list[str]:
     return [i for i in val if int(i[:4]) <= _SEG11_LAST_YEAR and i not in sbd_train]
 
 
+def sbd_heldout_ids(voc_dir: Path, sbd_dir: Path) -> list[str]:
+    """SBD val ids that are not in seg11valid, in SBD's order: images held out of SBD train (the
+    paper's training set) and disjoint from seg11valid (where it reports), so that a model picked
+    on them is not picked on the numbers it reports."""
+    lists = voc_dir / "ImageSets" / "Segmentation"
+    if (lists / "seg11valid.txt").is_file():
+        reported = set(read_id_list(lists / "seg11valid.txt"))
+    else:
+        reported = set(seg11valid_ids(voc_dir, sbd_dir))
+    return [i for i in read_id_list(sbd_dir / "val.txt") if i not in reported]
+
+
 class VOCSegmentation(SegmentationDataset):
     """PASCAL VOC segmentation: 21 classes (background first), 255 marks object boundaries.
 
@@ -135,11 +149,12 @@ class SBDSegmentation(SegmentationDataset):
         root/benchmark_RELEASE/dataset/{train,val}.txt
     """
 
-    def __init__(self, root: str | Path, split: str = "train"):
+    def __init__(self, root: str | Path, split: str = "train", ids: list[str] | None = None):
         self.root = find_sbd_dir(root)
-        ids = read_id_list(self.root / f"{split}.txt")
+        listed_in = self.root / f"{split}.txt"
+        ids = read_id_list(listed_in) if ids is None else ids
         files = [(self.root / "img" / f"{i}.jpg", self.root / "cls" / f"{i}.mat") for i in ids]
-        require_files([p for pair in files for p in pair], self.root / f"{split}.txt")
+        require_files([p for pair in files for p in pair], listed_in)
         super().__init__(files, VOC_CLASSES)
         self.split = split
 
@@ -149,11 +164,18 @@ class SBDSegmentation(SegmentationDataset):
 
 def pascal_split(name: str, voc_root: str | Path, sbd_root: str | Path | None = None) -> SegmentationDataset:
     """A PASCAL split by name, as recipes spell it: ``"sbd-train"``, ``"sbd-val"``,
-    ``"seg11valid"``, or ``"voc-<split>"`` (e.g. ``"voc-val"``) for VOC2012's own lists."""
+    ``"seg11valid"``, ``"sbd-heldout"`` (:func:`sbd_heldout_ids`), or ``"voc-<split>"`` (e.g.
+    ``"voc-val"``) for VOC2012's own lists."""
+    if name == "sbd-heldout":
+        sbd_dir = find_sbd_dir(sbd_root or voc_root)
+        ids = sbd_heldout_ids(find_voc_dir(voc_root), sbd_dir)
+        return SBDSegmentation(sbd_dir, "val", ids=ids)
     if name.startswith("sbd-"):
         return SBDSegmentation(sbd_root or voc_root, name.removeprefix("sbd-"))
     if name == "seg11valid":
         return VOCSegmentation(voc_root, "seg11valid", sbd_root=sbd_root)
     if name.startswith("voc-"):
         return VOCSegmentation(voc_root, name.removeprefix("voc-"))
-    raise ValueError(f"unknown PASCAL split {name!r}: use sbd-train, sbd-val, seg11valid or voc-<split>")
+    raise ValueError(
+        f"unknown PASCAL split {name!r}: use sbd-train, sbd-val, seg11valid, sbd-heldout or voc-<split>"
+    )

@@ -11,9 +11,11 @@ from fcnseg.lazy import lazy_exports
 
 _HOMES = {
     "SSD300_PRIORS": "fcnseg.detection.priors",
+    "SSD512_PRIORS": "fcnseg.detection.priors",
     "PriorLayer": "fcnseg.detection.priors",
     "PriorSpec": "fcnseg.detection.priors",
     "prior_boxes": "fcnseg.detection.priors",
+    "prior_spec": "fcnseg.detection.priors",
     "box_iou": "fcnseg.detection.boxes",
     "decode": "fcnseg.detection.boxes",
     "encode": "fcnseg.detection.boxes",

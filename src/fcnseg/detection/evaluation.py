@@ -33,10 +33,13 @@ def voc_ap(recall: Sequence[float], precision: Sequence[float], eleven_point: bo
     return float(np.sum((r[steps + 1] - r[steps]) * p[steps + 1]))
 
 
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+def _iou(box: np.ndarray, boxes: np.ndarray, inclusive: bool) -> np.ndarray:
+    """IoU of one box with each of ``boxes``; ``inclusive``: the devkit's pixel areas, a box spanning
+    ``xmax - xmin + 1`` pixels (VOCevaldet.m), else continuous areas."""
+    pixel = 1.0 if inclusive else 0.0
     low, high = np.maximum(box[:2], boxes[:, :2]), np.minimum(box[2:], boxes[:, 2:])
-    inter = np.clip(high - low, 0, None).prod(1)
-    union = np.prod(box[2:] - box[:2]) + np.prod(boxes[:, 2:] - boxes[:, :2], 1) - inter
+    inter = np.clip(high - low + pixel, 0, None).prod(1)
+    union = np.prod(box[2:] - box[:2] + pixel) + np.prod(boxes[:, 2:] - boxes[:, :2] + pixel, 1) - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
@@ -46,14 +49,19 @@ def evaluate_detections(
     num_classes: int,
     iou_threshold: float = 0.5,
     background: int = 0,
+    *,
+    inclusive: bool = True,
 ) -> dict[str, Any]:
     """VOC detection metrics over images: ``detections[i]`` has ``boxes`` (k, 4), ``scores`` and
     ``labels``; ``ground_truths[i]`` has ``boxes``, ``labels`` and ``difficult`` (all arrays or tensors).
 
-    As the VOC devkit: detections of a class, best first over all images, each take the unmatched
-    box of that class in their image they overlap most, when the IoU exceeds ``iou_threshold``;
-    a second detection of a box is a false positive; one on a difficult box counts as neither, and
-    difficult boxes are not counted as positives. Returns ``ap07`` and ``ap`` (per class,
+    As the VOC devkit (VOCevaldet.m): detections of a class, best first over all images, each take
+    the box of that class in their image they overlap most, when the IoU is at least
+    ``iou_threshold``; a second detection of a box is a false positive; one on a difficult box
+    counts as neither, and difficult boxes are not counted as positives. Boxes are in pixels with
+    inclusive corners, as VOC's annotations: a box spans ``xmax - xmin + 1`` pixels
+    (``inclusive=False``: continuous coordinates, such as normalised boxes, with areas
+    ``(xmax - xmin) * (ymax - ymin)``). Returns ``ap07`` and ``ap`` (per class,
     NaN for a class without non-difficult boxes) and their means over the other classes,
     ``map07`` (11-point) and ``map`` (area under the curve).
     """
@@ -84,9 +92,9 @@ def evaluate_detections(
         taken = [np.zeros(len(b), bool) for b in boxes]
         tp, fp = np.zeros(len(found)), np.zeros(len(found))
         for n, (_, image, box) in enumerate(found):
-            overlaps = _iou(box, boxes[image]) if len(boxes[image]) else np.zeros(0)
+            overlaps = _iou(box, boxes[image], inclusive) if len(boxes[image]) else np.zeros(0)
             best = int(overlaps.argmax()) if len(overlaps) else -1
-            if best < 0 or overlaps[best] <= iou_threshold:
+            if best < 0 or overlaps[best] < iou_threshold:
                 fp[n] = 1
             elif difficult[image][best]:
                 continue

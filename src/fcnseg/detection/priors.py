@@ -7,7 +7,15 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["SSD300_PRIORS", "VARIANCES", "PriorLayer", "PriorSpec", "prior_boxes"]
+__all__ = [
+    "SSD300_PRIORS",
+    "SSD512_PRIORS",
+    "VARIANCES",
+    "PriorLayer",
+    "PriorSpec",
+    "prior_boxes",
+    "prior_spec",
+]
 
 VARIANCES = (0.1, 0.1, 0.2, 0.2)
 """The PriorBox variances of ssd_pascal.py: centre-size offsets are divided by them when encoded."""
@@ -69,7 +77,29 @@ SSD300_PRIORS = PriorSpec(
 )
 """examples/ssd/ssd_pascal.py: sizes from 20% to 90% of 300 pixels (conv4_3 at 10%), no clipping."""
 
-_SPECS = {"ssd300": SSD300_PRIORS}
+SSD512_PRIORS = PriorSpec(
+    image_size=512,
+    layers=(
+        PriorLayer("conv4_3", 64, 8, 35.84, 76.8, (2,)),
+        PriorLayer("fc7", 32, 16, 76.8, 153.6, (2, 3)),
+        PriorLayer("conv6_2", 16, 32, 153.6, 230.4, (2, 3)),
+        PriorLayer("conv7_2", 8, 64, 230.4, 307.2, (2, 3)),
+        PriorLayer("conv8_2", 4, 128, 307.2, 384.0, (2, 3)),
+        PriorLayer("conv9_2", 2, 256, 384.0, 460.8, (2,)),
+        PriorLayer("conv10_2", 1, 512, 460.8, 537.6, (2,)),
+    ),
+)
+"""ssd_pascal_512.py of the released SSD512 model: sizes from 15% to 90% of 512 pixels in steps of 15%
+(conv4_3 at 7%, its max at 15%), 7 source maps, steps 8 .. 512, no clipping: 24,564 priors."""
+
+_SPECS = {"ssd300": SSD300_PRIORS, "ssd512": SSD512_PRIORS}
+
+
+def prior_spec(name: str) -> PriorSpec:
+    """The prior spec of a detector by name (``"ssd300"``, ``"ssd512"``)."""
+    if name not in _SPECS:
+        raise ValueError(f"unknown prior spec {name!r}; choose one of {', '.join(_SPECS)}")
+    return _SPECS[name]
 
 
 def prior_boxes(
@@ -77,7 +107,7 @@ def prior_boxes(
     image_size: tuple[int, int] | None = None,
     map_sizes: list[tuple[int, int]] | None = None,
 ) -> torch.Tensor:
-    """(P, 4) priors (cx, cy, w, h) in [0, 1] of the image: 8,732 for ``"ssd300"``.
+    """(P, 4) priors (cx, cy, w, h) in [0, 1] of the image: 8,732 for ``"ssd300"``, 24,564 for ``"ssd512"``.
 
     Ordered as Caffe's PriorBox outputs concatenate: source map by source map, row by
     row, column by column, and at each location min size, ``sqrt(min * max)``, then
@@ -86,9 +116,7 @@ def prior_boxes(
     ``map_sizes`` give the priors of another input size; by default the spec's own.
     """
     if isinstance(spec, str):
-        if spec not in _SPECS:
-            raise ValueError(f"unknown prior spec {spec!r}; choose one of {', '.join(_SPECS)}")
-        spec = _SPECS[spec]
+        spec = prior_spec(spec)
     height, width = image_size or (spec.image_size, spec.image_size)
     sizes = map_sizes or [(layer.map_size, layer.map_size) for layer in spec.layers]
     if len(sizes) != len(spec.layers):

@@ -1,4 +1,6 @@
-"""Edge and skeleton scores as the BSDS benchmark computes them: ODS, OIS and AP over 99 thresholds.
+"""Edge and skeleton scores as the benchmarks compute them: ODS, OIS and AP over 99 thresholds for
+edges (the BSDS benchmark); for skeletons over 100, each map first divided by its maximum (FSDS's
+evaluation, :func:`skeleton_counts`).
 
 Each predicted map is thinned by non-maximum suppression (HED's evaluation runs the structured-edge
 toolbox's ``edgesNmsMex`` first), cut at each threshold, thinned to one pixel (``bwmorph thin``) and
@@ -34,6 +36,8 @@ __all__ = [
     "evaluate_skeletons",
     "problems",
     "scores",
+    "skeleton_counts",
+    "suppress",
 ]
 
 EDGE_MAX_DIST = 0.0075
@@ -41,6 +45,11 @@ EDGE_MAX_DIST = 0.0075
 SKELETON_MAX_DIST = 0.01
 """The skeleton benchmarks' tolerance (SYMMAX, SK506, SK-LARGE), a fraction of the diagonal."""
 THRESHOLDS = 99
+"""The BSDS benchmark's thresholds (``edgesEvalImg``'s ``thrs``)."""
+SKELETON_THRESHOLDS = 100
+"""The skeleton evaluation's (``skeval_demo.m``: ``opts.nthresh = 100``)."""
+_MAX_FLOOR = 1e-6
+"""forward_all.py divides by ``max(skeleton.max(), 1e-6)``: an empty map stays empty."""
 
 
 def _edge_eval():
@@ -97,6 +106,13 @@ def _annotators(ground_truths: Sequence[np.ndarray] | np.ndarray) -> list[np.nda
     return [np.asarray(t, dtype=bool) for t in ground_truths]
 
 
+def suppress(prediction: np.ndarray) -> np.ndarray:
+    """An (H, W) map thinned by the evaluation's non-maximum suppression (the structured-edge
+    toolbox's ``edgesNmsMex`` with r 1, s 5, m 1.01, as HED's ``nms_process.m`` and FSDS's ``nms.m``)."""
+    _, fast_nms = _edge_eval()
+    return fast_nms(np.asarray(prediction, dtype=np.float64), r=1, s=5, m=1.01)
+
+
 def edge_counts(
     prediction: np.ndarray,
     ground_truths: Sequence[np.ndarray],
@@ -108,13 +124,13 @@ def edge_counts(
     """One image's (4, count) matches: matched and total annotator pixels, matched and total predicted
     pixels, at each threshold. Summed over images they give the data set's scores (:func:`scores`).
     ``prediction``: (H, W) in [0, 1]; ``ground_truths``: the annotators' (H, W) maps."""
-    evaluate, fast_nms = _edge_eval()
+    evaluate, _ = _edge_eval()
     found = problems(prediction, ground_truths)
     if found:
         raise ValueError("; ".join(found))
     prediction = np.asarray(prediction, dtype=np.float64)
     if nms:
-        prediction = fast_nms(prediction, r=1, s=5, m=1.01)
+        prediction = suppress(prediction)
     matched_r, total_r, matched_p, total_p = evaluate(
         thresholds(count),
         prediction,
@@ -124,6 +140,26 @@ def edge_counts(
         apply_nms=False,
     )
     return np.stack([matched_r, total_r, matched_p, total_p])
+
+
+def skeleton_counts(
+    prediction: np.ndarray,
+    skeleton: np.ndarray,
+    *,
+    max_dist: float = SKELETON_MAX_DIST,
+    nms: bool = True,
+) -> np.ndarray:
+    """One image's (4, 100) matches as FSDS's evaluation counts them: the (H, W) map in [0, 1] divided
+    by its maximum (zeakey/skeleton's forward_all.py saves it so, and skeval_demo.m divides again),
+    then NMS and 100 thresholds against the (H, W) skeleton. Without the division a net whose maps
+    peak at different heights in different images is cut at thresholds that mean different things
+    in each. Summed over images they give :func:`scores`."""
+    found = problems(prediction, [skeleton])
+    if found:
+        raise ValueError("; ".join(found))
+    prediction = np.asarray(prediction, dtype=np.float64)
+    prediction = prediction / max(float(prediction.max()), _MAX_FLOOR)
+    return edge_counts(prediction, [skeleton], max_dist=max_dist, nms=nms, count=SKELETON_THRESHOLDS)
 
 
 def _rpf(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -209,6 +245,22 @@ def evaluate_skeletons(
     max_dist: float = SKELETON_MAX_DIST,
 ) -> dict[str, float]:
     """The skeleton benchmarks' scores of skeleton maps (each (H, W) in [0, 1]) against one (H, W)
-    bool skeleton per image: the same matching at their tolerance, after the same NMS as FSDS's
-    evaluation. ``ods`` is the F-measure these benchmarks report."""
-    return evaluate_edges(predictions, [[t] for t in ground_truths], max_dist=max_dist)
+    bool skeleton per image, as FSDS's evaluation computes them (:func:`skeleton_counts`: each map
+    divided by its maximum, the same NMS, 100 thresholds, their tolerance). ``ods`` is the
+    F-measure these benchmarks report. Every image is checked first, as :func:`evaluate_edges` does."""
+    if len(predictions) != len(ground_truths):
+        raise ValueError(f"{len(predictions)} predictions but {len(ground_truths)} ground truths")
+    if not predictions:
+        raise ValueError("nothing to evaluate: no predictions")
+    found = [
+        f"image {i}: {p}"
+        for i, (prediction, truth) in enumerate(zip(predictions, ground_truths, strict=True))
+        for p in problems(prediction, [truth])
+    ]
+    if found:
+        raise ValueError(
+            f"{len(found)} problem(s) with the predictions or ground truths:\n  " + "\n  ".join(found)
+        )
+    return scores(
+        [skeleton_counts(p, t, max_dist=max_dist) for p, t in zip(predictions, ground_truths, strict=True)]
+    )

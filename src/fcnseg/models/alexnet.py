@@ -22,14 +22,17 @@ def alexnet_backbone(
 ) -> SequentialTrunk:
     """conv1 ... pool5, fc6 (6x6), fc7 (1x1), named as in Caffe; each layer a tap.
 
-    ``groups=2`` and ``lrn=True`` are the original two-GPU AlexNet (Caffe's
+    ``widths``: conv1 .. conv5 and fc6 (fc7 as wide), or a seventh for fc7. ``groups=2`` and ``lrn=True`` are the original two-GPU AlexNet (Caffe's
     bvlc_alexnet); ``groups=1, lrn=False`` is the single-tower layout of
     torchvision's AlexNet. LRN follows Caffe: x / (k + alpha/n * sum x^2)^beta
     over 5 neighbouring channels, which is exactly ``nn.LocalResponseNorm``.
     """
-    if len(widths) != 6:
-        raise ValueError(f"AlexNet needs 6 widths (conv1..conv5, fc), got {widths}")
-    c1, c2, c3, c4, c5, fc = widths
+    if len(widths) not in (6, 7):
+        raise ValueError(
+            f"AlexNet needs 6 widths (conv1..conv5, fc) or 7 (conv1..conv5, fc6, fc7), got {widths}"
+        )
+    c1, c2, c3, c4, c5, fc, *rest = widths
+    fc7 = rest[0] if rest else fc
 
     def norm() -> nn.Module:
         return nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0) if lrn else nn.Identity()
@@ -53,7 +56,7 @@ def alexnet_backbone(
         fc6=nn.Conv2d(c5, fc, 6),
         relu6=nn.ReLU(inplace=True),
         drop6=nn.Dropout(0.5),
-        fc7=nn.Conv2d(fc, fc, 1),
+        fc7=nn.Conv2d(fc, fc7, 1),
         relu7=nn.ReLU(inplace=True),
         drop7=nn.Dropout(0.5),
     )

@@ -1,5 +1,5 @@
-"""The named architectures (the paper's FCNs, FCNs on ResNet, torchvision's FCN, HED, FSDS and SSD300),
-``build_model``, the one way to make them, and ``register_model``, which adds a net of one's own."""
+"""The named architectures (the paper's FCNs, FCNs on ResNet, torchvision's FCN, HED, FSDS, SSD300 and
+SSD512), ``build_model``, the one way to make them, and ``register_model``, which adds a net of one's own."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from fcnseg.detection.priors import SSD300_PRIORS, SSD512_PRIORS, PriorSpec
 from fcnseg.models.alexnet import ALEXNET_WIDTHS, alexnet_backbone
 from fcnseg.models.dense import DILATED_ARCHS, vgg_fcn_dilated
 from fcnseg.models.fcn import FCN
@@ -16,7 +17,7 @@ from fcnseg.models.googlenet import GOOGLENET_WIDTHS, googlenet_backbone
 from fcnseg.models.heads import MultiHeadFCN
 from fcnseg.models.resnet import RESNET_DEPTHS, resnet_trunk
 from fcnseg.models.sides import FSDS, HED
-from fcnseg.models.ssd import SSD, SSD300_WIDTHS
+from fcnseg.models.ssd import SSD, SSD300_EXTRAS, SSD300_WIDTHS, SSD512_EXTRAS, ExtraLayer
 from fcnseg.models.trunk import Trunk, as_trunk
 from fcnseg.models.tvfcn import TorchvisionFCN
 from fcnseg.models.vgg import VGG16_WIDTHS, vgg16_backbone
@@ -194,15 +195,36 @@ def trunk_family(arch: str) -> str:
     return "googlenet" if arch.endswith("-googlenet") else "vgg16"
 
 
-def _ssd300(
-    num_classes: int, widths, in_channels: int, frozen_upsampling: str = "final", backbone=None, conv4_3=None
-) -> SSD:  # nothing to upsample: the flag is moot
-    given = {k: v for k, v in (("trunk", backbone), ("conv4_3", conv4_3)) if v is not None}
-    return SSD(num_classes, widths or SSD300_WIDTHS, in_channels, **given)
+def _ssd(priors: PriorSpec, extras: tuple[ExtraLayer, ...]):
+    def build(
+        num_classes: int,
+        widths,
+        in_channels: int,
+        frozen_upsampling: str = "final",
+        extra_widths=None,
+        backbone: nn.Module | None = None,
+        conv4_3: str | None = None,
+    ) -> SSD:  # nothing to upsample: frozen_upsampling is moot
+        given = {k: v for k, v in (("trunk", backbone), ("conv4_3", conv4_3)) if v is not None}
+        return SSD(
+            num_classes,
+            widths or SSD300_WIDTHS,
+            in_channels,
+            priors,
+            extras=extras,
+            extra_widths=extra_widths,
+            **given,
+        )
+
+    return build
 
 
-DETECTORS: dict[str, Callable[..., SSD]] = {"ssd300": _ssd300}
-"""Detection nets: widths are conv1..conv5 and fc6/fc7 (1024 in SSD300); the extras follow fc7's."""
+DETECTORS: dict[str, Callable[..., SSD]] = {
+    "ssd300": _ssd(SSD300_PRIORS, SSD300_EXTRAS),
+    "ssd512": _ssd(SSD512_PRIORS, SSD512_EXTRAS),
+}
+"""Detection nets: widths are conv1..conv5 and fc6/fc7 (1024), or each of their 15 layers'; the extra
+layers follow fc7's width unless ``extra_widths`` gives each its own."""
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
     **ARCHITECTURES,
@@ -256,7 +278,7 @@ def build_model(
     """Build a net by name (:data:`BUILDERS`), with freshly initialised weights.
 
     ``widths`` narrows the backbone (VGG16: conv1..conv5 channels, then fc6/fc7, e.g.
-    ``(4, 8, 16, 32, 32, 64)`` for a tiny test net; GoogLeNet: one per convolution, see
+    ``(4, 8, 16, 32, 32, 64)`` for a tiny test net, or 15, a layer each; GoogLeNet: one per convolution, see
     ``GOOGLENET_WIDTHS``; ResNet: the planes of layer1..layer4, ``RESNET_WIDTHS``); ``options``
     reach the backbone (``groups``, ``lrn`` for AlexNet; ``output_stride``, ``frozen_batchnorm``
     for ResNet) or the head (``heads=(33, 3)``: a :class:`~fcnseg.models.heads.MultiHeadFCN`,

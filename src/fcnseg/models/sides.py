@@ -17,7 +17,7 @@ from fcnseg.models.fcn import upsampling_for
 from fcnseg.models.geometry import AffineMap, crop_offset, layer_map
 from fcnseg.models.layers import bilinear_upsampler, check_input, crop
 from fcnseg.models.trunk import SequentialTrunk, Tap, Trunk
-from fcnseg.models.vgg import VGG16_WIDTHS, vgg16_backbone
+from fcnseg.models.vgg import VGG16_CONVS, VGG16_WIDTHS, vgg16_backbone
 
 torch.fx.wrap("check_input")
 torch.fx.wrap("crop")
@@ -42,11 +42,20 @@ def side_taps(trunk: Trunk, names: Sequence[str]) -> list[Tap]:
 
 
 def vgg16_side_trunk(widths: Sequence[int] | None = None, in_channels: int = 3) -> SequentialTrunk:
-    """VGG16 conv1_1 ... relu5_3 with conv1_1 padded by 35: HED's trunk, without pool5 and the fc layers."""
-    widths = tuple(widths or VGG16_WIDTHS)[:5]
-    if len(widths) != 5:
-        raise ValueError(f"HED and FSDS need 5 widths (conv1..conv5), got {widths}")
-    full = vgg16_backbone((*widths, 1), in_channels=in_channels, input_padding=HED_INPUT_PADDING)
+    """VGG16 conv1_1 ... relu5_3 with conv1_1 padded by 35: HED's trunk, without pool5 and the fc layers.
+
+    ``widths``: 5 (a stage each; a sixth, fc, is ignored) or 13 (a convolution each, conv1_1 .. conv5_3).
+    """
+    widths = tuple(widths or VGG16_WIDTHS)
+    if len(widths) in (5, 6):
+        convs = widths[:5] + (1,)
+    elif len(widths) == len(VGG16_CONVS):
+        convs = widths + (1, 1)
+    else:
+        raise ValueError(
+            f"HED and FSDS need 5 widths (conv1..conv5) or 13 (conv1_1 .. conv5_3), got {widths}"
+        )
+    full = vgg16_backbone(convs, in_channels=in_channels, input_padding=HED_INPUT_PADDING)
     return full[: list(dict(full.named_children())).index("relu5_3") + 1]
 
 
@@ -57,6 +66,15 @@ def _given_trunk(trunk: Trunk | None, taps: Sequence[str], count: int, widths) -
     if trunk is not None and widths is not None:
         raise ValueError("a trunk given replaces VGG16's: widths do not apply")
     return trunk
+
+
+def _zero_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
+    """A 1x1 side score layer as the reference prototxts leave it: they give it no filler, so Caffe's
+    default, a constant 0, fills its weights and bias (the paper's text is silent on it)."""
+    layer = nn.Conv2d(in_channels, out_channels, 1)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
 
 
 Mults = tuple[tuple[float, float], tuple[float, float]]
@@ -90,7 +108,7 @@ class _SideOutputNet(nn.Module):
         }
         for layer, tap, width in zip(layers, self.taps, channels, strict=True):
             score = score_name.format(stage=layer.removeprefix("conv").split("_")[0])
-            self.add_module(score, nn.Conv2d(tap.channels, width, 1))
+            self.add_module(score, _zero_conv(tap.channels, width))
             self.lr_mults[score] = _SIDE_MULTS
             geometry, upsample = tap.geometry, None
             factor = tap.geometry.scale

@@ -1,17 +1,21 @@
-"""SSD300 (Liu et al. 2016) on the reduced, rarefied VGG16, laid out as weiliu89/caffe's ssd_pascal.py.
+"""SSD300 and SSD512 (Liu et al. 2016) on the reduced, rarefied VGG16, laid out as weiliu89/caffe's
+ssd_pascal.py and the ssd_pascal_512.py released with the SSD512 model.
 
 The trunk is VGG16 with conv1_1 padded by 1, pool5 a 3x3 max-pooling of stride 1 (padding 1),
 fc6 a 3x3 convolution of dilation 6 (padding 6) and fc7 a 1x1 one, both 1024 wide, without
 dropout: :func:`ssd_trunk` builds it, :func:`reduce_vgg16` makes it from an ImageNet VGG16.
-Extra layers conv6_1 .. conv9_2 follow; conv4_3 (after an L2 normalisation with a learned
-per-channel scale starting at 20), fc7, conv6_2, conv7_2, conv8_2 and conv9_2 each feed a 3x3
-box head and a 3x3 class head, named as in the prototxt (``conv4_3_norm_mbox_loc``, ...).
+Extra layers follow (SSD300: conv6_1 .. conv9_2; SSD512: also conv10_1 and conv10_2); conv4_3
+(after an L2 normalisation with a learned per-channel scale starting at 20), fc7 and the second
+layer of each extra pair feed a 3x3 box head and a 3x3 class head, named as in the prototxt
+(``conv4_3_norm_mbox_loc``, ...): 6 sources in SSD300, 7 in SSD512.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -21,7 +25,7 @@ from fcnseg.models.dense import rarefy
 from fcnseg.models.geometry import WINDOWED, sliding_window, window_length
 from fcnseg.models.layers import check_input
 from fcnseg.models.trunk import as_trunk
-from fcnseg.models.vgg import vgg16_backbone
+from fcnseg.models.vgg import VGG16_LAYERS, layer_widths, vgg16_backbone
 
 Windows = tuple[tuple[str, tuple[tuple[int, int, int, bool], ...]], ...]
 """Per layer: the blob it writes, and its window (span, stride, padding, ceil mode) along each axis
@@ -53,12 +57,25 @@ def check_sources(x: torch.Tensor, sizes: list[tuple[int, int]], sources: tuple[
 
 torch.fx.wrap("check_input")
 
-__all__ = ["SSD", "SSD300_WIDTHS", "L2Normalize", "extra_widths", "reduce_vgg16", "ssd_trunk"]
+__all__ = [
+    "SSD",
+    "SSD300_EXTRAS",
+    "SSD300_WIDTHS",
+    "SSD512_EXTRAS",
+    "L2Normalize",
+    "caffe_xavier_",
+    "extra_widths",
+    "reduce_vgg16",
+    "ssd_trunk",
+]
 
 SSD300_WIDTHS = (64, 128, 256, 512, 512, 1024)
-"""conv1_x .. conv5_x, then fc6/fc7 (1024: a quarter of VGG16's 4096)."""
+"""conv1_x .. conv5_x, then fc6/fc7 (1024: a quarter of VGG16's 4096); 15 widths give each layer its own."""
 
-_EXTRAS = (  # name, share of the fc width, kernel, stride, padding: ssd_pascal.py's AddExtraLayers
+ExtraLayer = tuple[str, int, int, int, int]
+"""An extra layer: name, its width as a share of fc7's (width = fc7 // share), kernel, stride, padding."""
+
+SSD300_EXTRAS: tuple[ExtraLayer, ...] = (  # ssd_pascal.py's AddExtraLayers
     ("conv6_1", 4, 1, 1, 0),
     ("conv6_2", 2, 3, 2, 1),
     ("conv7_1", 8, 1, 1, 0),
@@ -68,11 +85,30 @@ _EXTRAS = (  # name, share of the fc width, kernel, stride, padding: ssd_pascal.
     ("conv9_1", 8, 1, 1, 0),
     ("conv9_2", 4, 3, 1, 0),
 )
+SSD512_EXTRAS: tuple[ExtraLayer, ...] = (  # ssd_pascal_512.py: 32 -> 16, 8, 4, 2 by stride 2, then 1
+    *SSD300_EXTRAS[:4],
+    ("conv8_1", 8, 1, 1, 0),
+    ("conv8_2", 4, 3, 2, 1),
+    ("conv9_1", 8, 1, 1, 0),
+    ("conv9_2", 4, 3, 2, 1),
+    ("conv10_1", 8, 1, 1, 0),
+    ("conv10_2", 4, 4, 1, 1),
+)
 
 
-def extra_widths(fc_width: int) -> tuple[int, ...]:
-    """Widths of conv6_1 .. conv9_2: 256, 512, 128, 256, 128, 256, 128, 256 for fc7's 1024."""
-    return tuple(max(1, fc_width // share) for _, share, *_ in _EXTRAS)
+def extra_widths(fc_width: int, extras: Sequence[ExtraLayer] = SSD300_EXTRAS) -> tuple[int, ...]:
+    """Widths of the extra layers from fc7's: 256, 512, 128, 256, 128, 256, 128, 256 (SSD512: and
+    128, 256) for 1024."""
+    return tuple(max(1, fc_width // share) for _, share, *_ in extras)
+
+
+def caffe_xavier_(weight: torch.Tensor) -> torch.Tensor:
+    """Caffe's ``xavier`` filler, as ssd_pascal.py fills the extra layers and heads: uniform in
+    +-sqrt(3 / fan_in) (its default variance_norm FAN_IN), not PyTorch's +-sqrt(6 / (fan_in + fan_out))."""
+    fan_in = weight[0].numel()
+    bound = math.sqrt(3.0 / fan_in)
+    with torch.no_grad():
+        return weight.uniform_(-bound, bound)
 
 
 def _reduced_head(layers: OrderedDict[str, nn.Module], fc6: nn.Conv2d, fc7: nn.Conv2d) -> nn.Sequential:
@@ -87,11 +123,14 @@ def _reduced_head(layers: OrderedDict[str, nn.Module], fc6: nn.Conv2d, fc7: nn.C
     return nn.Sequential(kept)
 
 
-def ssd_trunk(widths: tuple[int, ...] = SSD300_WIDTHS, in_channels: int = 3) -> nn.Sequential:
-    """SSD's VGG16, conv1_1 .. relu7, freshly initialised; ``widths[5]`` is fc6/fc7's width."""
-    vgg = vgg16_backbone((*widths[:5], 1), in_channels=in_channels, input_padding=1)
-    fc6 = nn.Conv2d(widths[4], widths[5], 3, padding=6, dilation=6)
-    return _reduced_head(OrderedDict(vgg.named_children()), fc6, nn.Conv2d(widths[5], widths[5], 1))
+def ssd_trunk(widths: Sequence[int] = SSD300_WIDTHS, in_channels: int = 3) -> nn.Sequential:
+    """SSD's VGG16, conv1_1 .. relu7, freshly initialised; ``widths``: 6 (a stage each, then fc6/fc7)
+    or 15 (a layer each: conv1_1 .. conv5_3, fc6, fc7)."""
+    per_layer = dict(zip(VGG16_LAYERS, layer_widths(widths), strict=True))
+    vgg = vgg16_backbone((*layer_widths(widths)[:13], 1, 1), in_channels=in_channels, input_padding=1)
+    fc6 = nn.Conv2d(per_layer["conv5_3"], per_layer["fc6"], 3, padding=6, dilation=6)
+    fc7 = nn.Conv2d(per_layer["fc6"], per_layer["fc7"], 1)
+    return _reduced_head(OrderedDict(vgg.named_children()), fc6, fc7)
 
 
 def reduce_vgg16(vgg: nn.Sequential, keep_every: int = 4) -> nn.Sequential:
@@ -129,6 +168,11 @@ def reduce_vgg16(vgg: nn.Sequential, keep_every: int = 4) -> nn.Sequential:
     return _reduced_head(OrderedDict(copy.deepcopy(dense).named_children()), fc6, fc7)
 
 
+def _default_extras(fc_width: int, extras: Sequence[ExtraLayer]) -> tuple[int, ...]:
+    """:func:`extra_widths`, under a name that SSD's ``extra_widths`` argument does not hide."""
+    return extra_widths(fc_width, extras)
+
+
 class L2Normalize(nn.Module):
     """Caffe's Normalize (across_spatial false, channel_shared false): each position's channel
     vector divided by its L2 norm, times a learned per-channel ``scale``."""
@@ -144,9 +188,12 @@ class L2Normalize(nn.Module):
 
 
 class SSD(nn.Module):
-    """SSD300: (N, in_channels, 300, 300) -> loc (N, 8732, 4) box codes and conf (N, 8732, C) logits,
-    in the order of :func:`fcnseg.detection.prior_boxes` (``priors``): each head's NCHW output
-    permuted to NHWC, flattened and concatenated, as Caffe's Permute/Flatten/Concat do.
+    """SSD300: (N, in_channels, 300, 300) -> loc (N, 8732, 4) box codes and conf (N, 8732, C) logits;
+    SSD512 (``priors`` SSD512_PRIORS, ``extras`` :data:`SSD512_EXTRAS`): (N, in_channels, 512, 512)
+    -> (N, 24564, 4) and (N, 24564, C). In the order of :func:`fcnseg.detection.prior_boxes`
+    (``priors``): each head's NCHW output permuted to NHWC, flattened and concatenated, as Caffe's
+    Permute/Flatten/Concat do. ``widths`` size the trunk (:func:`ssd_trunk`), ``extra_widths`` each
+    extra layer (default: :func:`extra_widths` of fc7's).
 
     The heads read the trunk's taps: ``conv4_3`` names the one read as conv4_3 (L2-normalised;
     VGG16's ``relu4_3``), and the trunk's output is fc7, which the extra layers follow. ``trunk``
@@ -159,29 +206,41 @@ class SSD(nn.Module):
     def __init__(
         self,
         num_classes: int = 21,
-        widths: tuple[int, ...] = SSD300_WIDTHS,
+        widths: Sequence[int] = SSD300_WIDTHS,
         in_channels: int = 3,
         priors: PriorSpec = SSD300_PRIORS,
         trunk: nn.Module | None = None,
+        extras: Sequence[ExtraLayer] = SSD300_EXTRAS,
+        extra_widths: Sequence[int] | None = None,
         conv4_3: str = "relu4_3",
     ):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2 (background and one class), got {num_classes}")
-        if len(widths) != 6:
-            raise ValueError(f"SSD300 needs 6 widths (conv1..conv5, fc), got {widths}")
+        if len(widths) not in (6, len(VGG16_LAYERS)):
+            raise ValueError(
+                f"SSD needs 6 widths (conv1..conv5, fc) or 15 (conv1_1 .. conv5_3, fc6, fc7), got {tuple(widths)}"
+            )
         self.num_classes, self.in_channels, self.prior_spec = num_classes, in_channels, priors
         # heads read taps: conv4_3's is named, fc7 is the trunk's output (another trunk's, given)
         self.backbone = as_trunk(trunk if trunk is not None else ssd_trunk(tuple(widths), in_channels))
         self.conv4_3_tap = conv4_3
         self.conv4_3_norm = L2Normalize(self.backbone.tap(conv4_3).channels)
-        extras: OrderedDict[str, nn.Module] = OrderedDict()
         channels = self.backbone.output.channels
-        for (name, _, kernel, stride, pad), width in zip(_EXTRAS, extra_widths(channels), strict=True):
-            extras[name] = nn.Conv2d(channels, width, kernel, stride=stride, padding=pad)
-            extras[f"{name}_relu"] = nn.ReLU(inplace=True)
+        widths_of_extras = (
+            tuple(extra_widths) if extra_widths is not None else _default_extras(channels, extras)
+        )
+        if len(widths_of_extras) != len(extras):
+            raise ValueError(
+                f"{len(extras)} extra layers ({extras[0][0]} .. {extras[-1][0]}) need as many widths, "
+                f"got {widths_of_extras}"
+            )
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        for (name, _, kernel, stride, pad), width in zip(extras, widths_of_extras, strict=True):
+            layers[name] = nn.Conv2d(channels, width, kernel, stride=stride, padding=pad)
+            layers[f"{name}_relu"] = nn.ReLU(inplace=True)
             channels = width
-        self.extras = nn.Sequential(extras)
+        self.extras = nn.Sequential(layers)
         self.heads = nn.ModuleDict()
         for name, count, width in zip(
             self.head_inputs, priors.per_location, self._source_widths(), strict=True
@@ -190,7 +249,7 @@ class SSD(nn.Module):
             self.heads[f"{name}_mbox_conf"] = nn.Conv2d(width, count * num_classes, 3, padding=1)
         for module in [*self.extras.modules(), *self.heads.values()]:  # ssd_pascal.py: xavier, bias 0
             if isinstance(module, nn.Conv2d):
-                nn.init.xavier_uniform_(module.weight)
+                caffe_xavier_(module.weight)
                 nn.init.zeros_(module.bias)
 
     @property
@@ -221,7 +280,7 @@ class SSD(nn.Module):
         return named
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The six source maps the heads read (conv4_3 already normalised)."""
+        """The source maps the heads read, in :attr:`sources` order (conv4_3 already normalised)."""
         x = check_sources(check_input(x, self.in_channels), self.map_sizes(tuple(x.shape[-2:])), self.sources)
         taps, x = self.backbone.features(x, (self.conv4_3_tap,))
         found = {"conv4_3": self.conv4_3_norm(taps[self.conv4_3_tap]), "fc7": x}

@@ -59,6 +59,8 @@ class InferenceOptions:
     precision: str = "fp32"
     max_memory: int | None = None
     batch_size: int = 1
+    edge_output: str = "fuse"
+    """An edge net's map: its own, or HED's merge (:data:`~fcnseg.infer.edge_outputs.EDGE_OUTPUTS`)."""
 
     def refinements(self) -> list[str]:
         """The :data:`REFINEMENTS` asked for, in that order."""
@@ -131,9 +133,8 @@ class TaskBase:
         self, model: nn.Module, dataset: Dataset, config: TrainConfig, context: Context, progress: bool
     ) -> dict[str, Any]:
         """The training loop's validation: :meth:`measure` in batches of the run's validation size."""
-        return self.measure(
-            model, dataset, InferenceOptions(batch_size=config.val_batch_size), context, progress
-        )
+        options = InferenceOptions(batch_size=config.val_batch_size, edge_output=config.edge_output)
+        return self.measure(model, dataset, options, context, progress)
 
     def check_options(self, model: nn.Module, options: InferenceOptions, source: str) -> None:
         """Refuse, before any work, the refinements ``options`` asks for that this task's nets cannot give."""
@@ -142,6 +143,11 @@ class TaskBase:
             flags = ", ".join(f"--{name.replace('_', '-')}" for name in refused)
             raise ValueError(
                 f"{flags}: only for segmentation nets of one output; {source} is a net of the {self.name} task"
+            )
+        if options.edge_output != "fuse" and getattr(model, "config", {}).get("arch") != "hed":
+            raise ValueError(
+                f"--edge-output {options.edge_output}: only for HED nets (its fused and side outputs); "
+                f"{source} is not one"
             )
 
     def check_prediction(self, model: nn.Module, options: InferenceOptions, source: str) -> None:

@@ -1,5 +1,5 @@
-"""Object detection with SSD: images with boxes, SSD300, the MultiBox loss, VOC mean average precision,
-boxes drawn and written as JSON, and the source maps with their priors."""
+"""Object detection with SSD: images with boxes, SSD300 or SSD512, the MultiBox loss, VOC mean average
+precision, boxes drawn and written as JSON, and the source maps with their priors."""
 
 from __future__ import annotations
 
@@ -22,14 +22,13 @@ from fcnseg.data.detection import (
     annotation_files,
     check_annotations,
     detection_collate,
-    normalised_target,
     ssd_augment,
     voc_detection_split,
 )
 from fcnseg.data.synthetic import SyntheticDetection
 from fcnseg.detection.evaluation import evaluate_detections
 from fcnseg.detection.loss import MultiBoxLoss
-from fcnseg.detection.priors import prior_boxes
+from fcnseg.detection.priors import prior_boxes, prior_spec
 from fcnseg.errors import ConfigError
 from fcnseg.files import atomic_write
 from fcnseg.infer.detect import MIN_SCORE, detect_images, detection_records, draw_boxes
@@ -49,19 +48,18 @@ __all__ = ["DetectionTask", "evaluate_detector"]
 def evaluate_detector(
     model: nn.Module, dataset: Dataset, batch_size: int = 1, progress: bool = False
 ) -> dict[str, Any]:
-    """VOC mAP (:func:`fcnseg.detection.evaluate_detections`) of an SSD on a data set of (image, target)."""
+    """VOC mAP (:func:`fcnseg.detection.evaluate_detections`) of an SSD on a data set of (image, target),
+    boxes in the images' pixels as the devkit scores them."""
     detections, truths = [], []
     pending: list[np.ndarray] = []
 
     def flush() -> None:
-        for image, found in zip(pending, detect_images(model, pending), strict=True):
-            height, width = image.shape[:2]
-            detections.append(normalised_target(found, height, width))
+        detections.extend(detect_images(model, pending))
         pending.clear()
 
     for index in tqdm(range(len(dataset)), desc="evaluating", unit="img", disable=not progress):
         image, target = dataset[index]
-        truths.append(normalised_target(target, *image.shape[:2]))
+        truths.append(target)
         pending.append(image)
         if len(pending) >= batch_size:
             flush()
@@ -80,7 +78,7 @@ class DetectionTask(TaskBase):
     synthetic = SyntheticDetection
     datasets_known = ("synthetic", "voc")
 
-    def datasets(self, config: TrainConfig) -> tuple[Dataset, Dataset]:
+    def datasets(self, config: TrainConfig) -> tuple[Dataset, Dataset | None]:
         """The synthetic shapes with boxes, or VOC07+12 trainval / VOC07 test (``--train-split``,
         ``--val-split`` as ``2007-trainval+2012-trainval``)."""
         if config.dataset == "synthetic":
@@ -93,7 +91,7 @@ class DetectionTask(TaskBase):
         train, val = DEFAULT_DETECTION_SPLITS
         return (
             voc_detection_split(config.train_split or train, config.data),
-            voc_detection_split(config.val_split or val, config.data),
+            voc_detection_split(config.val_split or val, config.data) if config.validates else None,
         )
 
     def check_data(
@@ -121,7 +119,8 @@ class DetectionTask(TaskBase):
         return model
 
     def train_samples(self, train_set: Dataset, config: TrainConfig) -> DetectionSamples:
-        return DetectionSamples(train_set, config.preprocess, ssd_augment, config.seed)
+        size = prior_spec(config.arch).image_size  # 300 or 512: the net's design size
+        return DetectionSamples(train_set, config.preprocess, ssd_augment, config.seed, size)
 
     collate = staticmethod(detection_collate)
 
@@ -269,7 +268,7 @@ def _priors_table(model: nn.Module, cost: ComputeCost, fields: dict[str, tuple[i
     pixels, then its priors: their step (the spacing of their centres), sizes, aspect ratios and count."""
     shapes = {caffe_name(row.name): row.output_shape for row in cost.layers}
     header = (
-        f"{'source':<14}{'map':>8}{'stride':>8}{'field':>7}{'step':>6}{'min':>5}{'max':>5}"
+        f"{'source':<14}{'map':>8}{'stride':>8}{'field':>7}{'step':>6}{'min':>7}{'max':>7}"
         f"  {'aspect ratios':<15}{'per location':>12}{'priors':>8}"
     )
     lines, total = [header, "-" * len(header)], 0
@@ -283,8 +282,8 @@ def _priors_table(model: nn.Module, cost: ComputeCost, fields: dict[str, tuple[i
         largest = "-" if layer.max_size is None else f"{layer.max_size:g}"
         ratios = ",".join(_ratio(r) for r in layer.ratios(model.prior_spec.flip))
         lines.append(
-            f"{reader:<14}{f'{height}x{width}':>8}{stride:>8}{field:>7}{layer.step:>6g}{layer.min_size:>5g}"
-            f"{largest:>5}  {ratios:<15}{per_location:>12}{count:>8,}"
+            f"{reader:<14}{f'{height}x{width}':>8}{stride:>8}{field:>7}{layer.step:>6g}{layer.min_size:>7g}"
+            f"{largest:>7}  {ratios:<15}{per_location:>12}{count:>8,}"
         )
     return [
         *lines,

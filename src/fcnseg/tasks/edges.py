@@ -23,7 +23,8 @@ from fcnseg.data.preprocess import preprocess, preprocessing_of
 from fcnseg.data.registry import DEFAULT_SPLITS, open_dataset
 from fcnseg.data.transforms import NetPairs, pad_collate
 from fcnseg.errors import ConfigError, FcnsegError
-from fcnseg.metrics.edges import EDGE_MAX_DIST, edge_counts, scores
+from fcnseg.infer.edge_outputs import edge_output, merge_thinned, side_mean
+from fcnseg.metrics.edges import EDGE_MAX_DIST, edge_counts, scores, suppress
 from fcnseg.models.flops import compute_cost
 from fcnseg.models.registry import build_model
 from fcnseg.tasks.common import (
@@ -62,17 +63,28 @@ class Targets(Dataset):
 
 
 @torch.no_grad()
-def predict_maps(model: nn.Module, images: np.ndarray) -> np.ndarray:
+def predict_maps(model: nn.Module, images: np.ndarray, output: str = "fuse") -> np.ndarray:
     """(N, H, W, 3) uint8 images of one size -> the (N, H, W) maps in [0, 1] that an edge or skeleton
-    net (``model.edge_map``) predicts, with the preprocessing its weights expect, where the net is
-    (by the speed layer's path: :func:`fcnseg.accel.for_inference`)."""
+    net predicts, with the preprocessing its weights expect, where the net is (by the speed layer's
+    path: :func:`fcnseg.accel.for_inference`); ``output`` picks the net's own map
+    (``model.edge_map``) or HED's merge (:data:`~fcnseg.infer.edge_outputs.EDGE_OUTPUTS`)."""
     x = preprocess(images, preprocessing_of(model)).to(next(model.parameters()).device)
-    return model.edge_map(for_inference(model)(x)).float().cpu().numpy()
+    return edge_output(model, for_inference(model)(x), output).float().cpu().numpy()
 
 
-def predict_map(model: nn.Module, image: np.ndarray) -> np.ndarray:
+def predict_map(model: nn.Module, image: np.ndarray, output: str = "fuse") -> np.ndarray:
     """The (H, W) map in [0, 1] of one (H, W, 3) uint8 image (:func:`predict_maps`)."""
-    return predict_maps(model, image[None])[0]
+    return predict_maps(model, image[None], output)[0]
+
+
+@torch.no_grad()
+def _thinned_merge(model: nn.Module, image: np.ndarray) -> np.ndarray:
+    """HED's merge as its evaluation scores it: the fused map and the side mean each thinned by NMS,
+    then averaged (merge_res.m)."""
+    x = preprocess(image, preprocessing_of(model))[None].to(next(model.parameters()).device)
+    logits = for_inference(model)(x)
+    fuse, sides = (m[0].float().cpu().numpy() for m in (edge_output(model, logits), side_mean(model, logits)))
+    return merge_thinned(fuse, sides, suppress)
 
 
 def grey_map(prediction: np.ndarray) -> np.ndarray:
@@ -118,6 +130,8 @@ class EdgeTask(TaskBase):
             )
         splits = DEFAULT_SPLITS[name]
         train = open_dataset(name, config.data, config.train_split or splits[0])
+        if not config.validates:
+            return train, None
         if name == "hed-bsds":  # HED's augmented pairs have no validation split: BSDS500's, when given
             val_split = config.val_split or splits[1]
             return train, open_dataset("bsds500", config.val_data, val_split) if config.val_data else None
@@ -168,6 +182,10 @@ class EdgeTask(TaskBase):
         """The maps a prediction is matched against: one per annotator."""
         return list(truth)
 
+    def counts(self, prediction: np.ndarray, truth: np.ndarray, nms: bool = True) -> np.ndarray:
+        """One image's matches at each threshold (:func:`~fcnseg.metrics.edges.edge_counts`)."""
+        return edge_counts(prediction, self.truths(truth), max_dist=self.max_dist, nms=nms)
+
     def measure(
         self, model: nn.Module, dataset: Dataset, options: InferenceOptions, context: Context, progress: bool
     ) -> dict[str, Any]:
@@ -178,10 +196,10 @@ class EdgeTask(TaskBase):
         indices = range(context.rank, len(dataset), context.world_size)
         for i in tqdm(indices, desc="evaluating", disable=not progress, leave=False):
             image, truth = dataset[i]
+            merge = options.edge_output == "merge"
+            edges = _thinned_merge(model, image) if merge else predict_map(model, image)
             try:
-                counts.append(
-                    edge_counts(predict_map(model, image), self.truths(truth), max_dist=self.max_dist)
-                )
+                counts.append(self.counts(edges, truth, nms=not merge))
             except ValueError as error:
                 pairs = getattr(dataset, "pairs", None)
                 sample = f"{pairs[i][1]}" if pairs else f"image {i} of {len(dataset)}"
@@ -212,7 +230,7 @@ class EdgeTask(TaskBase):
         self, model: nn.Module, images: np.ndarray, options: InferenceOptions
     ) -> list[np.ndarray]:
         """(N, H, W, 3) uint8 images of one size -> per image the (H, W) map in [0, 1]."""
-        return list(predict_maps(model, images))
+        return list(predict_maps(model, images, options.edge_output))
 
     def prediction_suffixes(self, model: nn.Module, options: InferenceOptions) -> list[str]:
         return [".png", *([f"_overlay.{options.overlay_format}"] if options.overlay else [])]

@@ -70,8 +70,9 @@ class SegmentationTask(TaskBase):
     datasets_known = ("synthetic", "folder", "voc", "sbd", "nyud", "siftflow", "context")
     takes = REFINEMENTS
 
-    def datasets(self, config: TrainConfig) -> tuple[Dataset, Dataset]:
-        """The synthetic set; a folder with a second one or a held-out share; or a data set's splits."""
+    def datasets(self, config: TrainConfig) -> tuple[Dataset, Dataset | None]:
+        """The synthetic set; a folder with a second one or a held-out share; or a data set's splits
+        (no validation set with ``val_split = "none"``)."""
         name = config.dataset
         if name == "synthetic":
             size = config.image_size
@@ -87,10 +88,10 @@ class SegmentationTask(TaskBase):
                 return train, FolderSegmentation(config.val_data, class_names=train.class_names)
             return holdout(train, config.val_fraction, seed=0)
         splits = DEFAULT_SPLITS[name]
-        return (
-            open_dataset(name, config.data, config.train_split or splits[0], modality=config.modality),
-            open_dataset(name, config.data, config.val_split or splits[1], modality=config.modality),
-        )
+        train = open_dataset(name, config.data, config.train_split or splits[0], modality=config.modality)
+        if not config.validates:
+            return train, None
+        return train, open_dataset(name, config.data, config.val_split or splits[1], modality=config.modality)
 
     def check_data(
         self, train_set: Dataset, val_set: Dataset | None, say: Callable[[str], None], progress: bool

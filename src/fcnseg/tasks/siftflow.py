@@ -76,7 +76,7 @@ class SiftFlowTask(SegmentationTask):
     takes = ()
     serves = False
 
-    def datasets(self, config: TrainConfig) -> tuple[Dataset, Dataset]:
+    def datasets(self, config: TrainConfig) -> tuple[Dataset, Dataset | None]:
         if config.dataset != "siftflow":
             raise ConfigError(f"task siftflow reads the SIFT Flow data set, not {config.dataset!r}")
         if config.flip or config.scale_range or config.crop or config.class_balance:
@@ -84,7 +84,7 @@ class SiftFlowTask(SegmentationTask):
         splits = DEFAULT_SPLITS["siftflow"]
         return (
             self.open_split(config.data, config.train_split or splits[0]),
-            self.open_split(config.data, config.val_split or splits[1]),
+            self.open_split(config.data, config.val_split or splits[1]) if config.validates else None,
         )
 
     @staticmethod

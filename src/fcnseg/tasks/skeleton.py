@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 from fcnseg.data.edges import SCALE_THRESHOLDS, SyntheticSkeletons, quantise_scales
 from fcnseg.data.transforms import NetPairs
 from fcnseg.errors import ConfigError
-from fcnseg.metrics.edges import SKELETON_MAX_DIST
+from fcnseg.metrics.edges import SKELETON_MAX_DIST, skeleton_counts
 from fcnseg.models.sides import FSDS_FUSE_INIT, FSDS_SIDE_CHANNELS
 from fcnseg.tasks.edges import EdgeTask
 from fcnseg.tasks.losses import FSDSLoss
@@ -64,3 +64,8 @@ class SkeletonTask(EdgeTask):
     def truths(self, truth: np.ndarray) -> list[np.ndarray]:
         """The skeleton: the pixels with a scale."""
         return [truth > 0]
+
+    def counts(self, prediction: np.ndarray, truth: np.ndarray, nms: bool = True) -> np.ndarray:
+        """Matches against the skeleton (the pixels with a scale), as FSDS's evaluation counts them:
+        each map divided by its maximum, 100 thresholds (:func:`~fcnseg.metrics.edges.skeleton_counts`)."""
+        return skeleton_counts(prediction, self.truths(truth)[0], max_dist=self.max_dist, nms=nms)

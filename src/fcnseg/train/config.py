@@ -12,11 +12,12 @@ from typing import Any
 from fcnseg.data.preprocess import get_preprocessing
 from fcnseg.data.registry import DATASETS, MODALITY_CHANNELS
 from fcnseg.errors import ConfigError
+from fcnseg.infer.edge_outputs import EDGE_OUTPUTS
 from fcnseg.models.registry import FUSION_STREAMS
 from fcnseg.tasks import get_task
 from fcnseg.tasks.losses import REDUCTIONS, SAMPLING_SCOPES
 
-__all__ = ["AUTO", "RECIPES", "TrainConfig"]
+__all__ = ["AUTO", "NO_SPLIT", "RECIPES", "TrainConfig"]
 
 RECIPES: dict[str, dict[str, Any]] = {
     "fcnseg": {},
@@ -37,6 +38,9 @@ RECIPES: dict[str, dict[str, Any]] = {
 normalised loss with Adam, which learns on any data without tuning. "paper" is the solver of
 the original repository: the summed per-pixel loss with SGD at lr 1e-10, momentum 0.99, weight
 decay 5e-4, biases at twice the lr and without decay, one image per step, fixed lr."""
+
+NO_SPLIT = "none"
+"""``val_split``: validate on nothing; best.pt is the final snapshot, as the original solvers keep it."""
 
 AUTO = "auto"
 """``init``: ImageNet weights where the net can take them and they can be had, else from scratch.
@@ -97,7 +101,12 @@ class TrainConfig:
     val_data: str | None = None
     val_fraction: float = 0.1
     train_split: str | None = None
+    # Where best.pt is picked: data held out of training and of what the run reports; "none": nowhere,
+    # best.pt is the final snapshot
     val_split: str | None = None
+    # What the run reports: scored once, after the last step, on best.pt's weights (test.json)
+    test_split: str | None = None
+    test_data: str | None = None  # the test split's folder, where it is not data (HED: BSDS500's)
     # NYUD's input: rgb, hha, depth, rgbd or rgbhha (None: rgb); its preprocessing must take as many
     # channels, which are the net's input channels
     modality: str | None = None
@@ -144,6 +153,8 @@ class TrainConfig:
     # the speed layer (fcnseg.accel): the net on the images' reach, the same loss and gradients, where
     # that is exact; False runs model(x) as written
     accel: bool = True
+    # Scoring: which map of an edge net validation scores ("fuse", or HED's "merge" of fused and side outputs)
+    edge_output: str = "fuse"
     # Running
     seed: int = 0
     val_every: int = 0  # steps between validations; 0 = once per epoch
@@ -182,6 +193,7 @@ class TrainConfig:
             "amp": ("off", "bf16", "fp16"),
             "weight_init": ("default", "kaiming"),
             "frozen_upsampling": ("all", "final", "none"),
+            "edge_output": EDGE_OUTPUTS,
         }
         get_task(self.task)  # an unknown name raises, listing the known ones
         for name, allowed in choices.items():
@@ -210,6 +222,13 @@ class TrainConfig:
                     f"preprocess {self.preprocess!r} takes {channels} channels but modality "
                     f"{self.modality or 'rgb'!r} gives {wanted}"
                 )
+        if self.test_split is not None and self.validates and self.val_split == self.test_split:
+            raise ConfigError(
+                f"val_split and test_split are both {self.test_split!r}: best.pt would be picked on the split "
+                f"the run reports; validate on a held-out split, or on none (val_split = {NO_SPLIT!r})"
+            )
+        if self.edge_output == "merge" and self.arch != "hed":
+            raise ConfigError(f"edge_output merge is HED's (its fused and side outputs), not {self.arch}'s")
         if self.num_classes is not None and self.num_classes < 1:
             raise ConfigError(f"num_classes must be positive, got {self.num_classes}")
         if self.checkpoint_every < 0:
@@ -248,6 +267,11 @@ class TrainConfig:
             raise ConfigError("val_every and workers must be >= 0")
         if self.dataset != "synthetic" and not self.data:
             raise ConfigError(f"dataset {self.dataset!r} needs a data folder (data = ...)")
+
+    @property
+    def validates(self) -> bool:
+        """Whether the run validates (``val_split`` is not "none")."""
+        return self.val_split != NO_SPLIT
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:

@@ -24,7 +24,7 @@ from fcnseg.weights.checkpoint import (
     safe_load,
     weights_format,
 )
-from fcnseg.weights.hub import resolve
+from fcnseg.weights.hub import WEIGHTS, resolve
 from fcnseg.weights.transfer import copy_matching_layers
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ def initial_weights(
             say(f"training from scratch ({reason})")
             return None
         try:
-            path = resolve(name, IMAGENET_DONORS.get(config.arch, config.arch), config.widths, progress)
+            path = resolve(name, _converted_for(name, config.arch), config.widths, progress)
         except (OSError, ValueError) as error:
             say(
                 f"training from scratch: ImageNet weights ({name}) cannot be had: {error}\n"
@@ -88,10 +88,17 @@ def initial_weights(
     elif name is None:
         return None
     else:
-        path = resolve(name, IMAGENET_DONORS.get(config.arch, config.arch), config.widths, progress)
+        path = resolve(name, _converted_for(name, config.arch), config.widths, progress)
     initial = _read_initial(path, config.arch)
     initial["source"] = name
     return initial
+
+
+def _converted_for(name: str, arch: str) -> str:
+    """The net a published name is converted for: a classifier for HED and FSDS as an FCN's trunk
+    (:data:`IMAGENET_DONORS`), a published trunk for the net itself."""
+    trunk = name in WEIGHTS and WEIGHTS[name].is_trunk
+    return arch if trunk else IMAGENET_DONORS.get(arch, arch)
 
 
 def _read_initial(path: Path, arch: str) -> dict[str, Any]:

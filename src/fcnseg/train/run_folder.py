@@ -1,11 +1,12 @@
 """A run's folder: ``last.pt`` (everything needed to resume), ``best.pt`` (the best weights),
-``log.csv`` and ``curves.png``, each written atomically."""
+``log.csv``, ``curves.png`` and ``test.json`` (the test split's scores), each written atomically."""
 
 from __future__ import annotations
 
 import csv
 import dataclasses
 import io
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ __all__ = ["RunFolder"]
 
 _RESUME_IGNORES = {
     "epochs", "out", "workers", "progress", "device", "init", "notes", "channels_last", "accel", "checkpoint_every",
+    "edge_output", "test_split", "test_data",
 }  # fmt: skip
 """Settings that do not change the trajectory: a run may resume with other values."""
 
@@ -37,6 +39,7 @@ class RunFolder:
         self.path = Path(path)
         self.last, self.best = self.path / "last.pt", self.path / "best.pt"
         self.log, self.curves = self.path / "log.csv", self.path / "curves.png"
+        self.test = self.path / "test.json"
 
     def saved_run(self, config: TrainConfig, resume: bool) -> dict[str, Any] | None:
         """With ``resume``, ``last.pt``, which must hold a run of ``config``'s settings (but for
@@ -103,9 +106,19 @@ class RunFolder:
         writer.writerows({k: _format(row[k]) for k in columns} for row in rows)
         atomic_write(self.log, lambda f: f.write(text.getvalue().encode()))
 
+    def write_test(self, record: dict[str, Any]) -> None:
+        """``test.json``: the test split's scores, with what was scored (split, data, step)."""
+        text = json.dumps(record, indent=2, default=_plain) + "\n"
+        atomic_write(self.test, lambda f: f.write(text.encode()))
+
     def draw_curves(self, rows: Sequence[dict[str, float]], metrics: dict[str, str]) -> None:
         """``curves.png``: the training loss and ``metrics`` (column -> label) of ``rows``."""
         plot_curves(rows, self.curves, metrics)
+
+
+def _plain(value: Any) -> Any:
+    """NumPy numbers and arrays in ``test.json`` as plain numbers and lists."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
 def _format(value: float) -> str:

@@ -3,15 +3,18 @@
 :class:`Trainer` runs a :class:`~fcnseg.train.config.TrainConfig` with a
 :class:`~fcnseg.tasks.Task`, which brings the data, the net, the loss and the metrics.
 The loop brings the rest: steps, validation, the run folder (``last.pt``, ``best.pt``,
-``log.csv``, ``curves.png``), DDP, mixed precision, time limits, and a checkpoint on
-Ctrl-C or SIGTERM. Every source of randomness is either derived from (seed, epoch,
-index, step) or saved in ``last.pt``, so a run killed at any moment and resumed ends
-with the same weights as one that was never interrupted.
+``log.csv``, ``curves.png``, ``test.json``), DDP, mixed precision, time limits, and a checkpoint on
+Ctrl-C or SIGTERM. best.pt is picked on the validation split, never on the test split, which is
+scored once, after the last step (``test_split``); without validation best.pt is the final
+snapshot. Every source of randomness is either derived from (seed, epoch, index, step) or saved
+in ``last.pt``, so a run killed at any moment and resumed ends with the same weights as one that
+was never interrupted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import math
 import signal
@@ -39,6 +42,7 @@ from fcnseg.train.initial import initial_weights, initialise, settle_preprocess
 from fcnseg.train.optim import make_optimizer, set_lr
 from fcnseg.train.run_folder import RunFolder
 from fcnseg.train.state import RunState, rng_state, seed_everything, set_rng_state, step_generator
+from fcnseg.weights.checkpoint import model_from_checkpoint, read_checkpoint
 
 __all__ = ["TrainResult", "Trainer", "TrainingDiverged", "TrainingInterrupted", "log_columns", "train"]
 
@@ -69,6 +73,7 @@ class TrainResult:
     best_metrics: dict[str, Any] | None
     out: Path
     steps: int
+    test_metrics: dict[str, Any] | None = None  # the test split's, scored once on best.pt
 
 
 @dataclass
@@ -158,13 +163,16 @@ class Trainer:
                     tqdm.write(f"time limit of {config.time_limit:g} s reached at step {state.step}")
                 finished = state.step >= total_steps or out_of_time
                 if finished or (state.step % config.val_every == 0 if config.val_every else end_of_epoch):
-                    row = self._validate(run, val_set, lr, steps_per_epoch)
+                    row = self._validate(run, val_set, lr, steps_per_epoch, final=finished)
                     progress.show(**{self.task.score: row[self.task.score]})
                 if finished:
                     break
                 self._save_between(run, stop)
+        test = self._test(run) if config.test_split is not None else None
         run.model.to(memory_format=torch.contiguous_format)  # the usual layout for whoever uses it next
-        return TrainResult(run.model.eval(), state.history, state.best_metrics, self.folder.path, state.step)
+        return TrainResult(
+            run.model.eval(), state.history, state.best_metrics, self.folder.path, state.step, test
+        )
 
     def _data(
         self, context: distributed.Context, say: Callable[[str], None]
@@ -175,6 +183,8 @@ class Trainer:
         if train_set is None:
             train_set, config_val_set = self.task.datasets(self.config)
             val_set = val_set if val_set is not None else config_val_set
+        if not self.config.validates:  # val_split "none": best.pt is the final snapshot
+            val_set = None
         if len(train_set) == 0:
             raise ValueError("the training set is empty")
         error: DataError | None = None
@@ -310,10 +320,11 @@ class Trainer:
             )
 
     def _validate(
-        self, run: _Run, val_set: Dataset | None, lr: float, steps_per_epoch: int
+        self, run: _Run, val_set: Dataset | None, lr: float, steps_per_epoch: int, final: bool = False
     ) -> dict[str, float]:
         """Log a row (the mean training loss since the last one, the task's metrics on ``val_set``)
-        and save ``last.pt``, and ``best.pt`` when the task's score improved."""
+        and save ``last.pt``, and ``best.pt`` when the task's score improved (without a validation
+        set: at the ``final`` step, the snapshot the original solvers keep)."""
         config, context, state, task = run.config, run.context, run.state, self.task
         metrics = None
         if val_set is not None and len(val_set):
@@ -330,8 +341,8 @@ class Trainer:
             "seconds": round(run.seconds(), 2),
         }
         state.history.append(row)
-        improved = metrics is not None and metrics[task.score] > state.best_score
-        if improved:
+        improved = metrics[task.score] > state.best_score if metrics is not None else final
+        if improved and metrics is not None:
             state.best_score = metrics[task.score]
             state.best_metrics = {**metrics, "step": state.step}
         run.model.meta["metrics"] = metrics
@@ -341,6 +352,30 @@ class Trainer:
             self.folder.draw_curves(state.history, task.curves)
         distributed.barrier(context)
         return row
+
+    def _test(self, run: _Run) -> dict[str, Any]:
+        """The test split's metrics on best.pt's weights, scored once, after the last step, and
+        written to ``test.json``: the numbers a run reports, which pick nothing."""
+        config, context = run.config, run.context
+        test_config = dataclasses.replace(
+            config, val_split=config.test_split, test_split=None, val_data=config.test_data or config.val_data
+        )
+        _, test_set = self.task.datasets(test_config)
+        distributed.barrier(context)  # best.pt is written by rank 0
+        saved = read_checkpoint(self.folder.best, context.device)
+        step, model = saved.get("step"), model_from_checkpoint(saved, str(self.folder.best)).eval()
+        with _autocast(context.device, config.amp):
+            metrics = self.task.evaluate(
+                model, test_set, test_config, context, config.progress and context.is_main
+            )
+        if context.is_main:
+            record = {"split": config.test_split, "data": test_config.val_data or config.data, "step": step}
+            self.folder.write_test({**record, "weights": "best.pt", "metrics": metrics})
+        score = self.task.score
+        run.say(
+            f"test split {config.test_split}, {len(test_set)} images, best.pt of step {step}: {score} {metrics[score]:.4f}"
+        )
+        return metrics
 
     def _save(self, run: _Run, best: bool = False) -> None:
         """Write ``last.pt`` (and with ``best`` ``best.pt``) from rank 0, with every process's generators."""

@@ -15,27 +15,50 @@ from fcnseg.data.siftflow import (
     SIFTFLOW_HEADS,
     SIFTFLOW_SEMANTIC_CLASSES,
 )
-from fcnseg.detection.priors import SSD300_PRIORS
+from fcnseg.detection.priors import prior_spec
 from fcnseg.models.alexnet import ALEXNET_CONVS
 from fcnseg.models.fcn import FCN
 from fcnseg.models.fusion import LateFusionFCN
 from fcnseg.models.googlenet import GOOGLENET_CONVS
 from fcnseg.models.heads import MultiHeadFCN
 from fcnseg.models.layers import bilinear_kernel
-from fcnseg.models.registry import FUSION_STREAMS, SIDE_OUTPUT_ARCHS, build_model, trunk_family
+from fcnseg.models.registry import DETECTORS, FUSION_STREAMS, SIDE_OUTPUT_ARCHS, build_model, trunk_family
 from fcnseg.models.sides import FSDS, HED
-from fcnseg.models.ssd import SSD
-from fcnseg.models.vgg import VGG16_CONVS
+from fcnseg.models.ssd import SSD, SSD300_EXTRAS, SSD512_EXTRAS, extra_widths
+from fcnseg.models.vgg import VGG16_CONVS, VGG16_LAYERS, compact_widths
 from fcnseg.weights.caffe_format import CaffeLayer, read_caffemodel
-from fcnseg.weights.transfer import Parts, WeightsMismatchError, copy_into
+from fcnseg.weights.transfer import Parts, WeightsMismatchError, caffe_name, copy_into
 
-VGG16_STAGE_FIRSTS = tuple(name for name in VGG16_CONVS if name.endswith("_1"))
 WIDTH_LAYERS = {
-    "vgg16": (*VGG16_STAGE_FIRSTS, "fc6"),
+    "vgg16": VGG16_LAYERS,
+    "alexnet": (*ALEXNET_CONVS, "fc6", "fc7"),
+    "googlenet": GOOGLENET_CONVS,
+}
+"""Per trunk, the layers whose output channels are ``build_model``'s widths: every learned layer of
+the trunk, so a file whose layers have any widths converts (:func:`_compact` shortens the usual ones)."""
+
+
+_STAGE_FIRSTS = tuple(name for name in VGG16_CONVS if name.endswith("_1"))
+_REQUIRED = {
+    "vgg16": (*_STAGE_FIRSTS, "fc6"),
+    "vgg16-convs": _STAGE_FIRSTS,
     "alexnet": (*ALEXNET_CONVS, "fc6"),
     "googlenet": GOOGLENET_CONVS,
 }
-"""Per trunk, the layers whose output channels are ``build_model``'s widths."""
+"""The layers without which a trunk's widths cannot be read: each stage's first (and fc6)."""
+
+
+def _compact(family: str, widths: list[int]) -> list[int]:
+    """Widths read layer by layer in their short form where the net has it: VGG16's 6 (or HED's 5)
+    when each stage is one width and fc6 is fc7's, AlexNet's 6 when fc7 is fc6's."""
+    if family == "vgg16":
+        return list(compact_widths(widths))
+    if family == "vgg16-convs":  # HED and FSDS: conv1_1 .. conv5_3
+        short = compact_widths([*widths, 1, 1])
+        return list(short[:5]) if len(short) == 6 else widths
+    if family == "alexnet" and widths[5] == widths[6]:
+        return widths[:6]
+    return widths
 
 
 def learned_blobs(layers: list[CaffeLayer]) -> dict[str, list[np.ndarray]]:
@@ -44,9 +67,10 @@ def learned_blobs(layers: list[CaffeLayer]) -> dict[str, list[np.ndarray]]:
 
 
 def infer_arch(blobs: dict[str, list[np.ndarray]], source: str) -> str:
-    """Which net (an FCN, HED, FSDS or SSD300) a Caffe model holds, from the names of its learned layers."""
+    """Which net (an FCN, HED, FSDS, SSD300 or SSD512) a Caffe model holds, from the names of its learned
+    layers."""
     if "conv4_3_norm_mbox_conf" in blobs:
-        return "ssd300"
+        return "ssd512" if "conv10_2_mbox_conf" in blobs else "ssd300"
     if "conv1_1" in blobs and "score-dsn1" in blobs:
         return "hed"
     if "conv1_1" in blobs and "score-dsn-2" in blobs:
@@ -67,7 +91,7 @@ def infer_arch(blobs: dict[str, list[np.ndarray]], source: str) -> str:
         raise WeightsMismatchError(
             f"{source}: a VGG16 trunk with none of the score layers of an FCN (score_fr, or SIFT Flow's "
             "score_fr_sem), HED (score-dsn1), "
-            "FSDS (score-dsn-2) or SSD300 (conv4_3_norm_mbox_conf); its learned layers besides conv*: "
+            "FSDS (score-dsn-2) or SSD (conv4_3_norm_mbox_conf); its learned layers besides conv*: "
             f"{', '.join(name for name in blobs if not name.startswith('conv')) or 'none'}{hint}"
         )
     if "conv1_1" in blobs:
@@ -101,24 +125,32 @@ def _layout(blobs: dict[str, list[np.ndarray]]) -> tuple[str, ...]:
 
 
 def infer_build_args(blobs: dict[str, list[np.ndarray]], arch: str, source: str) -> dict:
-    """Widths, classes, input channels, groups and heads of the net the blobs were made for."""
+    """Widths (every layer's), classes, input channels, groups and heads of the net the blobs were made for."""
     # HED and FSDS end at conv5_3
-    sized = VGG16_STAGE_FIRSTS if arch in SIDE_OUTPUT_ARCHS else WIDTH_LAYERS[trunk_family(arch)]
+    family = "vgg16-convs" if arch in SIDE_OUTPUT_ARCHS else trunk_family(arch)
+    sized = VGG16_CONVS if arch in SIDE_OUTPUT_ARCHS else WIDTH_LAYERS[family]
     layout = _layout(blobs)
     fusion = layout == FUSION_STREAMS
     streams = layout if fusion else ("",)  # a late fusion's streams are sized alike: by the first
     scores = [f"score_fr{suffix}" for suffix in layout] or (["score_fr"] if "score_fr" in blobs else [])
-    needed = [f"{name}{stream}" for stream in streams for name in sized] + scores
+    # each stage's first layer (and fc6) must be there; a later layer missing takes the one before's
+    # width, and the copy then lists it with every other problem of the file
+    needed = [f"{name}{stream}" for stream in streams for name in _REQUIRED[family]] + scores
     missing = [name for name in needed if name not in blobs]
     if missing:
         raise WeightsMismatchError(f"{source}: {arch} needs layers that the file lacks: {', '.join(missing)}")
-    odd = [f"{name} {tuple(blobs[name][0].shape)}" for name in needed if not _is_weight(blobs[name][0])]
+    present = needed + [f"{name}{streams[0]}" for name in sized if f"{name}{streams[0]}" in blobs]
+    odd = [f"{name} {tuple(blobs[name][0].shape)}" for name in present if not _is_weight(blobs[name][0])]
     if odd:
         raise WeightsMismatchError(
             f"{source}: these weights should be filters (out, in, height, width) or matrices (out, in) "
-            f"with no empty dimension: {', '.join(odd)}"
+            f"with no empty dimension: {', '.join(sorted(set(odd), key=odd.index))}"
         )
-    widths = [int(blobs[f"{name}{streams[0]}"][0].shape[0]) for name in sized]
+    read: list[int] = []
+    for name in sized:  # the first stream's: a late fusion's streams are alike
+        blob = blobs.get(f"{name}{streams[0]}")
+        read.append(int(blob[0].shape[0]) if blob else read[-1])
+    widths = _compact(family, read)
     in_channels = sum(int(blobs[f"{sized[0]}{stream}"][0].shape[1]) for stream in streams)
     args: dict = {"arch": arch, "widths": widths, "in_channels": in_channels}
     classes = [int(blobs[name][0].shape[0]) for name in scores]
@@ -132,41 +164,55 @@ def infer_build_args(blobs: dict[str, list[np.ndarray]], arch: str, source: str)
 
 
 def load_caffe(path: str | os.PathLike, arch: str | None = None, **build_options) -> FCN | HED | FSDS | SSD:
-    """The net a Caffe model holds (an FCN, HED, FSDS, or SSD300 as ``VGG_VOC0712_SSD_300x300``), with its weights;
-    see :func:`load_caffe_fcn` and :func:`load_caffe_ssd`."""
+    """The net a Caffe model holds (an FCN, HED, FSDS, or SSD300/SSD512 as ``VGG_VOC0712_SSD_300x300``
+    and ``_512x512``), with its weights; see :func:`load_caffe_fcn` and :func:`load_caffe_ssd`."""
     path = Path(path)
     blobs = learned_blobs(read_caffemodel(path))
-    if infer_arch(blobs, str(path)) == "ssd300":
+    if infer_arch(blobs, str(path)) in DETECTORS:
         return _ssd_from_blobs(blobs, path, arch)
     return _fcn_from_blobs(blobs, path, arch, **build_options)
 
 
-_SSD_SOURCES = ("conv4_3_norm", "fc7", "conv6_2", "conv7_2", "conv8_2", "conv9_2")
+_SSD_EXTRAS = {"ssd300": SSD300_EXTRAS, "ssd512": SSD512_EXTRAS}
 
 
 def load_caffe_ssd(path: str | os.PathLike, arch: str | None = None) -> SSD:
-    """SSD300 with the weights of a Caffe SSD model (weiliu89/caffe's ssd_pascal.py layout).
+    """SSD300 or SSD512 with the weights of a Caffe SSD model (weiliu89/caffe's ssd_pascal.py layout,
+    and ssd_pascal_512.py's with conv10_1, conv10_2 and a seventh source).
 
-    The layers are matched by their prototxt names: conv1_1 .. fc7, conv6_1 .. conv9_2,
+    The layers are matched by their prototxt names: conv1_1 .. fc7, the extra layers (conv6_1 ..),
     ``conv4_3_norm`` (its one blob is the per-channel scale) and the heads
     ``<source>_mbox_loc`` / ``<source>_mbox_conf``; the Permute, Flatten, PriorBox and Concat
-    layers carry no weights, and the net's forward reproduces their layout. Widths and the
-    class count are read off the blobs; every learned layer must fit. Preprocessing "ssd":
-    BGR, 0-255, minus the mean pixel (104, 117, 123).
+    layers carry no weights, and the net's forward reproduces their layout. Every layer's width
+    and the class count are read off the blobs; every learned layer must fit. Preprocessing
+    "ssd": BGR, 0-255, minus the mean pixel (104, 117, 123).
     """
     path = Path(path)
     return _ssd_from_blobs(learned_blobs(read_caffemodel(path)), path, arch)
 
 
 def _ssd_from_blobs(blobs: dict[str, list[np.ndarray]], path: Path, arch: str | None) -> SSD:
-    if arch is not None and arch != "ssd300":
-        raise WeightsMismatchError(f"{path}: --arch {arch} given, but the file holds an ssd300 model")
-    needed = [*VGG16_STAGE_FIRSTS, "fc7", *(f"{s}_mbox_conf" for s in _SSD_SOURCES)]
+    found = infer_arch(blobs, str(path))
+    if arch is not None and arch != found:
+        raise WeightsMismatchError(f"{path}: --arch {arch} given, but the file holds an {found} model")
+    extras = [name for name, *_ in _SSD_EXTRAS[found]]
+    heads = [
+        f"{'conv4_3_norm' if s == 'conv4_3' else s}_mbox_{kind}"
+        for s in _sources(found)
+        for kind in ("loc", "conf")
+    ]
+    needed = [*VGG16_LAYERS, *extras, *heads]
     missing = [name for name in needed if name not in blobs]
     if missing:
-        raise WeightsMismatchError(f"{path}: ssd300 needs layers that the file lacks: {', '.join(missing)}")
-    widths = [int(blobs[name][0].shape[0]) for name in (*VGG16_STAGE_FIRSTS, "fc7")]
-    per_location = SSD300_PRIORS.per_location[0]
+        raise WeightsMismatchError(f"{path}: {found} needs layers that the file lacks: {', '.join(missing)}")
+    odd = [f"{name} {tuple(blobs[name][0].shape)}" for name in needed if not _is_weight(blobs[name][0])]
+    if odd:
+        raise WeightsMismatchError(
+            f"{path}: these weights should be filters (out, in, height, width) with no empty dimension: "
+            f"{', '.join(odd)}"
+        )
+    widths = list(compact_widths([int(blobs[name][0].shape[0]) for name in VGG16_LAYERS]))
+    per_location = prior_spec(found).per_location[0]
     classes, rest = divmod(int(blobs["conv4_3_norm_mbox_conf"][0].shape[0]), per_location)
     if rest or classes < 2:
         raise WeightsMismatchError(
@@ -174,17 +220,24 @@ def _ssd_from_blobs(blobs: dict[str, list[np.ndarray]], path: Path, arch: str | 
             f"not {per_location} priors times a class count"
         )
     args = {
-        "arch": "ssd300",
+        "arch": found,
         "num_classes": classes,
         "widths": widths,
         "in_channels": int(blobs["conv1_1"][0].shape[1]),
     }
+    extra = [int(blobs[name][0].shape[0]) for name in extras]
+    if tuple(extra) != extra_widths(int(blobs["fc7"][0].shape[0]), _SSD_EXTRAS[found]):
+        args["extra_widths"] = extra
     with torch.device("meta"):  # check the fit before allocating: a corrupt file may describe an enormous net
         copy_into(build_model(**args), blobs, source=str(path), reshape="legacy")
     model = build_model(**args)
     copy_into(model, blobs, source=str(path), reshape="legacy")
     model.meta = {"preprocess": "ssd", "source": path.name, "task": "detection"}
     return model.eval()
+
+
+def _sources(arch: str) -> list[str]:
+    return [layer.source for layer in prior_spec(arch).layers]
 
 
 def load_caffe_fcn(
@@ -209,8 +262,8 @@ def _fcn_from_blobs(
     blobs: dict[str, list[np.ndarray]], path: Path, arch: str | None, **build_options
 ) -> FCN | LateFusionFCN | HED | FSDS:
     found = infer_arch(blobs, str(path))
-    if found == "ssd300":
-        raise WeightsMismatchError(f"{path} holds an ssd300 model, not an FCN: load it with load_caffe")
+    if found in DETECTORS:
+        raise WeightsMismatchError(f"{path} holds an {found} model, not an FCN: load it with load_caffe")
     if arch is not None and arch != found and not (arch == "fcn32s-fixed" and found == "fcn32s"):
         raise WeightsMismatchError(f"{path}: --arch {arch} given, but the file holds an {found} model")
     args = infer_build_args(blobs, arch or found, str(path))
@@ -299,6 +352,29 @@ def _is_bilinear(weight: np.ndarray) -> bool:
     if weight.ndim != 4 or weight.shape[0] != weight.shape[1] or weight.shape[2] != weight.shape[3]:
         return True
     return np.allclose(weight, bilinear_kernel(weight.shape[0], weight.shape[-1]).numpy(), rtol=0, atol=1e-6)
+
+
+def load_caffe_trunk(
+    path: str | os.PathLike, arch: str, widths: tuple[int, ...] | None = None
+) -> HED | FSDS | SSD:
+    """A fresh ``arch`` net (HED, FSDS, SSD300 or SSD512) whose trunk holds a published trunk's layers,
+    as the reference solvers' ``copy_from`` fills them by name: HED's 5stage-vgg and FSDS's
+    vgg16convs (conv1_1 .. conv5_3), SSD's VGG_ILSVRC_16_layers_fc_reduced (also fc6 and fc7). Every
+    layer of the trunk must be in the file with its shape; the file's other layers (fc8) are not
+    used; the side and head layers keep their initialisation. ``widths``: the trunk's, if not VGG16's."""
+    path = Path(path)
+    blobs = learned_blobs(read_caffemodel(path))
+    model = build_model(arch, widths=widths)
+    trunk = {caffe_name(f"backbone.{name}") for name, _ in model.backbone.named_children()}
+    copy_into(
+        model.backbone, {k: v for k, v in blobs.items() if k in trunk}, source=str(path), reshape="legacy"
+    )
+    model.meta = {
+        "preprocess": "ssd" if arch in DETECTORS else "caffe",
+        "source": path.name,
+        "task": model.task,
+    }
+    return model
 
 
 def load_caffe_weights(model: FCN | LateFusionFCN, path: str | os.PathLike) -> FCN | LateFusionFCN:

@@ -3,18 +3,23 @@ downloaded once, verified, converted to fcnseg checkpoints and cached under ``$F
 
 Cache layout (``home()``)::
 
-    downloads/<original file>            an ImageNet classifier as published, kept to convert it per net
+    downloads/<original file>            an ImageNet classifier or a trunk as published, kept to convert
+                                         it per net
     downloads/<original file>.sha256     the SHA-256 recorded at first download of a file that has no
                                          published checksum; later downloads must match it
-    checkpoints/<name>.pt                a published FCN model as an fcnseg checkpoint (the original
-                                         .caffemodel is removed once converted)
-    checkpoints/<classifier>.<arch>.pt   an ImageNet classifier as the backbone of <arch>
+    checkpoints/<name>.pt                a published model as an fcnseg checkpoint (the original
+                                         .caffemodel, or the archive holding it, is removed once converted)
+    checkpoints/<classifier>.<arch>.pt   an ImageNet classifier as the backbone of <arch>, or a published
+                                         trunk (HED's and FSDS's VGG16, SSD's fc_reduced) in <arch>'s
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import sys
+import tarfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,15 +31,19 @@ from fcnseg.data.nyud import NYUD_CLASSES
 from fcnseg.data.siftflow import SIFTFLOW_GEOMETRIC_CLASSES, SIFTFLOW_SEMANTIC_CLASSES
 from fcnseg.data.voc import VOC_CLASSES
 from fcnseg.download import RemoteFile, download
+from fcnseg.files import atomic_write
 from fcnseg.models.alexnet import ALEXNET_WIDTHS
 from fcnseg.models.googlenet import GOOGLENET_WIDTHS
+from fcnseg.models.heads import MultiHeadFCN
 from fcnseg.models.registry import BUILDERS, DETECTORS, build_model, trunk_family
 from fcnseg.models.resnet import RESNET_DEPTHS, RESNET_WIDTHS
+from fcnseg.models.ssd import SSD300_WIDTHS
 from fcnseg.models.vgg import VGG16_WIDTHS
 from fcnseg.weights.checkpoint import save_checkpoint
 
 __all__ = [
     "INIT_NAMES",
+    "TRUNKS",
     "WEIGHTS",
     "UnknownWeightsError",
     "Weights",
@@ -67,6 +76,7 @@ class Weights:
     class_names: tuple[str, ...] | None = None
     score: str = ""  # as published
     heads: tuple[int, ...] = ()  # the class counts of a net of several heads (SIFT Flow's), in channel order
+    member: str = ""  # for a file that is an archive: the pattern of the .caffemodel inside it
     source_format: str = (
         "caffe"  # a published net's file: "caffe" (.caffemodel) or "torchvision" (state dict)
     )
@@ -74,6 +84,11 @@ class Weights:
     @property
     def is_classifier(self) -> bool:
         return self.arch in _FAMILY_WIDTHS
+
+    @property
+    def is_trunk(self) -> bool:
+        """A published trunk (``arch`` a key of :data:`TRUNKS`): layers that start the nets it names."""
+        return self.arch in TRUNKS
 
     @property
     def family(self) -> str:
@@ -92,6 +107,19 @@ _FAMILY_FCN = {
     "googlenet": "fcn32s-googlenet",
     **{f"resnet{depth}": f"fcn32s-resnet{depth}" for depth in RESNET_DEPTHS},
 }
+
+TRUNKS: dict[str, tuple[str, ...]] = {"vgg16-convs": ("hed", "fsds"), "vgg16-reduced": ("ssd300", "ssd512")}
+"""Trunks the family's authors published as their nets' starting weights, and the nets each starts:
+VGG16's convolutions (HED's 5stage-vgg, FSDS's vgg16convs) and the fc_reduced VGG16 of SSD (fc6 a
+3x3 convolution of dilation 6, fc6 and fc7 1024 wide)."""
+
+
+def _drive(file_id: str, name: str, **fields) -> RemoteFile:
+    """A file on Google Drive by its id, which serves large files behind a confirmation page: when it
+    does, the download stops and says where to put the file fetched by hand."""
+    return RemoteFile(
+        f"https://drive.google.com/uc?export=download&id={file_id}", name=name, extract=False, **fields
+    )
 
 
 _BVLC = "http://dl.caffe.berkeleyvision.org"
@@ -295,6 +323,84 @@ WEIGHTS: dict[str, Weights] = {
     ),
 }
 
+# The family on the same trunk: HED (s9xie/hed README), FSDS (zeakey/skeleton, commit "FSDS: reproduce
+# performance"), SSD (weiliu89/caffe ssd README: the VOC07+12 models SSD300* and SSD512*), and their
+# starting trunks. Sizes as the READMEs state them; no source publishes checksums.
+WEIGHTS.update(
+    {
+        "hed-bsds": Weights(
+            RemoteFile(
+                "https://vcl.ucsd.edu/hed/hed_pretrained_bsds.caffemodel", extract=False, stated_size="56MB"
+            ),
+            "hed",
+            1,
+            "BSDS500 (HED-BSDS)",
+            "caffe",
+            VGG16_WIDTHS,
+            score="ODS .790, OIS .808 BSDS500 test",
+        ),
+        "fsds-sk-large": Weights(
+            RemoteFile("http://data.kaiz.xyz/projects/skeleton/fsds-pretrained-skl.zip", extract=False),
+            "fsds",
+            5,
+            "SK-LARGE",
+            "caffe",
+            VGG16_WIDTHS,
+            score="F .633 SK-LARGE test (paper)",
+            member="*.caffemodel",
+        ),
+        "ssd300-voc0712": Weights(
+            _drive("0BzKzrI_SkD1_WVVTSmQxU0dVRzA", "models_VGGNet_VOC0712_SSD_300x300.tar.gz"),
+            "ssd300",
+            21,
+            "VOC07+12 trainval",
+            "ssd",
+            SSD300_WIDTHS,
+            class_names=VOC_CLASSES,
+            score="77.2 mAP VOC2007 test",
+            member="VGG_VOC0712_SSD_300x300_iter_120000.caffemodel",
+        ),
+        "ssd512-voc0712": Weights(
+            _drive("0BzKzrI_SkD1_ZDIxVHBEcUNBb2s", "models_VGGNet_VOC0712_SSD_512x512.tar.gz"),
+            "ssd512",
+            21,
+            "VOC07+12 trainval",
+            "ssd",
+            SSD300_WIDTHS,
+            class_names=VOC_CLASSES,
+            score="79.8 mAP VOC2007 test",
+            member="VGG_VOC0712_SSD_512x512_iter_120000.caffemodel",
+        ),
+        "vgg16-hed": Weights(
+            RemoteFile("https://vcl.ucsd.edu/hed/5stage-vgg.caffemodel", extract=False, stated_size="248MB"),
+            "vgg16-convs",
+            1000,
+            "ImageNet",
+            "caffe",
+            VGG16_WIDTHS,
+        ),
+        "vgg16-fsds": Weights(
+            RemoteFile("http://data.kaizhao.net/projects/edge/vgg16convs.caffemodel", extract=False),
+            "vgg16-convs",
+            1000,
+            "ImageNet",
+            "caffe",
+            VGG16_WIDTHS,
+        ),
+        "vgg16-fc-reduced": Weights(
+            RemoteFile(
+                "http://cs.unc.edu/~wliu/projects/ParseNet/VGG_ILSVRC_16_layers_fc_reduced.caffemodel",
+                extract=False,
+            ),
+            "vgg16-reduced",
+            1000,
+            "ImageNet",
+            "ssd",
+            SSD300_WIDTHS,
+        ),
+    }
+)
+
 INIT_NAMES: dict[str, dict[str, str]] = {
     # torchvision's VGG16 and ResNets, "imagenet" preprocessing. Its AlexNet is single-tower without
     # LRN and other widths: it cannot fill fcn-alexnet as fcnseg builds it (Caffe's layout).
@@ -368,26 +474,29 @@ def checkpoint(name: str, progress: bool = True) -> Path:
             f"fcnseg.weights.hub.resolve({name!r}, arch='fcn8s') or 'fcnseg train --init {name}'"
         )
     weights = get(name)
-    if weights.is_classifier:
+    if weights.is_classifier or weights.is_trunk:
+        kind = "an ImageNet classifier" if weights.is_classifier else "a trunk"
+        arch = "fcn8s" if weights.is_classifier else TRUNKS[weights.arch][0]
         raise ValueError(
-            f"{name} is an ImageNet classifier, not a segmentation model: it initialises a net, "
-            f"e.g. fcnseg.weights.hub.resolve({name!r}, arch='fcn8s') or 'fcnseg train --init {name}'"
+            f"{name} is {kind}, not a model that predicts: it initialises a net, "
+            f"e.g. fcnseg.weights.hub.resolve({name!r}, arch={arch!r}) or 'fcnseg train --init {name}'"
         )
     out = _checkpoint_path(name)
     if out.is_file():
         return out
     original = fetch(name, progress)
-    _note(progress, f"converting {original.name} -> {out}")
+    converted = _unpacked(original, weights.member) if weights.member else original
+    _note(progress, f"converting {converted.name} -> {out}")
     if weights.source_format == "torchvision":
         from fcnseg.weights.checkpoint import safe_load
         from fcnseg.weights.torchvision import torchvision_fcn
 
-        model = torchvision_fcn(safe_load(original, "cpu", "torch state dict"), weights.arch, str(original))
+        model = torchvision_fcn(safe_load(converted, "cpu", "torch state dict"), weights.arch, str(converted))
     else:
-        from fcnseg.weights.caffe import load_caffe_fcn  # the protobuf schema, to convert only
+        from fcnseg.weights.caffe import load_caffe  # the protobuf schema, to convert only
 
-        model = load_caffe_fcn(original, weights.arch)
-    heads = tuple(getattr(model, "heads", ()))
+        model = load_caffe(converted, weights.arch)
+    heads = tuple(model.heads) if isinstance(model, MultiHeadFCN) else ()
     if model.num_classes != weights.num_classes or heads != weights.heads:
         raise ValueError(
             f"{original}: holds {model.num_classes} classes (heads: {list(heads) or 'one'}), expected "
@@ -398,7 +507,36 @@ def checkpoint(name: str, progress: bool = True) -> Path:
         model.meta["class_names"] = list(weights.class_names)
     save_checkpoint(model, out)
     original.unlink()
+    converted.unlink(missing_ok=True)
     return out
+
+
+def _unpacked(archive: Path, pattern: str) -> Path:
+    """The one member of ``archive`` (tar or zip) whose file name matches ``pattern``, written beside it."""
+    if tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as tar:
+            members = {m.name: m for m in tar.getmembers() if m.isfile()}
+            found = _one_member(archive, pattern, list(members))
+            source = tar.extractfile(members[found])
+            data = source.read() if source is not None else b""
+    elif zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            found = _one_member(archive, pattern, [n for n in zf.namelist() if not n.endswith("/")])
+            data = zf.read(found)
+    else:
+        raise ValueError(f"{archive} is neither a tar nor a zip archive: not the published file")
+    out = archive.with_name(Path(found).name)
+    atomic_write(out, lambda f: f.write(data))
+    return out
+
+
+def _one_member(archive: Path, pattern: str, names: list[str]) -> str:
+    found = [n for n in names if fnmatch.fnmatch(Path(n).name, pattern)]
+    if len(found) != 1:
+        raise ValueError(
+            f"{archive}: expected one file {pattern} inside, found {len(found)}: {', '.join(found[:5]) or 'none'}"
+        )
+    return found[0]
 
 
 def _note(progress: bool, message: str) -> None:
@@ -409,7 +547,8 @@ def _note(progress: bool, message: str) -> None:
 def is_cached(name: str) -> bool:
     """Whether ``name`` is ready without network: the converted model, or the classifier's file."""
     weights = get(name)
-    return (_original(weights) if weights.is_classifier else _checkpoint_path(name)).is_file()
+    kept = weights.is_classifier or weights.is_trunk
+    return (_original(weights) if kept else _checkpoint_path(name)).is_file()
 
 
 def download_size(name: str) -> tuple[int, bool]:
@@ -420,7 +559,9 @@ def download_size(name: str) -> tuple[int, bool]:
         return weights.file.size, True
     options = dict(weights.options)
     with torch.device("meta"):  # shapes only: nothing is allocated
-        if weights.is_classifier:
+        if weights.is_trunk:
+            net, fc8 = build_model(TRUNKS[weights.arch][0], widths=weights.widths).backbone, 0
+        elif weights.is_classifier:
             net = build_model(_FAMILY_FCN[weights.arch], widths=weights.widths, **options).backbone
             fc8 = weights.num_classes * (net.output.channels + 1)
         else:
@@ -464,6 +605,8 @@ def resolve(
     else:
         name = text
     weights = get(name)
+    if weights.is_trunk:
+        return _trunk_checkpoint(name, weights, arch, widths, progress)
     if arch is not None:
         _check_fits(name, weights, arch, widths)
     if not weights.is_classifier:
@@ -476,8 +619,33 @@ def resolve(
         _note(progress, f"converting {original.name} for {arch} -> {out}")
         from fcnseg.weights.imagenet import fcn_from_imagenet, ssd_from_imagenet  # protobuf, to convert only
 
-        model = ssd_from_imagenet(original) if arch in DETECTORS else fcn_from_imagenet(arch, original)
+        model = (
+            ssd_from_imagenet(original, arch=arch) if arch in DETECTORS else fcn_from_imagenet(arch, original)
+        )
         model.meta["weights"] = name
+        save_checkpoint(model, out)
+    return out
+
+
+def _trunk_checkpoint(
+    name: str, weights: Weights, arch: str | None, widths: tuple[int, ...] | None, progress: bool
+) -> Path:
+    """A published trunk in ``arch``'s net (its other layers fresh), converted once and cached."""
+    takers = TRUNKS[weights.arch]
+    if arch not in takers:
+        raise ValueError(f"{name} is the trunk that {' and '.join(takers)} start from, not {arch or 'a net'}")
+    if widths is not None and tuple(widths) != tuple(weights.widths):
+        raise ValueError(
+            f"{name} has widths {tuple(weights.widths)}; a net of widths {tuple(widths)} cannot take its weights"
+        )
+    out = _checkpoint_path(name, arch)
+    if not out.is_file():
+        original = fetch(name, progress)
+        _note(progress, f"converting {original.name} for {arch} -> {out}")
+        from fcnseg.weights.caffe import load_caffe_trunk  # the protobuf schema, to convert only
+
+        model = load_caffe_trunk(original, arch, weights.widths)
+        model.meta.update(preprocess=weights.preprocess, weights=name)
         save_checkpoint(model, out)
     return out
 
@@ -503,7 +671,8 @@ def _check_fits(name: str, weights: Weights, arch: str, widths: tuple[int, ...] 
             "(torchvision's single-tower layout), not the default layout of the net to initialise "
             "(Caffe's two-tower AlexNet with LRN); use 'imagenet-caffe' (the Caffe AlexNet, preprocess caffe)"
         )
-    wanted = tuple(widths) if widths is not None else _FAMILY_WIDTHS[family]
+    default = SSD300_WIDTHS if arch in DETECTORS else _FAMILY_WIDTHS[family]
+    wanted = tuple(widths) if widths is not None else default
     if wanted != tuple(weights.widths):
         raise ValueError(
             f"{name} has widths {tuple(weights.widths)}; a net of widths {wanted} cannot take its weights "

@@ -136,15 +136,17 @@ def _resnet_fcn(arch: str, state: dict[str, torch.Tensor], source: str, num_clas
     return model
 
 
-def ssd_from_imagenet(weights: str | os.PathLike | dict[str, torch.Tensor], num_classes: int = 21) -> SSD:
-    """SSD300 whose trunk is an ImageNet VGG16 reduced as the reference's
+def ssd_from_imagenet(
+    weights: str | os.PathLike | dict[str, torch.Tensor], num_classes: int = 21, arch: str = "ssd300"
+) -> SSD:
+    """An SSD (``arch``: ssd300, ssd512) whose trunk is an ImageNet VGG16 reduced as the reference's
     VGG_ILSVRC_16_layers_fc_reduced (:func:`fcnseg.models.ssd.reduce_vgg16`): the classifier is
     convolutionalized as for FCN-32s, rarefied at pool5, and fc6/fc7 subsampled. ``weights`` as
     :func:`fcn_from_imagenet` takes them; the extra layers and heads start fresh."""
     fcn = fcn_from_imagenet("fcn32s", weights)
     trunk = reduce_vgg16(fcn.backbone)
     widths = [*fcn.config["widths"][:5], trunk.fc7.out_channels]
-    model = build_model("ssd300", num_classes, widths=widths, in_channels=fcn.in_channels)
+    model = build_model(arch, num_classes, widths=widths, in_channels=fcn.in_channels)
     model.backbone.load_state_dict(trunk.state_dict())
     model.meta = dict(fcn.meta)
     return model
