@@ -51,8 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def train_and_score(arch: str, seed: int, args: argparse.Namespace, workdir: str) -> tuple[dict, float]:
-    """Train one net from scratch with the shared recipe; its metrics on the test set, and seconds."""
+def train_and_score(
+    arch: str, seed: int, args: argparse.Namespace, workdir: str, widths: tuple[int, ...] | None = None
+) -> tuple[dict, float]:
+    """Train one net from scratch with the shared recipe (at ``widths``, else the demo's); its metrics on
+    the test set, and seconds."""
     start = time.perf_counter()
     if args.jobs > 1:
         torch.set_num_threads(1)
@@ -64,13 +67,13 @@ def train_and_score(arch: str, seed: int, args: argparse.Namespace, workdir: str
     )
     recipe = {**DEMO_RECIPE, "epochs": 10**6, "time_limit": None, "val_every": args.steps}
     config = TrainConfig(
-        **{**recipe, "arch": arch},
+        **{**recipe, "arch": arch, **({"widths": widths} if widths is not None else {})},
         max_steps=args.steps,
         seed=seed,
         image_size=DEMO_DATA["image_size"],
         progress=False,
         device="cpu",
-        out=str(Path(workdir) / f"{arch}-{seed}"),
+        out=str(Path(workdir) / f"{arch}-{'-'.join(map(str, widths or ()))}-{seed}"),
     )
     model = Trainer(config, train_set=train_set, val_set=val_set).fit().model
     test_set = SyntheticSegmentation(args.test_images, seed=2, size_range=DEMO_DATA["image_size"])

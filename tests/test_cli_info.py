@@ -138,3 +138,18 @@ def test_ssd_checkpoint(capsys, tmp_path):
     assert sum(int(r[-1].replace(",", "")) for r in source_rows(out).values()) == 8732
     params = sum(p.numel() for p in model.parameters())
     assert f"parameters        {params:,} " in out
+
+
+def test_resnet_nets_show_their_taps_and_chosen_upsamplers(capsys):
+    out = info(capsys, "fcn8s-resnet50", "--size", "500x375")
+    assert "crop offsets      upscore8 7, score_layer3 0, score_layer2 0" in out
+    assert (
+        "trunk taps        layer1 256ch /4 field 35; layer2 512ch /8 field 91; layer3 1024ch /16 field 267; "
+        "layer4 2048ch /32 field 427"
+    ) in out
+    assert "score_fr centres  x = 32 * i + 0 in input pixels" in out
+    assert "upscore_layer3         deconv 3/2 pad 1                21x64x48" in out
+    out = info(capsys, "tv-fcn-resnet101", "--size", "64")
+    assert "output stride     8 (layer4, dilated), then the classifier (FCNHead)" in out
+    assert "which shows them at 8 * i + 3.5 where a side is a multiple of 8" in out
+    assert "(output)               bilinear resize                 21x64x64" in out

@@ -62,3 +62,17 @@ def test_guide_snippets_print_what_the_guide_shows():
                 assert out.getvalue() == shown, command
     finally:
         torch.set_num_threads(threads)
+
+
+def test_trunks_page_snippets_print_what_the_page_shows(monkeypatch):
+    from fcnseg.models.registry import BUILDERS
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "trunks.md"
+    monkeypatch.setitem(BUILDERS, "tiny-fcn16s", None)  # the page registers it; removed afterwards
+    found = blocks(page.read_text())
+    namespace: dict = {}
+    assert sum(kind == "python" for kind, _ in found) == 4
+    for i, (kind, body) in enumerate(found):
+        if kind == "python":
+            shown = found[i + 1][1] if i + 1 < len(found) and found[i + 1][0] == "text" else ""
+            assert run_code(body, namespace, page) == shown, f"snippet {i} of {page.name}:\n{body}"

@@ -21,6 +21,7 @@ from tiny_nets import (
     siftflow_caffe_layers,
     siftflow_nets,
 )
+from torchvision_states import torchvision_fcn_state, torchvision_resnet
 
 import fcnseg
 from fcnseg.cli import main
@@ -493,3 +494,70 @@ def test_published_trunks_start_their_nets(server, monkeypatch, tmp_path):
     assert state["config"]["arch"] == "ssd512" and state["meta"]["preprocess"] == "ssd"
     with pytest.raises(ValueError, match="cannot take its weights"):
         hub.resolve("vgg16-fc-reduced", "ssd300", (4, 8, 8, 16, 16, 64))
+
+
+RESNET_NARROW = (8, 16, 16, 32)
+
+
+def torchvision_entry(name: str, arch: str, data: bytes, classes: int, **fields) -> Weights:
+    """A torchvision file as published: its SHA-256's first 8 hex digits in its name, and checked."""
+    prefix = hashlib.sha256(data).hexdigest()[:8]
+    url = f"https://download.pytorch.org/models/{name}-{prefix}.pth"
+    return Weights(
+        RemoteFile(url, sha256=prefix, extract=False), arch, classes, "", "imagenet", RESNET_NARROW, **fields
+    )
+
+
+def test_resnet_imagenet_offline_says_where_to_put_the_file(server, capsys):
+    args = ["train", "--arch", "fcn8s-resnet50", "--init", "imagenet", "--quiet", "--max-steps", "1"]
+    assert main([*args, "--out", str(hub.home() / "run")]) == 2  # the real entry; the server has no file
+    err = capsys.readouterr().err
+    assert "could not download" in err and "/models/resnet50-0676ba61.pth" in err
+    assert f"(sha256 0676ba61) and place it at {hub.home() / 'downloads' / 'resnet50-0676ba61.pth'}" in err
+
+
+def test_resnet_imagenet_by_name_initialises_a_training_run(server, registry):
+    state = torchvision_resnet(18, RESNET_NARROW)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    entry = torchvision_entry("resnet18", "resnet18", buffer.getvalue(), 1000)
+    server.files[re.sub(r"^https://[^/]+", "", entry.file.url)] = buffer.getvalue()
+    registry["resnet18-torchvision"] = entry
+    out = hub.home() / "run"
+    args = ["train", "--arch", "fcn8s-resnet18", "--widths", "8,16,16,32", "--init", "imagenet", "--quiet"]
+    args += ["--train-images", "2", "--val-images", "1", "--image-size", "32", "40", "--max-steps", "1"]
+    assert main([*args, "--lr", "1e-12", "--batch-size", "2", "--out", str(out)]) == 0
+    trained = torch.load(out / "last.pt", weights_only=True)
+    assert trained["meta"]["preprocess"] == "imagenet"  # the initial weights' preprocessing, settled
+    assert torch.allclose(
+        trained["state_dict"]["backbone.layer4.1.conv2.weight"], state["layer4.1.conv2.weight"]
+    )
+    registry["resnet18-torchvision"] = torchvision_entry("resnet18", "resnet18", b"another file", 1000)
+    wrong = registry["resnet18-torchvision"].file.filename
+    (hub.home() / "downloads" / wrong).write_bytes(buffer.getvalue())  # a file that is not the published one
+    with pytest.raises(ChecksumError, match=f"sha256 is {hashlib.sha256(buffer.getvalue()).hexdigest()}"):
+        hub.resolve("imagenet", "fcn16s-resnet18", RESNET_NARROW)
+
+
+def test_torchvision_fcn_by_name(server, registry):
+    state = torchvision_fcn_state(50, 21, RESNET_NARROW)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    entry = torchvision_entry(
+        "fcn_resnet50_coco",
+        "tv-fcn-resnet50",
+        buffer.getvalue(),
+        21,
+        options=(("aux", True),),
+        class_names=VOC_CLASSES,
+        source_format="torchvision",
+    )
+    server.files[re.sub(r"^https://[^/]+", "", entry.file.url)] = buffer.getvalue()
+    registry["tv-fcn-resnet50-coco"] = entry
+    model = fcnseg.load("tv-fcn-resnet50-coco")
+    assert model.meta["class_names"] == list(VOC_CLASSES) and model.meta["preprocess"] == "imagenet"
+    assert model.config["aux"] is True and not model.training
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    assert files_in(hub.home()) == ["checkpoints/tv-fcn-resnet50-coco.pt"]  # the original converted, removed
+    labels = fcnseg.predict(model, np.zeros((37, 45, 3), np.uint8))
+    assert labels.shape == (37, 45)

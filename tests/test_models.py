@@ -1,5 +1,7 @@
 """Shared model tests over the registry: output size, crop offsets from geometry, gradients, layer names."""
 
+from fractions import Fraction
+
 import pytest
 import torch
 from tiny_nets import TINY, TINY_ALEXNET, tiny_fcn
@@ -8,6 +10,7 @@ from torch import nn
 import fcnseg
 from fcnseg.models.geometry import AffineMap, crop_offset, layer_map, path_map
 from fcnseg.models.layers import bilinear_kernel, bilinear_upsampler
+from fcnseg.models.trunk import Tap, Trunk
 
 TINY_VGG = TINY
 
@@ -93,9 +96,19 @@ def test_new_backbone_gets_alignment_by_construction():
     assert model(torch.randn(1, 3, 40, 23)).shape == (1, 3, 40, 23)
 
 
-def test_impossible_alignment_is_refused_not_rounded():
-    with pytest.raises(ValueError, match="crop offset 81/2"):
-        fcnseg.FCN(_odd_backbone(5), 3)
+def test_a_half_pixel_crop_takes_an_odd_kernel_and_an_impossible_one_is_refused_not_rounded():
+    # conv k5 p40: b = 2 - 40; then x_data = 4 * x - 37: the 8/4 upsampling would crop at 81/2,
+    # the 7/4 one (-3 in place of -3.5) crops at 40
+    model = fcnseg.FCN(_odd_backbone(5), 3).eval()
+    assert model.upscore.kernel_size == (7, 7) and model.output_offset == 40
+    assert model(torch.randn(1, 3, 40, 23)).shape == (1, 3, 40, 23)
+
+    class QuarterOff(Trunk):  # a declared map a quarter pixel off every bilinear grid
+        in_channels = 3
+        taps = {"out": Tap("out", 4, AffineMap(4, Fraction(-149, 4)), 9)}
+
+    with pytest.raises(ValueError, match=r"cannot align score: .* -149/4 .* lands on a whole position"):
+        fcnseg.FCN(QuarterOff(), 3)
 
 
 def test_bilinear_kernel_interpolates_per_class_without_mixing():

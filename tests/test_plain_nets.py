@@ -31,7 +31,8 @@ def small(arch: str) -> nn.Module:
         for module in model.modules():
             if isinstance(module, nn.Conv2d):
                 module.weight.normal_(0, (2 / module.weight[0].numel()) ** 0.5)
-                module.bias.normal_(0, 0.1)
+                if module.bias is not None:  # ResNet's convolutions have none (BatchNorm follows)
+                    module.bias.normal_(0, 0.1)
     return model
 
 

@@ -16,23 +16,36 @@ from fcnseg.models.registry import SIDE_OUTPUT_ARCHS
 TINY = (4, 8, 8, 16, 16, 32)
 TINY_ALEXNET = (8, 8, 8, 8, 8, 16)
 TINY_GOOGLENET = tuple(max(2, width // 32) for width in GOOGLENET_WIDTHS)
+TINY_RESNET = (4, 8, 8, 16)
 NARROW = {
     "vgg": (4, 8, 16, 32, 32, 64),
     "alexnet": (8, 8, 16, 16, 8, 32),
     "googlenet": tuple(max(2, width // 16) for width in GOOGLENET_WIDTHS),
+    "resnet": (8, 16, 16, 32),
 }
-ARCHS = sorted(set(fcnseg.ARCHITECTURES) - set(SIDE_OUTPUT_ARCHS))
-"""Every registered FCN: the shared model tests run over all of them (HED and FSDS, whose outputs
-are edges and skeletons, have their own: tests/test_edges.py)."""
+RESNET_SHARED = ("fcn32s-resnet18", "fcn16s-resnet18", "fcn8s-resnet18", "fcn8s-resnet50", "tv-fcn-resnet50")
+"""The ResNet nets the shared model tests run over: every head on ResNet-18's basic blocks, and
+ResNet-50's bottlenecks; the other depths differ only in how many blocks they repeat (every
+registered net runs in tests/test_plain_nets.py, and tests/test_resnet.py covers every depth)."""
+ARCHS = sorted(
+    a for a in set(fcnseg.ARCHITECTURES) - set(SIDE_OUTPUT_ARCHS) if "resnet" not in a or a in RESNET_SHARED
+)
+"""Every registered FCN, ResNet's as :data:`RESNET_SHARED` says: the shared model tests run over all of
+them (HED and FSDS, whose outputs are edges and skeletons, have their own: tests/test_edges.py)."""
 
 
 def family(arch: str) -> str:
-    """The trunk an architecture is built on: "vgg", "alexnet" or "googlenet"."""
-    return "alexnet" if "alexnet" in arch else "googlenet" if "googlenet" in arch else "vgg"
+    """The trunk an architecture is built on: "vgg", "alexnet", "googlenet" or "resnet"."""
+    for name in ("alexnet", "googlenet", "resnet"):
+        if name in arch:
+            return name
+    return "vgg"
 
 
 def tiny_widths(arch: str) -> tuple[int, ...]:
-    return {"vgg": TINY, "alexnet": TINY_ALEXNET, "googlenet": TINY_GOOGLENET}[family(arch)]
+    return {"vgg": TINY, "alexnet": TINY_ALEXNET, "googlenet": TINY_GOOGLENET, "resnet": TINY_RESNET}[
+        family(arch)
+    ]
 
 
 def narrow_widths(arch: str) -> tuple[int, ...]:

@@ -28,6 +28,7 @@ _HOMES = {
     "predict": "fcnseg.infer.predict",
     "preprocess": "fcnseg.data.preprocess",
     "rarefy": "fcnseg.models.dense",
+    "register_model": "fcnseg.models.registry",
     "save_checkpoint": "fcnseg.weights.checkpoint",
     "scores": "fcnseg.metrics.segmentation",
     "shift_and_stitch": "fcnseg.models.dense",

@@ -34,6 +34,7 @@ from fcnseg.models.fusion import LateFusionFCN
 from fcnseg.models.heads import MultiHeadFCN
 from fcnseg.models.sides import FSDS, HED
 from fcnseg.models.ssd import SSD
+from fcnseg.models.tvfcn import TorchvisionFCN
 
 __all__ = ["Shared", "evaluating", "for_inference", "for_training", "plain_reason", "self_check"]
 
@@ -57,7 +58,7 @@ def plain_reason(model: nn.Module) -> str | None:
     nor a net of the user's, and not a net with hooks registered (they would not see the
     wrapper's computation).
     """
-    known = (*_FCNS, *_SIDES, LateFusionFCN, SSD)
+    known = (*_FCNS, *_SIDES, LateFusionFCN, SSD, TorchvisionFCN)
     if type(model) not in known:
         return (
             f"a {type(model).__name__} is not one of fcnseg's own nets "
@@ -83,7 +84,7 @@ def for_training(model: nn.Module) -> nn.Module:
     """
     from fcnseg.accel.training import TrimmedFCN, TrimmedSides
 
-    reason = plain_reason(model)
+    reason = plain_reason(model) or _no_wrapper(model)
     if reason is None and isinstance(model, SSD) and not _channels_last_pays(model):
         return model  # nothing to gain, nothing to say
     if reason is None:
@@ -118,7 +119,7 @@ def for_inference(
     param = next(model.parameters(), None)
     if param is not None and param.device.type != "cpu":
         return _in_dtype(model, dtype)  # the twins' kernels are the CPU's
-    reason = plain_reason(model)
+    reason = plain_reason(model) or _no_wrapper(model)
     if reason is None and isinstance(model, SSD) and not _channels_last_pays(model):
         return _in_dtype(model, dtype)
     if reason is None:
@@ -135,6 +136,13 @@ def for_inference(
             return run
     _say(model, f"inference runs {type(model).__name__} as written: {reason}")
     return _in_dtype(model, dtype)
+
+
+def _no_wrapper(model: nn.Module) -> str | None:
+    """Why none of fcnseg's own nets that has no wrapper gets one."""
+    if isinstance(model, TorchvisionFCN):
+        return "torchvision's FCN has no faster exact path: its residual blocks and its head run as written"
+    return None
 
 
 def _inference_twin(model: nn.Module, dtype: torch.dtype) -> nn.Module:

@@ -37,6 +37,15 @@ class Blob(NamedTuple):
         """The full blob (N, C, len(rows), len(cols))."""
         return gather(self.x, self.rows, self.cols, channels_last=False)
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the full blob."""
+        x, rows, cols = self
+        return (
+            len(rows) if rows is not None else x.shape[-2],
+            len(cols) if cols is not None else x.shape[-1],
+        )
+
     def scored(
         self, layers: list[nn.Module], offset: int = 0, like: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -44,10 +53,7 @@ class Blob(NamedTuple):
         (1x1 scores, scalings), without computing what the crop drops; the whole blob when ``like``
         is None."""
         x, rows, cols = self
-        full = (
-            len(rows) if rows is not None else x.shape[-2],
-            len(cols) if cols is not None else x.shape[-1],
-        )
+        full = self.size
         height, width = full if like is None else like.shape[-2:]
         if offset + height > full[0] or offset + width > full[1]:
             raise ValueError(f"cannot crop {full} at offset {offset} to {(height, width)}")
@@ -70,6 +76,8 @@ def fcn_head(model: FCN, top: Blob, taps: dict[str, Blob], height: int, width: i
     for upsample_name, tap, offset in model.fusions:
         h = upsample(getattr(model, upsample_name), h)
         layers = [getattr(model, name) for name in (f"scale_{tap}", f"score_{tap}") if hasattr(model, name)]
+        rows, cols = taps[tap].size  # the plain head's overlap(): h cut to what the skip holds
+        h = h[:, :, : rows - offset, : cols - offset]
         h = h + taps[tap].scored(layers, offset, h)
     return upsample_and_crop(getattr(model, model.final_name), h, model.output_offset, height, width)
 

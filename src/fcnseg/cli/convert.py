@@ -53,7 +53,7 @@ def _save(model: nn.Module, args: argparse.Namespace) -> int:
     if args.out.resolve() == args.weights.resolve():
         raise ValueError(f"--out {args.out} would overwrite the input")
     save_checkpoint(model, args.out)
-    widths = ",".join(map(str, model.config["widths"]))
+    widths = ",".join(map(str, model.config["widths"] or ())) or "the architecture's own"
     print(
         f"{args.weights} -> {args.out}: {model.config['arch']}, {task.predicts(model)}, "
         f"widths {widths}, preprocess {model.meta['preprocess']}, "

@@ -92,7 +92,10 @@ def _first(value: int | tuple[int, ...]) -> int:
 def _kind(layer: nn.Module) -> str:
     """A short description: ``conv 3x3 pad 100``, ``max 2/2 ceil``, ``deconv 64/32``."""
     if isinstance(layer, nn.ConvTranspose2d):
-        return f"deconv {_first(layer.kernel_size)}/{_first(layer.stride)}"
+        padding = _first(layer.padding)
+        return f"deconv {_first(layer.kernel_size)}/{_first(layer.stride)}" + (
+            f" pad {padding}" if padding else ""
+        )
     if isinstance(layer, nn.Conv2d | nn.MaxPool2d):
         k, s, p, d = (_first(getattr(layer, a)) for a in ("kernel_size", "stride", "padding", "dilation"))
         text = f"conv {k}x{k}" if isinstance(layer, nn.Conv2d) else f"max {k}x{k}"

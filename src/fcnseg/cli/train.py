@@ -40,18 +40,20 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
         "--arch",
         {
             "help": "fcn32s, fcn32s-fixed, fcn16s, fcn8s, fcn8s-atonce, fcn-alexnet, fcn32s-googlenet, "
-            "fcn32s-late-fusion (NYUD colour + HHA); hed, fsds; ssd300, ssd512 "
+            "fcn32s-late-fusion (NYUD colour + HHA); fcn32s/16s/8s-resnet18/34/50/101, "
+            "tv-fcn-resnet50/101 (torchvision's); hed, fsds; ssd300, ssd512 "
             "(default: the task's: fcn8s; hed for --task edges, fsds for skeleton, ssd300 for detection)"
         },
     ),
     (
         "--widths",
-        {"type": integers, "help": "narrow VGG16: c1,c2,c3,c4,c5,fc"},
+        {"type": integers, "help": "narrow trunk: VGG16 c1,c2,c3,c4,c5,fc; ResNet layer1..layer4 planes"},
     ),
     (
         "--init",
         {
-            "help": "checkpoint or published name to start from (imagenet, voc-fcn32s, ...); "
+            "help": "checkpoint, torchvision state dict or published name to start from (imagenet, "
+            "voc-fcn32s, ...); "
             "auto: ImageNet when it can be had, else from scratch; none: from scratch"
         },
     ),

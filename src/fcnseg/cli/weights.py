@@ -50,8 +50,11 @@ def run_list(args: argparse.Namespace) -> int:
         print("  ".join(cells).rstrip())
     print()
     print("scores: mean IU on PASCAL VOC (seg11valid, seg12test) as the FCN authors publish them; ImageNet")
-    print("accuracy of the classifiers; the HED, FSDS and SSD authors' own numbers. ~ sizes are estimates")
-    print("(4 bytes per parameter); (stated) sizes as their READMEs round them; others are published.")
+    print("accuracy of the classifiers; the HED, FSDS and SSD authors' own numbers; torchvision's FCNs' as")
+    print(
+        "torchvision publishes them. ~ sizes are estimates (4 bytes per parameter); (stated) sizes as their"
+    )
+    print("READMEs round them; others are published.")
     print("\n'fcnseg train --init NAME' takes a model above, a classifier or trunk that fits the net, or")
     for alias, by_family in hub.INIT_NAMES.items():
         print(f"  {alias}: {', '.join(f'{name} for {family} nets' for family, name in by_family.items())}")

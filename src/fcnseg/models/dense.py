@@ -27,6 +27,7 @@ from torch import nn
 
 from fcnseg.models.fcn import FCN
 from fcnseg.models.geometry import ELEMENTWISE, AffineMap, out_length, path_map, window
+from fcnseg.models.trunk import Trunk
 from fcnseg.models.vgg import VGG16_WIDTHS, vgg16_backbone
 
 __all__ = [
@@ -78,8 +79,9 @@ def _leaves(net: nn.Sequential) -> list[tuple[str, nn.Module]]:
 
 
 def output_stride(net: nn.Module) -> int:
-    """Total stride of ``net`` (for an FCN, of its trunk's output): 32 for VGG16's pool5."""
-    scale = net.backbone.output.geometry.scale if isinstance(net, FCN) else path_map(coarse_part(net)).scale
+    """Total stride of ``net`` (for a net on a trunk, of the trunk's output): 32 for VGG16's pool5."""
+    trunk = getattr(net, "backbone", None)
+    scale = trunk.output.geometry.scale if isinstance(trunk, Trunk) else path_map(coarse_part(net)).scale
     if scale.denominator != 1:
         raise ValueError(f"output stride {scale} is not an integer")
     return int(scale)

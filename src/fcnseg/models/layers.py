@@ -32,16 +32,32 @@ def bilinear_kernel(channels: int, kernel_size: int) -> torch.Tensor:
 
 
 def bilinear_upsampler(
-    channels: int, factor: int, kernel_size: int | None = None, frozen: bool = False, bias: bool = False
+    channels: int,
+    factor: int,
+    kernel_size: int | None = None,
+    frozen: bool = False,
+    bias: bool = False,
+    padding: int = 0,
 ) -> nn.ConvTranspose2d:
     """A transposed convolution with output stride ``factor``, initialised to bilinear.
 
     The kernel is ``2 * factor`` unless given (FCN-AlexNet uses 63 for 32x).
     ``frozen`` keeps it fixed, as the paper does for the final upsampling. ``bias`` adds
     a zero bias (Caffe's Deconvolution has one unless ``bias_term: false``: HED's, FSDS's).
+    ``padding`` drops that many outputs at each end; as many as the stride allows come back
+    at the far end (``output_padding``), so that the output still reaches the last input's
+    neighbourhood.
     """
     kernel_size = kernel_size or 2 * factor
-    layer = nn.ConvTranspose2d(channels, channels, kernel_size, stride=factor, bias=bias)
+    layer = nn.ConvTranspose2d(
+        channels,
+        channels,
+        kernel_size,
+        stride=factor,
+        padding=padding,
+        output_padding=min(padding, factor - 1),
+        bias=bias,
+    )
     with torch.no_grad():
         layer.weight.copy_(bilinear_kernel(channels, kernel_size))
         if bias:
@@ -78,6 +94,14 @@ def crop(x: torch.Tensor, offset: int, like: torch.Tensor) -> torch.Tensor:
     """Caffe's Crop layer: (N, C, h, w) -> (N, C, H, W), the size of ``like`` (N', C', H, W), from
     ``offset`` in both axes."""
     return crop_like(x, offset, like.shape[-2], like.shape[-1])
+
+
+def overlap(x: torch.Tensor, other: torch.Tensor, offset: int) -> torch.Tensor:
+    """``x`` cut to what ``other`` holds from ``offset`` on, where ``other`` is shorter:
+    (N, C, h, w) -> (N, C, min(h, H - offset), min(w, W - offset)) for ``other`` (N', C', H, W).
+    A skip fused at ``offset`` covers the upsampled scores in the original nets (a no-op there);
+    on a trunk padded to keep sizes (ResNet) the upsampled scores may reach one position further."""
+    return x[:, :, : other.shape[-2] - offset, : other.shape[-1] - offset]
 
 
 def check_input(x: torch.Tensor, channels: int) -> torch.Tensor:

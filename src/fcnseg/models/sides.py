@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from fcnseg.models.fcn import upsampling_for
 from fcnseg.models.geometry import AffineMap, crop_offset, layer_map
 from fcnseg.models.layers import bilinear_upsampler, check_input, crop
 from fcnseg.models.trunk import SequentialTrunk, Tap, Trunk
@@ -56,6 +57,15 @@ def vgg16_side_trunk(widths: Sequence[int] | None = None, in_channels: int = 3) 
         )
     full = vgg16_backbone(convs, in_channels=in_channels, input_padding=HED_INPUT_PADDING)
     return full[: list(dict(full.named_children())).index("relu5_3") + 1]
+
+
+def _given_trunk(trunk: Trunk | None, taps: Sequence[str], count: int, widths) -> Trunk | None:
+    """A trunk given in place of VGG16's (its ``taps`` read, ``count`` of them), checked; None if none."""
+    if len(taps) != count:
+        raise ValueError(f"the side outputs read {count} taps, got {len(taps)}: {list(taps)}")
+    if trunk is not None and widths is not None:
+        raise ValueError("a trunk given replaces VGG16's: widths do not apply")
+    return trunk
 
 
 def _zero_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -106,8 +116,12 @@ class _SideOutputNet(nn.Module):
                 if factor.denominator != 1:
                     raise ValueError(f"{tap.name} has stride {factor}: not an integer upsampling factor")
                 upsample = upsample_name.format(factor=int(factor))
-                # Caffe's Deconvolution with lr 0 and the bilinear weights its solver puts in
-                self.add_module(upsample, bilinear_upsampler(width, int(factor), frozen=True, bias=True))
+                # Caffe's Deconvolution with lr 0 and the bilinear weights its solver puts in; its kernel
+                # as the FCN head chooses it (2f where that aligns, as in the prototxts)
+                kernel, _ = upsampling_for(geometry, AffineMap(), "output", f"side output {score}")
+                self.add_module(
+                    upsample, bilinear_upsampler(width, int(factor), kernel, frozen=True, bias=True)
+                )
                 geometry = geometry.then(layer_map(getattr(self, upsample)))
             self.sides.append((score, upsample, crop_offset(AffineMap(), geometry, f"side output {score}")))
 
@@ -161,10 +175,16 @@ class HED(_SideOutputNet):
     num_classes = 1
     outputs = 6
 
-    def __init__(self, widths: Sequence[int] | None = None, in_channels: int = 3):
+    def __init__(
+        self,
+        widths: Sequence[int] | None = None,
+        in_channels: int = 3,
+        trunk: Trunk | None = None,
+        taps: Sequence[str] = SIDE_LAYERS,
+    ):
         super().__init__(
-            vgg16_side_trunk(widths, in_channels),
-            SIDE_LAYERS,
+            _given_trunk(trunk, taps, 5, widths) or vgg16_side_trunk(widths, in_channels),
+            taps,
             (1,) * 5,
             "score-dsn{stage}",
             "upsample_{factor}",
@@ -204,10 +224,16 @@ class FSDS(_SideOutputNet):
     num_classes = 5
     outputs = sum(FSDS_SIDE_CHANNELS) + 5
 
-    def __init__(self, widths: Sequence[int] | None = None, in_channels: int = 3):
+    def __init__(
+        self,
+        widths: Sequence[int] | None = None,
+        in_channels: int = 3,
+        trunk: Trunk | None = None,
+        taps: Sequence[str] = SIDE_LAYERS[1:],
+    ):
         super().__init__(
-            vgg16_side_trunk(widths, in_channels),
-            SIDE_LAYERS[1:],
+            _given_trunk(trunk, taps, 4, widths) or vgg16_side_trunk(widths, in_channels),
+            taps,
             FSDS_SIDE_CHANNELS,
             "score-dsn-{stage}",
             "upsample-{factor}",

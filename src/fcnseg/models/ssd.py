@@ -24,6 +24,7 @@ from fcnseg.detection.priors import SSD300_PRIORS, PriorSpec, prior_boxes
 from fcnseg.models.dense import rarefy
 from fcnseg.models.geometry import WINDOWED, sliding_window, window_length
 from fcnseg.models.layers import check_input
+from fcnseg.models.trunk import as_trunk
 from fcnseg.models.vgg import VGG16_LAYERS, layer_widths, vgg16_backbone
 
 Windows = tuple[tuple[str, tuple[tuple[int, int, int, bool], ...]], ...]
@@ -43,10 +44,9 @@ def source_sizes(
     return [sizes[s] for s in sources]  # type: ignore[misc]
 
 
-@torch.fx.wrap
-def check_sources(x: torch.Tensor, windows: Windows, sources: tuple[str, ...]) -> torch.Tensor:
-    """``x`` itself where every source map of the net is non-empty for its size; otherwise an error."""
-    sizes = source_sizes(windows, sources, tuple(x.shape[-2:]))
+def check_sources(x: torch.Tensor, sizes: list[tuple[int, int]], sources: tuple[str, ...]) -> torch.Tensor:
+    """``x`` itself where every source map of the net is non-empty (``sizes``, for its size); otherwise
+    an error."""
     empty = [s for s, size in zip(sources, sizes, strict=True) if 0 in size]
     if empty:
         raise ValueError(
@@ -194,6 +194,11 @@ class SSD(nn.Module):
     (``priors``): each head's NCHW output permuted to NHWC, flattened and concatenated, as Caffe's
     Permute/Flatten/Concat do. ``widths`` size the trunk (:func:`ssd_trunk`), ``extra_widths`` each
     extra layer (default: :func:`extra_widths` of fc7's).
+
+    The heads read the trunk's taps: ``conv4_3`` names the one read as conv4_3 (L2-normalised;
+    VGG16's ``relu4_3``), and the trunk's output is fc7, which the extra layers follow. ``trunk``
+    puts them on another trunk (a ResNet with ``output_stride=16`` and ``conv4_3="layer2"`` has
+    SSD300's strides 8 and 16 there).
     """
 
     task = "detection"  # what it predicts: the fcnseg.tasks entry that trains and evaluates it
@@ -204,9 +209,10 @@ class SSD(nn.Module):
         widths: Sequence[int] = SSD300_WIDTHS,
         in_channels: int = 3,
         priors: PriorSpec = SSD300_PRIORS,
-        trunk: nn.Sequential | None = None,
+        trunk: nn.Module | None = None,
         extras: Sequence[ExtraLayer] = SSD300_EXTRAS,
         extra_widths: Sequence[int] | None = None,
+        conv4_3: str = "relu4_3",
     ):
         super().__init__()
         if num_classes < 2:
@@ -216,9 +222,11 @@ class SSD(nn.Module):
                 f"SSD needs 6 widths (conv1..conv5, fc) or 15 (conv1_1 .. conv5_3, fc6, fc7), got {tuple(widths)}"
             )
         self.num_classes, self.in_channels, self.prior_spec = num_classes, in_channels, priors
-        self.backbone = trunk if trunk is not None else ssd_trunk(tuple(widths), in_channels)
-        self.conv4_3_norm = L2Normalize(self.backbone.conv4_3.out_channels)
-        channels = self.backbone.fc7.out_channels
+        # heads read taps: conv4_3's is named, fc7 is the trunk's output (another trunk's, given)
+        self.backbone = as_trunk(trunk if trunk is not None else ssd_trunk(tuple(widths), in_channels))
+        self.conv4_3_tap = conv4_3
+        self.conv4_3_norm = L2Normalize(self.backbone.tap(conv4_3).channels)
+        channels = self.backbone.output.channels
         widths_of_extras = (
             tuple(extra_widths) if extra_widths is not None else _default_extras(channels, extras)
         )
@@ -255,30 +263,32 @@ class SSD(nn.Module):
         return tuple("conv4_3_norm" if s == "conv4_3" else s for s in self.sources)
 
     def _source_widths(self) -> list[int]:
-        convs = {
-            name: m.out_channels
-            for name, m in [*self.backbone.named_children(), *self.extras.named_children()]
-            if isinstance(m, nn.Conv2d)
+        convs = {name: m.out_channels for name, m in self.extras.named_children() if isinstance(m, nn.Conv2d)}
+        convs |= {
+            "conv4_3": self.backbone.tap(self.conv4_3_tap).channels,
+            "fc7": self.backbone.output.channels,
         }
         return [convs[s] for s in self.sources]
 
     def _layers(self) -> list[tuple[str, nn.Module]]:
-        """(blob name, layer): each ReLU is named after the convolution whose blob it rectifies, in place as in Caffe."""
+        """The extra layers as (blob name, layer): each ReLU is named after the convolution whose blob it
+        rectifies, in place as in Caffe."""
         named, last = [], None
-        for name, layer in [*self.backbone.named_children(), *self.extras.named_children()]:
+        for name, layer in self.extras.named_children():
             last = name if isinstance(layer, nn.Conv2d) else last
             named.append((last if isinstance(layer, nn.ReLU) else name, layer))
         return named
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The source maps the heads read, in :attr:`sources` order (conv4_3 already normalised)."""
-        x = check_sources(check_input(x, self.in_channels), self._windows(), self.sources)
-        wanted, found = set(self.sources), {}
+        x = check_sources(check_input(x, self.in_channels), self.map_sizes(tuple(x.shape[-2:])), self.sources)
+        taps, x = self.backbone.features(x, (self.conv4_3_tap,))
+        found = {"conv4_3": self.conv4_3_norm(taps[self.conv4_3_tap]), "fc7": x}
+        wanted = set(self.sources)
         for blob, layer in self._layers():
             x = layer(x)
             if blob in wanted and isinstance(layer, nn.ReLU):
                 found[blob] = x
-        found["conv4_3"] = self.conv4_3_norm(found["conv4_3"])
         return [found[s] for s in self.sources]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -299,8 +309,14 @@ class SSD(nn.Module):
         )
 
     def map_sizes(self, image_size: tuple[int, int]) -> list[tuple[int, int]]:
-        """(H, W) of each source map for an input of ``image_size``: 38, 19, 10, 5, 3, 1 at 300."""
-        return source_sizes(self._windows(), self.sources, tuple(image_size))  # type: ignore[arg-type]
+        """(H, W) of each source map for an input of ``image_size``: 38, 19, 10, 5, 3, 1 at 300. The
+        trunk's from its taps, the extra layers' from their windows."""
+        blobs = self.backbone.blob_sizes(*image_size)
+        fc7 = blobs[self.backbone.output.name]
+        extras = [s for s in self.sources if s not in ("conv4_3", "fc7")]
+        sizes = dict(zip(extras, source_sizes(self._windows(), tuple(extras), fc7), strict=True))
+        sizes |= {"conv4_3": blobs[self.conv4_3_tap], "fc7": fc7}
+        return [sizes[s] for s in self.sources]
 
     def priors(self, image_size: tuple[int, int] | None = None) -> torch.Tensor:
         """(P, 4) priors (cx, cy, w, h) for inputs of ``image_size`` (default: the spec's 300x300)."""

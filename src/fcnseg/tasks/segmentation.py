@@ -28,6 +28,7 @@ from fcnseg.metrics.segmentation import evaluate_confusion, format_metrics, scor
 from fcnseg.models.fcn import FCN
 from fcnseg.models.flops import compute_cost
 from fcnseg.models.registry import build_model
+from fcnseg.models.tvfcn import TorchvisionFCN
 from fcnseg.tasks.common import (
     INFO_SIZE,
     REFINEMENTS,
@@ -276,11 +277,32 @@ class SegmentationTask(TaskBase):
                 "`fcnseg info fcn32s` describes each"
             )
         cost = compute_cost(model, size or INFO_SIZE)
-        fields = {name: (tap.stride, tap.field) for name, tap in model.backbone.taps.items()}
-        fields["score_fr"] = fields[model.backbone.output.name]  # 1x1: the trunk output's positions
+        trunk = model.backbone
+        fields = {name: (tap.stride, tap.field) for name, tap in trunk.taps.items()}
         plane = "x".join(map(str, cost.input_shape[1:]))
+        leaves = {row.name.removeprefix("backbone.") for row in cost.layers}
+        stages = [  # taps that are whole stages (ResNet's layer1 ...), not rows of the table
+            f"{tap.name} {tap.channels}ch /{tap.stride} field {tap.field}"
+            for tap in trunk.taps.values()
+            if tap.name not in leaves
+        ]
+        taps = [f"trunk taps        {'; '.join(stages)}"] if stages else []
+        if isinstance(model, TorchvisionFCN):
+            out = trunk.output
+            summary = [
+                f"output stride     {out.stride} ({out.name}, dilated), then the classifier (FCNHead)",
+                f"scores at         x = {out.geometry.scale} * i + {float(out.geometry.shift):g} in input "
+                "pixels, resized bilinearly (align_corners=False), which shows them at "
+                f"{out.stride} * i + {(out.stride - 1) / 2:g} where a side is a multiple of {out.stride}",
+                *taps,
+                f"receptive field   {out.field}x{out.field} pixels ({out.name}), "
+                f"{out.field + 2 * out.stride}x{out.field + 2 * out.stride} after the classifier's 3x3",
+            ]
+            outputs = [("(output)", "bilinear resize", f"{model.num_classes}x{plane}")]
+            return NetDescription(cost, f"{model.num_classes} classes", fields, outputs, summary)
+        fields["score_fr"] = fields[trunk.output.name]  # 1x1: the trunk output's positions
         stride, field = fields["score_fr"]
-        coarse = model.backbone.output.geometry
+        coarse = trunk.output.geometry
         final = getattr(model, model.final_name)
         offsets = [f"{model.final_name} {model.output_offset}"]
         offsets += [f"score_{tap} {offset}" for tap, offset in model.skip_offsets.items()]
@@ -289,6 +311,7 @@ class SegmentationTask(TaskBase):
             f"({final.kernel_size[0]}/{final.stride[0]})",
             f"score_fr centres  x = {coarse.scale} * i + {float(coarse.shift):g} in input pixels",
             f"crop offsets      {', '.join(offsets)}",
+            *taps,
             f"receptive field   {field}x{field} pixels (score_fr)",
         ]
         outputs = [("(output)", f"crop at {model.output_offset}", f"{model.num_classes}x{plane}")]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -15,7 +16,14 @@ from fcnseg.data.preprocess import DEFAULT_PREPROCESS, PRESETS, same_colour_codi
 from fcnseg.models.layers import bilinear_kernel
 from fcnseg.models.registry import BUILDERS
 from fcnseg.train.config import AUTO
-from fcnseg.weights.checkpoint import read_checkpoint
+from fcnseg.weights.checkpoint import (
+    checked_checkpoint,
+    checkpoint_dict,
+    is_state_dict,
+    read_checkpoint,
+    safe_load,
+    weights_format,
+)
 from fcnseg.weights.hub import WEIGHTS, resolve
 from fcnseg.weights.transfer import copy_matching_layers
 
@@ -81,7 +89,7 @@ def initial_weights(
         return None
     else:
         path = resolve(name, _converted_for(name, config.arch), config.widths, progress)
-    initial = read_checkpoint(path)
+    initial = _read_initial(path, config.arch)
     initial["source"] = name
     return initial
 
@@ -91,6 +99,23 @@ def _converted_for(name: str, arch: str) -> str:
     (:data:`IMAGENET_DONORS`), a published trunk for the net itself."""
     trunk = name in WEIGHTS and WEIGHTS[name].is_trunk
     return arch if trunk else IMAGENET_DONORS.get(arch, arch)
+
+
+def _read_initial(path: Path, arch: str) -> dict[str, Any]:
+    """The checkpoint at ``path``; a torchvision state dict there (an ImageNet ResNet such as
+    ``resnet50-0676ba61.pth``, or torchvision's FCN) is converted for ``arch`` first."""
+    if not path.is_file() or weights_format(path) != "checkpoint":
+        return read_checkpoint(path)  # its error says what the file is
+    data = safe_load(path, "cpu", "fcnseg checkpoint")
+    if not is_state_dict(data):
+        return checked_checkpoint(data, path)
+    from fcnseg.weights.imagenet import fcn_from_imagenet
+    from fcnseg.weights.torchvision import torchvision_fcn
+
+    tv = "classifier.4.weight" in data
+    model = torchvision_fcn(data, arch, str(path)) if tv else fcn_from_imagenet(arch, data)
+    model.meta["source"] = path.name
+    return checkpoint_dict(model)
 
 
 def _streams_checkpoint(sources: dict[str, str]) -> dict[str, Any]:
@@ -125,7 +150,8 @@ def kaiming_init(model: nn.Module) -> None:
         for module in trunk.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:  # ResNet's convolutions have none: BatchNorm follows
+                    nn.init.zeros_(module.bias)
 
 
 def reset_upsampling(model: nn.Module) -> list[str]:

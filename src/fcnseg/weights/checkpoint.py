@@ -54,7 +54,16 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
 def checkpoint_dict(model: FCN) -> dict[str, Any]:
     """The saved form of a model: build arguments, metadata and weights."""
     if not hasattr(model, "config"):
-        raise ValueError("model was not made by fcnseg.build_model: its architecture is unknown")
+        raise ValueError(
+            "model was not made by fcnseg.build_model: its architecture is unknown (a net of one's own "
+            "saves once its builder is registered: fcnseg.register_model)"
+        )
+    unsaved = [f"{k} (a {type(v).__name__})" for k, v in model.config.items() if not _plain(v)]
+    if unsaved:
+        raise ValueError(
+            f"model was built with {', '.join(unsaved)}, which a checkpoint cannot rebuild: register a "
+            "builder that makes it (fcnseg.register_model) and build the net by that name"
+        )
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -62,6 +71,15 @@ def checkpoint_dict(model: FCN) -> dict[str, Any]:
         "meta": dict(getattr(model, "meta", {})),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+
+
+def _plain(value: Any) -> bool:
+    """Whether a build argument is a plain value that a checkpoint stores and a safe load reads."""
+    if isinstance(value, list | tuple):
+        return all(map(_plain, value))
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return value is None or isinstance(value, bool | int | float | str)
 
 
 def save_checkpoint(model: FCN, path: str | os.PathLike) -> Path:
@@ -153,7 +171,10 @@ def _structure_problems(data: Any) -> list[str]:
     if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
         problems.append("'config' is not a dict of build arguments")
     elif not isinstance(config.get("arch"), str) or config["arch"] not in BUILDERS:
-        problems.append(f"config names architecture {config.get('arch')!r}, not one of {', '.join(BUILDERS)}")
+        problems.append(
+            f"config names architecture {config.get('arch')!r}, not one of {', '.join(BUILDERS)} (a net of "
+            "one's own loads once its builder is registered again: fcnseg.register_model)"
+        )
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
@@ -185,7 +206,17 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{path} is a Caffe model, not an fcnseg checkpoint: load it with fcnseg.load, or convert "
             "it with fcnseg convert caffe"
         )
-    data = safe_load(path, map_location, "fcnseg checkpoint")
+    return checked_checkpoint(safe_load(path, map_location, "fcnseg checkpoint"), path)
+
+
+def is_state_dict(data: Any) -> bool:
+    """A bare dict of tensors, as ``torch.save(model.state_dict())`` writes (torchvision's files): no
+    fcnseg checkpoint."""
+    return isinstance(data, dict) and bool(data) and all(isinstance(v, torch.Tensor) for v in data.values())
+
+
+def checked_checkpoint(data: Any, path: Path) -> dict[str, Any]:
+    """``data``, as loaded from ``path``, if it is a whole fcnseg checkpoint; else a CheckpointError."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an fcnseg checkpoint (no '{FORMAT}' format tag)")
     version = data.get("version", 0)

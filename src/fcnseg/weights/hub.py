@@ -36,6 +36,7 @@ from fcnseg.models.alexnet import ALEXNET_WIDTHS
 from fcnseg.models.googlenet import GOOGLENET_WIDTHS
 from fcnseg.models.heads import MultiHeadFCN
 from fcnseg.models.registry import BUILDERS, DETECTORS, build_model, trunk_family
+from fcnseg.models.resnet import RESNET_DEPTHS, RESNET_WIDTHS
 from fcnseg.models.ssd import SSD300_WIDTHS
 from fcnseg.models.vgg import VGG16_WIDTHS
 from fcnseg.weights.checkpoint import save_checkpoint
@@ -76,6 +77,9 @@ class Weights:
     score: str = ""  # as published
     heads: tuple[int, ...] = ()  # the class counts of a net of several heads (SIFT Flow's), in channel order
     member: str = ""  # for a file that is an archive: the pattern of the .caffemodel inside it
+    source_format: str = (
+        "caffe"  # a published net's file: "caffe" (.caffemodel) or "torchvision" (state dict)
+    )
 
     @property
     def is_classifier(self) -> bool:
@@ -91,8 +95,18 @@ class Weights:
         return self.arch if self.is_classifier else trunk_family(self.arch)
 
 
-_FAMILY_WIDTHS = {"vgg16": VGG16_WIDTHS, "alexnet": ALEXNET_WIDTHS, "googlenet": GOOGLENET_WIDTHS}
-_FAMILY_FCN = {"vgg16": "fcn32s", "alexnet": "fcn-alexnet", "googlenet": "fcn32s-googlenet"}
+_FAMILY_WIDTHS = {
+    "vgg16": VGG16_WIDTHS,
+    "alexnet": ALEXNET_WIDTHS,
+    "googlenet": GOOGLENET_WIDTHS,
+    **{f"resnet{depth}": RESNET_WIDTHS for depth in RESNET_DEPTHS},
+}
+_FAMILY_FCN = {
+    "vgg16": "fcn32s",
+    "alexnet": "fcn-alexnet",
+    "googlenet": "fcn32s-googlenet",
+    **{f"resnet{depth}": f"fcn32s-resnet{depth}" for depth in RESNET_DEPTHS},
+}
 
 TRUNKS: dict[str, tuple[str, ...]] = {"vgg16-convs": ("hed", "fsds"), "vgg16-reduced": ("ssd300", "ssd512")}
 """Trunks the family's authors published as their nets' starting weights, and the nets each starts:
@@ -185,6 +199,55 @@ WEIGHTS: dict[str, Weights] = {
             f"pascalcontext-{arch}-heavy.caffemodel", arch, 60, "PASCAL-Context", CONTEXT_CLASSES
         )
         for arch in ("fcn32s", "fcn16s", "fcn8s")
+    },
+    # torchvision's FCNs, trained on COCO train2017 for the 20 VOC classes (and background), with
+    # the auxiliary head on layer3. URLs and scores (COCO val2017, VOC's classes): torchvision's
+    # models/segmentation/fcn.py, FCN_ResNet50_Weights / FCN_ResNet101_Weights. The file names carry
+    # the first 8 hex digits of the SHA-256, which torch.hub checks and so does fcnseg.
+    **{
+        f"tv-fcn-resnet{depth}-coco": Weights(
+            RemoteFile(
+                f"https://download.pytorch.org/models/fcn_resnet{depth}_coco-{prefix}.pth",
+                sha256=prefix,
+                extract=False,
+            ),
+            f"tv-fcn-resnet{depth}",
+            21,
+            "COCO (VOC's 20 classes)",
+            "imagenet",
+            RESNET_WIDTHS,
+            options=(("aux", True),),
+            class_names=VOC_CLASSES,
+            score=score,
+            source_format="torchvision",
+        )
+        for depth, prefix, score in (
+            (50, "1167a1af", "60.5 mean IU, 91.4 pixel acc. (COCO val2017)"),
+            (101, "7ecb50ca", "63.7 mean IU, 91.9 pixel acc. (COCO val2017)"),
+        )
+    },
+    # torchvision's ImageNet ResNets (IMAGENET1K_V1; torchvision's models/resnet.py): SHA-256 prefix as
+    # in the file name, acc@1 from the same weights' metadata.
+    **{
+        f"resnet{depth}-torchvision": Weights(
+            RemoteFile(
+                f"https://download.pytorch.org/models/resnet{depth}-{prefix}.pth",
+                sha256=prefix,
+                extract=False,
+            ),
+            f"resnet{depth}",
+            1000,
+            "ImageNet",
+            "imagenet",
+            RESNET_WIDTHS,
+            score=f"{top1} top-1",
+        )
+        for depth, prefix, top1 in (
+            (18, "f37072fd", "69.758"),
+            (34, "b627a593", "73.314"),
+            (50, "0676ba61", "76.130"),
+            (101, "63fe2227", "77.374"),
+        )
     },
     # ImageNet classifiers. torchvision's file names carry the first 8 hex digits of the SHA-256;
     # the full digests are those of copies of the same files on huggingface.co (Git LFS / Xet
@@ -339,9 +402,12 @@ WEIGHTS.update(
 )
 
 INIT_NAMES: dict[str, dict[str, str]] = {
-    # torchvision's VGG16, "imagenet" preprocessing. Its AlexNet is single-tower without LRN and
-    # other widths: it cannot fill fcn-alexnet as fcnseg builds it (Caffe's layout).
-    "imagenet": {"vgg16": "vgg16-torchvision"},
+    # torchvision's VGG16 and ResNets, "imagenet" preprocessing. Its AlexNet is single-tower without
+    # LRN and other widths: it cannot fill fcn-alexnet as fcnseg builds it (Caffe's layout).
+    "imagenet": {
+        "vgg16": "vgg16-torchvision",
+        **{f"resnet{d}": f"resnet{d}-torchvision" for d in RESNET_DEPTHS},
+    },
     # the Caffe classifiers the paper started from, "caffe" preprocessing
     "imagenet-caffe": {"vgg16": "vgg16-caffe", "alexnet": "alexnet-caffe", "googlenet": "googlenet-caffe"},
 }
@@ -399,7 +465,8 @@ def checkpoint(name: str, progress: bool = True) -> Path:
     """The fcnseg checkpoint of the published FCN model ``name``, converted once and cached.
 
     The checkpoint carries the model's class names and the preprocessing its weights expect.
-    The original Caffe file is removed after conversion (its SHA-256 record stays).
+    The original file (a Caffe model, torchvision's state dict) is removed after conversion (its
+    SHA-256 record stays).
     """
     if name in INIT_NAMES:
         raise ValueError(
@@ -418,11 +485,17 @@ def checkpoint(name: str, progress: bool = True) -> Path:
     if out.is_file():
         return out
     original = fetch(name, progress)
-    caffemodel = _unpacked(original, weights.member) if weights.member else original
-    _note(progress, f"converting {caffemodel.name} -> {out}")
-    from fcnseg.weights.caffe import load_caffe  # the protobuf schema, to convert only
+    converted = _unpacked(original, weights.member) if weights.member else original
+    _note(progress, f"converting {converted.name} -> {out}")
+    if weights.source_format == "torchvision":
+        from fcnseg.weights.checkpoint import safe_load
+        from fcnseg.weights.torchvision import torchvision_fcn
 
-    model = load_caffe(caffemodel, weights.arch)
+        model = torchvision_fcn(safe_load(converted, "cpu", "torch state dict"), weights.arch, str(converted))
+    else:
+        from fcnseg.weights.caffe import load_caffe  # the protobuf schema, to convert only
+
+        model = load_caffe(converted, weights.arch)
     heads = tuple(model.heads) if isinstance(model, MultiHeadFCN) else ()
     if model.num_classes != weights.num_classes or heads != weights.heads:
         raise ValueError(
@@ -434,7 +507,7 @@ def checkpoint(name: str, progress: bool = True) -> Path:
         model.meta["class_names"] = list(weights.class_names)
     save_checkpoint(model, out)
     original.unlink()
-    caffemodel.unlink(missing_ok=True)
+    converted.unlink(missing_ok=True)
     return out
 
 
@@ -591,7 +664,7 @@ def _check_fits(name: str, weights: Weights, arch: str, widths: tuple[int, ...] 
     family = trunk_family(arch)
     if weights.family != family:
         raise ValueError(f"{name} holds a {weights.family} backbone; {arch} is built on {family}")
-    if weights.options:
+    if weights.options and weights.is_classifier:
         layout = ", ".join(f"{k}={v}" for k, v in weights.options)
         raise ValueError(
             f"{name} fits {arch} only when built with widths {tuple(weights.widths)} and {layout} "

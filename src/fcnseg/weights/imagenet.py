@@ -1,11 +1,11 @@
 """ImageNet classifiers into FCN backbones: how training starts, as in the paper.
 
-Two sources: torchvision-format state dicts (``features.N.weight``,
-``classifier.N.weight``) and the Caffe classifiers the paper started from
-(VGG_ILSVRC_16_layers, bvlc_alexnet, bvlc_googlenet). fc6 and fc7 are fully
-connected there and become convolutions here by reshaping their weights
-(convolutionalization); the ImageNet classifiers (fc8; GoogLeNet's loss1/*,
-loss2/* and loss3/classifier) are dropped, and the score layers start at zero.
+Two sources: torchvision-format state dicts (VGG16 and AlexNet: ``features.N.weight``,
+``classifier.N.weight``; ResNet: ``conv1.weight``, ``layer1.0.conv1.weight``, ...) and the Caffe
+classifiers the paper started from (VGG_ILSVRC_16_layers, bvlc_alexnet, bvlc_googlenet). fc6 and
+fc7 are fully connected there and become convolutions here by reshaping their weights
+(convolutionalization); the ImageNet classifiers (fc8; ResNet's fc; GoogLeNet's loss1/*, loss2/*
+and loss3/classifier) are dropped, and the score layers start at zero.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from fcnseg.models.vgg import VGG16_CONVS
 from fcnseg.weights.caffe import infer_build_args, learned_blobs
 from fcnseg.weights.caffe_format import read_caffemodel
 from fcnseg.weights.checkpoint import safe_load
+from fcnseg.weights.torchvision import load_strictly, resnet_layout
 from fcnseg.weights.transfer import WeightsMismatchError, copy_into
 
 
@@ -85,13 +86,16 @@ def fcn_from_imagenet(
 ) -> FCN:
     """An FCN whose backbone holds ImageNet classifier weights, ready for training.
 
-    ``weights`` is a torchvision-format state dict (or a file holding one) or a
-    Caffe ``.caffemodel`` classifier. The backbone widths are read off the
-    weights; torchvision's AlexNet is single-tower without LRN, so the FCN-AlexNet
-    built for it is too. ``model.meta["preprocess"]`` records the matching input
-    preprocessing: "imagenet" for torchvision, "caffe" for Caffe.
+    ``weights`` is a torchvision-format state dict (or a file holding one, such as torchvision's
+    ``resnet50-0676ba61.pth`` for ``fcn8s-resnet50``) or a Caffe ``.caffemodel`` classifier. The
+    backbone widths are read off the weights; torchvision's AlexNet is single-tower without LRN,
+    so the FCN-AlexNet built for it is too. ``model.meta["preprocess"]`` records the matching
+    input preprocessing: "imagenet" for torchvision, "caffe" for Caffe.
     """
     source = str(weights) if not isinstance(weights, dict) else "state dict"
+    if trunk_family(arch).startswith("resnet"):
+        state = weights if isinstance(weights, dict) else _read_state_dict(Path(weights))
+        return _resnet_fcn(arch, state, source, num_classes, options)
     is_caffe = not isinstance(weights, dict) and Path(weights).suffix == ".caffemodel"
     if is_caffe:
         arrays = learned_blobs(read_caffemodel(weights))
@@ -113,6 +117,22 @@ def fcn_from_imagenet(
     _convolutionalize_fc(arrays, model, source)
     copy_into(model.backbone, arrays, source=source, reshape="legacy")
     model.meta = {"preprocess": preprocess, "source": Path(source).name}
+    return model
+
+
+def _resnet_fcn(arch: str, state: dict[str, torch.Tensor], source: str, num_classes: int, options) -> FCN:
+    """A net on ResNet (an FCN, torchvision's FCN) whose trunk is a torchvision ImageNet ResNet: every
+    tensor but ``fc``'s copied in, or a WeightsMismatchError naming what does not fit."""
+    layout = resnet_layout(state, source)
+    wanted = trunk_family(arch)
+    if f"resnet{layout['depth']}" != wanted:
+        raise WeightsMismatchError(f"{source}: holds ResNet-{layout['depth']}; {arch} is built on {wanted}")
+    trunk = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    model = build_model(
+        arch, num_classes, widths=layout["widths"], in_channels=layout["in_channels"], **options
+    )
+    load_strictly(model.backbone, trunk, source)
+    model.meta = {"preprocess": "imagenet", "source": Path(source).name}
     return model
 
 

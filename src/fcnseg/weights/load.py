@@ -8,19 +8,26 @@ from pathlib import Path
 import torch
 
 from fcnseg.models.fcn import FCN
-from fcnseg.models.ssd import SSD
 from fcnseg.weights import hub
-from fcnseg.weights.checkpoint import load_checkpoint, weights_format
+from fcnseg.weights.checkpoint import (
+    CheckpointError,
+    checked_checkpoint,
+    is_state_dict,
+    model_from_checkpoint,
+    safe_load,
+    weights_format,
+)
 
 
 def load(
     path: str | os.PathLike, arch: str | None = None, map_location: str | torch.device = "cpu"
-) -> FCN | SSD:
-    """A ready model (eval mode) from an fcnseg checkpoint, an original Caffe FCN or SSD model, or a
-    published model by name (``"voc-fcn8s"``; ``fcnseg weights list``), downloaded and converted once.
+) -> torch.nn.Module:
+    """A ready model (eval mode) from an fcnseg checkpoint, an original Caffe FCN or SSD model, a
+    state dict of torchvision's FCN (``fcn_resnet50_coco-1167a1af.pth``, as ``tv-fcn-resnet50``), or
+    a published model by name (``"voc-fcn8s"``; ``fcnseg weights list``), downloaded and converted once.
 
     Caffe models are recognised by their ``.caffemodel`` suffix or their first bytes
-    (``weights_format``); ``arch`` is only needed to check a Caffe
+    (``weights_format``), torchvision's by their keys; ``arch`` is only needed to check such a
     file against what you expect, since the file itself says which net it holds.
     """
     path = Path(path)
@@ -32,7 +39,17 @@ def load(
         from fcnseg.weights.caffe import load_caffe  # the protobuf schema, for Caffe files only
 
         return load_caffe(path, arch)
-    model = load_checkpoint(path, map_location)
+    data = safe_load(path, map_location, "fcnseg checkpoint")
+    if is_state_dict(data):
+        from fcnseg.weights.torchvision import torchvision_fcn
+
+        if "classifier.4.weight" not in data:
+            raise CheckpointError(
+                f"{path} is not an fcnseg checkpoint (a bare state dict, and not of torchvision's FCN); "
+                "an ImageNet classifier initialises a net (fcnseg.fcn_from_imagenet, fcnseg train --init)"
+            )
+        return torchvision_fcn(data, arch, str(path)).eval()
+    model = model_from_checkpoint(checked_checkpoint(data, path), str(path)).eval()
     if arch is not None and model.config["arch"] != arch:
         raise ValueError(f"{path} holds an {model.config['arch']} model, not {arch}")
     return model
