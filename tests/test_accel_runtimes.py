@@ -19,10 +19,10 @@ from fcnseg.infer.predict import inference_forward, predict
 WIDTHS = (4, 8, 8, 16, 16, 32)
 
 
-def seeded_net(seed: int = 0) -> torch.nn.Module:
+def seeded_net(seed: int = 0, classes: int = 5) -> torch.nn.Module:
     """A narrow FCN-8s with He-scaled random weights (scores far from ties)."""
     torch.manual_seed(seed)
-    model = fcnseg.build_model("fcn8s", 5, widths=WIDTHS).eval()
+    model = fcnseg.build_model("fcn8s", classes, widths=WIDTHS).eval()
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.Conv2d):
