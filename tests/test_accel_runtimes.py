@@ -207,3 +207,17 @@ def test_calibration_from_a_folder_is_computed_once(tmp_path):
     assert first == calibrate(model, images(2, 30, 34, seed=4), weight_bits=first.weight_bits)
     with pytest.raises(ValueError, match="holds no image files"):
         calibration_of(model, tmp_path / "..")
+
+
+def test_a_cached_runtime_does_not_keep_its_net_alive():
+    pytest.importorskip("onnxruntime")
+    import gc
+    import weakref
+
+    model = seeded_net()
+    run = runtime_forward(model, "onnxruntime", "fp32")
+    run(torch.randn(1, 3, 20, 22) * 50)
+    alive = weakref.ref(model)
+    del model, run
+    gc.collect()
+    assert alive() is None

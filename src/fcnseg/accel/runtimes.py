@@ -151,20 +151,15 @@ class RuntimeFCN:
     (N, C, H, W) -> (N, num_classes, H, W) float32 scores. A graph is compiled for each
     new input size (the first :data:`FIXED_SIZES` trimmed, later ones the padded net of
     dynamic size) and checked (see the module's docstring); a size whose graph cannot
-    be built or fails its check runs on ``fallback``, and a line says why.
+    be built or fails its check runs on torch's fast path (float32 for int8), and a line
+    says why.
     """
 
     def __init__(
-        self,
-        model: nn.Module,
-        backend: str,
-        precision: str,
-        calibration: Calibration | None,
-        fallback: Callable[[torch.Tensor], torch.Tensor],
+        self, model: nn.Module, backend: str, precision: str, calibration: Calibration | None
     ) -> None:
-        self.net = weakref.ref(model)
+        self.net = weakref.ref(model)  # cached per net: no reference that keeps it alive
         self.backend, self.precision, self.calibration = backend, precision, calibration
-        self.fallback = fallback
         self.threads = torch.get_num_threads()
         self.graphs: dict[tuple[int, int], Engine | None] = {}
         self.padded: Engine | None = None
@@ -176,7 +171,7 @@ class RuntimeFCN:
         size = (int(x.shape[-2]), int(x.shape[-1]))
         engine = self.graphs.get(size) if size in self.graphs else self._build(size)
         if engine is None:
-            return self.fallback(x)
+            return for_inference(self.net(), torch.bfloat16 if self.precision == "bf16" else torch.float32)(x)
         return torch.from_numpy(engine(np.ascontiguousarray(x.detach().cpu().float().numpy())))
 
     def _build(self, size: tuple[int, int]) -> Engine | None:
@@ -196,7 +191,7 @@ class RuntimeFCN:
                     if reason is not None:
                         self.padded = None
                 engine = self.padded
-        except (RuntimeError, ValueError, TypeError) as error:  # an exporter or a runtime refusing the graph
+        except Exception as error:  # an exporter or a runtime refusing the graph: said below, not hidden
             engine, reason = (
                 None,
                 f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
@@ -257,7 +252,6 @@ def runtime_forward(
     require(backend)
     if precision == "int8" and calibration is None:
         raise ConfigError("int8 needs calibration: a few images like the ones to segment (--calibration DIR)")
-    fallback = for_inference(model, torch.bfloat16 if precision == "bf16" else torch.float32)
     param = next(model.parameters(), None)
     reason = plain_reason(model) or graph_reason(model)
     if reason is None and param is not None and param.device.type != "cpu":
@@ -267,12 +261,12 @@ def runtime_forward(
     if reason is not None:
         said = "fp32 " if precision == "int8" else ""
         _say(model, f"{backend} {precision}: the net runs {said}on torch: {reason}")
-        return fallback
+        return for_inference(model, torch.bfloat16 if precision == "bf16" else torch.float32)
     key = (backend, precision, calibration)
     fingerprint = _weights_fingerprint(model)
     cached = _RUNTIMES.setdefault(model, {}).get(key)
     if cached is not None and cached[0] == fingerprint:
         return cached[1]
-    runtime = RuntimeFCN(model, backend, precision, calibration, fallback)
+    runtime = RuntimeFCN(model, backend, precision, calibration)
     _RUNTIMES[model][key] = (fingerprint, runtime)
     return runtime
