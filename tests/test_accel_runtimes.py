@@ -221,3 +221,31 @@ def test_a_cached_runtime_does_not_keep_its_net_alive():
     del model, run
     gc.collect()
     assert alive() is None
+
+
+def test_a_precision_the_runtime_lacks_runs_on_torch_and_says_why(caplog):
+    pytest.importorskip("onnxruntime")
+    model = seeded_net()
+    with caplog.at_level(logging.WARNING, logger="fcnseg.accel"):
+        run = runtime_forward(model, "onnxruntime", "bf16")
+    assert not isinstance(run, RuntimeFCN)
+    assert (
+        "onnxruntime bf16: the net runs on torch: onnxruntime runs fp32 and int8 on this CPU" in caplog.text
+    )
+
+
+def test_int8_on_the_padded_graph_of_dynamic_size(monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from fcnseg.accel import runtimes
+
+    monkeypatch.setattr(runtimes, "FIXED_SIZES", 0)  # every size on the padded graph
+    model = seeded_net()
+    calibration = calibrate(model, images(2, 40, 40, seed=1))
+    run = runtime_forward(model, "onnxruntime", "int8", calibration)
+    for size in ((33, 41), (40, 36)):
+        x = torch.from_numpy(np.stack(images(1, *size, seed=5))).permute(0, 3, 1, 2).float() - 120
+        with torch.no_grad():
+            expected = model(x)
+        got = run(x)
+        assert run.graphs[size] is run.padded is not None
+        assert (got.argmax(1) == expected.argmax(1)).float().mean() > 0.95
