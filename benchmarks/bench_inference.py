@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import os
 import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -143,79 +145,102 @@ def peer_runtime(backend: str, module: nn.Module, precision: str, threads: int):
     return lambda t: torch.from_numpy(engine(t.numpy()))
 
 
-def runtimes_table(args: argparse.Namespace) -> tuple[str, list[str]]:
-    """The ``--runtimes`` rows: peers and fcnseg's backends at 500x500, batch 1 and 8."""
+def runtime_variants(
+    args: argparse.Namespace, calibration, batch: int
+) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """Every variant timed at ``batch``, on a fresh copy of the seeded net (fresh caches: the
+    compiled graphs of another batch are let go, or 20 GB of them would not fit)."""
     from fcnseg.accel.graphs import padded_graph
-    from fcnseg.accel.quantize import calibrate
     from fcnseg.accel.runtimes import runtime_forward, runtime_precisions
-    from fcnseg.data.preprocess import preprocess, preprocessing_of
     from fcnseg.infer.predict import cpu_has_native_bf16, inference_forward
 
-    size = 500
     model = seeded_model(args.arch)
-    twin = torchfcn_twin(model, args.arch)
-    calibration = calibrate(model, list(scenes(args.calibration_images, size, seed=7)))
-    quantized = padded_graph(model, calibration)
-    images = scenes(8, size, seed=3)
-    x8 = preprocess(images, preprocessing_of(model))
-    bf16 = cpu_has_native_bf16()
     threads = torch.get_num_threads()
-    notes = [
-        f"int8: {calibration.images} synthetic scenes (other seeds than the timed ones) calibrate the "
-        f"ranges; weights {calibration.weight_bits}-bit per output channel (7 on CPUs without VNNI, where "
-        "x86 int8 kernels saturate 16-bit pair sums), activations uint8 per tensor",
-        f"bf16: {'native' if bf16 else 'not native on this CPU: fcnseg bf16 and OpenVINO bf16 are left out'}",
-    ]
+    bf16 = cpu_has_native_bf16()
     variants: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-        "torchfcn (eager)": twin,
+        "torchfcn (eager)": torchfcn_twin(model, args.arch),
         "fcnseg fast fp32 (torch; = precision auto here)" if not bf16 else "fcnseg fast fp32 (torch)": (
             inference_forward(model, "fp32")
         ),
     }
     if bf16:
         variants["fcnseg fast bf16 (torch; = precision auto)"] = inference_forward(model, "bf16")
-    for backend in ("onnxruntime", "openvino"):
+    elif args.with_bf16 and batch == 1:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "no native bfloat16": known, measured here
+            variants["fcnseg fast bf16 (torch, emulated)"] = inference_forward(model, "bf16")
+    # batch 8: OpenVINO's rows only (onnxruntime's batch-1 rows tell the same story), for time and memory
+    for backend in ("onnxruntime", "openvino") if batch == 1 else ("openvino",):
         peer = "OpenVINO" if backend == "openvino" else "onnxruntime"
         variants[f"{peer} fp32 (padded net)"] = peer_runtime(backend, model, "fp32", threads)
         if "bf16" in runtime_precisions(backend):
             variants[f"{peer} bf16 (padded net)"] = peer_runtime(backend, model, "bf16", threads)
-        variants[f"{peer} int8 (padded net)"] = peer_runtime(backend, quantized, "int8", threads)
+        variants[f"{peer} int8 (padded net)"] = peer_runtime(
+            backend, padded_graph(model, calibration), "int8", threads
+        )
         for precision in runtime_precisions(backend):
             variants[f"fcnseg {backend} {precision} (trimmed)"] = runtime_forward(
                 model, backend, precision, calibration if precision == "int8" else None
             )
-    rows = []
-    for batch in (1, 8) if not args.quick else (1,):
-        x = x8[:batch]
-        chosen = (
-            variants if batch == 1 else {k: v for k, v in variants.items() if k.split()[0] != "onnxruntime"}
-        )
-        start = time.perf_counter()
-        with torch.inference_mode():
-            reference = model(x).argmax(1)
-            agree = {
-                name: float((fn(x).argmax(1) == reference).float().mean()) for name, fn in chosen.items()
-            }
-        if batch == 1:
-            notes.append(
-                f"building every variant's graph and checking it: {time.perf_counter() - start:.0f} s"
-            )
-        times = time_cell(chosen, x, args.rounds if batch == 1 else max(2, args.rounds - 3))
-        base = statistics.median(times["torchfcn (eager)"])
-        for name, ts in times.items():
-            med = statistics.median(ts)
-            rows.append((size, batch, name, med, min(ts), batch / med, base / med, agree[name]))
-            print(f"{size} b{batch} {name:45s} median {med:7.3f} best {min(ts):7.3f} x{base / med:.2f} "
-                  f"labels {100 * agree[name]:.2f}%", flush=True)  # fmt: skip
+    variants["reference"] = model  # the plain net: labels = fp32 is counted against it, not timed
+    return variants
+
+
+def runtimes_table(args: argparse.Namespace, publish: Callable[[str, list[str]], None]) -> None:
+    """The ``--runtimes`` rows: peers and fcnseg's backends at 500x500, batch 1 and 8; ``publish``
+    gets the table and notes after each batch (a long run keeps what it measured)."""
+    from fcnseg.accel.quantize import calibrate
+    from fcnseg.data.preprocess import preprocess, preprocessing_of
+    from fcnseg.infer.predict import cpu_has_native_bf16
+
+    size = 500
+    calibration = calibrate(seeded_model(args.arch), list(scenes(args.calibration_images, size, seed=7)))
+    images = scenes(8, size, seed=3)
+    bf16 = cpu_has_native_bf16()
+    notes = [
+        f"int8: {calibration.images} synthetic scenes (other seeds than the timed ones) calibrate the "
+        f"ranges; weights {calibration.weight_bits}-bit per output channel (7 on CPUs without VNNI, where "
+        "x86 int8 kernels saturate 16-bit pair sums), activations uint8 per tensor",
+        "bf16: "
+        + (
+            "native"
+            if bf16
+            else "not native on this CPU: OpenVINO has no bf16 here; fcnseg's bf16 is emulated"
+            + (" (timed at batch 1)" if args.with_bf16 else " (left out)")
+        ),
+        "batch 8: OpenVINO's rows and fcnseg's (onnxruntime's only at batch 1), 2 rounds",
+    ]
     lines = [
         "| size | batch | variant | median s | best s | img/s | x torchfcn (median) | labels = fp32 |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    lines += [
-        f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.3f} | {r[4]:.3f} | {r[5]:.2f} | {r[6]:.2f} | {100 * r[7]:.2f}% |"
-        for r in rows
-    ]
-    return "\n".join(lines), notes
+    for batch in (1, 8) if not args.quick else (1,):
+        start = time.perf_counter()
+        variants = runtime_variants(args, calibration, batch)
+        model = variants.pop("reference")
+        x = preprocess(images[:batch], preprocessing_of(model))
+        with torch.inference_mode():
+            reference = model(x).argmax(1)
+            agree = {
+                name: float((fn(x).argmax(1) == reference).float().mean()) for name, fn in variants.items()
+            }
+        notes.append(
+            f"batch {batch}: building every variant's graph and checking it, and the agreement pass: "
+            f"{time.perf_counter() - start:.0f} s"
+        )
+        times = time_cell(variants, x, args.rounds if batch == 1 else max(2, args.rounds - 3))
+        base = statistics.median(times["torchfcn (eager)"])
+        for name, ts in times.items():
+            med = statistics.median(ts)
+            lines.append(
+                f"| {size} | {batch} | {name} | {med:.3f} | {min(ts):.3f} | {batch / med:.2f} "
+                f"| {base / med:.2f} | {100 * agree[name]:.2f}% |"
+            )
+            print(f"{size} b{batch} {name:48s} median {med:7.3f} best {min(ts):7.3f} x{base / med:.2f} "
+                  f"labels {100 * agree[name]:.2f}%", flush=True)  # fmt: skip
+        del variants, model
+        gc.collect()
+        publish("\n".join(lines), notes)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -232,6 +257,9 @@ def main(argv: list[str] | None = None) -> None:
         "--runtimes", action="store_true", help="onnxruntime and OpenVINO, as peers and as fcnseg backends"
     )
     parser.add_argument("--calibration-images", type=int, default=8, help="--runtimes: int8 calibration")
+    parser.add_argument(
+        "--with-bf16", action="store_true", help="--runtimes: time fcnseg bf16 even where it is emulated"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     parser.add_argument("--block", default="measured", help="name of the block of RESULTS.md to fill")
@@ -242,27 +270,30 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
     if args.runtimes:
-        table, notes = runtimes_table(args)
         command = "python benchmarks/bench_inference.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        section = "\n".join(
-            [
-                "### Measured: CPU runtimes as peers and as backends, VGG16 FCN-8s, same random weights",
-                "",
-                f"- command: `{command.strip()}`",
-                f"- machine: {machine()}; CPU flags: {cpu_flags()}; torch {torch.__version__}, "
-                f"{args.threads} threads; {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
-                f"- load average (1 min) before/after: {load_before:.1f} / {os.getloadavg()[0]:.1f} "
-                "(a shared machine: variants are timed in turn, round after round)",
-                "- input: synthetic scenes resized to 500x500; labels = fp32: pixels whose label equals "
-                "`model(x)`'s",
-                *(f"- {note}" for note in notes),
-                "",
-                table,
-            ]
-        )
-        print(section)
-        if not args.no_write:
-            write_section(f"inference-speed:{args.block}", section, inside="inference-speed")
+
+        def publish(table: str, notes: list[str]) -> None:
+            section = "\n".join(
+                [
+                    "### Measured: CPU runtimes as peers and as backends, VGG16 FCN-8s, same random weights",
+                    "",
+                    f"- command: `{command.strip()}`",
+                    f"- machine: {machine()}; CPU flags: {cpu_flags()}; torch {torch.__version__}, "
+                    f"{args.threads} threads; {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
+                    f"- load average (1 min) at the start / now: {load_before:.1f} / {os.getloadavg()[0]:.1f} "
+                    "(a shared machine: variants are timed in turn, round after round)",
+                    "- input: synthetic scenes resized to 500x500; labels = fp32: pixels whose label equals "
+                    "`model(x)`'s",
+                    *(f"- {note}" for note in notes),
+                    "",
+                    table,
+                ]
+            )
+            print(section, flush=True)
+            if not args.no_write:
+                write_section(f"inference-speed:{args.block}", section, inside="inference-speed")
+
+        runtimes_table(args, publish)
         return
 
     model = seeded_model(args.arch)
