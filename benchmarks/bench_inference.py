@@ -208,7 +208,11 @@ def runtimes_table(args: argparse.Namespace, publish: Callable[[str, list[str]],
             else "not native on this CPU: OpenVINO has no bf16 here; fcnseg's bf16 is emulated"
             + (" (timed at batch 1)" if args.with_bf16 else " (left out)")
         ),
-        "batch 8: OpenVINO's rows and fcnseg's (onnxruntime's only at batch 1), 2 rounds",
+        *(
+            ["batch 8: OpenVINO's rows and fcnseg's (onnxruntime's only at batch 1), 2 rounds"]
+            if not args.quick
+            else []
+        ),
     ]
     lines = [
         "| size | batch | variant | median s | best s | img/s | x torchfcn (median) | labels = fp32 |",
