@@ -163,6 +163,8 @@ class RuntimeFCN:
         self.threads = torch.get_num_threads()
         self.graphs: dict[tuple[int, int], Engine | None] = {}
         self.padded: Engine | None = None
+        self.padded_reason: str | None = None
+        """Why the padded graph may not be used, once it was tried and failed: it is not tried again."""
         self.build_seconds: dict[tuple[int, int], float] = {}
         self.check_errors: dict[tuple[int, int], float] = {}
         """Per size: how far its graph strayed in its check (relative), for reports."""
@@ -184,13 +186,13 @@ class RuntimeFCN:
             if trimmed:
                 engine, reason = self._compiled(CanvasGraph(model, *size, self.calibration), size, False)
             else:
-                if self.padded is None:
-                    self.padded, reason = self._compiled(
+                if self.padded is None and self.padded_reason is None:
+                    self.padded, self.padded_reason = self._compiled(
                         padded_graph(model, self.calibration), SELF_CHECK_SIZE, True
                     )
-                    if reason is not None:
+                    if self.padded_reason is not None:
                         self.padded = None
-                engine = self.padded
+                engine, reason = self.padded, self.padded_reason
         except Exception as error:  # an exporter or a runtime refusing the graph: said below, not hidden
             engine, reason = (
                 None,
