@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from fcnseg.cli.options import add_device, add_weights, positive
+from fcnseg.cli.options import add_device, add_inference, add_weights, positive
 from fcnseg.data.registry import DATASETS
 from fcnseg.distributed import Context
 from fcnseg.infer import crf
@@ -42,6 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--images", type=int, default=100, help="synthetic only: how many images")
     parser.add_argument("--batch-size", type=positive, default=1, help="images per forward pass (padded)")
     add_device(parser)
+    add_inference(parser)
     parser.add_argument(
         "--crf",
         action="store_true",
@@ -62,7 +63,12 @@ def run(args: argparse.Namespace) -> int:
     model = load(args.weights)
     task = task_of(model)
     options = InferenceOptions(
-        crf=args.crf, batch_size=args.batch_size, edge_output=args.edge_output or "fuse"
+        crf=args.crf,
+        batch_size=args.batch_size,
+        edge_output=args.edge_output or "fuse",
+        precision=args.precision,
+        backend=args.backend,
+        calibration=args.calibration,
     )
     task.check_options(model, options, args.weights)
     dataset = task.evaluation_set(model, dataset_name, args.data, args.split, args.images, args.weights)

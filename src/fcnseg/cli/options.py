@@ -10,6 +10,7 @@ from fcnseg.data.images import MAX_PIXELS
 
 __all__ = [
     "add_device",
+    "add_inference",
     "add_max_megapixels",
     "add_threads",
     "add_weights",
@@ -54,6 +55,36 @@ def set_threads(count: int | None) -> None:
         torch.set_num_interop_threads(count)
     except RuntimeError:  # allowed once, before any parallel work; later the pool stays as it is
         pass
+
+
+def add_inference(parser: argparse.ArgumentParser) -> None:
+    """``--precision``, ``--backend`` and ``--calibration`` of the commands that run a net on images."""
+    from fcnseg.infer.predict import BACKENDS, PRECISIONS
+
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="fp32: exact; bf16: the net in bfloat16, faster where the hardware has it (CPUs with "
+        "AVX512-BF16 or AMX, recent GPUs), labels may differ at a few pixels; auto: bf16 where the "
+        "hardware has it, else fp32; int8: the trunk in int8 on a runtime backend (--backend "
+        "onnxruntime or openvino), calibrated on --calibration",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="torch",
+        help="torch: fcnseg's own fast path; onnxruntime, openvino: the net's trimmed graph compiled by "
+        "that runtime, on the CPU (pip install 'fcnseg[onnxruntime]' or 'fcnseg[openvino]'); a graph "
+        "is built per input size (seconds to a minute for VGG16), then reused",
+    )
+    parser.add_argument(
+        "--calibration",
+        metavar="DIR",
+        default=None,
+        help="--precision int8: a folder of a few images like the ones to segment (training images, "
+        "not those you score), to calibrate the int8 ranges on",
+    )
 
 
 def add_max_megapixels(parser: argparse.ArgumentParser, refused: str) -> None:

@@ -19,13 +19,13 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from fcnseg.cli.options import add_device, add_max_megapixels, add_weights, fraction, positive
+from fcnseg.cli.options import add_device, add_inference, add_max_megapixels, add_weights, fraction, positive
 from fcnseg.data.images import read_image
 from fcnseg.files import DISK_FULL, WriteError
 from fcnseg.infer import crf
 from fcnseg.infer.detect import MIN_SCORE
 from fcnseg.infer.edge_outputs import EDGE_OUTPUTS
-from fcnseg.infer.predict import PRECISIONS, resolve_device
+from fcnseg.infer.predict import resolve_device
 from fcnseg.infer.tiling import parse_memory
 from fcnseg.tasks import Task, task_of
 from fcnseg.tasks.common import InferenceOptions
@@ -121,6 +121,8 @@ def _options(args: argparse.Namespace) -> InferenceOptions:
         tta_scales=args.tta_scales,
         crf=args.crf,
         precision=args.precision,
+        backend=args.backend,
+        calibration=args.calibration,
         max_memory=args.max_memory,
         batch_size=args.batch_size,
         edge_output=args.edge_output or "fuse",
@@ -346,14 +348,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         f"on the CPU; needs pip install '{crf.EXTRA}')",
     )
     add_device(parser)
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="fp32",
-        help="fp32: exact; bf16: the net in bfloat16, faster where the hardware has it (CPUs with "
-        "AVX512-BF16 or AMX, recent GPUs), labels may differ at a few pixels; auto: bf16 where the "
-        "hardware has it, else fp32",
-    )
+    add_inference(parser)
     parser.add_argument(
         "--max-memory",
         type=_memory,
