@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fcnseg.cli.options import add_weights
+from fcnseg.cli.options import add_threads, add_weights, set_threads
 from fcnseg.infer.export import export_onnx, export_torchscript
 from fcnseg.weights.load import load, segmentation_only
 
 
 def run(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
     weights, out = Path(args.weights), Path(args.out)
     if out.resolve() == weights.resolve():
         raise ValueError(f"--out {out} is the weights file itself; choose another path")
@@ -42,4 +43,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="ONNX: use the TorchScript-based exporter even when onnxscript is installed",
     )
+    add_threads(parser)
     parser.set_defaults(run=run)
