@@ -28,7 +28,11 @@ __all__ = [
 
 def add_weights(parser: argparse.ArgumentParser) -> None:
     """The positional ``weights``: anything ``fcnseg.load`` reads."""
-    parser.add_argument("weights", help="fcnseg checkpoint, Caffe model or published name (voc-fcn8s)")
+    parser.add_argument(
+        "weights",
+        help="an fcnseg checkpoint (.pt), an original Caffe model (.caffemodel), torchvision's FCN "
+        "state dict (.pth) or a published name (voc-fcn8s; fcnseg weights list)",
+    )
 
 
 DEVICE_HELP = "a torch device: cpu, cuda, cuda:1, mps, xpu...; auto: CUDA when available, else the CPU"
