@@ -13,7 +13,7 @@ from fcnseg.accel.inference import FastFCN
 from fcnseg.data.preprocess import preprocess
 from fcnseg.errors import ConfigError
 from fcnseg.infer import predict as predict_module
-from fcnseg.infer.predict import predict, predict_batch, resolve_device
+from fcnseg.infer.predict import predict, predict_batch
 
 
 def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -165,9 +165,10 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="positive"):
         predict(model, random_image(8, 8), tta_scales=(0,))
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available"):
-            resolve_device("cuda")
-    assert resolve_device(None, model) == torch.device("cpu")
+        with pytest.raises(
+            ValueError, match="device 'cuda' is not available here: torch finds no CUDA device"
+        ):
+            predict(model, random_image(8, 8), device="cuda")
 
 
 def test_cpu_predictions_use_the_fast_twin_and_refresh_it_when_weights_change():

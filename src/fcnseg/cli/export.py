@@ -6,12 +6,13 @@ import argparse
 from pathlib import Path
 
 from fcnseg.accel.quantize import calibrate, calibration_images
-from fcnseg.cli.options import add_weights
+from fcnseg.cli.options import add_threads, add_weights, set_threads
 from fcnseg.infer.export import export_onnx, export_runtime_onnx, export_torchscript
 from fcnseg.weights.load import load, segmentation_only
 
 
 def run(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
     weights, out = Path(args.weights), Path(args.out)
     if out.resolve() == weights.resolve():
         raise ValueError(f"--out {out} is the weights file itself; choose another path")
@@ -73,6 +74,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="HxW, e.g. 500x500: the trimmed graph for inputs of that size only (faster: it skips "
         "the work the padded net spends on its padding); default: the padded net, any size",
     )
+    add_threads(parser)
     parser.set_defaults(run=run)
 
 

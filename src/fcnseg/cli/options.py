@@ -7,13 +7,17 @@ import argparse
 import torch
 
 from fcnseg.data.images import MAX_PIXELS
+from fcnseg.devices import AUTO, default_threads, resolve_device
+from fcnseg.errors import ConfigError
 
 __all__ = [
+    "DEVICE_HELP",
     "add_device",
     "add_inference",
     "add_max_megapixels",
     "add_threads",
     "add_weights",
+    "device_name",
     "fraction",
     "integers",
     "megapixels",
@@ -25,31 +29,54 @@ __all__ = [
 
 def add_weights(parser: argparse.ArgumentParser) -> None:
     """The positional ``weights``: anything ``fcnseg.load`` reads."""
-    parser.add_argument("weights", help="fcnseg checkpoint, Caffe model or published name (voc-fcn8s)")
-
-
-def add_device(parser: argparse.ArgumentParser) -> None:
-    """``--device`` of the commands that run a saved net (not training's, which torchrun sets)."""
     parser.add_argument(
-        "--device", choices=("cpu", "cuda", "auto"), default="auto", help="auto: CUDA when available"
+        "weights",
+        help="an fcnseg checkpoint (.pt), an original Caffe model (.caffemodel), torchvision's FCN "
+        "state dict (.pth) or a published name (voc-fcn8s; fcnseg weights list)",
     )
 
 
-def add_threads(parser: argparse.ArgumentParser) -> None:
-    """``--threads``: the CPU threads torch runs on; one makes a run's numbers the same bit for bit
-    whatever the machine's number of cores (set it with :func:`set_threads`)."""
+DEVICE_HELP = "a torch device: cpu, cuda, cuda:1, mps, xpu...; auto: CUDA when available, else the CPU"
+
+
+def device_name(text: str) -> str:
+    """A ``--device`` value, checked against this machine as it is read, so that a device it lacks
+    stops the command before any data or weights are loaded; kept as named (under ``torchrun`` a
+    bare ``cuda`` is each process's own GPU)."""
+    try:
+        resolve_device(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    """``--device``: where the command computes (:func:`fcnseg.devices.resolve_device`)."""
+    parser.add_argument("--device", type=device_name, default=AUTO, help=DEVICE_HELP)
+
+
+def add_threads(parser: argparse.ArgumentParser, default: int | None = None, why: str = "") -> None:
+    """``--threads``: the CPU threads torch runs on, within and between operations (set them with
+    :func:`set_threads`); one makes a run's numbers the same bit for bit whatever the machine's
+    number of cores. ``default`` None is :func:`fcnseg.devices.default_threads`'s count; ``why``
+    says why a command has another."""
+    note = (
+        why
+        if default is not None
+        else "; without it, OMP_NUM_THREADS or the physical cores this process may use"
+    )
     parser.add_argument(
         "--threads",
         type=positive,
-        default=None,
-        help="CPU threads for torch, within and between operations; without it, torch's choice: one per core",
+        default=default,
+        help=f"CPU threads for torch, within and between operations{note}",
     )
 
 
 def set_threads(count: int | None) -> None:
-    """Run torch on ``count`` CPU threads, within operations and between them (None: as it is)."""
-    if count is None:
-        return
+    """Run torch on ``count`` CPU threads, within operations and between them (None: as many as
+    :func:`fcnseg.devices.default_threads` says)."""
+    count = default_threads() if count is None else count
     torch.set_num_threads(count)
     try:
         torch.set_num_interop_threads(count)

@@ -19,13 +19,22 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from fcnseg.cli.options import add_device, add_inference, add_max_megapixels, add_weights, fraction, positive
+from fcnseg.cli.options import (
+    add_device,
+    add_inference,
+    add_max_megapixels,
+    add_threads,
+    add_weights,
+    fraction,
+    positive,
+    set_threads,
+)
 from fcnseg.data.images import read_image
+from fcnseg.devices import resolve_device
 from fcnseg.files import DISK_FULL, WriteError
 from fcnseg.infer import crf
 from fcnseg.infer.detect import MIN_SCORE
 from fcnseg.infer.edge_outputs import EDGE_OUTPUTS
-from fcnseg.infer.predict import resolve_device
 from fcnseg.infer.tiling import parse_memory
 from fcnseg.tasks import Task, task_of
 from fcnseg.tasks.common import InferenceOptions
@@ -234,6 +243,8 @@ def _predict(
 
 
 def run(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
+    device = resolve_device(args.device)
     weights, out = Path(args.weights), Path(args.out)
     files, failures = collect_inputs(args.inputs)
     model = load(weights)
@@ -244,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
     _check_out_is_no_input_folder(out, args.inputs, files)
     _check_no_overwrite(files, weights, [out / (s + x) for s in stems for x in suffixes])
     _prepare_out(out)
-    model.to(resolve_device(args.device))
+    model.to(device)
     start = time.perf_counter()
     try:
         done = (
@@ -348,6 +359,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         f"on the CPU; needs pip install '{crf.EXTRA}')",
     )
     add_device(parser)
+    add_threads(parser)
     add_inference(parser)
     parser.add_argument(
         "--max-memory",

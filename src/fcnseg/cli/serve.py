@@ -11,11 +11,13 @@ from fcnseg.cli.options import (
     add_device,
     add_inference,
     add_max_megapixels,
+    add_threads,
     add_weights,
     positive,
     positive_float,
+    set_threads,
 )
-from fcnseg.infer.predict import resolve_device
+from fcnseg.devices import resolve_device
 from fcnseg.serve import MAX_QUEUE, TIMEOUT
 from fcnseg.tasks.common import InferenceOptions
 from fcnseg.weights.load import load
@@ -31,9 +33,11 @@ def _is_loopback(host: str) -> bool:
 def run(args: argparse.Namespace) -> int:
     from fcnseg.serve import app as web  # needs the serve extra: say so before loading anything
 
+    set_threads(args.threads)
+    device = resolve_device(args.device)
     # A taken port fails before a model is loaded (or downloaded).
     with web.listen(args.host, args.port) as sock:
-        model = load(args.weights).to(resolve_device(args.device))
+        model = load(args.weights).to(device)
         options = InferenceOptions(
             precision=args.precision, backend=args.backend, calibration=args.calibration
         )
@@ -94,4 +98,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_device(parser)
     add_inference(parser)
+    add_threads(parser)
     parser.set_defaults(run=run)

@@ -23,6 +23,7 @@ from fcnseg.accel.quantize import Calibration, calibration_of
 from fcnseg.accel.runtimes import runtime_forward
 from fcnseg.data.images import read_image
 from fcnseg.data.preprocess import preprocess, preprocessing_of
+from fcnseg.devices import resolve_device
 from fcnseg.errors import ConfigError
 from fcnseg.infer.crf import CRFSettings, refine
 from fcnseg.infer.tiling import (
@@ -42,7 +43,6 @@ __all__ = [
     "inference_forward",
     "predict",
     "predict_batch",
-    "resolve_device",
     "resolve_precision",
 ]
 
@@ -79,7 +79,7 @@ def inference_forward(
     """
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-    device = resolve_device(device, model)
+    device = next(model.parameters()).device if device is None else resolve_device(device)
     if precision == "int8" and backend == "torch":
         raise ConfigError(
             "precision int8 runs on a runtime backend: give --backend onnxruntime or openvino "
@@ -112,6 +112,15 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
+def _has_native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively; where torch cannot say (MPS has no
+    ``is_bf16_supported``), no: ``auto`` then keeps float32, which is exact."""
+    if device.type == "cpu":
+        return cpu_has_native_bf16()
+    runtime = getattr(torch, device.type, None)
+    return bool(getattr(runtime, "is_bf16_supported", lambda: False)())
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     """The dtype that ``precision`` (``"fp32"``, ``"bf16"``, ``"auto"``) means on ``device``.
 
@@ -123,7 +132,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
         raise ConfigError(
             "precision int8 is no torch dtype: it runs on a runtime backend (inference_forward)"
         )
-    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
+    native = _has_native_bf16(device)
     if precision == "bf16" and not native:
         warnings.warn(
             f"bf16 requested but this {device.type.upper()} has no native bfloat16 arithmetic: "
@@ -131,18 +140,6 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
             stacklevel=2,
         )
     return torch.bfloat16 if precision == "bf16" or (precision == "auto" and native) else torch.float32
-
-
-def resolve_device(device: str | torch.device | None, model: FCN | None = None) -> torch.device:
-    """``None``: where ``model`` is (CPU without one); ``"auto"``: CUDA when available, else CPU."""
-    if device is None:
-        return next(model.parameters()).device if model is not None else torch.device("cpu")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda requested but CUDA is not available here; use --device cpu or auto")
-    return device
 
 
 def _scores(model: FCN, x: torch.Tensor, budget: int, forward: Forward) -> torch.Tensor:
@@ -221,7 +218,9 @@ def predict_batch(
     The batch is split into chunks that fit ``max_memory`` (bytes; default half the
     memory available on the device); an image too large for it alone is segmented
     in overlapping tiles. Probabilities (float32) are ``None`` unless asked for or
-    implied by test-time augmentation. ``model`` is moved to ``device`` if given.
+    implied by test-time augmentation. ``model`` is moved to ``device`` if given: any torch
+    device (``"cpu"``, ``"cuda:1"``, ``"mps"``...) or ``"auto"``, refused at once if this machine
+    lacks it (:func:`fcnseg.devices.resolve_device`); None leaves the model where it is.
     ``precision`` is one of :data:`PRECISIONS` and ``backend`` one of :data:`BACKENDS`
     (:func:`inference_forward`; int8 is calibrated by ``calibration``). With ``crf`` the labels are the dense
     CRF's (:func:`fcnseg.infer.crf.refine`) over the probabilities; the probabilities
@@ -246,7 +245,7 @@ def predict_batch(
     scales = tuple(tta_scales) if tta_scales else (1.0,)
     if any(s <= 0 for s in scales):
         raise ValueError(f"TTA scales must be positive, got {scales}")
-    device = resolve_device(device, model)
+    device = next(model.parameters()).device if device is None else resolve_device(device)
     model.to(device)
     forward = inference_forward(model, precision, backend, calibration, device)
     budget = max_memory if max_memory is not None else default_max_memory(device)
@@ -299,7 +298,8 @@ def predict(
     ``precision="bf16"`` runs the backbone in bfloat16: faster on CPUs with native
     bfloat16, with labels that may differ from float32's at a few pixels; ``"auto"``
     picks it where the hardware has it. ``crf=CRFSettings()`` refines the labels with a
-    dense CRF (DeepLab's VOC parameters; needs the ``crf`` extra).
+    dense CRF (DeepLab's VOC parameters; needs the ``crf`` extra). ``device`` is as
+    :func:`predict_batch` takes it: a torch device, ``"auto"``, or None (where the model is).
 
     A net of several heads (SIFT Flow's) gives a dict instead: head name -> (H, W) label map, e.g.
     ``{"semantic": ..., "geometric": ...}`` in the net's head order (``model.head_names``); it
