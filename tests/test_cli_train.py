@@ -152,5 +152,7 @@ def test_evaluate_on_cuda_without_cuda_says_so(tmp_path, capsys, monkeypatch):
         fcnseg.build_model("fcn32s", 6, widths=(4, 8, 8, 16, 16, 32)), tmp_path / "m.pt"
     )
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert main(["evaluate", str(weights), "synthetic", "--images", "1", "--device", "cuda"]) == 2
-    assert "CUDA is not available here" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        main(["evaluate", str(weights), "synthetic", "--images", "1", "--device", "cuda"])
+    assert stopped.value.code == 2
+    assert "device 'cuda' is not available here: torch finds no CUDA device" in capsys.readouterr().err
