@@ -833,3 +833,13 @@ def test_load_without_progress_is_silent(server, registry, caffe_bytes, caffe_fi
         ),
     ]
     assert capsys.readouterr() == ("", "")  # and no progress bar off a terminal
+
+
+def test_a_trunk_refused_as_a_model_names_its_task_in_the_train_command():
+    with pytest.raises(fcnseg.FcnsegError, match="not a model that predicts") as error:
+        fcnseg.load("vgg16-hed")  # refused before any download
+    get, train = commands_in(str(error.value))
+    assert get == ["weights", "get", "vgg16-hed", "--arch", "hed"]
+    assert train == ["train", "--task", "edges", "--arch", "hed", "--init", "vgg16-hed"]
+    config = TrainConfig(task=train[2], arch=train[4], init=train[6])  # the flags as train reads them
+    assert (config.task, config.arch, config.init) == ("edges", "hed", "vgg16-hed")

@@ -532,11 +532,11 @@ def get_command(name: str, arch: str | None = None) -> str:
 
 
 def _train_command(name: str, arch: str) -> str:
-    """The command that trains ``arch`` from ``name``: its task's where ``arch`` is a task's own net."""
-    from fcnseg.tasks import TASKS  # the tasks, for their default nets only
-
-    task = next((task for task, kind in TASKS.items() if kind.arch == arch and task != "segmentation"), None)
-    return f"fcnseg train {f'--task {task}' if task else f'--arch {arch}'} --init {name}"
+    """The command that trains ``arch`` from ``name``, with ``--task`` where ``arch`` is not a
+    segmentation net (the task a net names, read off the net built on the meta device)."""
+    with torch.device("meta"):
+        task = getattr(build_model(arch), "task", "segmentation")
+    return f"fcnseg train {'' if task == 'segmentation' else f'--task {task} '}--arch {arch} --init {name}"
 
 
 def fetch(name: str, progress: bool = True) -> Path:
