@@ -6,7 +6,7 @@
 Names are the architectures of ``fcnseg.build_model`` with ``-`` written ``_`` (``fcn8s_atonce``,
 ``fcn32s_googlenet``, ``hed``, ``ssd300``). ``weights`` is None (fresh weights; the keyword
 arguments reach ``build_model``), a published name (``fcnseg weights list``; downloaded and
-converted once) or a file fcnseg reads.
+converted once; ``progress=False``: silently) or a file fcnseg reads.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from fcnseg.models.registry import BUILDERS  # noqa: E402
 
 
 def _entry(arch: str):
-    def entry(weights: str | None = None, **options: Any):
+    def entry(weights: str | None = None, progress: bool = True, **options: Any):
         if weights is None:
             return fcnseg.build_model(arch, **options)
         if options:
             raise TypeError(f"{arch}: options {sorted(options)} apply to fresh weights (weights=None) only")
-        return fcnseg.load(weights, arch=arch)
+        return fcnseg.load(weights, arch=arch, progress=progress)
 
     entry.__name__ = arch.replace("-", "_")
     entry.__doc__ = (

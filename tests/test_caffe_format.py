@@ -8,6 +8,7 @@ import pytest
 from fcnseg.weights.caffe_format import (
     CaffeFormatError,
     CaffeLayer,
+    read_blob_shapes,
     read_caffemodel,
     write_caffemodel,
 )
@@ -331,3 +332,50 @@ def test_write_errors(tmp_path):
         write_caffemodel(
             tmp_path / "x", [CaffeLayer("c", "Convolution", [np.zeros((1,) * 5)], {})], legacy_v1=True
         )
+
+
+@pytest.mark.parametrize("net", ["fcn8s", "fcn_alexnet", "fcn8s_v1layers"])
+def test_blob_shapes_without_decoding_equal_the_full_reader(caffe_fixtures, net):
+    """What a file is checked against before it is trusted (fcnseg.weights.hub.check_layout): the
+    shapes read off the wire format are those the full reader decodes, V1 legacy dims included."""
+    path = caffe_fixtures / f"{net}.caffemodel"
+    decoded = {layer.name: [b.shape for b in layer.blobs] for layer in read_caffemodel(path) if layer.blobs}
+    assert read_blob_shapes(path) == decoded
+    assert read_blob_shapes("member.caffemodel", path.read_bytes()) == decoded  # bytes at hand
+
+
+def test_blob_shapes_of_hand_made_encodings(tmp_path):
+    unpacked = b"".join(_varint(5 << 3 | 5) + struct.pack("<f", v) for v in (1.5, -2.0))
+    shape = _len(7, _int(1, 2))  # shape { dim: 2 }, dim unpacked
+    legacy = _int(1, 1) + _int(2, 1) + _int(3, 1) + _int(4, 2) + _len(5, struct.pack("<2f", 3, 4))
+    path = tmp_path / "hand.caffemodel"
+    path.write_bytes(_net(_layer("a", shape + unpacked), _layer("c", legacy + shape), _len(1, b"no blobs")))
+    assert read_blob_shapes(path) == {"a": [(2,)], "c": [(1, 1, 1, 2)]}  # legacy dims win, as in Caffe
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        (b"", "is empty (0 bytes)"),
+        (_len(1, b"empty"), "no layers"),
+        (b"<html>Service unavailable</html>", "not a binary Caffe NetParameter"),
+    ],
+    ids=["empty", "no layers", "a web page"],
+)
+def test_blob_shapes_refuse_what_is_no_caffe_model(tmp_path, content, fragment):
+    path = tmp_path / "x.caffemodel"
+    path.write_bytes(content)
+    with pytest.raises(CaffeFormatError) as info:
+        read_blob_shapes(path)
+    assert str(path) in str(info.value) and fragment in str(info.value)
+
+
+def test_blob_shapes_of_a_truncated_or_doubled_file(caffe_fixtures, tmp_path):
+    data = (caffe_fixtures / "fcn8s.caffemodel").read_bytes()
+    path = tmp_path / "half.caffemodel"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CaffeFormatError, match="truncated or corrupt"):
+        read_blob_shapes(path)
+    path.write_bytes(data + (caffe_fixtures / "fcn8s_v1layers.caffemodel").read_bytes())
+    with pytest.raises(CaffeFormatError, match="'layer' and V1 'layers'"):
+        read_blob_shapes(path)

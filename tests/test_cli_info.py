@@ -153,3 +153,43 @@ def test_resnet_nets_show_their_taps_and_chosen_upsamplers(capsys):
     assert "output stride     8 (layer4, dilated), then the classifier (FCNHead)" in out
     assert "which shows them at 8 * i + 3.5 where a side is a multiple of 8" in out
     assert "(output)               bilinear resize                 21x64x64" in out
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """An empty cache and a mirror that answers nothing: any download would fail."""
+    monkeypatch.setenv("FCNSEG_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FCNSEG_MIRROR", "http://127.0.0.1:9")
+    return tmp_path / "home"
+
+
+def test_published_names_describe_their_net_without_downloading(capsys, offline):
+    out = info(capsys, "voc-fcn8s")
+    lines = out.splitlines()
+    assert lines[0] == "voc-fcn8s (fcn8s, published weights; not downloaded): 21 classes, input 3x500x500"
+    assert lines[2:] == info(capsys, "fcn8s").splitlines()[2:]  # the net the name loads as
+    out = info(capsys, "siftflow-fcn16s", "--size", "256")
+    with torch.device("meta"):  # two heads side by side: SIFT Flow's 33 semantic and 3 geometric classes
+        params = sum(p.numel() for p in fcnseg.build_model("fcn16s", 36, heads=(33, 3)).parameters())
+    assert f"parameters        {params:,} ({params / 1e6:.1f} M)" in out.splitlines()
+    out = info(capsys, "pascalcontext-fcn32s")
+    assert out.splitlines()[-2] == info(capsys, "fcn32s", "--num-classes", "60").splitlines()[-2]
+    assert (
+        info(capsys, "hed-bsds")
+        .splitlines()[0]
+        .startswith("hed-bsds (hed, published weights; not downloaded)")
+    )
+    assert "input 3x300x300" in info(capsys, "ssd300-voc0712").splitlines()[0]
+    assert not offline.exists()  # nothing was fetched, nothing written
+
+
+def test_names_that_build_no_net_say_what_to_describe(capsys, offline):
+    assert main(["info", "vgg16-caffe"]) == 2
+    err = capsys.readouterr().err
+    assert "vgg16-caffe is an ImageNet classifier that starts a net, and builds none itself" in err
+    assert main(["info", "fcn8s"]) == 0  # the command it names
+    assert main(["info", "vgg16-hed"]) == 2
+    assert "`fcnseg info hed` describes a net it starts" in capsys.readouterr().err
+    assert main(["info", "imagenet"]) == 2
+    assert main(["info", "voc-fcn9s"]) == 2
+    assert "nor a published model ('fcnseg weights list' names them)" in capsys.readouterr().err

@@ -4,7 +4,11 @@ augmentation of SK-LARGE (36 copies of each training image, scales computed anew
 from __future__ import annotations
 
 import io
+import logging
+import re
+import shlex
 import tarfile
+import zipfile
 
 import numpy as np
 import pytest
@@ -40,30 +44,51 @@ def test_edge_and_skeleton_archives_are_named():
     assert ARCHIVES["sk-large"].filename == "SK-LARGE.zip" and ARCHIVES["sk506"].filename == "SK506.zip"
 
 
-def test_fetch_bsds500_and_hed_bsds_from_a_mirror(mirror, tmp_path, capsys):
+def test_fetch_bsds500_and_hed_bsds_from_a_mirror(mirror, tmp_path, capsys, caplog):
     mirror.files["/Research/Projects/CS/vision/grouping/BSR/BSR_bsds500.tgz"] = _tgz(
         write_bsds500(tmp_path / "bsr")
     )
     write_hed_bsds(tmp_path / "hed" / "HED-BSDS")
     mirror.files["/hed/HED-BSDS.tar"] = _tgz(tmp_path / "hed")
-    with pytest.warns(UserWarning, match="no checksum"):
+    with caplog.at_level(logging.WARNING, logger="fcnseg.download"):
         assert main(["data", "fetch", "bsds500", str(tmp_path / "data"), "--quiet"]) == 0
         assert main(["data", "fetch", "hed-bsds", str(tmp_path / "data"), "--quiet"]) == 0
+    assert [r.getMessage().split(";")[0] for r in caplog.records] == [
+        "no checksum known for http://www.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/BSR/BSR_bsds500.tgz",
+        "no checksum known for https://vcl.ucsd.edu/hed/HED-BSDS.tar",
+    ]
     assert len(BSDS500(tmp_path / "data" / "BSR", "test")) == 2
     assert len(HEDPairs(tmp_path / "data" / "HED-BSDS")) == 2
     assert "bsds500: " in capsys.readouterr().out
-    with pytest.warns(UserWarning, match="no checksum"):  # the second time: verified, not fetched
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fcnseg.download"):  # the second time: not fetched
         assert main(["data", "fetch", "bsds500", str(tmp_path / "data"), "--quiet"]) == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        f"no checksum known for {tmp_path / 'data' / 'BSR_bsds500.tgz'}; not verified"
+    ]
     assert mirror.hits["/Research/Projects/CS/vision/grouping/BSR/BSR_bsds500.tgz"] == 1
 
 
 def test_a_page_where_an_archive_should_be_says_what_to_fetch_by_hand(mirror, tmp_path, capsys):
+    """The advice works when followed: the archive placed where it says, the two commands it names."""
+    root = tmp_path / "data"
     mirror.files["/sk-large"] = b"<html>SK-LARGE: download</html>"
     mirror.content_types["/sk-large"] = "text/html"
-    assert main(["data", "fetch", "sk-large", str(tmp_path / "data"), "--quiet"]) == 2
+    assert main(["data", "fetch", "sk-large", str(root), "--quiet"]) == 2
     error = capsys.readouterr().err
-    assert "web page" in error and "by hand" in error and str(tmp_path / "data" / "SK-LARGE.zip") in error
-    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+    assert "web page" in error and "by hand" in error
+    assert not any(root.iterdir())
+    place, fetch_again = re.search(r"place it at (\S+), then run `fcnseg ([^`]+)` again", error).groups()
+    (prepare,) = re.findall(r"Then `fcnseg ([^`]+)` makes FSDS", error)
+    assert place == str(root / "SK-LARGE.zip") and fetch_again == f"data fetch sk-large {root}"
+    write_sk_large(tmp_path / "by-hand" / "SK-LARGE", h=40, w=60)
+    with zipfile.ZipFile(place, "w") as archive:  # the archive, fetched by hand
+        for path in sorted((tmp_path / "by-hand").rglob("*")):
+            archive.write(path, path.relative_to(tmp_path / "by-hand").as_posix())
+    assert main([*shlex.split(fetch_again), "--quiet"]) == 0
+    assert main([*shlex.split(prepare), "--quiet"]) == 0
+    assert "72 copies written, 0 already there" in capsys.readouterr().out
+    assert len(SkeletonDataset(root, AUGMENTED_SPLIT, "sk-large")) == 2 * 36
 
 
 def test_a_copy_is_the_resized_turned_and_flipped_image_and_maps():

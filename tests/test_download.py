@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import logging
 import tarfile
 import time
 import zipfile
@@ -9,6 +10,7 @@ import zipfile
 import pytest
 from http_server import FileServer
 
+from fcnseg import FcnsegError
 from fcnseg import download as dl
 from fcnseg.download import (
     ARCHIVES,
@@ -67,12 +69,29 @@ def test_checksum_mismatch_leaves_nothing(archive, tmp_path):
     assert download(path.as_uri(), dest, sha1=sha1, size=len(path.read_bytes()), progress=False) == dest
 
 
-def test_unknown_checksum_warns(archive, tmp_path):
+def test_unknown_checksum_is_logged_and_verify_warns(archive, tmp_path, caplog):
     path, _, _ = archive
-    with pytest.warns(UserWarning, match="no checksum"):
+    with caplog.at_level(logging.WARNING, logger="fcnseg.download"):
         download(path.as_uri(), tmp_path / "t.tgz", progress=False)
-    with pytest.warns(UserWarning, match="no checksum"):
+    assert [r.getMessage() for r in caplog.records] == [
+        f"no checksum known for {path.as_uri()}; {tmp_path / 't.tgz'} not verified"
+    ]
+    with pytest.warns(UserWarning, match="no checksum"):  # the caller's own call: a warning to them
         verify(tmp_path / "t.tgz")
+
+
+def test_download_is_silent_without_progress_and_shows_no_bar_off_a_terminal(
+    archive, tmp_path, capsys, caplog
+):
+    path, md5, _ = archive
+    caplog.set_level(logging.DEBUG, logger="fcnseg")
+    download(path.as_uri(), tmp_path / "a.tgz", md5=md5, progress=False)
+    assert caplog.records == [] and capsys.readouterr() == ("", "")
+    download(path.as_uri(), tmp_path / "b.tgz", md5=md5)  # progress: messages, but stderr is no terminal
+    assert [r.getMessage() for r in caplog.records] == [
+        f"downloading {path.as_uri()} -> {tmp_path / 'b.tgz'}"
+    ]
+    assert capsys.readouterr() == ("", "")
 
 
 def test_existing_corrupt_file_is_reported(archive, tmp_path):
@@ -83,16 +102,91 @@ def test_existing_corrupt_file_is_reported(archive, tmp_path):
         download(path.as_uri(), dest, md5=md5, progress=False)
 
 
-def test_no_network_says_what_to_fetch_and_where(tmp_path):
+def test_no_network_says_what_to_fetch_and_where(tmp_path, monkeypatch):
+    monkeypatch.delenv("FCNSEG_MIRROR", raising=False)
     dest = tmp_path / "x.tar"
     start = time.monotonic()
     with pytest.raises(DownloadError) as info:
-        download("http://127.0.0.1:9/x.tar", dest, md5="ab" * 16, timeout=5, hint="Lists: see README")
+        download("http://127.0.0.1:9/data/x.tar", dest, md5="ab" * 16, timeout=5, hint="Lists: see README")
     message = str(info.value)
-    assert "by hand from http://127.0.0.1:9/x.tar" in message and str(dest) in message
-    assert "md5 " + "ab" * 16 in message and "Lists: see README" in message
+    assert message.startswith("could not download x.tar: http://127.0.0.1:9/data/x.tar (")
+    assert f"by hand from http://127.0.0.1:9/data/x.tar (md5 {'ab' * 16}) and place it at {dest}" in message
+    assert f"{dest}, then run again.\n" in message and message.endswith("\nLists: see README")
+    assert (
+        "FCNSEG_MIRROR=http://mirror.lan/fcn fetches this file from http://mirror.lan/fcn/data/x.tar"
+        in message
+    )
     assert not dest.exists() and list(tmp_path.iterdir()) == []
     assert time.monotonic() - start < 5
+    assert isinstance(info.value, FcnsegError) and isinstance(info.value, OSError)  # caught either way
+    assert issubclass(DownloadError, ValueError) and issubclass(ChecksumError, FcnsegError)
+
+
+def test_mirrors_are_tried_https_first_until_one_gives_the_file(archive, tmp_path, monkeypatch):
+    monkeypatch.delenv("FCNSEG_MIRROR", raising=False)
+    path, md5, _ = archive
+    server = FileServer()
+    try:
+        server.files["/copy/tiny.tgz"] = path.read_bytes()
+        remote = RemoteFile(
+            f"{server.url}/gone/tiny.tgz",
+            md5=md5,
+            mirrors=("https://127.0.0.1:9/tiny.tgz", f"{server.url}/copy/tiny.tgz"),
+        )
+        assert remote.sources == (
+            "https://127.0.0.1:9/tiny.tgz",
+            f"{server.url}/gone/tiny.tgz",
+            remote.mirrors[1],
+        )
+        dest = tmp_path / "tiny.tgz"
+        got = download(remote.url, dest, md5=md5, mirrors=remote.mirrors, progress=False, timeout=5)
+        assert got.read_bytes() == path.read_bytes()
+        assert server.hits["/gone/tiny.tgz"] == 1 and server.hits["/copy/tiny.tgz"] == 1
+        dest.unlink()
+        del server.files["/copy/tiny.tgz"]
+        with pytest.raises(DownloadError) as info:
+            download(remote.url, dest, md5=md5, mirrors=remote.mirrors, progress=False, timeout=5)
+        message = str(info.value)
+        for source in remote.sources:  # each address with its reason, and each offered to fetch by hand
+            assert f"{source} (" in message.splitlines()[0], source
+        assert f"by hand from {' or '.join(remote.sources)} (md5 {md5})" in message
+    finally:
+        server.close()
+
+
+def test_a_check_refuses_a_download_before_it_is_kept_or_recorded(archive, tmp_path):
+    path, md5, _ = archive
+    dest, record, seen = tmp_path / "tiny.tgz", tmp_path / "tiny.tgz.sha256", []
+
+    def refuse(file, placed):
+        seen.append((file.read_bytes() == path.read_bytes(), placed))
+        raise FcnsegError("not the file")
+
+    with pytest.raises(FcnsegError, match="not the file"):
+        download(path.as_uri(), dest, progress=False, record=record, check=refuse)
+    assert seen == [(True, False)] and list(tmp_path.iterdir()) == [path.parent]
+    dest.write_bytes(path.read_bytes())  # placed by hand: checked before its digest is recorded
+    with pytest.raises(FcnsegError, match="not the file"):
+        download(path.as_uri(), dest, progress=False, record=record, check=refuse)
+    assert seen[-1] == (True, True) and not record.exists()
+    assert download(path.as_uri(), dest, md5=md5, progress=False, record=record) == dest
+    assert record.read_text() == f"{hashlib.sha256(path.read_bytes()).hexdigest()}  tiny.tgz\n"
+
+
+def test_remote_files_say_how_they_are_verified():
+    with pytest.raises(ValueError, match="published checksum or size, or say unverified=True"):
+        RemoteFile("https://example.org/a.bin")
+    with pytest.raises(ValueError, match="not both"):
+        RemoteFile("https://example.org/a.bin", md5="ab" * 16, unverified=True)
+    cases = {
+        RemoteFile("https://a.org/x", sha256="0676ba61"): "sha256 (8 digits)",
+        RemoteFile("https://a.org/x", sha256="ab" * 32, size=5): "sha256+size",
+        RemoteFile("http://a.org/x", sha1="ab" * 20, md5="ab" * 16): "sha1+md5, http",
+        RemoteFile("http://a.org/x", md5="ab" * 16, mirrors=("https://b.org/x",)): "md5",
+        RemoteFile("http://a.org/x", unverified=True): "no published checksum, http",
+        RemoteFile("https://a.org/x", size=3): "size",
+    }
+    assert [remote.verified_by for remote in cases] == list(cases.values())
 
 
 @pytest.mark.parametrize("mode", ["w", "w:gz", "w:bz2"])
@@ -156,6 +250,7 @@ def test_known_archives_carry_published_checksums():
     assert ARCHIVES["sbd"].md5 == "82b4d87ceb2ed10f6038a1cba92111cb"
     assert ARCHIVES["sbd"].filename == "benchmark.tgz"
     assert ARCHIVES["nyud"].md5 is None and ARCHIVES["nyud"].sha256 is None  # none published
+    assert ARCHIVES["nyud"].unverified and ARCHIVES["nyud"].verified_by == "no published checksum, http"
 
 
 def test_mirror_replaces_scheme_and_host(monkeypatch):
@@ -179,10 +274,17 @@ def test_data_archives_download_through_the_mirror(archive, tmp_path, monkeypatc
         assert (tmp_path / "data/tiny/a.txt").read_bytes() == b"alpha"
         assert server.hits["/pascal/VOC/tiny.tgz"] == 1
         del server.files["/pascal/VOC/tiny.tgz"]
-        with pytest.raises(DownloadError, match=f"by hand from {server.url}/pascal/VOC/tiny.tgz"):
+        with pytest.raises(DownloadError) as info:
             download(
                 "http://host.robots.ox.ac.uk/pascal/VOC/tiny.tgz", tmp_path / "again.tgz", progress=False
             )
+        message = str(info.value)  # the original to fetch by hand, and where the mirror must hold it
+        assert message.startswith(f"could not download again.tgz: {server.url}/pascal/VOC/tiny.tgz (")
+        assert "by hand from http://host.robots.ox.ac.uk/pascal/VOC/tiny.tgz and place it at" in message
+        assert (
+            f"FCNSEG_MIRROR is {server.url}: the mirror must hold the file at {server.url}/pascal/VOC/tiny.tgz"
+            in message
+        )
         assert not (tmp_path / "again.tgz").exists()
     finally:
         server.close()

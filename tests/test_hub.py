@@ -3,7 +3,9 @@
 import dataclasses
 import hashlib
 import io
+import logging
 import re
+import shlex
 import tarfile
 import tempfile
 from pathlib import Path
@@ -18,6 +20,7 @@ from tiny_nets import (
     fusion_caffe_layers,
     fusion_nets,
     googlenet_caffe_layers,
+    narrow_widths,
     siftflow_caffe_layers,
     siftflow_nets,
 )
@@ -28,15 +31,20 @@ from fcnseg.cli import main
 from fcnseg.data.voc import VOC_CLASSES
 from fcnseg.download import ChecksumError, DownloadError, RemoteFile
 from fcnseg.models.registry import BUILDERS
+from fcnseg.models.vgg import VGG16_CONVS, VGG16_WIDTHS
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.initial import initial_weights, initialise
 from fcnseg.weights import hub
 from fcnseg.weights.caffe import load_caffe_fcn
 from fcnseg.weights.caffe_format import CaffeLayer, write_caffemodel
+from fcnseg.weights.checkpoint import CheckpointError
 from fcnseg.weights.hub import UnknownWeightsError, Weights
 
 FIXTURE_WIDTHS = (4, 8, 16, 32, 32, 64)  # the Caffe-written fcn8s fixture
-BVLC_GOOGLENET = hub.WEIGHTS["googlenet-caffe"]  # the real entry, before a test empties the registry
+# the real entries, before a test empties the registry
+BVLC_GOOGLENET, BVLC_VGG16, BVLC_ALEXNET = (
+    hub.WEIGHTS[n] for n in ("googlenet-caffe", "vgg16-caffe", "alexnet-caffe")
+)
 CAFFE_URL = "http://dl.caffe.berkeleyvision.org/fcn8s-heavy-pascal.caffemodel"
 CAFFE_PATH = "/fcn8s-heavy-pascal.caffemodel"
 TV_URL = "https://download.pytorch.org/models/vgg16-tiny.pth"
@@ -68,7 +76,7 @@ def caffe_bytes(caffe_fixtures):
 
 def fcn_entry(**file) -> Weights:
     return Weights(
-        RemoteFile(CAFFE_URL, extract=False, **file),
+        RemoteFile(CAFFE_URL, extract=False, unverified=not file, **file),
         "fcn8s",
         21,
         "PASCAL VOC + SBD",
@@ -117,7 +125,8 @@ def test_load_by_name_end_to_end_then_from_the_cache(server, registry, caffe_byt
     assert model.meta["weights"] == "voc-fcn8s"
     assert server.hits[CAFFE_PATH] == 1  # the mirror took the path of the original URL
     home = hub.home()
-    assert files_in(home) == ["checkpoints/voc-fcn8s.pt"]  # the original is gone once converted
+    # the original is gone once converted; the SHA-256 of the verified file stays
+    assert files_in(home) == ["checkpoints/voc-fcn8s.pt", "downloads/fcn8s-heavy-pascal.caffemodel.sha256"]
     assert hub.is_cached("voc-fcn8s")
     server.files.clear()
     again = fcnseg.load("voc-fcn8s")
@@ -164,13 +173,17 @@ def test_interrupted_download_leaves_no_partial_file(server, registry, caffe_byt
     assert files_in(hub.home()) == []
 
 
-def test_sha256_recorded_at_first_download_checks_later_copies(server, registry, caffe_bytes):
+def test_sha256_recorded_at_first_download_checks_later_copies(server, registry, caffe_bytes, caplog):
     server.files[CAFFE_PATH] = caffe_bytes
     registry["voc-fcn8s"] = fcn_entry(size=len(caffe_bytes))  # a pinned size, no published sum
-    with pytest.warns(UserWarning, match="no checksum is published.*recorded"):
+    with caplog.at_level(logging.WARNING, logger="fcnseg"):
         first = fcnseg.load("voc-fcn8s")
     record = hub.home() / "downloads" / "fcn8s-heavy-pascal.caffemodel.sha256"
     digest = hashlib.sha256(caffe_bytes).hexdigest()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"no checksum is published for fcn8s-heavy-pascal.caffemodel; its SHA-256 {digest} is recorded in "
+        f"{record} and later downloads are checked against it"
+    ]
     assert record.read_text() == f"{digest}  fcn8s-heavy-pascal.caffemodel\n"
     (hub.home() / "checkpoints" / "voc-fcn8s.pt").unlink()
     changed = bytearray(caffe_bytes)
@@ -209,16 +222,15 @@ def test_siftflow_and_fusion_models_by_name(server, registry, tmp_path):
     def entry(name, arch, classes, preprocess, heads=()):
         url = f"http://dl.caffe.berkeleyvision.org/{name}-heavy.caffemodel"
         names = tuple(f"class {i}" for i in range(classes))
-        return Weights(
-            RemoteFile(url, extract=False), arch, classes, "", preprocess, (), class_names=names, heads=heads
-        )
+        file = RemoteFile(url, extract=False, unverified=True)
+        widths = narrow_widths("fcn32s" if arch == "fcn32s-late-fusion" else arch)
+        return Weights(file, arch, classes, "", preprocess, widths, class_names=names, heads=heads)
 
     registry["siftflow-fcn8s"] = entry("siftflow-fcn8s", "fcn8s", 8, "siftflow", heads=(5, 3))
     registry["nyud-fcn32s-color-hha"] = entry(
         "nyud-fcn32s-color-hha", "fcn32s-late-fusion", 4, "nyud-color-hha"
     )
-    with pytest.warns(UserWarning, match="no checksum is published"):
-        siftflow, fusion = fcnseg.load("siftflow-fcn8s"), fcnseg.load("nyud-fcn32s-color-hha")
+    siftflow, fusion = fcnseg.load("siftflow-fcn8s"), fcnseg.load("nyud-fcn32s-color-hha")
     assert siftflow.heads == (5, 3) and siftflow.meta["class_names"][-1] == "class 7"
     assert siftflow.meta["preprocess"] == "siftflow" and siftflow.meta["weights"] == "siftflow-fcn8s"
     assert fusion.config["arch"] == "fcn32s-late-fusion" and fusion.meta["preprocess"] == "nyud-color-hha"
@@ -238,11 +250,13 @@ def test_siftflow_and_fusion_models_by_name(server, registry, tmp_path):
 def test_weights_list_shows_what_each_is_and_the_cache(server, registry, caffe_bytes, capsys):
     server.files[CAFFE_PATH] = caffe_bytes
     registry["voc-fcn8s"] = fcn_entry(sha1=hashlib.sha1(caffe_bytes).hexdigest())
-    registry["vgg16-torchvision"] = tv_entry(size=553_433_881)
+    registry["vgg16-torchvision"] = tv_entry(sha256="397923af", size=553_433_881)
     assert main(["weights", "list"]) == 0
-    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.strip()}
-    assert rows["voc-fcn8s"][1:4] == ["fcn8s", "21", "PASCAL"] and rows["voc-fcn8s"][-1] == "no"
-    assert "seg11valid" in rows["voc-fcn8s"] and rows["vgg16-torchvision"][-4:-2] == ["553.4", "MB"]
+    out = capsys.readouterr().out
+    assert re.search(
+        r"^voc-fcn8s +fcn8s +21 +PASCAL VOC \+ SBD +~\d+ MB +sha1, http +65.5 seg11valid +no$", out, re.M
+    )
+    assert re.search(r"^vgg16-torchvision .* 553.4 MB +sha256 \(8 digits\)\+size +- +no$", out, re.M)
     assert main(["weights", "get", "voc-fcn8s"]) == 0
     assert capsys.readouterr().out.strip() == str(hub.home() / "checkpoints" / "voc-fcn8s.pt")
     assert main(["weights", "list"]) == 0
@@ -271,10 +285,39 @@ def test_real_registry_is_consistent():
             assert weights.file.sha256.startswith(prefix), name
     for by_family in hub.INIT_NAMES.values():
         assert all(hub.WEIGHTS[name].family == family for family, name in by_family.items())
-    estimate_of_vgg16 = 4 * 138_357_544  # torchvision's parameter count of VGG16
+    estimate_of_alexnet = 4 * 61_100_840  # torchvision's parameter count of its AlexNet
     assert hub.download_size("vgg16-torchvision") == (553_433_881, True)
-    assert hub.download_size("vgg16-caffe") == (estimate_of_vgg16, False)
+    assert hub.download_size("vgg16-caffe") == (553_432_081, True)
+    assert hub.download_size("alexnet-torchvision") == (estimate_of_alexnet, False)
     assert all(hub.download_size(name) is not None for name in hub.WEIGHTS)
+
+
+def test_every_entry_has_a_checksum_a_size_or_says_unknown(server, capsys):
+    """No source publishes a checksum or an exact size of these; they say so, in the registry and in
+    the list, and are checked by their layout (Caffe models all) before their SHA-256 is recorded."""
+    unverified = {name for name, weights in hub.WEIGHTS.items() if weights.file.unverified}
+    fcn = {"voc-fcn32s", "voc-fcn16s", "voc-fcn8s-atonce", "voc-fcn-alexnet"}
+    fcn |= {f"nyud-fcn32s-{m}" for m in ("color", "hha", "color-hha")}
+    fcn |= {f"{d}-{a}" for d in ("siftflow", "pascalcontext") for a in ("fcn32s", "fcn16s", "fcn8s")}
+    family = {"hed-bsds", "fsds-sk-large", "ssd300-voc0712", "ssd512-voc0712", "vgg16-hed", "vgg16-fsds"}
+    assert unverified == fcn | family | {"vgg16-fc-reduced"}
+    for name, weights in hub.WEIGHTS.items():
+        file = weights.file
+        digest = file.md5 or file.sha1 or file.sha256
+        assert bool(digest or file.size is not None) != file.unverified, name
+        assert weights.is_caffe or digest, name  # a layout check reads Caffe models only
+        plain = not any(url.startswith("https://") for url in file.sources)
+        assert file.verified_by.endswith(", http") == plain, name
+    assert hub.WEIGHTS["vgg16-caffe"].file.sources[0].startswith("https://www.robots.ox.ac.uk/")
+    assert hub.WEIGHTS["alexnet-caffe"].file.sources[0].startswith("https://nvidia.box.com/")
+    assert main(["weights", "list"]) == 0
+    out = capsys.readouterr().out
+    for name, weights in hub.WEIGHTS.items():
+        shown = re.escape(weights.file.verified_by)
+        assert re.search(rf"^{name} .*  {shown}  ", out, re.M), name
+        assert (re.search(rf"^{name} .*  no published checksum(, http)?  ", out, re.M) is not None) == (
+            name in unverified
+        )
 
 
 def test_init_imagenet_resolves_to_the_converted_classifier(server, registry, monkeypatch):
@@ -409,15 +452,16 @@ def _ssd_archive(layout: str, blobs) -> bytes:
 
 @pytest.mark.parametrize("layout", ["ssd300", "ssd512"])
 def test_ssd_by_name_from_its_archive(server, monkeypatch, layout):
-    from test_caffe_ssd import CLASSES, caffe_blobs, caffe_forward
+    from test_caffe_ssd import CLASSES, WIDTHS, caffe_blobs, caffe_forward
 
     blobs = caffe_blobs(2, layout)
     server.files["/uc"] = _ssd_archive(layout, blobs)
     name = f"{layout}-voc0712"
-    narrow = dataclasses.replace(hub.WEIGHTS[name], num_classes=CLASSES, class_names=("bg", "a", "b"))
+    narrow = dataclasses.replace(
+        hub.WEIGHTS[name], num_classes=CLASSES, class_names=("bg", "a", "b"), widths=WIDTHS
+    )
     monkeypatch.setitem(hub.WEIGHTS, name, narrow)
-    with pytest.warns(UserWarning, match="no checksum is published"):
-        model = fcnseg.load(name)
+    model = fcnseg.load(name)
     assert model.config["arch"] == layout and model.meta["preprocess"] == "ssd"
     assert model.meta["class_names"] == ["bg", "a", "b"] and model.meta["weights"] == name
     size = int(layout[3:])
@@ -474,8 +518,7 @@ def test_published_trunks_start_their_nets(server, monkeypatch, tmp_path):
     )
     config = TrainConfig(task="edges", widths=widths, init="vgg16-hed", preprocess="caffe", progress=False)
     model = fcnseg.build_model("hed", widths=widths)
-    with pytest.warns(UserWarning, match="no checksum is published"):
-        initialise(model, config, initial_weights(config, say=print), say=print)
+    initialise(model, config, initial_weights(config, say=print), say=print)
     assert torch.equal(model.backbone.conv4_2.weight, torch.from_numpy(hed_blobs["conv4_2"]))
     assert torch.count_nonzero(getattr(model, "score-dsn3").weight) == 0  # the sides start as HED's
     assert hub.is_cached("vgg16-hed") and hub.resolve("vgg16-hed", "fsds", widths).name == "vgg16-hed.fsds.pt"
@@ -487,8 +530,7 @@ def test_published_trunks_start_their_nets(server, monkeypatch, tmp_path):
     ).read_bytes()
     reduced = dataclasses.replace(hub.WEIGHTS["vgg16-fc-reduced"], widths=widths)
     monkeypatch.setitem(hub.WEIGHTS, "vgg16-fc-reduced", reduced)
-    with pytest.warns(UserWarning, match="no checksum is published"):
-        path = hub.resolve("vgg16-fc-reduced", "ssd512", widths, progress=False)
+    path = hub.resolve("vgg16-fc-reduced", "ssd512", widths, progress=False)
     state = torch.load(path, weights_only=True)
     assert torch.equal(state["state_dict"]["backbone.fc6.weight"], torch.from_numpy(ssd_blobs["fc6"]))
     assert state["config"]["arch"] == "ssd512" and state["meta"]["preprocess"] == "ssd"
@@ -513,7 +555,8 @@ def test_resnet_imagenet_offline_says_where_to_put_the_file(server, capsys):
     assert main([*args, "--out", str(hub.home() / "run")]) == 2  # the real entry; the server has no file
     err = capsys.readouterr().err
     assert "could not download" in err and "/models/resnet50-0676ba61.pth" in err
-    assert f"(sha256 0676ba61) and place it at {hub.home() / 'downloads' / 'resnet50-0676ba61.pth'}" in err
+    sha256 = hub.WEIGHTS["resnet50-torchvision"].file.sha256
+    assert f"(sha256 {sha256}) and place it at {hub.home() / 'downloads' / 'resnet50-0676ba61.pth'}" in err
 
 
 def test_resnet_imagenet_by_name_initialises_a_training_run(server, registry):
@@ -558,6 +601,245 @@ def test_torchvision_fcn_by_name(server, registry):
     assert model.meta["class_names"] == list(VOC_CLASSES) and model.meta["preprocess"] == "imagenet"
     assert model.config["aux"] is True and not model.training
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
-    assert files_in(hub.home()) == ["checkpoints/tv-fcn-resnet50-coco.pt"]  # the original converted, removed
+    original = registry["tv-fcn-resnet50-coco"].file.filename  # converted and removed, its digest kept
+    assert files_in(hub.home()) == ["checkpoints/tv-fcn-resnet50-coco.pt", f"downloads/{original}.sha256"]
     labels = fcnseg.predict(model, np.zeros((37, 45, 3), np.uint8))
     assert labels.shape == (37, 45)
+
+
+def test_a_wrong_file_placed_by_hand_is_refused_and_not_recorded(server, caffe_fixtures, capsys):
+    """The real voc-fcn32s publishes no checksum: a narrow test net copied in its place is read (its
+    layer shapes only) and refused, named with what it should hold and what it holds; nothing is
+    recorded, and the list does not show it cached."""
+    placed = hub.home() / "downloads" / "fcn32s-heavy-pascal.caffemodel"
+    placed.parent.mkdir(parents=True)
+    placed.write_bytes((caffe_fixtures / "fcn32s.caffemodel").read_bytes())
+    assert hub.cache_state("voc-fcn32s") == "unchecked" and not hub.is_cached("voc-fcn32s")
+    assert main(["weights", "list"]) == 0
+    assert re.search(
+        r"^voc-fcn32s .* no published checksum, http +63.6 seg11valid +unchecked$",
+        capsys.readouterr().out,
+        re.M,
+    )
+    assert main(["weights", "get", "voc-fcn32s"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"{placed} is not voc-fcn32s: voc-fcn32s is fcn32s, 21 classes, widths 64,128,256,512,512,4096; "
+        in err
+    )
+    assert "this file holds fcn32s, 21 classes, widths 4,8,16,32,32,64. Remove it; then " in err
+    assert (
+        "`fcnseg weights get voc-fcn32s` downloads the published file (http://dl.caffe.berkeleyvision.org/"
+        in err
+    )
+    with pytest.raises(hub.UnexpectedFileError, match="this file holds fcn32s"):
+        fcnseg.load("voc-fcn32s")
+    assert files_in(hub.home()) == ["downloads/fcn32s-heavy-pascal.caffemodel"]  # no record, no checkpoint
+    assert hub.cache_state("voc-fcn32s") == "unchecked" and sum(server.hits.values()) == 0
+    placed.write_bytes(b"<html>Service unavailable</html>")  # a page saved in place of the file
+    with pytest.raises(hub.UnexpectedFileError, match=r"this file holds no fcn32s \(.*not a binary Caffe"):
+        fcnseg.load("voc-fcn32s")
+    placed.write_bytes((caffe_fixtures / "fcn16s.caffemodel").read_bytes())  # another net altogether
+    with pytest.raises(hub.UnexpectedFileError, match="this file holds fcn16s, 21 classes"):
+        fcnseg.load("voc-fcn32s")
+
+
+def test_a_right_file_placed_by_hand_is_checked_recorded_and_converted_offline(
+    server, registry, caffe_fixtures
+):
+    registry["voc-fcn8s"] = fcn_entry()  # no published checksum: its layout is what vouches for it
+    data = (caffe_fixtures / "fcn8s.caffemodel").read_bytes()
+    placed = hub.home() / "downloads" / "fcn8s-heavy-pascal.caffemodel"
+    placed.parent.mkdir(parents=True)
+    placed.write_bytes(data)
+    assert hub.cache_state("voc-fcn8s") == "unchecked"
+    assert main(["weights", "get", "voc-fcn8s"]) == 0
+    record = placed.with_name(placed.name + ".sha256")
+    assert record.read_text() == f"{hashlib.sha256(data).hexdigest()}  fcn8s-heavy-pascal.caffemodel\n"
+    assert hub.cache_state("voc-fcn8s") == "yes" and sum(server.hits.values()) == 0
+    assert fcnseg.load("voc-fcn8s").config["widths"] == list(FIXTURE_WIDTHS)
+
+
+def write_vgg16_classifier(path: Path, widths=(4, 8, 8, 16, 16), fc: int = 32) -> None:
+    """A narrow VGG16 ImageNet classifier as Caffe's VGG_ILSVRC_16_layers holds it (fc6 .. fc8 fully
+    connected)."""
+    rng = np.random.default_rng(0)
+    layers, channels = [], 3
+    for name in VGG16_CONVS:
+        width = widths[int(name[4]) - 1]
+        weight = rng.standard_normal((width, channels, 3, 3)).astype(np.float32)
+        layers.append(CaffeLayer(name, "Convolution", [weight, np.zeros(width, np.float32)], {}))
+        channels = width
+    for name, shape in (("fc6", (fc, channels * 49)), ("fc7", (fc, fc)), ("fc8", (1000, fc))):
+        weight = rng.standard_normal(shape).astype(np.float32)
+        layers.append(CaffeLayer(name, "InnerProduct", [weight, np.zeros(shape[0], np.float32)], {}))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_caffemodel(path, layers)
+
+
+def test_a_classifier_placed_by_hand_is_listed_cached_once_checked(server, registry):
+    unverified = RemoteFile(BVLC_VGG16.file.url, extract=False, unverified=True)
+    registry["vgg16-caffe"] = dataclasses.replace(BVLC_VGG16, file=unverified, widths=(4, 8, 8, 16, 16, 32))
+    placed = hub.home() / "downloads" / "VGG_ILSVRC_16_layers.caffemodel"
+    write_vgg16_classifier(placed)
+    assert hub.cache_state("vgg16-caffe") == "unchecked"
+    assert hub.fetch("vgg16-caffe", progress=False) == placed
+    assert hub.cache_state("vgg16-caffe") == "yes" and sum(server.hits.values()) == 0
+    unverified = RemoteFile(BVLC_ALEXNET.file.url, extract=False, unverified=True)
+    registry["alexnet-caffe"] = dataclasses.replace(BVLC_ALEXNET, file=unverified)
+    alexnet = hub.home() / "downloads" / "bvlc_alexnet.caffemodel"
+    alexnet.write_bytes(placed.read_bytes())  # a VGG16 where AlexNet belongs
+    with pytest.raises(
+        hub.UnexpectedFileError, match=r"this file holds no alexnet classifier \(.*lacks: conv1, "
+    ):
+        hub.fetch("alexnet-caffe", progress=False)
+    assert hub.cache_state("alexnet-caffe") == "unchecked"
+
+
+def commands_in(message: str) -> list[list[str]]:
+    """The ``fcnseg ...`` commands a message quotes in backticks, as argument lists for ``main``."""
+    return [shlex.split(command)[1:] for command in re.findall(r"`(fcnseg [^`]+)`", message)]
+
+
+def test_offline_error_names_the_mirror_and_a_command_that_works(server, registry, caffe_bytes, capsys):
+    registry["voc-fcn8s"] = fcn_entry(sha1=hashlib.sha1(caffe_bytes).hexdigest())
+    assert main(["weights", "get", "voc-fcn8s"]) == 2  # the mirror has no copy
+    err = capsys.readouterr().err
+    assert f"FCNSEG_MIRROR is {server.url}: the mirror must hold the file at {server.url}{CAFFE_PATH}" in err
+    place, command = re.search(r"place it at (\S+), then run `(fcnseg [^`]+)`, which checks it", err).groups()
+    assert command == "fcnseg weights get voc-fcn8s"
+    Path(place).write_bytes(caffe_bytes)  # fetched by hand, as the message says
+    assert main(commands_in(err)[0]) == 0
+    assert capsys.readouterr().out.strip() == str(hub.home() / "checkpoints" / "voc-fcn8s.pt")
+    assert server.hits[CAFFE_PATH] == 1  # the one failed attempt
+
+
+def test_offline_without_a_mirror_says_how_to_set_one(registry, monkeypatch, tmp_path):
+    monkeypatch.delenv("FCNSEG_MIRROR", raising=False)
+    monkeypatch.setenv("FCNSEG_HOME", str(tmp_path))
+    registry["voc-fcn8s"] = dataclasses.replace(
+        fcn_entry(),
+        file=RemoteFile("http://127.0.0.1:9/fcn8s-heavy-pascal.caffemodel", extract=False, unverified=True),
+    )
+    with pytest.raises(DownloadError) as error:
+        fcnseg.load("voc-fcn8s")
+    message = str(error.value)
+    assert isinstance(error.value, fcnseg.FcnsegError) and isinstance(error.value, OSError)
+    assert (
+        "FCNSEG_MIRROR=http://mirror.lan/fcn fetches this file from http://mirror.lan/fcn/fcn8s-heavy-pascal.caffemodel"
+        in message
+    )
+    assert "then run `fcnseg weights get voc-fcn8s`, which checks it and converts it" in message
+
+
+def test_training_advice_offline_works_when_followed(server, registry):
+    """Offline, "auto" trains from scratch and names the command that fetches the ImageNet weights
+    once; that command, and the one in the error, work once the file can be had."""
+    buffer = io.BytesIO()
+    torch.save(torchvision_vgg16_state(), buffer)
+    data = buffer.getvalue()
+    # a narrow file behind an entry of VGG16's widths: the net to start takes it, as it would the real one
+    registry["vgg16-torchvision"] = dataclasses.replace(
+        tv_entry(sha256=hashlib.sha256(data).hexdigest()), widths=VGG16_WIDTHS
+    )
+    said: list[str] = []
+    config = TrainConfig(arch="fcn8s", progress=False)
+    assert initial_weights(config, say=said.append) is None  # from scratch: the mirror has no copy
+    advice = said[0]
+    assert advice.startswith(
+        "training from scratch: ImageNet weights (imagenet) cannot be had: could not download"
+    )
+    by_hand, fetch_once = commands_in(advice)
+    assert by_hand == ["weights", "get", "vgg16-torchvision"] and fetch_once == [
+        "weights",
+        "get",
+        "imagenet",
+        "--arch",
+        "fcn8s",
+    ]
+    server.files[TV_PATH] = data  # network again (here: the mirror has it)
+    assert main(fetch_once) == 0
+    server.files.clear()  # and offline again: every later run starts from them
+    initial = initial_weights(config, say=said.append)
+    assert initial is not None and initial["source"] == "imagenet"
+    assert torch.equal(
+        initial["state_dict"]["backbone.conv1_1.weight"], torchvision_vgg16_state()["features.0.weight"]
+    )
+    (hub.home() / "downloads" / registry["vgg16-torchvision"].file.filename).unlink()
+    place = re.search(r"place it at (\S+),", advice).group(1)
+    Path(place).write_bytes(data)  # by hand, as the error says
+    assert main(by_hand) == 0
+
+
+def test_the_commands_that_refusals_name_work(server, registry, tmp_path, monkeypatch, capsys):
+    buffer = io.BytesIO()
+    torch.save(torchvision_vgg16_state(), buffer)
+    data = buffer.getvalue()
+    registry["vgg16-torchvision"] = dataclasses.replace(
+        tv_entry(sha256=hashlib.sha256(data).hexdigest()), widths=VGG16_WIDTHS
+    )
+    server.files[TV_PATH] = data
+    monkeypatch.chdir(tmp_path)
+    for name in ("imagenet", "vgg16-torchvision"):  # names that start a net, given to what predicts
+        assert main(["weights", "get", name]) == (2 if name == "imagenet" else 0)
+        capsys.readouterr()
+        with pytest.raises(fcnseg.FcnsegError, match="not a model that predicts") as error:
+            fcnseg.load(name)
+        get, train = commands_in(str(error.value))
+        assert get[:3] == ["weights", "get", name] and train[0] == "train"
+        assert main(get) == 0
+        assert Path(capsys.readouterr().out.strip()).name == f"vgg16-torchvision.{get[-1]}.pt"
+    classifier = tmp_path / "vgg16-classifier.pth"  # a classifier's file given where a model belongs
+    classifier.write_bytes(data)
+    with pytest.raises(CheckpointError) as error:
+        fcnseg.load(classifier)
+    (convert,) = commands_in(str(error.value))
+    assert convert == ["convert", "imagenet", str(classifier), "--arch", "fcn8s", "--out", "fcn8s.pt"]
+    assert main(convert) == 0 and fcnseg.load(tmp_path / "fcn8s.pt").config["arch"] == "fcn8s"
+    caffe_classifier = tmp_path / "VGG_ILSVRC_16_layers.caffemodel"
+    write_vgg16_classifier(caffe_classifier)
+    assert main(["convert", "caffe", str(caffe_classifier), "--out", "net.pt"]) == 2
+    (convert,) = commands_in(capsys.readouterr().err)
+    (tmp_path / "fcn8s.pt").unlink()
+    assert main(convert) == 0 and fcnseg.load(tmp_path / "fcn8s.pt").config["arch"] == "fcn8s"
+    assert main(["info", str(caffe_classifier)]) == 2  # a Caffe model where a checkpoint belongs
+    (convert,) = commands_in(capsys.readouterr().err)
+    assert convert == [
+        "convert",
+        "caffe",
+        str(caffe_classifier),
+        "--out",
+        str(tmp_path / "VGG_ILSVRC_16_layers.pt"),
+    ]
+
+
+def test_load_without_progress_is_silent(server, registry, caffe_bytes, caffe_fixtures, capsys, caplog):
+    caplog.set_level(logging.DEBUG, logger="fcnseg")
+    server.files[CAFFE_PATH] = caffe_bytes
+    registry["voc-fcn8s"] = fcn_entry(sha1=hashlib.sha1(caffe_bytes).hexdigest())
+    fcnseg.load("voc-fcn8s", progress=False)  # downloaded, verified, converted
+    fcnseg.load("voc-fcn8s", progress=False)  # from the cache
+    fcnseg.load(caffe_fixtures / "fcn8s.caffemodel", progress=False)  # a file
+    assert capsys.readouterr() == ("", "") and caplog.records == []
+    (hub.home() / "checkpoints" / "voc-fcn8s.pt").unlink()
+    fcnseg.load("voc-fcn8s")  # with progress: what happens goes to the loggers, not to print
+    original = hub.home() / "downloads" / "fcn8s-heavy-pascal.caffemodel"
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("fcnseg.download", "INFO", f"downloading {server.url}{CAFFE_PATH} -> {original}"),
+        (
+            "fcnseg.weights",
+            "INFO",
+            f"converting {original.name} -> {hub.home() / 'checkpoints' / 'voc-fcn8s.pt'}",
+        ),
+    ]
+    assert capsys.readouterr() == ("", "")  # and no progress bar off a terminal
+
+
+def test_a_trunk_refused_as_a_model_names_its_task_in_the_train_command():
+    with pytest.raises(fcnseg.FcnsegError, match="not a model that predicts") as error:
+        fcnseg.load("vgg16-hed")  # refused before any download
+    get, train = commands_in(str(error.value))
+    assert get == ["weights", "get", "vgg16-hed", "--arch", "hed"]
+    assert train == ["train", "--task", "edges", "--arch", "hed", "--init", "vgg16-hed"]
+    config = TrainConfig(task=train[2], arch=train[4], init=train[6])  # the flags as train reads them
+    assert (config.task, config.arch, config.init) == ("edges", "hed", "vgg16-hed")

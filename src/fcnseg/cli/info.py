@@ -10,9 +10,11 @@ import torch
 from torch import nn
 
 from fcnseg.cli.options import integers
+from fcnseg.errors import FcnsegError
 from fcnseg.models.flops import ComputeCost
 from fcnseg.models.registry import ARCHITECTURES, BUILDERS, build_model
 from fcnseg.tasks import task_of
+from fcnseg.weights import hub
 from fcnseg.weights.checkpoint import read_checkpoint
 from fcnseg.weights.transfer import caffe_name
 
@@ -21,13 +23,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "info",
         help="show a net's layers, output stride, crop offsets or priors, receptive field, parameters and GFLOPs",
-        description="Describe an architecture (by name) or a checkpoint's net at an input size, "
-        "without computing anything: the net is built on PyTorch's meta device.",
+        description="Describe an architecture (by name), a published model (by name, as 'fcnseg weights "
+        "list' names it; nothing is downloaded) or a checkpoint's net at an input size, without computing "
+        "anything: the net is built on PyTorch's meta device.",
     )
     parser.add_argument(
         "net",
-        metavar="ARCH|WEIGHTS",
-        help=f"one of {', '.join(ARCHITECTURES)}, or a checkpoint of any of them",
+        metavar="ARCH|NAME|WEIGHTS",
+        help=f"one of {', '.join(ARCHITECTURES)}; a published model (voc-fcn8s); or a checkpoint of any of them",
     )
     parser.add_argument(
         "--size", type=parse_size, help="input HxW (default: 500x500; an SSD's design size: 300x300, 512x512)"
@@ -66,7 +69,8 @@ def describe(
     widths: tuple[int, ...] | None = None,
     all_layers: bool = False,
 ) -> str:
-    """The report ``fcnseg info`` prints, for an architecture name or a checkpoint path; ``size``
+    """The report ``fcnseg info`` prints, for an architecture name, a published model's name (the net
+    its weights load as, from the registry: nothing is downloaded) or a checkpoint path; ``size``
     (H, W) defaults to 500x500, or to an SSD's design size (its priors' image size)."""
     if net in BUILDERS:
         config = {"arch": net, "num_classes": num_classes, "widths": widths}
@@ -74,8 +78,14 @@ def describe(
     elif Path(net).is_file():
         config = read_checkpoint(net, map_location="meta")["config"]
         title = f"{net} ({config['arch']})"
+    elif net in hub.WEIGHTS or net in hub.INIT_NAMES:
+        config = _published(net)
+        title = f"{net} ({config['arch']}, published weights; {'cached' if hub.is_cached(net) else 'not downloaded'})"
     else:
-        raise ValueError(f"{net!r} is neither an architecture ({', '.join(BUILDERS)}) nor a file")
+        raise FcnsegError(
+            f"{net!r} is neither an architecture ({', '.join(BUILDERS)}), nor a published model "
+            "('fcnseg weights list' names them), nor a file"
+        )
     with torch.device("meta"):  # shapes only: nothing is allocated or computed
         model = build_model(**config)
     described = task_of(model).describe_net(model, size)
@@ -83,6 +93,24 @@ def describe(
     table = _layer_table(model, cost, all_layers, described.fields, described.outputs)
     title = f"{title}: {described.predicts}, input {'x'.join(map(str, cost.input_shape))}"
     return "\n".join([title, "", *table, "", *described.summary, *_totals(cost)])
+
+
+def _published(name: str) -> dict:
+    """The ``build_model`` arguments of the net a published model loads as, as the registry gives them."""
+    if name in hub.INIT_NAMES:
+        raise FcnsegError(
+            f"{name} picks the ImageNet classifier that starts a net, and builds none itself: "
+            "`fcnseg info fcn8s` describes a net it starts"
+        )
+    weights = hub.get(name)
+    if weights.is_classifier or weights.is_trunk:
+        kind = "an ImageNet classifier" if weights.is_classifier else "a trunk"
+        taker = hub.TRUNKS[weights.arch][0] if weights.is_trunk else "fcn8s"
+        raise FcnsegError(
+            f"{name} is {kind} that starts a net, and builds none itself: `fcnseg info {taker}` describes "
+            "a net it starts"
+        )
+    return weights.model_args
 
 
 def _first(value: int | tuple[int, ...]) -> int:

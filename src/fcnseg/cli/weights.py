@@ -32,15 +32,17 @@ def _size(name: str) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    columns = ("name", "net", "classes", "data set", "download", "published score", "cached")
+    columns = ("name", "net", "classes", "data set", "download", "verified by", "published score", "cached")
     rows = []
     for name, weights in hub.WEIGHTS.items():
         net = f"{weights.arch} (classifier)" if weights.is_classifier else weights.arch
         if weights.is_trunk:
             net = f"trunk of {'/'.join(hub.TRUNKS[weights.arch])}"
-        cached = "yes" if hub.is_cached(name) else "no"
         classes = "+".join(map(str, weights.heads)) if weights.heads else str(weights.num_classes)
-        rows.append((name, net, classes, weights.dataset, _size(name), weights.score or "-", cached))
+        size, verified = _size(name), weights.file.verified_by
+        rows.append(
+            (name, net, classes, weights.dataset, size, verified, weights.score or "-", hub.cache_state(name))
+        )
     widths = [max(len(row[i]) for row in (columns, *rows)) for i in range(len(columns))]
     for row in (columns, *rows):
         cells = [
@@ -51,10 +53,12 @@ def run_list(args: argparse.Namespace) -> int:
     print()
     print("scores: mean IU on PASCAL VOC (seg11valid, seg12test) as the FCN authors publish them; ImageNet")
     print("accuracy of the classifiers; the HED, FSDS and SSD authors' own numbers; torchvision's FCNs' as")
-    print(
-        "torchvision publishes them. ~ sizes are estimates (4 bytes per parameter); (stated) sizes as their"
-    )
-    print("READMEs round them; others are published.")
+    print("torchvision publishes them. download: ~ sizes are estimates (4 bytes per parameter), (stated)")
+    print("ones as their READMEs round them; others are exact. verified by: the published checksum (8")
+    print("digits: the start of it that torchvision's file names give) and size every download must match;")
+    print("no published checksum: the file is checked to hold its net (layers, widths, classes) and its")
+    print("SHA-256 recorded at the first download, which later downloads must match; http: no HTTPS source.")
+    print("cached unchecked: a file placed by hand, checked by 'fcnseg weights get NAME'.")
     print("\n'fcnseg train --init NAME' takes a model above, a classifier or trunk that fits the net, or")
     for alias, by_family in hub.INIT_NAMES.items():
         print(f"  {alias}: {', '.join(f'{name} for {family} nets' for family, name in by_family.items())}")

@@ -24,7 +24,7 @@ from fcnseg.weights.checkpoint import (
     safe_load,
     weights_format,
 )
-from fcnseg.weights.hub import WEIGHTS, resolve
+from fcnseg.weights.hub import WEIGHTS, get_command, resolve
 from fcnseg.weights.transfer import copy_matching_layers
 
 if TYPE_CHECKING:
@@ -76,13 +76,14 @@ def initial_weights(
         if reason:
             say(f"training from scratch ({reason})")
             return None
+        converted_for = _converted_for(name, config.arch)
         try:
-            path = resolve(name, _converted_for(name, config.arch), config.widths, progress)
+            path = resolve(name, converted_for, config.widths, progress)
         except (OSError, ValueError) as error:
             say(
                 f"training from scratch: ImageNet weights ({name}) cannot be had: {error}\n"
-                "  From scratch a full VGG16 needs far more images and time; with network access, "
-                f"`fcnseg weights get {name}` fetches them once for every later run."
+                "  From scratch a full-width net needs far more images and time; with network access (or "
+                f"FCNSEG_MIRROR), `{get_command(name, converted_for)}` fetches them once for every later run."
             )
             return None
     elif name is None:

@@ -84,7 +84,8 @@ def infer_arch(blobs: dict[str, list[np.ndarray]], source: str) -> str:
         return "fcn16s" if f"score_pool4_{sem}" in blobs else "fcn32s"
     if "conv1_1" in blobs and "score_fr" not in blobs:
         hint = (
-            " (an ImageNet classifier? `fcnseg convert imagenet` builds an FCN on it)"
+            f" (an ImageNet classifier? `fcnseg convert imagenet {source} --arch fcn8s --out fcn8s.pt` "
+            "builds an FCN-8s on it)"
             if "fc8" in blobs
             else ""
         )
@@ -195,6 +196,17 @@ def _ssd_from_blobs(blobs: dict[str, list[np.ndarray]], path: Path, arch: str | 
     found = infer_arch(blobs, str(path))
     if arch is not None and arch != found:
         raise WeightsMismatchError(f"{path}: --arch {arch} given, but the file holds an {found} model")
+    args = _ssd_build_args(blobs, str(path), found)
+    with torch.device("meta"):  # check the fit before allocating: a corrupt file may describe an enormous net
+        copy_into(build_model(**args), blobs, source=str(path), reshape="legacy")
+    model = build_model(**args)
+    copy_into(model, blobs, source=str(path), reshape="legacy")
+    model.meta = {"preprocess": "ssd", "source": path.name, "task": "detection"}
+    return model.eval()
+
+
+def _ssd_build_args(blobs: dict[str, list[np.ndarray]], source: str, found: str) -> dict:
+    """Widths, classes and input channels of the SSD (``found``: ssd300, ssd512) the blobs were made for."""
     extras = [name for name, *_ in _SSD_EXTRAS[found]]
     heads = [
         f"{'conv4_3_norm' if s == 'conv4_3' else s}_mbox_{kind}"
@@ -204,11 +216,13 @@ def _ssd_from_blobs(blobs: dict[str, list[np.ndarray]], path: Path, arch: str | 
     needed = [*VGG16_LAYERS, *extras, *heads]
     missing = [name for name in needed if name not in blobs]
     if missing:
-        raise WeightsMismatchError(f"{path}: {found} needs layers that the file lacks: {', '.join(missing)}")
+        raise WeightsMismatchError(
+            f"{source}: {found} needs layers that the file lacks: {', '.join(missing)}"
+        )
     odd = [f"{name} {tuple(blobs[name][0].shape)}" for name in needed if not _is_weight(blobs[name][0])]
     if odd:
         raise WeightsMismatchError(
-            f"{path}: these weights should be filters (out, in, height, width) with no empty dimension: "
+            f"{source}: these weights should be filters (out, in, height, width) with no empty dimension: "
             f"{', '.join(odd)}"
         )
     widths = list(compact_widths([int(blobs[name][0].shape[0]) for name in VGG16_LAYERS]))
@@ -216,7 +230,7 @@ def _ssd_from_blobs(blobs: dict[str, list[np.ndarray]], path: Path, arch: str | 
     classes, rest = divmod(int(blobs["conv4_3_norm_mbox_conf"][0].shape[0]), per_location)
     if rest or classes < 2:
         raise WeightsMismatchError(
-            f"{path}: conv4_3_norm_mbox_conf has {blobs['conv4_3_norm_mbox_conf'][0].shape[0]} outputs, "
+            f"{source}: conv4_3_norm_mbox_conf has {blobs['conv4_3_norm_mbox_conf'][0].shape[0]} outputs, "
             f"not {per_location} priors times a class count"
         )
     args = {
@@ -228,12 +242,23 @@ def _ssd_from_blobs(blobs: dict[str, list[np.ndarray]], path: Path, arch: str | 
     extra = [int(blobs[name][0].shape[0]) for name in extras]
     if tuple(extra) != extra_widths(int(blobs["fc7"][0].shape[0]), _SSD_EXTRAS[found]):
         args["extra_widths"] = extra
-    with torch.device("meta"):  # check the fit before allocating: a corrupt file may describe an enormous net
-        copy_into(build_model(**args), blobs, source=str(path), reshape="legacy")
-    model = build_model(**args)
-    copy_into(model, blobs, source=str(path), reshape="legacy")
-    model.meta = {"preprocess": "ssd", "source": path.name, "task": "detection"}
-    return model.eval()
+    return args
+
+
+def build_args(blobs: dict[str, list[np.ndarray]], source: str) -> dict:
+    """The ``build_model`` arguments of the net a Caffe model's blobs make: its architecture read off
+    the layer names (:func:`infer_arch`), its widths, classes and heads off their shapes."""
+    found = infer_arch(blobs, source)
+    if found in DETECTORS:
+        return _ssd_build_args(blobs, source, found)
+    return infer_build_args(blobs, found, source)
+
+
+def shape_stand_ins(shapes: dict[str, list[tuple[int, ...]]]) -> dict[str, list[np.ndarray]]:
+    """Arrays of the given shapes that hold no memory (one zero, broadcast), so that the readers of
+    blob shapes (:func:`build_args`) run on :func:`~fcnseg.weights.caffe_format.read_blob_shapes`."""
+    zero = np.zeros((), np.float32)
+    return {name: [np.broadcast_to(zero, shape) for shape in blobs] for name, blobs in shapes.items()}
 
 
 def _sources(arch: str) -> list[str]:

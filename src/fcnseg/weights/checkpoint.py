@@ -202,9 +202,10 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if weights_format(path) != "checkpoint":
+        out = path.with_name(f"{path.stem}{'-fcnseg' if path.suffix == '.pt' else ''}.pt")
         raise CheckpointError(
             f"{path} is a Caffe model, not an fcnseg checkpoint: load it with fcnseg.load, or convert "
-            "it with fcnseg convert caffe"
+            f"it: `fcnseg convert caffe {path} --out {out}`"
         )
     return checked_checkpoint(safe_load(path, map_location, "fcnseg checkpoint"), path)
 

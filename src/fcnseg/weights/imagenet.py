@@ -78,6 +78,16 @@ def torchvision_layers(state_dict: dict[str, torch.Tensor], arch: str, source: s
     return dict(zip((*names, "fc6", "fc7"), convs + linears[:2], strict=True))
 
 
+def caffe_trunk_blobs(blobs: dict[str, list[np.ndarray]]) -> dict[str, list[np.ndarray]]:
+    """A Caffe classifier's learned layers without its classifiers (fc8; GoogLeNet's loss1/*, loss2/*,
+    loss3/classifier), fc6 and fc7 as (out, in) matrices where legacy files store them 1x1xoutxin."""
+    arrays = {name: list(b) for name, b in blobs.items() if name != "fc8" and not name.startswith("loss")}
+    for name in ("fc6", "fc7"):
+        if name in arrays and arrays[name][0].ndim == 4 and arrays[name][0].shape[:2] == (1, 1):
+            arrays[name][0] = arrays[name][0].reshape(arrays[name][0].shape[2:])
+    return arrays
+
+
 def fcn_from_imagenet(
     arch: str,
     weights: str | os.PathLike | dict[str, torch.Tensor],
@@ -98,13 +108,7 @@ def fcn_from_imagenet(
         return _resnet_fcn(arch, state, source, num_classes, options)
     is_caffe = not isinstance(weights, dict) and Path(weights).suffix == ".caffemodel"
     if is_caffe:
-        arrays = learned_blobs(read_caffemodel(weights))
-        arrays = {
-            name: blobs for name, blobs in arrays.items() if name != "fc8" and not name.startswith("loss")
-        }
-        for name in ("fc6", "fc7"):  # legacy files store (out, in) as 1x1xoutxin
-            if name in arrays and arrays[name][0].ndim == 4 and arrays[name][0].shape[:2] == (1, 1):
-                arrays[name][0] = arrays[name][0].reshape(arrays[name][0].shape[2:])
+        arrays = caffe_trunk_blobs(learned_blobs(read_caffemodel(weights)))
         preprocess = "caffe"
     else:
         state = weights if isinstance(weights, dict) else _read_state_dict(Path(weights))
