@@ -14,6 +14,7 @@ from fcnseg.errors import FcnsegError
 from fcnseg.files import atomic_write
 from fcnseg.models.fcn import FCN
 from fcnseg.models.registry import BUILDERS, build_model
+from fcnseg.weights.transfer import state_dict_problems
 
 FORMAT = "fcnseg"
 VERSION = 1
@@ -239,13 +240,7 @@ def model_from_checkpoint(data: dict[str, Any], source: str) -> FCN:
     except (TypeError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{source}: its config describes no net ({error}): {data['config']}") from error
     state = data["state_dict"]
-    problems = [f"missing {k}" for k in expected if k not in state]
-    problems += [f"unexpected {k}" for k in state if k not in expected]
-    problems += [
-        f"{k}: expected shape {tuple(expected[k].shape)}, file has {tuple(v.shape)}"
-        for k, v in state.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
+    problems = state_dict_problems(expected, state)
     if problems:
         raise CheckpointError(
             f"{source}: weights do not fit architecture {data['config']['arch']}:\n  " + "\n  ".join(problems)

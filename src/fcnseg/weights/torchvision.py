@@ -18,7 +18,7 @@ from torch import nn
 
 from fcnseg.models.registry import TORCHVISION_FCNS, build_model
 from fcnseg.models.resnet import RESNET_DEPTHS, RESNET_WIDTHS, Bottleneck
-from fcnseg.weights.transfer import WeightsMismatchError
+from fcnseg.weights.transfer import WeightsMismatchError, state_dict_problems
 
 __all__ = ["load_strictly", "resnet_layout", "torchvision_fcn"]
 
@@ -63,13 +63,7 @@ def load_strictly(module: nn.Module, state: Mapping[str, torch.Tensor], source: 
     otherwise a WeightsMismatchError listing what differs. A file without BatchNorm's
     ``num_batches_tracked`` (older torchvision files) loads; the count starts at 0."""
     expected = module.state_dict()
-    problems = [f"missing {k}" for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    problems += [f"unexpected {k}" for k in state if k not in expected]
-    problems += [
-        f"{k}: expected shape {tuple(expected[k].shape)}, file has {tuple(v.shape)}"
-        for k, v in state.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
+    problems = state_dict_problems(expected, state, optional=["num_batches_tracked"])
     if problems:
         shown = problems[:12] + ([f"... and {len(problems) - 12} more"] if len(problems) > 12 else [])
         raise WeightsMismatchError(

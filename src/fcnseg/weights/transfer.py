@@ -16,6 +16,23 @@ class WeightsMismatchError(FcnsegError):
     """A weight file does not fit the net: missing, extra or mis-shaped layers."""
 
 
+def state_dict_problems(
+    expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], optional: Sequence[str] = ()
+) -> list[str]:
+    """Every way ``state`` does not fit a module whose state dict is ``expected``: missing keys (but
+    those ending with one of ``optional``), unexpected keys and shapes that differ, each named."""
+    problems = [
+        f"missing {k}" for k in expected if k not in state and not any(k.endswith(end) for end in optional)
+    ]
+    problems += [f"unexpected {k}" for k in state if k not in expected]
+    problems += [
+        f"{k}: expected shape {tuple(expected[k].shape)}, file has {tuple(v.shape)}"
+        for k, v in state.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    return problems
+
+
 CONTAINERS = ("backbone", "extras", "heads")
 """Modules that only group layers: the trunk, and SSD's extra layers and heads. Caffe has no such
 level, so a layer's Caffe name starts below them."""
