@@ -287,7 +287,7 @@ def test_init_imagenet_resolves_to_the_converted_classifier(server, registry, mo
         arch="fcn16s", widths=FIXTURE_WIDTHS, init="imagenet", preprocess="imagenet", progress=False
     )
     model = fcnseg.build_model("fcn16s", 5, widths=FIXTURE_WIDTHS)
-    initialise(model, config, initial_weights(config, say=print), say=print)
+    initialise(model, config, initial_weights(config))
     assert torch.equal(model.backbone.conv1_1.weight, state["features.0.weight"])
     assert torch.equal(model.backbone.conv5_3.weight, state["features.28.weight"])
     assert torch.equal(model.backbone.fc6.weight, state["classifier.0.weight"].reshape(64, 32, 7, 7))
@@ -475,7 +475,7 @@ def test_published_trunks_start_their_nets(server, monkeypatch, tmp_path):
     config = TrainConfig(task="edges", widths=widths, init="vgg16-hed", preprocess="caffe", progress=False)
     model = fcnseg.build_model("hed", widths=widths)
     with pytest.warns(UserWarning, match="no checksum is published"):
-        initialise(model, config, initial_weights(config, say=print), say=print)
+        initialise(model, config, initial_weights(config))
     assert torch.equal(model.backbone.conv4_2.weight, torch.from_numpy(hed_blobs["conv4_2"]))
     assert torch.count_nonzero(getattr(model, "score-dsn3").weight) == 0  # the sides start as HED's
     assert hub.is_cached("vgg16-hed") and hub.resolve("vgg16-hed", "fsds", widths).name == "vgg16-hed.fsds.pt"
