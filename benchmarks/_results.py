@@ -30,6 +30,22 @@ def machine() -> str:
     return f"{model} ({platform.machine()}, {isa}), {os.cpu_count()} cores"
 
 
+def cpu_flags() -> str:
+    """The CPU flags that matter for bfloat16 and int8, as lscpu lists them."""
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+    flags = next((ln.split(":", 1)[1].split() for ln in lscpu.splitlines() if ln.startswith("Flags")), [])
+    wanted = [
+        f
+        for f in flags
+        if f
+        in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile")
+    ]
+    return " ".join(wanted) or "none of avx2, avx512f, avx512_bf16, VNNI, AMX"
+
+
 def write_section(marker: str, text: str, *, inside: str | None = None, path: Path = RESULTS) -> None:
     """Replace the block between ``<!-- marker -->`` and ``<!-- /marker -->`` of RESULTS.md with ``text``.
 

@@ -5,6 +5,13 @@ Run from the repository root::
     python benchmarks/bench_inference.py              # 224/500 at batch 1 and 8, 1024 at batch 1 (~15 min)
     python benchmarks/bench_inference.py --quick      # 224 and 500, batch 1 only
     python benchmarks/bench_inference.py --extras     # also channels_last, torch.compile, onnxruntime, bf16
+    python benchmarks/bench_inference.py --runtimes   # onnxruntime and OpenVINO as peers and as backends
+
+``--runtimes`` times, at 500x500 (batch 1 and 8), the CPU runtimes a user deploys today
+(onnxruntime and OpenVINO on the exported padded net, fp32, bf16 where the CPU has it, int8)
+beside fcnseg's own fast path and fcnseg's runtime backends (the trimmed graph compiled by
+each runtime), on the same weights and images, with the share of pixels that keep the fp32
+label. int8 is calibrated on other synthetic images than the ones timed.
 
 Every variant of one (size, batch) cell is timed in turn, round after round, so
 that a busy machine slows all of them alike; the table gives the median and the
@@ -16,24 +23,29 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import os
 import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _peers import torchfcn_twin  # noqa: E402
-from _results import machine, write_section  # noqa: E402
+from _results import cpu_flags, machine, write_section  # noqa: E402
 
 import fcnseg  # noqa: E402
 from fcnseg.accel import for_inference  # noqa: E402
+from fcnseg.data.synthetic import SyntheticSegmentation  # noqa: E402
 from fcnseg.models.flops import compute_cost  # noqa: E402
 
 
@@ -113,6 +125,128 @@ def time_cell(variants: dict[str, Callable[[torch.Tensor], torch.Tensor]], x: to
     return times
 
 
+def scenes(count: int, size: int, seed: int) -> np.ndarray:
+    """(count, size, size, 3) uint8 synthetic scenes (shapes on clutter), resized to ``size``."""
+    data = SyntheticSegmentation(count, seed=seed, size_range=(size // 2, size))
+    return np.stack(
+        [np.asarray(Image.fromarray(data[i][0]).resize((size, size), Image.BILINEAR)) for i in range(count)]
+    )
+
+
+def peer_runtime(backend: str, module: nn.Module, precision: str, threads: int):
+    """A runtime on the padded net exported as it is (what a user deploys today): a fixed-shape
+    compiled graph, fp32, bf16 (OpenVINO's inference precision) or int8 (the same QDQ graph)."""
+    from fcnseg.accel.graphs import onnx_graph
+    from fcnseg.accel.runtimes import _ENGINES
+
+    with torch.no_grad():
+        proto = onnx_graph(module, torch.zeros(1, 3, 64, 64), dynamic_size=True)
+    engine = _ENGINES[backend](proto, precision, threads, False)
+    return lambda t: torch.from_numpy(engine(t.numpy()))
+
+
+def runtime_variants(
+    args: argparse.Namespace, calibration, batch: int
+) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """Every variant timed at ``batch``, on a fresh copy of the seeded net (fresh caches: the
+    compiled graphs of another batch are let go, or 20 GB of them would not fit)."""
+    from fcnseg.accel.graphs import padded_graph
+    from fcnseg.accel.runtimes import runtime_forward, runtime_precisions
+    from fcnseg.infer.predict import cpu_has_native_bf16, inference_forward
+
+    model = seeded_model(args.arch)
+    threads = torch.get_num_threads()
+    bf16 = cpu_has_native_bf16()
+    variants: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "torchfcn (eager)": torchfcn_twin(model, args.arch),
+        "fcnseg fast fp32 (torch; = precision auto here)" if not bf16 else "fcnseg fast fp32 (torch)": (
+            inference_forward(model, "fp32")
+        ),
+    }
+    if bf16:
+        variants["fcnseg fast bf16 (torch; = precision auto)"] = inference_forward(model, "bf16")
+    elif args.with_bf16 and batch == 1:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "no native bfloat16": known, measured here
+            variants["fcnseg fast bf16 (torch, emulated)"] = inference_forward(model, "bf16")
+    # batch 8: OpenVINO's rows only (onnxruntime's batch-1 rows tell the same story), for time and memory
+    for backend in ("onnxruntime", "openvino") if batch == 1 else ("openvino",):
+        peer = "OpenVINO" if backend == "openvino" else "onnxruntime"
+        variants[f"{peer} fp32 (padded net)"] = peer_runtime(backend, model, "fp32", threads)
+        if "bf16" in runtime_precisions(backend):
+            variants[f"{peer} bf16 (padded net)"] = peer_runtime(backend, model, "bf16", threads)
+        variants[f"{peer} int8 (padded net)"] = peer_runtime(
+            backend, padded_graph(model, calibration), "int8", threads
+        )
+        for precision in runtime_precisions(backend):
+            variants[f"fcnseg {backend} {precision} (trimmed)"] = runtime_forward(
+                model, backend, precision, calibration if precision == "int8" else None
+            )
+    variants["reference"] = model  # the plain net: labels = fp32 is counted against it, not timed
+    return variants
+
+
+def runtimes_table(args: argparse.Namespace, publish: Callable[[str, list[str]], None]) -> None:
+    """The ``--runtimes`` rows: peers and fcnseg's backends at 500x500, batch 1 and 8; ``publish``
+    gets the table and notes after each batch (a long run keeps what it measured)."""
+    from fcnseg.accel.quantize import calibrate
+    from fcnseg.data.preprocess import preprocess, preprocessing_of
+    from fcnseg.infer.predict import cpu_has_native_bf16
+
+    size = 500
+    calibration = calibrate(seeded_model(args.arch), list(scenes(args.calibration_images, size, seed=7)))
+    images = scenes(8, size, seed=3)
+    bf16 = cpu_has_native_bf16()
+    notes = [
+        f"int8: {calibration.images} synthetic scenes (other seeds than the timed ones) calibrate the "
+        f"ranges; weights {calibration.weight_bits}-bit per output channel (7 on CPUs without VNNI, where "
+        "x86 int8 kernels saturate 16-bit pair sums), activations uint8 per tensor",
+        "bf16: "
+        + (
+            "native"
+            if bf16
+            else "not native on this CPU: OpenVINO has no bf16 here; fcnseg's bf16 is emulated"
+            + (" (timed at batch 1)" if args.with_bf16 else " (left out)")
+        ),
+        *(
+            ["batch 8: OpenVINO's rows and fcnseg's (onnxruntime's only at batch 1), 2 rounds"]
+            if not args.quick
+            else []
+        ),
+    ]
+    lines = [
+        "| size | batch | variant | median s | best s | img/s | x torchfcn (median) | labels = fp32 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for batch in (1, 8) if not args.quick else (1,):
+        start = time.perf_counter()
+        variants = runtime_variants(args, calibration, batch)
+        model = variants.pop("reference")
+        x = preprocess(images[:batch], preprocessing_of(model))
+        with torch.inference_mode():
+            reference = model(x).argmax(1)
+            agree = {
+                name: float((fn(x).argmax(1) == reference).float().mean()) for name, fn in variants.items()
+            }
+        notes.append(
+            f"batch {batch}: building every variant's graph and checking it, and the agreement pass: "
+            f"{time.perf_counter() - start:.0f} s"
+        )
+        times = time_cell(variants, x, args.rounds if batch == 1 else max(2, args.rounds - 3))
+        base = statistics.median(times["torchfcn (eager)"])
+        for name, ts in times.items():
+            med = statistics.median(ts)
+            lines.append(
+                f"| {size} | {batch} | {name} | {med:.3f} | {min(ts):.3f} | {batch / med:.2f} "
+                f"| {base / med:.2f} | {100 * agree[name]:.2f}% |"
+            )
+            print(f"{size} b{batch} {name:48s} median {med:7.3f} best {min(ts):7.3f} x{base / med:.2f} "
+                  f"labels {100 * agree[name]:.2f}%", flush=True)  # fmt: skip
+        del variants, model
+        gc.collect()
+        publish("\n".join(lines), notes)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="fcn8s", choices=["fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce"])
@@ -123,6 +257,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--extras", action="store_true", help="also channels_last, compile, onnxruntime, bf16"
     )
+    parser.add_argument(
+        "--runtimes", action="store_true", help="onnxruntime and OpenVINO, as peers and as fcnseg backends"
+    )
+    parser.add_argument("--calibration-images", type=int, default=8, help="--runtimes: int8 calibration")
+    parser.add_argument(
+        "--with-bf16", action="store_true", help="--runtimes: time fcnseg bf16 even where it is emulated"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     parser.add_argument("--block", default="measured", help="name of the block of RESULTS.md to fill")
@@ -132,6 +273,32 @@ def main(argv: list[str] | None = None) -> None:
         sizes, args.batch8_max, args.rounds = [s for s in sizes if s <= 500], 0, 3
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
+    if args.runtimes:
+        command = "python benchmarks/bench_inference.py " + " ".join(sys.argv[1:] if argv is None else argv)
+
+        def publish(table: str, notes: list[str]) -> None:
+            section = "\n".join(
+                [
+                    "### Measured: CPU runtimes as peers and as backends, VGG16 FCN-8s, same random weights",
+                    "",
+                    f"- command: `{command.strip()}`",
+                    f"- machine: {machine()}; CPU flags: {cpu_flags()}; torch {torch.__version__}, "
+                    f"{args.threads} threads; {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
+                    f"- load average (1 min) at the start / now: {load_before:.1f} / {os.getloadavg()[0]:.1f} "
+                    "(a shared machine: variants are timed in turn, round after round)",
+                    "- input: synthetic scenes resized to 500x500; labels = fp32: pixels whose label equals "
+                    "`model(x)`'s",
+                    *(f"- {note}" for note in notes),
+                    "",
+                    table,
+                ]
+            )
+            print(section, flush=True)
+            if not args.no_write:
+                write_section(f"inference-speed:{args.block}", section, inside="inference-speed")
+
+        runtimes_table(args, publish)
+        return
 
     model = seeded_model(args.arch)
     twin = torchfcn_twin(model, args.arch)

@@ -18,7 +18,6 @@ import argparse
 import datetime
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _results import machine, write_section  # noqa: E402
+from _results import cpu_flags, machine, write_section  # noqa: E402
 from bench_inference import seeded_model  # noqa: E402
 
 from fcnseg.data.synthetic import SyntheticSegmentation  # noqa: E402
@@ -44,17 +43,6 @@ def images(count: int, width: int, height: int) -> list[np.ndarray]:
     return [
         np.asarray(Image.fromarray(data[i][0]).resize((width, height), Image.BILINEAR)) for i in range(count)
     ]
-
-
-def cpu_flags() -> str:
-    """The CPU flags that matter for bfloat16, as lscpu lists them."""
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "?"
-    flags = next((ln.split(":", 1)[1].split() for ln in lscpu.splitlines() if ln.startswith("Flags")), [])
-    wanted = [f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")]
-    return " ".join(wanted) or "none of avx2, avx512f, avx512_bf16, amx_bf16"
 
 
 def measure(widths, pictures: list[np.ndarray], rounds: int) -> dict[str, float]:

@@ -12,8 +12,10 @@ import fcnseg
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tests use tiny nets, which run faster on one thread, above all when other processes share the cores."""
+def one_thread(monkeypatch):
+    """Tests use tiny nets, which run faster on one thread, above all when other processes share the cores;
+    OMP_NUM_THREADS keeps it so in the commands they run (``--threads``' default) and in subprocesses."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fcnseg
-import fcnseg.train.trainer as trainer_module
+import fcnseg.infer.predict as predict_module
 from fcnseg.cli import main
 from fcnseg.cli.train import load_recipe
 from fcnseg.data.synthetic import write_synthetic_folder
@@ -155,15 +155,17 @@ def test_evaluate_on_cuda_without_cuda_says_so(tmp_path, capsys, monkeypatch):
         fcnseg.build_model("fcn32s", 6, widths=(4, 8, 8, 16, 16, 32)), tmp_path / "m.pt"
     )
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert main(["evaluate", str(weights), "synthetic", "--images", "1", "--device", "cuda"]) == 2
-    assert "CUDA is not available here" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        main(["evaluate", str(weights), "synthetic", "--images", "1", "--device", "cuda"])
+    assert stopped.value.code == 2
+    assert "device 'cuda' is not available here: torch finds no CUDA device" in capsys.readouterr().err
 
 
 def test_status_lines_and_warnings_show_with_or_without_quiet_and_no_bar_off_a_terminal(
     tmp_path, capsys, monkeypatch
 ):
     """stderr is no terminal here: no progress bar either way, so no carriage return nor escape code."""
-    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: False)  # a warning to show
+    monkeypatch.setattr(predict_module, "cpu_has_native_bf16", lambda: False)  # a warning to show
     args = [
         "train",
         "--arch",

@@ -145,5 +145,5 @@ def test_single_process_context_is_a_no_op():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
 def test_cuda_request_without_cuda_is_an_error():
-    with pytest.raises(ValueError, match="CUDA is not available"):
+    with pytest.raises(ValueError, match="device 'cuda' is not available here: torch finds no CUDA device"):
         distributed.init_from_env("cuda")

@@ -191,3 +191,16 @@ def test_bad_build_arguments():
         fcnseg.build_model("fcn8s", widths=(1, 2, 3))
     with pytest.raises(ValueError, match="num_classes"):
         fcnseg.build_model("fcn8s", 0, widths=TINY_VGG)
+
+
+def test_architectures_names_every_net_build_model_knows(monkeypatch):
+    from fcnseg.models.registry import BUILDERS, SEGMENTATION_NETS, register_model
+
+    names = set(fcnseg.ARCHITECTURES)
+    assert {"fcn8s", "fcn8s-resnet50", "tv-fcn-resnet101", "hed", "fsds", "ssd300", "ssd512"} <= names
+    assert names == set(BUILDERS) and set(SEGMENTATION_NETS) < names
+    with torch.device("meta"):  # each name builds its own net; shapes only
+        assert all(fcnseg.build_model(arch).config["arch"] == arch for arch in sorted(names))
+    monkeypatch.setitem(BUILDERS, "my-fcn", None)  # removed again after the test
+    register_model("my-fcn", lambda num_classes, **options: fcnseg.build_model("fcn32s", num_classes))
+    assert "my-fcn" in fcnseg.ARCHITECTURES and "my-fcn" in fcnseg.models.ARCHITECTURES

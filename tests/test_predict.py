@@ -13,7 +13,7 @@ from fcnseg.accel.inference import FastFCN
 from fcnseg.data.preprocess import preprocess
 from fcnseg.errors import ConfigError
 from fcnseg.infer import predict as predict_module
-from fcnseg.infer.predict import predict, predict_batch, resolve_device
+from fcnseg.infer.predict import predict, predict_batch
 
 
 def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -129,11 +129,14 @@ def test_training_mode_is_restored_and_dropout_off():
 def test_forward_is_the_single_call_site(monkeypatch):
     calls = []
 
-    def forward(model, x, dtype):
-        calls.append(tuple(x.shape))
-        return model(x)
+    def forward_of(model, *_args):
+        def forward(x):
+            calls.append(tuple(x.shape))
+            return model(x)
 
-    monkeypatch.setattr(predict_module, "_forward", forward)
+        return forward
+
+    monkeypatch.setattr(predict_module, "inference_forward", forward_of)
     predict(tiny_fcn(), random_image(10, 12), tta_flip=True)
     assert calls == [(1, 3, 10, 12), (1, 3, 10, 12)]
 
@@ -141,11 +144,14 @@ def test_forward_is_the_single_call_site(monkeypatch):
 def test_runs_under_inference_mode(monkeypatch):
     seen = []
 
-    def forward(model, x, dtype):
-        seen.append(torch.is_inference_mode_enabled())
-        return model(x)
+    def forward_of(model, *_args):
+        def forward(x):
+            seen.append(torch.is_inference_mode_enabled())
+            return model(x)
 
-    monkeypatch.setattr(predict_module, "_forward", forward)
+        return forward
+
+    monkeypatch.setattr(predict_module, "inference_forward", forward_of)
     predict(tiny_fcn(), random_image(8, 8))
     assert seen == [True]
 
@@ -159,9 +165,10 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="positive"):
         predict(model, random_image(8, 8), tta_scales=(0,))
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available"):
-            resolve_device("cuda")
-    assert resolve_device(None, model) == torch.device("cpu")
+        with pytest.raises(
+            ValueError, match="device 'cuda' is not available here: torch finds no CUDA device"
+        ):
+            predict(model, random_image(8, 8), device="cuda")
 
 
 def test_cpu_predictions_use_the_fast_twin_and_refresh_it_when_weights_change():
@@ -173,13 +180,13 @@ def test_cpu_predictions_use_the_fast_twin_and_refresh_it_when_weights_change():
         torch.nn.init.normal_(p, std=0.1)
     x = torch.randn(1, 3, 29, 35)
     with torch.inference_mode():
-        first = predict_module._forward(model, x)
+        first = predict_module.inference_forward(model)(x)
         twin = for_inference(model)
         assert isinstance(twin, FastFCN) and for_inference(model) is twin
         assert (first - model(x)).abs().max() <= 1e-4 * model(x).abs().max()
         with torch.no_grad():
             model.score_fr.bias.add_(1.0)
-        second = predict_module._forward(model, x)
+        second = predict_module.inference_forward(model)(x)
     assert for_inference(model) is not twin
     assert (second - model(x)).abs().max() <= 1e-4 * model(x).abs().max()
 
@@ -204,5 +211,5 @@ def test_precision_auto_follows_the_hardware(monkeypatch):
     assert predict_module.resolve_precision("auto", cpu) == torch.float32
     with pytest.warns(UserWarning, match="no native bfloat16 arithmetic: it will be slower than fp32"):
         assert predict_module.resolve_precision("bf16", cpu) == torch.bfloat16
-    with pytest.raises(ConfigError, match="precision must be one of fp32, bf16, auto; got 'fp16'"):
+    with pytest.raises(ConfigError, match="precision must be one of fp32, bf16, auto, int8; got 'fp16'"):
         predict(tiny_fcn(), random_image(8, 8), precision="fp16")

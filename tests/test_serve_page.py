@@ -260,3 +260,53 @@ def test_a_detector_shows_its_boxes_counts_them_and_says_how_many(driver, folder
     assert re.fullmatch(
         rf"shapes\.png: 67 × 45 pixels, forward pass [\d.]+ (ms|s) on cpu, {boxes}", status
     ), status
+
+
+NARROW = 400
+"""A phone's width, in CSS pixels."""
+
+
+@pytest.fixture
+def narrow_page(driver, url):
+    """The page in a window :data:`NARROW` pixels wide; the window is as wide as before after."""
+    before = driver.get_window_size()
+    driver.set_window_size(NARROW, before["height"])
+    try:
+        driver.get(url)
+        wait_for(driver, "ready")
+        yield driver
+    finally:
+        driver.set_window_size(before["width"], before["height"])
+
+
+def overflow(driver) -> tuple[int, int]:
+    """The page's width and the window's: a wider page scrolls sideways."""
+    return tuple(driver.execute_script("return [document.documentElement.scrollWidth, innerWidth]"))
+
+
+def test_the_page_fits_a_narrow_window_with_its_panels_stacked(narrow_page, folder):
+    assert narrow_page.execute_script("return innerWidth") == NARROW
+    width, window = overflow(narrow_page)
+    assert width <= window, f"the empty page is {width} px wide in a {window} px window"
+
+    Image.fromarray(IMAGE).save(folder / "shapes.png")
+    choose(narrow_page, folder / "shapes.png")
+    assert wait_for(narrow_page, "done", "error") == "done"
+    width, window = overflow(narrow_page)
+    assert width <= window, f"the page with a result is {width} px wide in a {window} px window"
+    boxes = narrow_page.execute_script(
+        "return [...document.querySelectorAll('#result .panel, #result .legend-box')]"
+        ".map(e => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right]; })"
+    )
+    assert len(boxes) == 4  # image, overlay, label map, classes
+    lefts, tops, rights = zip(*boxes, strict=True)
+    assert len(set(lefts)) == 1 and list(tops) == sorted(set(tops))  # one column, top to bottom
+    assert max(rights) <= NARROW
+
+
+def test_the_page_documents_the_http_api(page):
+    text = page.find_element(By.ID, "api").text
+    for route in ("POST /predict", "POST /segment", "GET /info", "GET /health"):
+        assert route in text, route
+    example = page.find_element(By.CSS_SELECTOR, "#api pre").text
+    assert f"curl -F image=@photo.jpg {page.current_url}predict" in example

@@ -19,8 +19,8 @@ from tiny_datasets import write_pascal
 from torch import nn
 
 import fcnseg
+import fcnseg.infer.predict as predict_module
 import fcnseg.tasks.losses as losses_module
-import fcnseg.train.trainer as trainer_module
 import fcnseg.weights.checkpoint as checkpoint_module
 from fcnseg import build_model, load_checkpoint
 from fcnseg.cli import main
@@ -535,7 +535,7 @@ def test_bf16_trains_on_the_cpu_close_to_float32_and_warns_once_where_it_is_emul
 ):
     common = dict(class_balance=True, max_steps=4, val_every=4, dropout=0.0)
     full = train(tiny_config(tmp_path, "fp32", **common))
-    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(predict_module, "cpu_has_native_bf16", lambda: False)
     half = train(tiny_config(tmp_path, "bf16", amp="bf16", **common))
     assert half.steps == 4
     config = tiny_config(tmp_path, "bf16", amp="bf16", **common)

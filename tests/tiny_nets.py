@@ -11,7 +11,7 @@ from torch import nn
 
 import fcnseg
 from fcnseg.models.googlenet import GOOGLENET_CONVS, GOOGLENET_WIDTHS, googlenet_backbone
-from fcnseg.models.registry import SIDE_OUTPUT_ARCHS
+from fcnseg.models.registry import SEGMENTATION_NETS
 
 TINY = (4, 8, 8, 16, 16, 32)
 TINY_ALEXNET = (8, 8, 8, 8, 8, 16)
@@ -27,9 +27,7 @@ RESNET_SHARED = ("fcn32s-resnet18", "fcn16s-resnet18", "fcn8s-resnet18", "fcn8s-
 """The ResNet nets the shared model tests run over: every head on ResNet-18's basic blocks, and
 ResNet-50's bottlenecks; the other depths differ only in how many blocks they repeat (every
 registered net runs in tests/test_plain_nets.py, and tests/test_resnet.py covers every depth)."""
-ARCHS = sorted(
-    a for a in set(fcnseg.ARCHITECTURES) - set(SIDE_OUTPUT_ARCHS) if "resnet" not in a or a in RESNET_SHARED
-)
+ARCHS = sorted(a for a in SEGMENTATION_NETS if "resnet" not in a or a in RESNET_SHARED)
 """Every registered FCN, ResNet's as :data:`RESNET_SHARED` says: the shared model tests run over all of
 them (HED and FSDS, whose outputs are edges and skeletons, have their own: tests/test_edges.py)."""
 

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from fcnseg.devices import resolve_device
+
 __all__ = [
     "Context",
     "all_gather_objects",
@@ -44,26 +46,31 @@ class Context:
         return self.rank == 0
 
 
-def init_from_env(device: str | None = None, backend: str | None = None) -> Context:
+PROCESS_GROUP_BACKENDS = {"cuda": "nccl", "xpu": "xccl"}
+"""The collective backend of each device type; gloo for the others (the CPU)."""
+
+
+def init_from_env(device: str | torch.device | None = None, backend: str | None = None) -> Context:
     """Join the process group ``torchrun`` describes, or return a one-process context.
 
-    ``device`` is "cpu", "cuda" or None (CUDA when available); each process uses
-    ``cuda:LOCAL_RANK``. The backend defaults to NCCL on CUDA and gloo on the CPU.
+    ``device`` is any torch device (``cpu``, ``cuda``, ``cuda:1``, ``mps``, ``xpu``), or ``auto`` or
+    None: CUDA when available (:func:`fcnseg.devices.resolve_device`, which refuses one this machine
+    lacks). Under ``torchrun`` a device named without an index, ``cuda`` say, is each process's
+    ``cuda:LOCAL_RANK``. The backend defaults to NCCL on CUDA, XCCL on XPU and gloo otherwise.
     """
-    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
-    if use_cuda and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available")
+    where = resolve_device(device)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if use_cuda:
-        index = local_rank if world_size > 1 else (torch.device(device).index or 0 if device else 0)
-        torch.cuda.set_device(index)
-        where = torch.device("cuda", index)
-    else:
-        where = torch.device("cpu")
+    if where.type in PROCESS_GROUP_BACKENDS:  # CUDA, XPU: one of several, named by index for DDP
+        runtime = getattr(torch, where.type)
+        if where.index is None:
+            index = local_rank if world_size > 1 else runtime.current_device()
+            where = resolve_device(f"{where.type}:{index}")
+        runtime.set_device(where)
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend or ("nccl" if use_cuda else "gloo"), rank=rank, world_size=world_size)
+        default = PROCESS_GROUP_BACKENDS.get(where.type, "gloo")
+        dist.init_process_group(backend or default, rank=rank, world_size=world_size)
     return Context(rank, world_size, local_rank, where)
 
 

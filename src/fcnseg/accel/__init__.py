@@ -9,7 +9,10 @@ same nets faster and exactly, as wrappers that read the plain net's parameters:
 - :func:`for_inference`: an inference twin on a trimmed canvas with fused kernels,
   float32 or bfloat16 (:mod:`fcnseg.accel.inference`);
 - for both, a detector of narrow layers gets channels-last inputs on the CPU
-  (:mod:`fcnseg.accel.layout`).
+  (:mod:`fcnseg.accel.layout`);
+- CPU runtimes as backends: the trimmed graph of one input size exported to ONNX
+  (:mod:`fcnseg.accel.graphs`) and compiled by onnxruntime or OpenVINO, in float32 or in
+  int8 calibrated on a few images (:mod:`fcnseg.accel.quantize`, :mod:`fcnseg.accel.runtimes`).
 
 fcnseg's tools (the trainer, ``predict``, ``evaluate``, ``serve``) use them by default;
 ``model(x)`` never does. A wrapper is used only for a net it knows exactly (one of

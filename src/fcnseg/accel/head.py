@@ -39,11 +39,12 @@ class Blob(NamedTuple):
 
     @property
     def size(self) -> tuple[int, int]:
-        """(height, width) of the full blob."""
+        """(height, width) of the full blob; int(): a traced graph (:mod:`fcnseg.accel.graphs`) keeps
+        these sizes as constants."""
         x, rows, cols = self
         return (
-            len(rows) if rows is not None else x.shape[-2],
-            len(cols) if cols is not None else x.shape[-1],
+            len(rows) if rows is not None else int(x.shape[-2]),
+            len(cols) if cols is not None else int(x.shape[-1]),
         )
 
     def scored(
@@ -54,7 +55,7 @@ class Blob(NamedTuple):
         is None."""
         x, rows, cols = self
         full = self.size
-        height, width = full if like is None else like.shape[-2:]
+        height, width = full if like is None else (int(like.shape[-2]), int(like.shape[-1]))
         if offset + height > full[0] or offset + width > full[1]:
             raise ValueError(f"cannot crop {full} at offset {offset} to {(height, width)}")
         if rows is None:
@@ -94,20 +95,20 @@ def upsample_and_crop(
     which give the cropped output directly: the same sums, without the crop's copy.
     """
     spans = [d * (k - 1) + 1 for d, k in zip(layer.dilation, layer.kernel_size, strict=True)]
-    reaches = [(n - 1) * s + span for n, s, span in zip(x.shape[-2:], layer.stride, spans, strict=True)]
+    reaches = [(int(n) - 1) * s + span for n, s, span in zip(x.shape[-2:], layer.stride, spans, strict=True)]
     simple = not any(layer.padding) and not any(layer.output_padding)
     if not simple or offset + height > reaches[0] or offset + width > reaches[1]:
         return crop_like(layer(x), offset, height, width)  # crop_like names the sizes that do not fit
     if _is_frozen_bilinear(layer):
         k, (sh, sw) = layer.kernel_size[0], layer.stride
-        rows = _interpolation(k, sh, offset, height, x.shape[-2], x.dtype, x.device)
-        cols = _interpolation(k, sw, offset, width, x.shape[-1], x.dtype, x.device)
+        rows = _interpolation(k, sh, offset, height, int(x.shape[-2]), x.dtype, x.device)
+        cols = _interpolation(k, sw, offset, width, int(x.shape[-1]), x.dtype, x.device)
         return torch.matmul(torch.matmul(rows, x), cols.T)
     sliced = []
     for axis, size in ((0, height), (1, width)):
         s = layer.stride[axis]
         first = max(0, -(-(offset - spans[axis] + 1) // s))  # the first input reaching the crop
-        last = min(x.shape[2 + axis] - 1, (offset + size - 1) // s)
+        last = min(int(x.shape[2 + axis]) - 1, (offset + size - 1) // s)
         sliced.append((first, last + 1, offset - first * s))
     (top, bottom, row), (left, right, col) = sliced
     y = layer(x[:, :, top:bottom, left:right])
@@ -120,7 +121,7 @@ def upsample(layer: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
     if any(layer.padding) or any(layer.output_padding) or not _is_frozen_bilinear(layer):
         return layer(x)
     height, width = (
-        (n - 1) * s + k for n, s, k in zip(x.shape[-2:], layer.stride, layer.kernel_size, strict=True)
+        (int(n) - 1) * s + k for n, s, k in zip(x.shape[-2:], layer.stride, layer.kernel_size, strict=True)
     )
     return upsample_and_crop(layer, x, 0, height, width)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from torch import nn
 
-from fcnseg.models.registry import ARCHITECTURES, BUILDERS
+from fcnseg.models.registry import BUILDERS, SEGMENTATION_NETS
 from fcnseg.tasks import task_of
 from fcnseg.weights.caffe import load_caffe
 from fcnseg.weights.checkpoint import save_checkpoint
@@ -29,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "imagenet", help="an ImageNet classifier (torchvision .pth or Caffe .caffemodel) as FCN backbone"
     )
     imagenet.add_argument("weights", type=Path, help="the classifier's weights (.pth or .caffemodel)")
-    imagenet.add_argument("--arch", choices=sorted(ARCHITECTURES), required=True, help="the FCN to build")
+    imagenet.add_argument("--arch", choices=sorted(SEGMENTATION_NETS), required=True, help="the FCN to build")
     imagenet.add_argument("--num-classes", type=int, default=21, help="classes of the new score layers")
     imagenet.add_argument("--out", type=Path, required=True, help="checkpoint to write (.pt)")
     imagenet.add_argument("--classes", type=Path, help="text file with one class name per line")

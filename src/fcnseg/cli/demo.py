@@ -23,6 +23,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from fcnseg import distributed
+from fcnseg.cli.options import add_device, add_threads, set_threads
 from fcnseg.data.datasets import IGNORE_INDEX, InMemory
 from fcnseg.files import atomic_write
 from fcnseg.logs import show_bars
@@ -141,14 +142,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--quick", action="store_true", help="a tiny net for a few seconds (for tests)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the training run")
     parser.add_argument("--overlays", type=int, default=4, help="how many overlay PNGs to write")
-    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    parser.add_argument(
-        "--threads",
-        type=int,
+    add_device(parser)
+    # The demo trains against the clock, where a thread too many costs most: one by default.
+    add_threads(
+        parser,
         default=1,
-        help="CPU threads (a second thread helps a little when the cores are idle and does "
-        "great harm when they are shared; in 210 s on 2 idle cores 1 thread made 1,916 steps and "
-        "2 threads 2,228, and on 2 busy cores 1 thread made 1,440 and 2 threads 85)",
+        why=" (a second thread helps a little when the cores are idle and does great harm when they "
+        "are shared; in 210 s on 2 idle cores 1 thread made 1,916 steps and 2 threads 2,228, and on 2 "
+        "busy cores 1 thread made 1,440 and 2 threads 85)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars (status lines still show)")
     parser.set_defaults(run=run)
@@ -156,8 +157,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     out = _prepare(args.out)
     progress = show_bars(not args.quiet)
     demo, task = DEMOS[args.task], get_task(args.task)

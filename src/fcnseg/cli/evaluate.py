@@ -7,12 +7,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from fcnseg.cli.options import add_device, add_weights, positive
+from fcnseg.cli.options import add_device, add_inference, add_threads, add_weights, positive, set_threads
 from fcnseg.data.registry import DATASETS
+from fcnseg.devices import resolve_device
 from fcnseg.distributed import Context
 from fcnseg.infer import crf
 from fcnseg.infer.edge_outputs import EDGE_OUTPUTS
-from fcnseg.infer.predict import resolve_device
 from fcnseg.logs import show_bars
 from fcnseg.tasks import task_of
 from fcnseg.tasks.common import InferenceOptions
@@ -43,6 +43,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--images", type=int, default=100, help="synthetic only: how many images")
     parser.add_argument("--batch-size", type=positive, default=1, help="images per forward pass (padded)")
     add_device(parser)
+    add_inference(parser)
+    add_threads(parser)
     parser.add_argument(
         "--crf",
         action="store_true",
@@ -60,15 +62,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
+    device = resolve_device(args.device)
     dataset_name = args.dataset or ("synthetic" if args.data == "synthetic" else "folder")
     model = load(args.weights)
     task = task_of(model)
     options = InferenceOptions(
-        crf=args.crf, batch_size=args.batch_size, edge_output=args.edge_output or "fuse"
+        crf=args.crf,
+        batch_size=args.batch_size,
+        edge_output=args.edge_output or "fuse",
+        precision=args.precision,
+        backend=args.backend,
+        calibration=args.calibration,
     )
     task.check_options(model, options, args.weights)
     dataset = task.evaluation_set(model, dataset_name, args.data, args.split, args.images, args.weights)
-    device = resolve_device(args.device)
     metrics = task.measure(
         model.to(device), dataset, options, Context(device=device), show_bars(not args.quiet)
     )

@@ -5,21 +5,37 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fcnseg.cli.options import add_weights
-from fcnseg.infer.export import export_onnx, export_torchscript
+from fcnseg.accel.quantize import calibrate, calibration_images
+from fcnseg.cli.options import add_threads, add_weights, set_threads
+from fcnseg.infer.export import export_onnx, export_runtime_onnx, export_torchscript
 from fcnseg.weights.load import load, segmentation_only
 
 
 def run(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
     weights, out = Path(args.weights), Path(args.out)
     if out.resolve() == weights.resolve():
         raise ValueError(f"--out {out} is the weights file itself; choose another path")
     model = segmentation_only(load(weights), weights, "export")
-    if args.format == "onnx":
+    if (args.int8 or args.size) and args.format != "onnx":
+        raise ValueError("--int8 and --size export ONNX: give the format onnx")
+    if args.int8 and not args.calibration:
+        raise ValueError("--int8 needs --calibration DIR: a few images like the ones to segment")
+    if args.calibration and not args.int8:
+        raise ValueError("--calibration calibrates --int8: give both")
+    if args.int8 or args.size:
+        calibration = calibrate(model, calibration_images(args.calibration)) if args.int8 else None
+        export_runtime_onnx(model, out, size=args.size, calibration=calibration)
+        what = f"onnx, {'int8' if args.int8 else 'fp32'}, " + (
+            f"trimmed for {args.size[0]}x{args.size[1]}" if args.size else "any size"
+        )
+    elif args.format == "onnx":
         export_onnx(model, out, dynamo=False if args.legacy else None, opset=args.opset)
+        what = "onnx"
     else:
         export_torchscript(model, out)
-    print(f"wrote {out} ({args.format}, {out.stat().st_size / 2**20:.1f} MiB)")
+        what = "torchscript"
+    print(f"wrote {out} ({what}, {out.stat().st_size / 2**20:.1f} MiB)")
     return 0
 
 
@@ -42,4 +58,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="ONNX: use the TorchScript-based exporter even when onnxscript is installed",
     )
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="ONNX in int8 (QDQ: onnxruntime and OpenVINO run it in integers), the trunk calibrated "
+        "on --calibration",
+    )
+    parser.add_argument(
+        "--calibration", metavar="DIR", help="--int8: a folder of a few images like the ones to segment"
+    )
+    parser.add_argument(
+        "--size",
+        type=_size,
+        default=None,
+        help="HxW, e.g. 500x500: the trimmed graph for inputs of that size only (faster: it skips "
+        "the work the padded net spends on its padding); default: the padded net, any size",
+    )
+    add_threads(parser)
     parser.set_defaults(run=run)
+
+
+def _size(text: str) -> tuple[int, int]:
+    """``500x375`` -> (500, 375): height by width."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 500x500, got {text!r}") from None
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return height, width

@@ -27,7 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "net",
         metavar="ARCH|WEIGHTS",
-        help=f"one of {', '.join(ARCHITECTURES)}, hed, fsds, ssd300, ssd512, or a checkpoint of any of them",
+        help=f"one of {', '.join(ARCHITECTURES)}, or a checkpoint of any of them",
     )
     parser.add_argument(
         "--size", type=parse_size, help="input HxW (default: 500x500; an SSD's design size: 300x300, 512x512)"

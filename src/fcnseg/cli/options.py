@@ -7,12 +7,17 @@ import argparse
 import torch
 
 from fcnseg.data.images import MAX_PIXELS
+from fcnseg.devices import AUTO, default_threads, resolve_device
+from fcnseg.errors import ConfigError
 
 __all__ = [
+    "DEVICE_HELP",
     "add_device",
+    "add_inference",
     "add_max_megapixels",
     "add_threads",
     "add_weights",
+    "device_name",
     "fraction",
     "integers",
     "megapixels",
@@ -24,36 +29,89 @@ __all__ = [
 
 def add_weights(parser: argparse.ArgumentParser) -> None:
     """The positional ``weights``: anything ``fcnseg.load`` reads."""
-    parser.add_argument("weights", help="fcnseg checkpoint, Caffe model or published name (voc-fcn8s)")
-
-
-def add_device(parser: argparse.ArgumentParser) -> None:
-    """``--device`` of the commands that run a saved net (not training's, which torchrun sets)."""
     parser.add_argument(
-        "--device", choices=("cpu", "cuda", "auto"), default="auto", help="auto: CUDA when available"
+        "weights",
+        help="an fcnseg checkpoint (.pt), an original Caffe model (.caffemodel), torchvision's FCN "
+        "state dict (.pth) or a published name (voc-fcn8s; fcnseg weights list)",
     )
 
 
-def add_threads(parser: argparse.ArgumentParser) -> None:
-    """``--threads``: the CPU threads torch runs on; one makes a run's numbers the same bit for bit
-    whatever the machine's number of cores (set it with :func:`set_threads`)."""
+DEVICE_HELP = "a torch device: cpu, cuda, cuda:1, mps, xpu...; auto: CUDA when available, else the CPU"
+
+
+def device_name(text: str) -> str:
+    """A ``--device`` value, checked against this machine as it is read, so that a device it lacks
+    stops the command before any data or weights are loaded; kept as named (under ``torchrun`` a
+    bare ``cuda`` is each process's own GPU)."""
+    try:
+        resolve_device(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    """``--device``: where the command computes (:func:`fcnseg.devices.resolve_device`)."""
+    parser.add_argument("--device", type=device_name, default=AUTO, help=DEVICE_HELP)
+
+
+def add_threads(parser: argparse.ArgumentParser, default: int | None = None, why: str = "") -> None:
+    """``--threads``: the CPU threads torch runs on, within and between operations (set them with
+    :func:`set_threads`); one makes a run's numbers the same bit for bit whatever the machine's
+    number of cores. ``default`` None is :func:`fcnseg.devices.default_threads`'s count; ``why``
+    says why a command has another."""
+    note = (
+        why
+        if default is not None
+        else "; without it, OMP_NUM_THREADS or the physical cores this process may use"
+    )
     parser.add_argument(
         "--threads",
         type=positive,
-        default=None,
-        help="CPU threads for torch, within and between operations; without it, torch's choice: one per core",
+        default=default,
+        help=f"CPU threads for torch, within and between operations{note}",
     )
 
 
 def set_threads(count: int | None) -> None:
-    """Run torch on ``count`` CPU threads, within operations and between them (None: as it is)."""
-    if count is None:
-        return
+    """Run torch on ``count`` CPU threads, within operations and between them (None: as many as
+    :func:`fcnseg.devices.default_threads` says)."""
+    count = default_threads() if count is None else count
     torch.set_num_threads(count)
     try:
         torch.set_num_interop_threads(count)
     except RuntimeError:  # allowed once, before any parallel work; later the pool stays as it is
         pass
+
+
+def add_inference(parser: argparse.ArgumentParser) -> None:
+    """``--precision``, ``--backend`` and ``--calibration`` of the commands that run a net on images."""
+    from fcnseg.infer.predict import BACKENDS, PRECISIONS
+
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="fp32: exact; bf16: the net in bfloat16, faster where the hardware has it (CPUs with "
+        "AVX512-BF16 or AMX, recent GPUs), labels may differ at a few pixels; auto: bf16 where the "
+        "hardware has it, else fp32; int8: the trunk in int8 on a runtime backend (--backend "
+        "onnxruntime or openvino), calibrated on --calibration",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="torch",
+        help="torch: fcnseg's own fast path; onnxruntime, openvino: the net's trimmed graph compiled by "
+        "that runtime, on the CPU (pip install 'fcnseg[onnxruntime]' or 'fcnseg[openvino]'); a graph "
+        "is built per input size (seconds to a minute for VGG16), then reused",
+    )
+    parser.add_argument(
+        "--calibration",
+        metavar="DIR",
+        default=None,
+        help="--precision int8: a folder of a few images like the ones to segment (training images, "
+        "not those you score), to calibrate the int8 ranges on",
+    )
 
 
 def add_max_megapixels(parser: argparse.ArgumentParser, refused: str) -> None:

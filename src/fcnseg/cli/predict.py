@@ -19,13 +19,22 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from fcnseg.cli.options import add_device, add_max_megapixels, add_weights, fraction, positive
+from fcnseg.cli.options import (
+    add_device,
+    add_inference,
+    add_max_megapixels,
+    add_threads,
+    add_weights,
+    fraction,
+    positive,
+    set_threads,
+)
 from fcnseg.data.images import read_image
+from fcnseg.devices import resolve_device
 from fcnseg.files import DISK_FULL, WriteError
 from fcnseg.infer import crf
 from fcnseg.infer.detect import MIN_SCORE
 from fcnseg.infer.edge_outputs import EDGE_OUTPUTS
-from fcnseg.infer.predict import PRECISIONS, resolve_device
 from fcnseg.infer.tiling import parse_memory
 from fcnseg.tasks import Task, task_of
 from fcnseg.tasks.common import InferenceOptions
@@ -121,6 +130,8 @@ def _options(args: argparse.Namespace) -> InferenceOptions:
         tta_scales=args.tta_scales,
         crf=args.crf,
         precision=args.precision,
+        backend=args.backend,
+        calibration=args.calibration,
         max_memory=args.max_memory,
         batch_size=args.batch_size,
         edge_output=args.edge_output or "fuse",
@@ -232,6 +243,8 @@ def _predict(
 
 
 def run(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
+    device = resolve_device(args.device)
     weights, out = Path(args.weights), Path(args.out)
     files, failures = collect_inputs(args.inputs)
     model = load(weights)
@@ -242,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
     _check_out_is_no_input_folder(out, args.inputs, files)
     _check_no_overwrite(files, weights, [out / (s + x) for s in stems for x in suffixes])
     _prepare_out(out)
-    model.to(resolve_device(args.device))
+    model.to(device)
     start = time.perf_counter()
     try:
         done = (
@@ -346,14 +359,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         f"on the CPU; needs pip install '{crf.EXTRA}')",
     )
     add_device(parser)
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="fp32",
-        help="fp32: exact; bf16: the net in bfloat16, faster where the hardware has it (CPUs with "
-        "AVX512-BF16 or AMX, recent GPUs), labels may differ at a few pixels; auto: bf16 where the "
-        "hardware has it, else fp32",
-    )
+    add_threads(parser)
+    add_inference(parser)
     parser.add_argument(
         "--max-memory",
         type=_memory,

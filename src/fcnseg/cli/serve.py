@@ -7,9 +7,19 @@ import ipaddress
 import sys
 from pathlib import Path
 
-from fcnseg.cli.options import add_device, add_max_megapixels, add_weights, positive, positive_float
-from fcnseg.infer.predict import resolve_device
+from fcnseg.cli.options import (
+    add_device,
+    add_inference,
+    add_max_megapixels,
+    add_threads,
+    add_weights,
+    positive,
+    positive_float,
+    set_threads,
+)
+from fcnseg.devices import resolve_device
 from fcnseg.serve import MAX_QUEUE, TIMEOUT
+from fcnseg.tasks.common import InferenceOptions
 from fcnseg.weights.load import load
 
 
@@ -23,10 +33,17 @@ def _is_loopback(host: str) -> bool:
 def run(args: argparse.Namespace) -> int:
     from fcnseg.serve import app as web  # needs the serve extra: say so before loading anything
 
+    set_threads(args.threads)
+    device = resolve_device(args.device)
     # A taken port fails before a model is loaded (or downloaded).
     with web.listen(args.host, args.port) as sock:
-        model = load(args.weights).to(resolve_device(args.device))
-        predictor = web.Predictor(model, Path(args.weights).name, max_pixels=args.max_megapixels)
+        model = load(args.weights).to(device)
+        options = InferenceOptions(
+            precision=args.precision, backend=args.backend, calibration=args.calibration
+        )
+        predictor = web.Predictor(
+            model, Path(args.weights).name, max_pixels=args.max_megapixels, options=options
+        )
         classes = f", {model.num_classes} classes" if predictor.info()["classes"] else ""
         print(
             f"fcnseg serve: {args.weights} ({model.config['arch']}, {predictor.task.name}{classes}) "
@@ -80,4 +97,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(else HTTP 503); a forward pass that has begun runs to its end",
     )
     add_device(parser)
+    add_inference(parser)
+    add_threads(parser)
     parser.set_defaults(run=run)

@@ -10,7 +10,7 @@ from typing import Any
 
 from fcnseg import distributed
 from fcnseg.cli import shown_default
-from fcnseg.cli.options import add_threads, integers, set_threads
+from fcnseg.cli.options import DEVICE_HELP, add_threads, device_name, integers, set_threads
 from fcnseg.data.preprocess import PRESETS
 from fcnseg.data.registry import DATASETS, MODALITY_CHANNELS
 from fcnseg.errors import ConfigError
@@ -183,7 +183,7 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
     ),
     ("--val-batch-size", {"type": int}),
     ("--workers", {"type": int, "help": "DataLoader worker processes"}),
-    ("--device", {"help": "cpu or cuda (default: cuda when available)"}),
+    ("--device", {"type": device_name, "help": DEVICE_HELP}),
     (
         "--out",
         {"help": "run folder: config.toml, last.pt, best.pt, log.csv, steps.csv, curves.png, test.json"},

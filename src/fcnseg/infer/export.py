@@ -24,12 +24,14 @@ from typing import Any
 import torch
 
 import fcnseg
+from fcnseg.accel.graphs import CanvasGraph, onnx_graph, padded_graph
+from fcnseg.accel.quantize import Calibration
 from fcnseg.data.preprocess import Preprocessing, get_preprocessing, preprocessing_of
 from fcnseg.errors import MissingExtraError
 from fcnseg.files import atomic_write_path
 from fcnseg.models.fcn import FCN
 
-__all__ = ["export_onnx", "export_torchscript", "onnx_metadata"]
+__all__ = ["export_onnx", "export_runtime_onnx", "export_torchscript", "onnx_metadata"]
 
 EXAMPLE_SIZE = 64
 """Side of the example input traced; any size works since every dimension but channels is dynamic."""
@@ -125,6 +127,50 @@ def export_onnx(
             _export_graph(model, tmp, dynamo, opset)
         graph = onnx.load(tmp)
         onnx.helper.set_model_props(graph, onnx_metadata(model))
+        onnx.save(graph, tmp)
+
+    return atomic_write_path(Path(path), write)
+
+
+def export_runtime_onnx(
+    model: FCN,
+    path: str | os.PathLike,
+    *,
+    size: tuple[int, int] | None = None,
+    calibration: Calibration | None = None,
+) -> Path:
+    """Write the graph a runtime backend runs (:mod:`fcnseg.accel.runtimes`) as ONNX.
+
+    With ``size`` (H, W): the trimmed canvas graph for inputs of that size (dynamic batch), the
+    work the padded net spends on its padding skipped; without, the padded net for any size.
+    With ``calibration``: int8, the trunk between QuantizeLinear/DequantizeLinear pairs (weights
+    per output channel, stored as int8) that onnxruntime and OpenVINO run in integers. The
+    metadata says which graph it is (``graph``) and holds the calibration (``int8``).
+    """
+    try:
+        import onnx
+    except ImportError as error:
+        raise MissingExtraError(f"ONNX export needs the export extra: pip install '{EXTRA}'") from error
+
+    model = model.eval().cpu()
+    if size is None:
+        module, example, described = (
+            padded_graph(model, calibration),
+            torch.zeros(1, model.in_channels, 64, 64),
+            "padded net, any input size",
+        )
+    else:
+        module, example = CanvasGraph(model, *size, calibration), torch.zeros(1, model.in_channels, *size)
+        described = f"trimmed canvas for {size[0]}x{size[1]} inputs only"
+    meta = {**onnx_metadata(model), "graph": described, "precision": "int8" if calibration else "fp32"}
+    if calibration is not None:
+        meta["int8"] = json.dumps(calibration.to_dict())
+
+    def write(tmp: Path) -> None:
+        with torch.no_grad():
+            module(example)  # the head's constant matrices, computed before the trace records them
+            graph = onnx_graph(module, example, dynamic_size=size is None)
+        onnx.helper.set_model_props(graph, meta)
         onnx.save(graph, tmp)
 
     return atomic_write_path(Path(path), write)

@@ -81,9 +81,10 @@ def output_stride(model: FCN | LateFusionFCN) -> int:
 
 
 def available_memory(device: torch.device) -> int:
-    """Bytes free now on ``device``: MemAvailable of /proc/meminfo for CPU, the allocator for CUDA."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+    """Bytes free now on ``device``: the allocator's count for CUDA and XPU, else MemAvailable of
+    /proc/meminfo (the CPU's memory, which MPS shares)."""
+    if device.type in ("cuda", "xpu"):
+        return int(getattr(torch, device.type).mem_get_info(device)[0])
     try:
         with open("/proc/meminfo") as f:
             for line in f:

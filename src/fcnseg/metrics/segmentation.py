@@ -9,7 +9,7 @@ batches and over the processes of a ``torchrun``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -178,6 +178,7 @@ def evaluate_confusion(
     context: distributed.Context | None = None,
     progress: bool = False,
     crf: CRFSettings | None = None,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The (num_classes, num_classes) confusion matrix of ``model`` over ``dataset``.
 
@@ -185,7 +186,9 @@ def evaluate_confusion(
     at their own size; batches of several are padded with the ignore label, which the
     matrix skips. Under ``torchrun`` (``context``, whose device is used) each process
     scores every ``world_size``-th image and the matrices are summed. With ``crf`` the
-    labels scored are the dense CRF's over each image's softmax (on the CPU).
+    labels scored are the dense CRF's over each image's softmax (on the CPU). ``forward`` gives the
+    scores (default: :func:`fcnseg.accel.for_inference`, float32; see
+    :func:`fcnseg.infer.predict.inference_forward` for other precisions and backends).
     """
     context = context or distributed.Context(device=torch.device(device))
     shard = list(range(context.rank, len(dataset), context.world_size))
@@ -204,7 +207,7 @@ def evaluate_confusion(
             tqdm(loader, desc="validate", leave=False, disable=not progress), batches, strict=True
         ):
             labels = labels.to(context.device)
-            scores = for_inference(model)(images.to(context.device))
+            scores = (forward or for_inference(model))(images.to(context.device))
             pred = scores.argmax(1) if crf is None else _refined(scores, dataset, indices, crf)
             confusion += confusion_matrix(pred, labels, num_classes, IGNORE_INDEX)
     model.train(was_training)

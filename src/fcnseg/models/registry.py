@@ -3,7 +3,7 @@ SSD512), ``build_model``, the one way to make them, and ``register_model``, whic
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, KeysView
 from typing import Any
 
 from torch import nn
@@ -160,7 +160,7 @@ def _side_output_net(net: type[HED] | type[FSDS]):
     return build
 
 
-ARCHITECTURES: dict[str, Callable[..., FCN]] = {
+SEGMENTATION_NETS: dict[str, Callable[..., FCN]] = {
     "fcn32s": _fcn(_vgg16),
     "fcn32s-fixed": _fcn32s_fixed,
     "fcn16s": _fcn(_vgg16, SKIP_STRIDES["fcn16s"]),  # pool4
@@ -227,12 +227,16 @@ DETECTORS: dict[str, Callable[..., SSD]] = {
 layers follow fc7's width unless ``extra_widths`` gives each its own."""
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    **ARCHITECTURES,
+    **SEGMENTATION_NETS,
     **SIDE_OUTPUT_NETS,
     **DETECTORS,
 }
 """Every name ``build_model`` knows: the FCNs, HED and FSDS, the detectors, and the nets registered
 with :func:`register_model`."""
+
+ARCHITECTURES: KeysView[str] = BUILDERS.keys()
+"""The name of every net :func:`build_model` knows: fcnseg's FCNs, HED, FSDS and detectors, then any
+registered since (a live, read-only view of :data:`BUILDERS`)."""
 
 BUILT_IN = frozenset(BUILDERS)
 """fcnseg's own names, which :func:`register_model` leaves alone."""

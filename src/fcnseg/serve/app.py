@@ -41,6 +41,7 @@ from fcnseg.data.preprocess import get_preprocessing, preprocessing_of
 from fcnseg.data.synthetic import make_sample, sample_seed
 from fcnseg.errors import MissingExtraError
 from fcnseg.infer.detect import MIN_SCORE
+from fcnseg.infer.predict import inference_forward
 from fcnseg.infer.tiling import MemoryBudgetError
 from fcnseg.serve import MAX_QUEUE, TIMEOUT
 from fcnseg.tasks import TASKS, get_task
@@ -113,13 +114,19 @@ class Predictor:
     label maps, edge or skeleton maps, or boxes."""
 
     def __init__(
-        self, model: torch.nn.Module, name: str = "model", max_pixels: int | None = MAX_PIXELS
+        self,
+        model: torch.nn.Module,
+        name: str = "model",
+        max_pixels: int | None = MAX_PIXELS,
+        options: InferenceOptions | None = None,
     ) -> None:
         task = model.task
         if task not in SHOWN:
             raise ValueError(f"{name}: a net of the {task} task; fcnseg serve shows {', '.join(SHOWN)}")
         self.task = get_task(task)
-        self.task.check_prediction(model, InferenceOptions(), name)
+        self.options = options or InferenceOptions()
+        """How the net runs (precision, backend, calibration): ``fcnseg serve``'s flags."""
+        self.task.check_prediction(model, self.options, name)
         if model.in_channels != 3:
             raise ValueError(
                 f"{name}: model takes {model.in_channels} input channels; the page sends RGB images"
@@ -128,10 +135,16 @@ class Predictor:
         self.name = name
         self.max_pixels = max_pixels
         self._lock = threading.Lock()
-        # A first pass warms the model up (and builds a segmentation net's fast twin, fcnseg.accel),
-        # so that no request's time includes it.
         start = time.perf_counter()
-        self._forward(np.zeros((32, 32, 3), np.uint8))
+        if self.options.backend == "torch":
+            # A first pass warms the model up (and builds a segmentation net's fast twin,
+            # fcnseg.accel), so that no request's time includes it.
+            self._forward(np.zeros((32, 32, 3), np.uint8))
+        else:
+            # The runtime and the int8 calibration now (a missing extra fails here); a runtime
+            # compiles a graph per input size, so the first request of each size builds its own.
+            o = self.options
+            inference_forward(model, o.precision, o.backend, o.calibration)
         # then a running mean of the time a request holds the model, for Retry-After
         self.seconds = time.perf_counter() - start
 
@@ -146,13 +159,15 @@ class Predictor:
             "num_classes": self.model.num_classes,
             "preprocess": asdict(get_preprocessing(preprocessing_of(self.model))),
             "device": str(next(self.model.parameters()).device),
+            "backend": self.options.backend,
+            "precision": self.options.precision,
             "max_pixels": self.max_pixels,
             "outputs": [self.task.name],
             **self.task.page_info(self.model),
         }
 
     def _forward(self, image: np.ndarray) -> Any:
-        return self.task.predict_images(self.model, image[None], InferenceOptions())[0]
+        return self.task.predict_images(self.model, image[None], self.options)[0]
 
     def predict(self, data: bytes, name: str, deadline: float = math.inf) -> Prediction:
         """Decode an uploaded file and run the model on it.

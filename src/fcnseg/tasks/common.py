@@ -57,6 +57,10 @@ class InferenceOptions:
     tta_scales: tuple[float, ...] | None = None
     crf: bool = False
     precision: str = "fp32"
+    backend: str = "torch"
+    """What runs the net: ``torch``, ``onnxruntime`` or ``openvino`` (:data:`fcnseg.infer.predict.BACKENDS`)."""
+    calibration: Any = None
+    """int8's calibration: a folder of images or a :class:`~fcnseg.accel.quantize.Calibration`."""
     max_memory: int | None = None
     batch_size: int = 1
     edge_output: str = "fuse"
@@ -128,6 +132,8 @@ class TaskBase:
     """Which of :data:`REFINEMENTS` this task's nets take."""
     serves = True
     """Whether ``fcnseg serve``'s page has a view of this task's results."""
+    runtimes = False
+    """Whether this task's nets run on the runtime backends and in int8 (FCNs)."""
 
     def evaluate(
         self, model: nn.Module, dataset: Dataset, config: TrainConfig, context: Context, progress: bool
@@ -138,6 +144,12 @@ class TaskBase:
 
     def check_options(self, model: nn.Module, options: InferenceOptions, source: str) -> None:
         """Refuse, before any work, the refinements ``options`` asks for that this task's nets cannot give."""
+        if not self.runtimes and (options.backend != "torch" or options.precision == "int8"):
+            asked = f"--backend {options.backend}" if options.backend != "torch" else "--precision int8"
+            raise ValueError(
+                f"{asked}: the runtime backends and int8 run FCN segmentation nets; "
+                f"{source} is a net of the {self.name} task (it runs on torch)"
+            )
         refused = [name for name in options.refinements() if name not in self.takes]
         if refused:
             flags = ", ".join(f"--{name.replace('_', '-')}" for name in refused)

@@ -23,7 +23,7 @@ from fcnseg.data.voc import VOC_CLASSES
 from fcnseg.files import atomic_write
 from fcnseg.infer import crf
 from fcnseg.infer.overlay import colorize, figure, overlay
-from fcnseg.infer.predict import predict_batch
+from fcnseg.infer.predict import inference_forward, predict_batch
 from fcnseg.metrics.segmentation import evaluate_confusion, format_metrics, scores
 from fcnseg.models.fcn import FCN
 from fcnseg.models.flops import compute_cost
@@ -71,6 +71,7 @@ class SegmentationTask(TaskBase):
     synthetic = SyntheticSegmentation
     datasets_known = ("synthetic", "folder", "voc", "sbd", "nyud", "siftflow", "context")
     takes = REFINEMENTS
+    runtimes = True
 
     def datasets(self, config: TrainConfig) -> tuple[Dataset, Dataset | None]:
         """The synthetic set; a folder with a second one or a held-out share; or a data set's splits
@@ -160,6 +161,9 @@ class SegmentationTask(TaskBase):
             context=context,
             progress=progress,
             crf=crf.CRFSettings() if options.crf else None,
+            forward=inference_forward(
+                model, options.precision, options.backend, options.calibration, context.device
+            ),
         )
         return scores(confusion)
 
@@ -207,6 +211,8 @@ class SegmentationTask(TaskBase):
             max_memory=options.max_memory,
             precision=options.precision,
             crf=crf.CRFSettings() if options.crf else None,
+            backend=options.backend,
+            calibration=options.calibration,
         )
         return [(labels[i], probs[i] if options.probs else None) for i in range(len(labels))]
 

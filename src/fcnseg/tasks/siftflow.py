@@ -14,7 +14,6 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from fcnseg import distributed
-from fcnseg.accel import for_inference
 from fcnseg.data.datasets import IGNORE_INDEX, DataError
 from fcnseg.data.preprocess import get_preprocessing, preprocess, preprocessing_of
 from fcnseg.data.registry import DEFAULT_SPLITS
@@ -22,7 +21,7 @@ from fcnseg.data.siftflow import SIFTFLOW_HEAD_NAMES, SIFTFLOW_HEADS, SiftFlowSe
 from fcnseg.data.transforms import NetPairs, pad_collate
 from fcnseg.errors import ConfigError
 from fcnseg.infer.overlay import figure
-from fcnseg.infer.predict import predict_batch
+from fcnseg.infer.predict import inference_forward, predict_batch
 from fcnseg.metrics.segmentation import confusion_matrix, format_metrics, scores
 from fcnseg.models.heads import MultiHeadFCN
 from fcnseg.models.registry import build_model
@@ -77,6 +76,7 @@ class SiftFlowTask(SegmentationTask):
     curves = {"sem_mean_iu": "semantic mean IU", "geo_pixel_acc": "geometric pixel acc."}
     datasets_known = ("siftflow",)
     takes = ()
+    runtimes = True
     serves = False
 
     def datasets(self, config: TrainConfig) -> tuple[Dataset, Dataset | None]:
@@ -185,10 +185,13 @@ class SiftFlowTask(SegmentationTask):
         confusions = [torch.zeros(n, n, dtype=torch.int64, device=context.device) for n in model.heads]
         was_training = model.training
         model.eval()
+        forward = inference_forward(
+            model, options.precision, options.backend, options.calibration, context.device
+        )
         with torch.no_grad():
             for images, labels in tqdm(loader, desc="validate", leave=False, disable=not progress):
                 labels = labels.to(context.device)
-                for i, part in enumerate(model.split(for_inference(model)(images.to(context.device)))):
+                for i, part in enumerate(model.split(forward(images.to(context.device)))):
                     confusions[i] += confusion_matrix(
                         part.argmax(1), labels[:, i], model.heads[i], IGNORE_INDEX
                     )
@@ -238,7 +241,14 @@ class SiftFlowTask(SegmentationTask):
         self, model: nn.Module, images: np.ndarray, options: InferenceOptions
     ) -> list[dict[str, np.ndarray]]:
         """(N, H, W, 3) uint8 images of one size -> per image each head's (H, W) label map by head name."""
-        labels, _ = predict_batch(model, images, max_memory=options.max_memory, precision=options.precision)
+        labels, _ = predict_batch(
+            model,
+            images,
+            max_memory=options.max_memory,
+            precision=options.precision,
+            backend=options.backend,
+            calibration=options.calibration,
+        )
         return [{head: maps[i] for head, maps in labels.items()} for i in range(len(images))]
 
     def prediction_suffixes(self, model: nn.Module, options: InferenceOptions) -> list[str]:

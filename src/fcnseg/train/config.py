@@ -203,7 +203,7 @@ class TrainConfig:
     checkpoint_every: float | str = 600.0
     val_batch_size: int = 1
     workers: int = 0
-    device: str | None = None
+    device: str | None = None  # a torch device (cpu, cuda, cuda:1, mps, xpu); None or "auto": CUDA if there
     out: str = "runs/fcn"
     # TensorBoard event files in out (the tensorboard extra): each step's loss and lr, each
     # validation's metrics and pictures of a few predictions

@@ -42,7 +42,7 @@ from fcnseg.accel import for_training
 from fcnseg.data.datasets import DataError
 from fcnseg.errors import ConfigError, FcnsegError
 from fcnseg.files import WriteError
-from fcnseg.infer.predict import cpu_has_native_bf16
+from fcnseg.infer.predict import has_native_bf16
 from fcnseg.logs import show_bars
 from fcnseg.tasks import Task, get_task
 from fcnseg.train.board import Board, pictures, require_tensorboard
@@ -499,8 +499,7 @@ def _check_amp(amp: str, context: distributed.Context) -> None:
     device = context.device
     if amp == "fp16" and device.type != "cuda":
         raise ConfigError(f"amp fp16 trains on CUDA only, not on {device.type}; on the CPU use bf16 (or off)")
-    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
-    if amp == "bf16" and not native and context.is_main:
+    if amp == "bf16" and not has_native_bf16(device) and context.is_main:
         log.warning(
             f"amp bf16: this {device.type.upper()} has no native bfloat16 arithmetic; it is emulated, "
             "and training will be slower than in float32"

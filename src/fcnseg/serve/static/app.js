@@ -42,6 +42,10 @@ function duration(seconds) {
 }
 
 async function start() {
+  // The API section's examples name this server as the browser reaches it.
+  for (const url of document.querySelectorAll(".api-url")) {
+    url.textContent = new URL(url.dataset.route, location.href);
+  }
   try {
     const response = await fetch("info");
     state.info = await response.json();
