@@ -207,16 +207,8 @@ def scores(per_image: Sequence[np.ndarray]) -> dict[str, float]:
     return {"ods": ods, "ois": ois, "ap": ap}
 
 
-def evaluate_edges(
-    predictions: Sequence[np.ndarray],
-    ground_truths: Sequence[Sequence[np.ndarray]],
-    *,
-    max_dist: float = EDGE_MAX_DIST,
-    nms: bool = True,
-) -> dict[str, float]:
-    """ODS, OIS and AP of edge maps (each (H, W) in [0, 1]) against each image's annotators' boundary
-    maps (a list of (H, W) bool maps per image), as the BSDS benchmark scores them. Every image is
-    checked first and all problems (sizes, NaN, values outside [0, 1]) are raised together."""
+def _check_all(predictions: Sequence[np.ndarray], ground_truths: Sequence[Sequence[np.ndarray]]) -> None:
+    """Every image's :func:`problems`, raised together: one run reports all that is wrong."""
     if len(predictions) != len(ground_truths):
         raise ValueError(f"{len(predictions)} predictions but {len(ground_truths)} ground truths")
     if not predictions:
@@ -230,6 +222,19 @@ def evaluate_edges(
         raise ValueError(
             f"{len(found)} problem(s) with the predictions or ground truths:\n  " + "\n  ".join(found)
         )
+
+
+def evaluate_edges(
+    predictions: Sequence[np.ndarray],
+    ground_truths: Sequence[Sequence[np.ndarray]],
+    *,
+    max_dist: float = EDGE_MAX_DIST,
+    nms: bool = True,
+) -> dict[str, float]:
+    """ODS, OIS and AP of edge maps (each (H, W) in [0, 1]) against each image's annotators' boundary
+    maps (a list of (H, W) bool maps per image), as the BSDS benchmark scores them. Every image is
+    checked first and all problems (sizes, NaN, values outside [0, 1]) are raised together."""
+    _check_all(predictions, ground_truths)
     return scores(
         [
             edge_counts(p, t, max_dist=max_dist, nms=nms)
@@ -248,19 +253,7 @@ def evaluate_skeletons(
     bool skeleton per image, as FSDS's evaluation computes them (:func:`skeleton_counts`: each map
     divided by its maximum, the same NMS, 100 thresholds, their tolerance). ``ods`` is the
     F-measure these benchmarks report. Every image is checked first, as :func:`evaluate_edges` does."""
-    if len(predictions) != len(ground_truths):
-        raise ValueError(f"{len(predictions)} predictions but {len(ground_truths)} ground truths")
-    if not predictions:
-        raise ValueError("nothing to evaluate: no predictions")
-    found = [
-        f"image {i}: {p}"
-        for i, (prediction, truth) in enumerate(zip(predictions, ground_truths, strict=True))
-        for p in problems(prediction, [truth])
-    ]
-    if found:
-        raise ValueError(
-            f"{len(found)} problem(s) with the predictions or ground truths:\n  " + "\n  ".join(found)
-        )
+    _check_all(predictions, [[truth] for truth in ground_truths])
     return scores(
         [skeleton_counts(p, t, max_dist=max_dist) for p, t in zip(predictions, ground_truths, strict=True)]
     )
