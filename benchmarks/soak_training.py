@@ -112,7 +112,8 @@ def check_folder(out: Path) -> tuple[int | None, int, int]:
 
 
 def same_run(a: Path, b: Path) -> list[str]:
-    """What differs between two runs' last.pt: weights, optimiser state, log (times aside)."""
+    """What differs between two runs: last.pt's weights, optimiser state and log, and steps.csv (times
+    aside)."""
     x, y = (torch.load(p / "last.pt", weights_only=True) for p in (a, b))
     differ = [
         f"weight {k}" for k in x["state_dict"] if not torch.equal(x["state_dict"][k], y["state_dict"][k])
@@ -122,6 +123,8 @@ def same_run(a: Path, b: Path) -> list[str]:
     ):
         differ += [f"optimizer {i} {k}" for k in s if not torch.equal(s[k], t[k])]
     rows = [[{k: v for k, v in r.items() if k != "seconds"} for r in run["history"]] for run in (x, y)]
+    steps = [[line.rpartition(",")[0] for line in (p / "steps.csv").read_text().splitlines()] for p in (a, b)]
+    differ += ["steps.csv"] if steps[0] != steps[1] else []
     return differ + (["log"] if rows[0] != rows[1] else []) + (["step"] if x["step"] != y["step"] else [])
 
 
@@ -188,7 +191,14 @@ def report(
         f"| {i} | {k.after:.1f} | {'none yet' if k.step is None else k.step} | {k.unfinished} | {k.loaded} |"
         for i, k in enumerate(kills, 1)
     ]
-    identical = not differ and left == ["best.pt", "curves.png", "last.pt", "log.csv"]
+    identical = not differ and left == [
+        "best.pt",
+        "config.toml",
+        "curves.png",
+        "last.pt",
+        "log.csv",
+        "steps.csv",
+    ]
     text = "\n".join(
         [
             "### Training killed with SIGKILL, resumed: the same bits",
@@ -208,7 +218,7 @@ def report(
             *rows,
             "",
             f"- kills survived: {len(kills)} of {args.kills}; after the last resume the weights, optimiser "
-            f"state and log are {'bit-identical to' if identical else 'DIFFERENT from'} the run never killed"
+            f"state, log and steps.csv are {'bit-identical to' if identical else 'DIFFERENT from'} the run never killed"
             + (f" ({', '.join(differ[:5])})" if differ else "")
             + f"; the folder holds {', '.join(left)}",
             f"- the run never killed: {straight:.1f} s with a checkpoint at every step, {sparse:.1f} s with "

@@ -1,5 +1,6 @@
 """Shared pytest fixtures."""
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,17 @@ def one_thread(monkeypatch):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def fcnseg_logging():
+    """Each test starts with the "fcnseg" logger as the library leaves it: the handler and level that
+    a test's ``fcnseg.cli.main`` set up do not reach the next test."""
+    logger = logging.getLogger("fcnseg")
+    handlers, level = list(logger.handlers), logger.level
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,15 @@
 """Tests for ``fcnseg train`` and ``fcnseg evaluate``, and for the recipe files."""
 
+import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import fcnseg
+import fcnseg.infer.predict as predict_module
 from fcnseg.cli import main
 from fcnseg.cli.train import load_recipe
 from fcnseg.data.synthetic import write_synthetic_folder
@@ -156,3 +159,49 @@ def test_evaluate_on_cuda_without_cuda_says_so(tmp_path, capsys, monkeypatch):
         main(["evaluate", str(weights), "synthetic", "--images", "1", "--device", "cuda"])
     assert stopped.value.code == 2
     assert "device 'cuda' is not available here: torch finds no CUDA device" in capsys.readouterr().err
+
+
+def test_status_lines_and_warnings_show_with_or_without_quiet_and_no_bar_off_a_terminal(
+    tmp_path, capsys, monkeypatch
+):
+    """stderr is no terminal here: no progress bar either way, so no carriage return nor escape code."""
+    monkeypatch.setattr(predict_module, "cpu_has_native_bf16", lambda: False)  # a warning to show
+    args = [
+        "train",
+        "--arch",
+        "fcn32s",
+        *TINY,
+        *SYNTHETIC,
+        "--max-steps",
+        "6",
+        "--amp",
+        "bf16",
+        "--threads",
+        "1",
+    ]
+    warning = (
+        "warning: amp bf16: this CPU has no native bfloat16 arithmetic; it is emulated, and training will "
+        "be slower than in float32"
+    )
+    for quiet in ([], ["--quiet"]):
+        assert main([*args, *quiet, "--out", str(tmp_path / f"run{len(quiet)}")]) == 0
+        said = capsys.readouterr()
+        assert "trained fcn32s for 6 steps" in said.out
+        assert "\r" not in said.err and "\x1b" not in said.err
+        lines = said.err.splitlines()
+        assert lines[:2] == [warning, "training from scratch (narrow widths (4, 8, 8, 16, 16, 32))"]
+        assert len(lines) == 3 and lines[2].startswith("about ") and " per step: " in lines[2]
+
+
+def test_a_progress_bar_is_drawn_on_a_terminal_unless_quiet(tmp_path, monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    args = ["train", "--arch", "fcn32s", *TINY, *SYNTHETIC, "--max-steps", "2", "--threads", "1"]
+    for quiet in ([], ["--quiet"]):
+        monkeypatch.setattr(sys, "stderr", Terminal())
+        assert main([*args, *quiet, "--out", str(tmp_path / f"run{len(quiet)}")]) == 0
+        drawn = sys.stderr.getvalue()
+        assert "training from scratch" in drawn
+        assert ("\r" in drawn and "2/2" in drawn) == (not quiet)

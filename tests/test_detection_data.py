@@ -4,6 +4,7 @@ boxes, and the detection task through the one training loop."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import numpy as np
@@ -48,7 +49,7 @@ def test_evaluate_a_detector_on_voc2007_test(voc, tmp_path, capsys):
     assert sum(not math.isnan(ap) for ap in metrics["ap"]) == 1  # only person has a box in 2007 test
 
 
-def test_voc07_plus_12_reads_boxes_classes_and_difficult_flags(voc):
+def test_voc07_plus_12_reads_boxes_classes_and_difficult_flags(voc, caplog):
     train = voc_detection_split("2007-trainval+2012-trainval", voc)
     assert len(train) == 2 and train.num_classes == 21
     image, target = train[0]
@@ -57,9 +58,9 @@ def test_voc07_plus_12_reads_boxes_classes_and_difficult_flags(voc):
     assert target["labels"].tolist() == [12, 8] and target["difficult"].tolist() == [False, True]  # dog, cat
     assert train[1][1]["labels"].tolist() == [7]  # car, from VOC2012
     assert check_annotations(train) == 3
-    said = []
-    DetectionTask().check_data(train, voc_detection_split("2007-test", voc), said.append, progress=False)
-    assert said == ["data: 2 training and 1 validation images, 4 boxes; 20 classes"]
+    caplog.set_level(logging.INFO, logger="fcnseg")
+    DetectionTask().check_data(train, voc_detection_split("2007-test", voc), progress=False)
+    assert caplog.messages == ["data: 2 training and 1 validation images, 4 boxes; 20 classes"]
     with pytest.raises(ValueError, match="<year>-<split>"):
         voc_detection_split("trainval", voc)
 

@@ -81,7 +81,10 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path):
     # Losses and metrics are reduced over processes: every rank logs the same values.
     drop_time = [[v for k, v in row.items() if k != "seconds"] for row in history]
     assert drop_time == [[v for k, v in row.items() if k != "seconds"] for row in rank1["history"]]
-    assert sorted(os.listdir(out)) == ["best.pt", "curves.png", "last.pt", "log.csv"]
+    files = ["best.pt", "config.toml", "curves.png", "last.pt", "log.csv", "steps.csv"]
+    assert sorted(os.listdir(out)) == files
+    steps = (out / "steps.csv").read_text().splitlines()  # rank 0's, of the loss averaged over both
+    assert [line.split(",")[0] for line in steps] == ["step", *map(str, range(1, 13))]
     saved = torch.load(out / "last.pt", weights_only=True)
     assert len(saved["rng"]) == 2  # one generator state per process, for an exact resume
 
@@ -120,7 +123,6 @@ def test_torchrun_cli(tmp_path):
         "1",
         "--device",
         "cpu",
-        "--quiet",
         "--out",
         str(out),
     ]
@@ -128,6 +130,7 @@ def test_torchrun_cli(tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("trained fcn32s for 2 steps") == 1  # only rank 0 reports
+    assert done.stderr.count("training from scratch (narrow widths") == 1  # and says what it does
     assert torch.load(out / "last.pt", weights_only=True)["step"] == 2
 
 

@@ -412,7 +412,7 @@ def test_bad_files_are_listed_together(tmp_path):
         _image(data / "images" / "train" / f"{name}.jpg", (6, 8), 0)
         (data / "groundTruth" / "train" / f"{name}.mat").write_bytes(b"not a MAT-file")
     with pytest.raises(DataError, match="2 sample") as error:
-        EdgeTask().check_data(BSDS500(tmp_path, "train"), None, print, progress=False)
+        EdgeTask().check_data(BSDS500(tmp_path, "train"), None, progress=False)
     assert ["a.mat" in error.value.problems[0], "b.mat" in error.value.problems[1]] == [True, True]
 
 

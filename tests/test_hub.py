@@ -330,7 +330,7 @@ def test_init_imagenet_resolves_to_the_converted_classifier(server, registry, mo
         arch="fcn16s", widths=FIXTURE_WIDTHS, init="imagenet", preprocess="imagenet", progress=False
     )
     model = fcnseg.build_model("fcn16s", 5, widths=FIXTURE_WIDTHS)
-    initialise(model, config, initial_weights(config, say=print), say=print)
+    initialise(model, config, initial_weights(config))
     assert torch.equal(model.backbone.conv1_1.weight, state["features.0.weight"])
     assert torch.equal(model.backbone.conv5_3.weight, state["features.28.weight"])
     assert torch.equal(model.backbone.fc6.weight, state["classifier.0.weight"].reshape(64, 32, 7, 7))
@@ -518,7 +518,7 @@ def test_published_trunks_start_their_nets(server, monkeypatch, tmp_path):
     )
     config = TrainConfig(task="edges", widths=widths, init="vgg16-hed", preprocess="caffe", progress=False)
     model = fcnseg.build_model("hed", widths=widths)
-    initialise(model, config, initial_weights(config, say=print), say=print)
+    initialise(model, config, initial_weights(config))
     assert torch.equal(model.backbone.conv4_2.weight, torch.from_numpy(hed_blobs["conv4_2"]))
     assert torch.count_nonzero(getattr(model, "score-dsn3").weight) == 0  # the sides start as HED's
     assert hub.is_cached("vgg16-hed") and hub.resolve("vgg16-hed", "fsds", widths).name == "vgg16-hed.fsds.pt"
@@ -732,7 +732,7 @@ def test_offline_without_a_mirror_says_how_to_set_one(registry, monkeypatch, tmp
     assert "then run `fcnseg weights get voc-fcn8s`, which checks it and converts it" in message
 
 
-def test_training_advice_offline_works_when_followed(server, registry):
+def test_training_advice_offline_works_when_followed(server, registry, caplog):
     """Offline, "auto" trains from scratch and names the command that fetches the ImageNet weights
     once; that command, and the one in the error, work once the file can be had."""
     buffer = io.BytesIO()
@@ -742,10 +742,10 @@ def test_training_advice_offline_works_when_followed(server, registry):
     registry["vgg16-torchvision"] = dataclasses.replace(
         tv_entry(sha256=hashlib.sha256(data).hexdigest()), widths=VGG16_WIDTHS
     )
-    said: list[str] = []
     config = TrainConfig(arch="fcn8s", progress=False)
-    assert initial_weights(config, say=said.append) is None  # from scratch: the mirror has no copy
-    advice = said[0]
+    with caplog.at_level(logging.INFO, logger="fcnseg.train.initial"):
+        assert initial_weights(config) is None  # from scratch: the mirror has no copy
+    advice = next(r.getMessage() for r in caplog.records if r.name == "fcnseg.train.initial")
     assert advice.startswith(
         "training from scratch: ImageNet weights (imagenet) cannot be had: could not download"
     )
@@ -760,7 +760,7 @@ def test_training_advice_offline_works_when_followed(server, registry):
     server.files[TV_PATH] = data  # network again (here: the mirror has it)
     assert main(fetch_once) == 0
     server.files.clear()  # and offline again: every later run starts from them
-    initial = initial_weights(config, say=said.append)
+    initial = initial_weights(config)
     assert initial is not None and initial["source"] == "imagenet"
     assert torch.equal(
         initial["state_dict"]["backbone.conv1_1.weight"], torchvision_vgg16_state()["features.0.weight"]

@@ -1,6 +1,8 @@
 """The nets of the original repository beyond the VOC ones: SIFT Flow's two heads, NYUD's late fusion
 of colour and HHA, and the early-fusion RGB-D first layer."""
 
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -80,7 +82,7 @@ def test_late_fusion_equals_upsampling_the_averaged_scores_as_the_original(tmp_p
         build_model("fcn32s-late-fusion", 5, widths=TINY, in_channels=4)
 
 
-def test_init_streams_fill_each_stream_and_name_unknown_ones(tmp_path):
+def test_init_streams_fill_each_stream_and_name_unknown_ones(tmp_path, caplog):
 
     color = _randomise(build_model("fcn32s", 5, widths=TINY), seed=1)
     fcnseg.save_checkpoint(color, tmp_path / "color.pt")
@@ -88,11 +90,11 @@ def test_init_streams_fill_each_stream_and_name_unknown_ones(tmp_path):
     config = TrainConfig(
         arch="fcn32s-late-fusion", weight_init="default", init_streams={"color": str(tmp_path / "color.pt")}
     )
-    said = []
-    initialise(fused, config, initial_weights(config, said.append), said.append)
+    caplog.set_level(logging.INFO, logger="fcnseg")
+    initialise(fused, config, initial_weights(config))
     assert torch.equal(fused.streams["color"].backbone.conv1_1.weight, color.backbone.conv1_1.weight)
     assert not torch.equal(fused.streams["hha"].backbone.conv1_1.weight, color.backbone.conv1_1.weight)
-    assert said[0].startswith(
+    assert caplog.messages[0].startswith(
         f"initialised from color from {tmp_path / 'color.pt'}; new layers: streams.hha."
     )
     with pytest.raises(ConfigError, match=r"streams color, hha \(got depth\)"):

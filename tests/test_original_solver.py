@@ -1,6 +1,7 @@
 """The original repository's solver details: frozen and reset upsampling, FCN-AlexNet's bias
 multipliers and per-image normalised loss, and the data sets' own means and splits."""
 
+import logging
 import math
 
 import numpy as np
@@ -58,20 +59,20 @@ def test_fcn_alexnet_backbone_biases_learn_at_the_lr_with_decay_as_its_net_py():
     assert "backbone.conv1.bias" in forced[(2.0, 0.0)]
 
 
-def test_staged_init_resets_every_upsampling_to_bilinear_unless_told_not_to():
+def test_staged_init_resets_every_upsampling_to_bilinear_unless_told_not_to(caplog):
     coarse = build_model("fcn16s", 4, widths=TINY, frozen_upsampling="none")
     with torch.no_grad():
         coarse.upscore2.weight.add_(0.5)  # as if learned
         coarse.score_pool4.weight.fill_(0.25)
     initial = {"state_dict": coarse.state_dict(), "source": "fcn16s run"}
-    said = []
+    caplog.set_level(logging.INFO, logger="fcnseg")
     fine = build_model("fcn8s", 4, widths=TINY)
-    initialise(fine, TrainConfig(weight_init="default"), initial, said.append)
+    initialise(fine, TrainConfig(weight_init="default"), initial)
     assert torch.equal(fine.upscore2.weight, bilinear_kernel(4, 4))
     assert torch.equal(fine.score_pool4.weight, coarse.score_pool4.weight)
-    assert "upscore2" in said[-1] and "upscore8" in said[-1]
+    assert caplog.messages[-1] == "upsampling reset to bilinear: upscore2, upscore_pool4, upscore8"
     kept = build_model("fcn8s", 4, widths=TINY)
-    initialise(kept, TrainConfig(weight_init="default", reset_upsampling=False), initial, said.append)
+    initialise(kept, TrainConfig(weight_init="default", reset_upsampling=False), initial)
     assert torch.equal(kept.upscore2.weight, coarse.upscore2.weight)
 
 

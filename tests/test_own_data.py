@@ -70,7 +70,7 @@ def test_no_flags_training_says_what_it_does(tmp_path, folder, capsys, monkeypat
     out = tmp_path / "run"
     args = ["train", "--data", str(folder), "--out", str(out), "--widths", ",".join(map(str, TINY))]
     assert main([*args, "--epochs", "1"]) == 0
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err  # status lines, as the command shows them
     assert "training from scratch (narrow widths (4, 8, 8, 16, 16, 32))" in printed
     assert "data: 9 training and 1 validation images (held out of" in printed
     assert "classes: counted in the masks (ids 0..5)" in printed
@@ -82,14 +82,15 @@ def test_no_flags_training_says_what_it_does(tmp_path, folder, capsys, monkeypat
     assert "optimizer" not in best and best["meta"]["class_names"][5] == "class5"
 
 
-def test_auto_init_without_network_trains_from_scratch_and_says_so(tmp_path, monkeypatch, capsys):
+def test_auto_init_without_network_trains_from_scratch_and_says_so(tmp_path, monkeypatch, caplog):
     # A mirror nobody listens on: the download fails at once, as it does offline.
     monkeypatch.setenv("FCNSEG_MIRROR", "http://127.0.0.1:9")
     monkeypatch.setenv("FCNSEG_HOME", str(tmp_path / "home"))
-    assert initial_weights(TrainConfig(arch="fcn32s"), say=print) is None
-    printed = capsys.readouterr().out
-    assert "training from scratch: ImageNet weights (imagenet) cannot be had" in printed
-    assert "fcnseg weights get imagenet" in printed
+    assert initial_weights(TrainConfig(arch="fcn32s")) is None
+    [record] = [r for r in caplog.records if r.name == "fcnseg.train.initial"]
+    assert record.levelname == "WARNING"
+    assert "training from scratch: ImageNet weights (imagenet) cannot be had" in record.message
+    assert "fcnseg weights get imagenet" in record.message
     assert not any((tmp_path / "home").rglob("*.pth"))
 
 
@@ -144,7 +145,7 @@ def test_the_cli_says_how_to_continue_after_ctrl_c(tmp_path, folder, monkeypatch
     args = ["train", "--data", str(folder), "--out", str(out), "--widths", "4,8,8,16,16,32", "--resume"]
     assert main(args) == 128 + signal.SIGINT
     assert torch.load(out / "last.pt", weights_only=True)["step"] == 3
-    assert f"resuming {out / 'last.pt'} at step 2 (epoch 1)" in capsys.readouterr().out
+    assert f"resuming {out / 'last.pt'} at step 2 (epoch 1)" in capsys.readouterr().err
 
 
 def test_last_checkpoint_is_written_on_the_clock_between_validations(tmp_path, folder, monkeypatch):

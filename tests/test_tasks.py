@@ -1,6 +1,7 @@
 """Tasks: the loop trains the task a config names, and one it has never seen through the same code."""
 
 import csv
+import logging
 import re
 
 import numpy as np
@@ -63,8 +64,8 @@ class Edges:
             for s, n in sizes.items()
         )
 
-    def check_data(self, train_set, val_set, say, progress):
-        say(f"{len(train_set)} edge maps")
+    def check_data(self, train_set, val_set, progress):
+        logging.getLogger(__name__).info(f"{len(train_set)} edge maps")
 
     def build_model(self, config, train_set):
         model = fcnseg.build_model(config.arch, 1, widths=config.widths)

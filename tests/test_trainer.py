@@ -5,6 +5,7 @@ import dataclasses
 import errno
 import hashlib
 import json
+import logging
 import math
 import random
 import signal
@@ -18,6 +19,7 @@ from tiny_datasets import write_pascal
 from torch import nn
 
 import fcnseg
+import fcnseg.infer.predict as predict_module
 import fcnseg.tasks.losses as losses_module
 import fcnseg.weights.checkpoint as checkpoint_module
 from fcnseg import build_model, load_checkpoint
@@ -27,10 +29,12 @@ from fcnseg.data.registry import open_dataset
 from fcnseg.errors import ConfigError
 from fcnseg.files import WriteError
 from fcnseg.metrics.segmentation import confusion_matrix, evaluate_confusion, scores
+from fcnseg.tasks import get_task
 from fcnseg.tasks.segmentation import SegmentationTask
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.initial import initial_weights, initialise, kaiming_init
 from fcnseg.train.run_folder import RunFolder
+from fcnseg.train.state import seed_everything
 from fcnseg.train.trainer import Trainer, TrainingDiverged, log_columns, train
 from fcnseg.weights.checkpoint import CheckpointError
 from fcnseg.weights.transfer import copy_matching_layers
@@ -81,6 +85,12 @@ def kill_at_call(monkeypatch, call):
     monkeypatch.setattr(losses_module, "segmentation_loss", loss)
 
 
+def steps_of(run):
+    """The rows of a run's steps.csv, less the clock (which differs between runs)."""
+    with (run / "steps.csv").open() as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
 def digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -91,20 +101,29 @@ def assert_same_state(a, b):
         assert torch.equal(a[key], b[key]), key
 
 
-def test_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
-    straight = train(tiny_config(tmp_path, "straight"))
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+def test_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch, caplog, amp):
+    """In float32 and in bfloat16 on the CPU alike: both compute the same on the same machine."""
+    straight = train(tiny_config(tmp_path, "straight", amp=amp))
     assert straight.steps == 6
+    assert [row["step"] for row in steps_of(tmp_path / "straight")] == [str(s) for s in range(1, 7)]
 
     # Checkpoints fall at steps 2, 4 and 6; dying in step 5 (mid-epoch 2) loses step 5 only.
     kill_at_call(monkeypatch, 5)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(tmp_path, "killed"))
+        train(tiny_config(tmp_path, "killed", amp=amp))
     monkeypatch.undo()
     assert torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["step"] == 4
+    assert steps_of(tmp_path / "killed") == steps_of(tmp_path / "straight")[:4]
+    with (tmp_path / "killed" / "steps.csv").open("a") as f:  # as if killed later, in step 6's write
+        f.write("5,1.6667,0.25,0.0033,9.5\n6,2,0.2")
     # The resumed process uses a worker process: augmentation must not depend on it.
-    resumed = train(tiny_config(tmp_path, "killed", workers=1), resume=True)
+    caplog.set_level(logging.INFO, logger="fcnseg")
+    resumed = train(tiny_config(tmp_path, "killed", workers=1, amp=amp), resume=True)
 
+    assert f"resuming {tmp_path / 'killed' / 'last.pt'} at step 4 (epoch 2)" in caplog.messages
     assert resumed.steps == 6
+    assert steps_of(tmp_path / "killed") == steps_of(tmp_path / "straight")  # none twice, none lost
     assert_same_state(straight.model.state_dict(), resumed.model.state_dict())
     saved_a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
     saved_b = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
@@ -225,10 +244,18 @@ def test_a_full_disk_stops_the_run_naming_the_file_and_resuming_loses_nothing(tm
     assert f"free on the disk of {run}); training stopped at step 4. " in message
     assert message.endswith("make room and continue with --resume")
     assert RunFolder(run).read_last()["step"] == 2 and load_checkpoint(run / "best.pt")
-    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "curves.png", "last.pt", "log.csv"]
+    assert sorted(p.name for p in run.iterdir()) == [
+        "best.pt",
+        "config.toml",
+        "curves.png",
+        "last.pt",
+        "log.csv",
+        "steps.csv",
+    ]
     resumed = train(tiny_config(tmp_path), resume=True)
     assert resumed.steps == 6
     assert_same_state(straight.model.state_dict(), resumed.model.state_dict())
+    assert steps_of(run) == steps_of(tmp_path / "straight")
 
 
 def test_checkpoints_every_n_steps_resume_mid_epoch_to_the_same_weights(tmp_path, monkeypatch):
@@ -290,13 +317,18 @@ def test_resume_before_the_first_checkpoint_starts_afresh_from_the_flags(tmp_pat
         str(out),
     ]
     assert main([*args, "--resume", "--threads", "1"]) == 0
-    printed = capsys.readouterr().out
-    assert (
-        f"no {out / 'last.pt'} yet (stopped before its first checkpoint): starting the run afresh" in printed
-    )
+    said = capsys.readouterr().err.splitlines()
+    assert f"no {out / 'last.pt'} yet (stopped before its first checkpoint): starting the run afresh" in said
     saved = RunFolder(out).read_last()
     assert saved["step"] == 2 and saved["train_config"]["arch"] == "fcn32s"
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "curves.png", "last.pt", "log.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "best.pt",
+        "config.toml",
+        "curves.png",
+        "last.pt",
+        "log.csv",
+        "steps.csv",
+    ]
 
 
 KILLED_RUN = [
@@ -368,7 +400,16 @@ def test_a_run_killed_by_sigkill_at_any_moment_resumes_to_the_same_bits(tmp_path
     assert [{k: v for k, v in row.items() if k != "seconds"} for row in killed["history"]] == [
         {k: v for k, v in row.items() if k != "seconds"} for row in straight["history"]
     ]
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "curves.png", "last.pt", "log.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "best.pt",
+        "config.toml",
+        "curves.png",
+        "last.pt",
+        "log.csv",
+        "steps.csv",
+    ]
+    assert steps_of(out) == steps_of(tmp_path / "straight")
+    assert [row["step"] for row in steps_of(out)] == [str(s) for s in range(1, 31)]
 
 
 def test_defaults_learn_and_the_paper_recipe_is_there_by_name():
@@ -456,7 +497,7 @@ def test_staged_training_copies_matching_layers(tmp_path):
         tmp_path, "fcn16s", arch="fcn16s", max_steps=1, init=str(tmp_path / "fcn32s" / "last.pt")
     )
     model = build_model("fcn16s", 6, widths=TINY)
-    initialise(model, config, initial_weights(config, say=print), say=print)
+    initialise(model, config, initial_weights(config))
     for name, value in coarse.state_dict().items():
         if name.startswith(("backbone.", "score_fr.")):
             assert torch.equal(model.state_dict()[name], value), name
@@ -489,11 +530,36 @@ def test_copy_matching_layers_reports_what_it_copied():
     assert "backbone.fc6.bias" not in copied and torch.equal(ssd.backbone.fc6.bias, before)
 
 
-def test_class_balance_and_amp_on_cpu_train(tmp_path):
-    with pytest.warns(UserWarning, match="needs CUDA"):
-        result = train(tiny_config(tmp_path, class_balance=True, amp="bf16", max_steps=2))
-    assert result.steps == 2
-    assert all(v.dtype == torch.float32 for v in result.model.state_dict().values() if v.is_floating_point())
+def test_bf16_trains_on_the_cpu_close_to_float32_and_warns_once_where_it_is_emulated(
+    tmp_path, monkeypatch, caplog
+):
+    common = dict(class_balance=True, max_steps=4, val_every=4, dropout=0.0)
+    full = train(tiny_config(tmp_path, "fp32", **common))
+    monkeypatch.setattr(predict_module, "cpu_has_native_bf16", lambda: False)
+    half = train(tiny_config(tmp_path, "bf16", amp="bf16", **common))
+    assert half.steps == 4
+    config = tiny_config(tmp_path, "bf16", amp="bf16", **common)
+    seed_everything(config.seed)  # the initial weights, built as the trainer builds them
+    start = get_task("segmentation").build_model(config, get_task("segmentation").datasets(config)[0])
+    initialise(start, config, None)
+    trained, initial = half.model.state_dict(), start.state_dict()
+    changed = {name for name, value in initial.items() if not torch.equal(value, trained[name])}
+    assert {"backbone.conv1_1.weight", "score_fr.weight", "score_fr.bias"} <= changed
+    step = trained["backbone.conv1_1.weight"] - initial["backbone.conv1_1.weight"]
+    assert step.norm() < 0.5 * initial["backbone.conv1_1.weight"].norm()  # from these weights, not others
+    assert all(torch.isfinite(value).all() for value in trained.values() if value.is_floating_point())
+    assert all(v.dtype == torch.float32 for v in half.model.state_dict().values() if v.is_floating_point())
+    losses = {name: [float(r["loss"]) for r in steps_of(tmp_path / name)] for name in ("fp32", "bf16")}
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=1e-3)
+    assert losses["bf16"] != losses["fp32"]  # computed in bfloat16 all the same
+    assert half.history[-1]["mean_iu"] == pytest.approx(full.history[-1]["mean_iu"], abs=0.05)
+    [warning] = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.name == "fcnseg.train.trainer" and warning.message == (
+        "amp bf16: this CPU has no native bfloat16 arithmetic; it is emulated, and training will be "
+        "slower than in float32"
+    )
+    with pytest.raises(ConfigError, match="amp fp16 trains on CUDA only, not on cpu; on the CPU use bf16"):
+        train(tiny_config(tmp_path, "fp16", amp="fp16", max_steps=1))
 
 
 def test_evaluate_confusion_sums_per_image_matrices():
@@ -530,7 +596,7 @@ def test_unknown_recipe_keys_are_errors():
         TrainConfig.from_dict({"learning_rate": 0.1})
 
 
-def test_init_made_for_other_preprocessing_warns(tmp_path):
+def test_init_made_for_other_preprocessing_warns(tmp_path, caplog):
     source = fcnseg.build_model("fcn32s", 6, widths=TINY)
     source.meta = {"preprocess": "imagenet"}
     init = fcnseg.save_checkpoint(source, tmp_path / "init.pt")
@@ -546,8 +612,9 @@ def test_init_made_for_other_preprocessing_warns(tmp_path):
         out=str(tmp_path / "run"),
         progress=False,
     )
-    with pytest.warns(UserWarning, match="made for 'imagenet' preprocessing"):
-        train(config)
+    train(config)
+    [warning] = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.name == "fcnseg.train.initial" and "made for 'imagenet' preprocessing" in warning.message
     # Left to "auto", the run takes the preprocessing the initial weights were made for.
     auto = train(dataclasses.replace(config, preprocess="auto", out=str(tmp_path / "auto")))
     assert auto.model.meta["preprocess"] == "imagenet"

@@ -25,6 +25,7 @@ _HOMES = {
     "fcn_from_imagenet": "fcnseg.weights.imagenet",
     "load": "fcnseg.weights.load",
     "load_checkpoint": "fcnseg.weights.checkpoint",
+    "log_to_stderr": "fcnseg.logs",
     "predict": "fcnseg.infer.predict",
     "preprocess": "fcnseg.data.preprocess",
     "rarefy": "fcnseg.models.dense",

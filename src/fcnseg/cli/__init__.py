@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Any
 
 from fcnseg import __version__
+from fcnseg.logs import log_to_stderr
 
 COMMANDS = ("convert", "train", "evaluate", "demo", "info", "predict", "serve", "export", "weights", "data")
 """Sub-command modules of this package; each has ``add_parser(subparsers)`` setting ``run``."""
@@ -56,7 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the sub-command ``argv`` names, showing fcnseg's messages on stderr: status lines (but on
+    torchrun's processes after the first, as rank 0 speaks for all), warnings and errors always;
+    ``--quiet`` only hides the progress bars."""
     args = build_parser().parse_args(argv)
+    log_to_stderr(quiet=os.environ.get("RANK", "0") != "0")
     try:
         return int(args.run(args) or 0)
     except (ValueError, OSError) as error:

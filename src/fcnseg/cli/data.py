@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from fcnseg import download
+from fcnseg.logs import show_bars
 
 PREPARED = ("sk-large",)
 """Data sets ``fcnseg data prepare`` knows how to prepare."""
@@ -46,7 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
-    root = download.fetch(args.name, args.root, progress=not args.quiet)
+    root = download.fetch(args.name, args.root, progress=show_bars(not args.quiet))
     print(f"{args.name}: {root}")
     return 0
 
@@ -54,7 +55,7 @@ def run_fetch(args: argparse.Namespace) -> int:
 def run_prepare(args: argparse.Namespace) -> int:
     from fcnseg.data.skeleton_augment import AUGMENTED_SPLIT, augment_skeletons
 
-    written, kept = augment_skeletons(args.root, args.name, progress=not args.quiet)
+    written, kept = augment_skeletons(args.root, args.name, progress=show_bars(not args.quiet))
     print(
         f"{args.name}: {written} copies written, {kept} already there: split {AUGMENTED_SPLIT} of {args.root}"
     )

@@ -26,6 +26,7 @@ from fcnseg import distributed
 from fcnseg.cli.options import add_device, add_threads, set_threads
 from fcnseg.data.datasets import IGNORE_INDEX, InMemory
 from fcnseg.files import atomic_write
+from fcnseg.logs import show_bars
 from fcnseg.tasks import Task, get_task
 from fcnseg.tasks.common import InferenceOptions
 from fcnseg.train.config import TrainConfig
@@ -85,7 +86,9 @@ SIDES = {
 SIDES_DATA = {"train_images": 1000, "val_images": 10, "test_images": 20, "image_size": (64, 96)}
 SIDES_QUICK = {**SIDES, "widths": (4, 8, 8, 8, 8), "epochs": 1, "time_limit": None}
 SIDES_QUICK_DATA = {"train_images": 8, "val_images": 2, "test_images": 2, "image_size": (32, 40)}
-_OUTPUTS = ("last.pt", "best.pt", "model.pt", "log.csv", "curves.png", "metrics.json", "overlays")
+_OUTPUTS = (
+    "config.toml", "last.pt", "best.pt", "model.pt", "log.csv", "steps.csv", "curves.png", "metrics.json", "overlays",
+)  # fmt: skip
 
 
 def _all_background(test_set: Dataset) -> str:
@@ -148,7 +151,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "are shared; in 210 s on 2 idle cores 1 thread made 1,916 steps and 2 threads 2,228, and on 2 "
         "busy cores 1 thread made 1,440 and 2 threads 85)",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (status lines still show)")
     parser.set_defaults(run=run)
 
 
@@ -156,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     set_threads(args.threads)
     out = _prepare(args.out)
-    progress = not args.quiet
+    progress = show_bars(not args.quiet)
     demo, task = DEMOS[args.task], get_task(args.task)
     settings, data = (demo.quick, demo.quick_data) if args.quick else (demo.settings, demo.data)
     size = data["image_size"]

@@ -13,6 +13,7 @@ from fcnseg.devices import resolve_device
 from fcnseg.distributed import Context
 from fcnseg.infer import crf
 from fcnseg.infer.edge_outputs import EDGE_OUTPUTS
+from fcnseg.logs import show_bars
 from fcnseg.tasks import task_of
 from fcnseg.tasks.common import InferenceOptions
 from fcnseg.weights.load import load
@@ -56,6 +57,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "side-mean maps, each thinned first, as the reference's merge_res.m (the paper's best)",
     )
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
 
 
@@ -75,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
     )
     task.check_options(model, options, args.weights)
     dataset = task.evaluation_set(model, dataset_name, args.data, args.split, args.images, args.weights)
-    metrics = task.measure(model.to(device), dataset, options, Context(device=device), progress=True)
+    metrics = task.measure(
+        model.to(device), dataset, options, Context(device=device), show_bars(not args.quiet)
+    )
     if args.json:
         names = task.class_names(model, dataset)
         print(json.dumps({**metrics, **({"class_names": names} if names else {})}, indent=2))

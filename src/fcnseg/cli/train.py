@@ -16,14 +16,9 @@ from fcnseg.data.registry import DATASETS, MODALITY_CHANNELS
 from fcnseg.errors import ConfigError
 from fcnseg.tasks import TASKS
 from fcnseg.tasks.losses import REDUCTIONS
-from fcnseg.train.config import RECIPES, TrainConfig, parse_every
+from fcnseg.train.config import RECIPES, TrainConfig, load_recipe, parse_every
 from fcnseg.train.run_folder import RunFolder
 from fcnseg.train.trainer import Trainer, TrainingInterrupted
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # the same parser, from PyPI
-    import tomli as tomllib
 
 
 def _every(text: str) -> float | str:
@@ -150,7 +145,14 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
         "--time-limit",
         {"type": float, "help": "stop after this many seconds (a poly schedule anneals by time)"},
     ),
-    ("--amp", {"choices": ("off", "bf16", "fp16"), "help": "mixed precision (CUDA only)"}),
+    (
+        "--amp",
+        {
+            "choices": ("off", "bf16", "fp16"),
+            "help": "mixed precision: bf16 on CUDA or the CPU (where it has no native bfloat16 it is "
+            "emulated, and slower), fp16 on CUDA",
+        },
+    ),
     (
         "--channels-last",
         {
@@ -182,7 +184,19 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--val-batch-size", {"type": int}),
     ("--workers", {"type": int, "help": "DataLoader worker processes"}),
     ("--device", {"type": device_name, "help": DEVICE_HELP}),
-    ("--out", {"help": "run folder: last.pt, best.pt, log.csv, curves.png"}),
+    (
+        "--out",
+        {"help": "run folder: config.toml, last.pt, best.pt, log.csv, steps.csv, curves.png, test.json"},
+    ),
+    (
+        "--tensorboard",
+        {
+            "action": "store_const",
+            "const": True,
+            "help": "TensorBoard event files in the run folder: the loss and lr of every step, the metrics "
+            "and a few pictures of predictions at every validation (pip install 'fcnseg[tensorboard]')",
+        },
+    ),
 ]
 
 
@@ -193,7 +207,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Train an FCN. Settings come from the defaults, then --recipe, then --config, "
         "then flags. Under torchrun every process trains its share; rank 0 writes.",
     )
-    parser.add_argument("--config", type=Path, help="a recipe file (TOML)")
+    parser.add_argument(
+        "--config", type=Path, help="a recipe file (TOML), or a run's config.toml to run its settings again"
+    )
     parser.add_argument(
         "--recipe",
         choices=tuple(RECIPES),
@@ -202,7 +218,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last.pt, with its settings"
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bars; status lines, warnings and errors still show",
+    )
     add_threads(parser)
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     for flag, options in _FLAGS:
@@ -222,22 +242,6 @@ def _with_default(options: dict[str, Any], default: Any) -> dict[str, Any]:
         return options
     shown = shown_default(default, options.get("nargs")).replace("%", "%%")
     return {**options, "help": f"{text} (default: {shown})".lstrip()}
-
-
-def load_recipe(path: str | Path) -> dict[str, Any]:
-    """A recipe file's settings as one flat dict; tables only group keys for the reader."""
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-        raise ConfigError(f"{path}: not valid TOML ({error})") from error
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        for name, item in value.items() if isinstance(value, dict) else [(key, value)]:
-            if name in flat:
-                raise ConfigError(f"{path}: setting {name!r} appears twice")
-            flat[name] = item
-    return flat
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from fcnseg.data.datasets import IGNORE_INDEX, DataError, SegmentationDataset
 from fcnseg.data.images import read_label
+from fcnseg.logs import show_bars
 
 __all__ = ["IMAGE_SUFFIXES", "MASK_SUFFIXES", "FolderSegmentation"]
 
@@ -134,7 +135,9 @@ def _count_in_masks(masks: list[Path]) -> int:
     lists all problems at once.
     """
     largest = 0
-    for path in tqdm(masks, desc="counting classes in the masks", unit="mask", disable=len(masks) < 200):
+    for path in tqdm(
+        masks, desc="counting classes in the masks", unit="mask", disable=not show_bars(len(masks) >= 200)
+    ):
         try:
             ids = np.unique(read_label(path))
         except (ValueError, OSError):

@@ -20,6 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from fcnseg.data.palette import pascal_palette
+from fcnseg.logs import show_bars
 
 __all__ = [
     "CLASS_LOOKS",
@@ -204,7 +205,7 @@ def write_synthetic_folder(
     dataset = SyntheticSegmentation(num_images, seed=seed, size_range=size_range)
     palette = pascal_palette(256).reshape(-1).tolist()
     width = max(5, len(str(num_images - 1)))
-    for i in tqdm(range(num_images), desc="synthetic images", disable=num_images < 100):
+    for i in tqdm(range(num_images), desc="synthetic images", disable=not show_bars(num_images >= 100)):
         image, label = dataset[i]
         stem = f"{i:0{width}d}"
         Image.fromarray(image).save(images_dir / f"{stem}.png")

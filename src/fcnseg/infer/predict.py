@@ -40,6 +40,7 @@ __all__ = [
     "BACKENDS",
     "PRECISIONS",
     "cpu_has_native_bf16",
+    "has_native_bf16",
     "inference_forward",
     "predict",
     "predict_batch",
@@ -112,7 +113,7 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
-def _has_native_bf16(device: torch.device) -> bool:
+def has_native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes in bfloat16 natively; where torch cannot say (MPS has no
     ``is_bf16_supported``), no: ``auto`` then keeps float32, which is exact."""
     if device.type == "cpu":
@@ -132,7 +133,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
         raise ConfigError(
             "precision int8 is no torch dtype: it runs on a runtime backend (inference_forward)"
         )
-    native = _has_native_bf16(device)
+    native = has_native_bf16(device)
     if precision == "bf16" and not native:
         warnings.warn(
             f"bf16 requested but this {device.type.upper()} has no native bfloat16 arithmetic: "

@@ -53,11 +53,9 @@ class Task(Protocol):
         """The raw training and validation sets that ``config`` names."""
         ...
 
-    def check_data(
-        self, train_set: Dataset, val_set: Dataset | None, say: Callable[[str], None], progress: bool
-    ) -> None:
+    def check_data(self, train_set: Dataset, val_set: Dataset | None, progress: bool) -> None:
         """Read the data once, before the first step: raise a ``DataError`` that lists every
-        unusable sample, else ``say`` what the data is."""
+        unusable sample, else log what the data is (INFO, the task module's logger)."""
         ...
 
     def build_model(self, config: TrainConfig, train_set: Dataset) -> nn.Module:

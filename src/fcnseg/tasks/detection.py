@@ -4,9 +4,9 @@ precision, boxes drawn and written as JSON, and the source maps with their prior
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections import OrderedDict
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from fcnseg.train.config import TrainConfig
 
 __all__ = ["DetectionTask", "evaluate_detector"]
+
+log = logging.getLogger(__name__)
 
 
 def evaluate_detector(
@@ -94,16 +96,14 @@ class DetectionTask(TaskBase):
             voc_detection_split(config.val_split or val, config.data) if config.validates else None,
         )
 
-    def check_data(
-        self, train_set: Dataset, val_set: Dataset | None, say: Callable[[str], None], progress: bool
-    ) -> None:
+    def check_data(self, train_set: Dataset, val_set: Dataset | None, progress: bool) -> None:
         """Read every annotation of a VOC set, listing all that cannot be used; say what the data is.
         The synthetic sets are made, not read: nothing to check."""
         read = [d for d in (train_set, val_set) if d is not None and annotation_files(d)]
         boxes = sum(check_annotations(d, progress) for d in read)
         if read:
             val = f"{len(val_set)} validation images" if val_set is not None else "no validation images"
-            say(
+            log.info(
                 f"data: {len(train_set)} training and {val}, {boxes} boxes; {train_set.num_classes - 1} classes"
             )
 

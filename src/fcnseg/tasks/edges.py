@@ -4,6 +4,7 @@ outputs' geometry."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     from fcnseg.train.config import TrainConfig
 
 __all__ = ["OVERLAY_COLOUR", "EdgeTask", "Targets", "grey_map", "predict_map", "predict_maps", "red_overlay"]
+
+log = logging.getLogger(__name__)
 
 OVERLAY_COLOUR = (255, 32, 32)
 """The colour of an edge or skeleton map drawn over its image."""
@@ -137,9 +140,7 @@ class EdgeTask(TaskBase):
             return train, open_dataset("bsds500", config.val_data, val_split) if config.val_data else None
         return train, open_dataset(name, config.data, config.val_split or splits[1])
 
-    def check_data(
-        self, train_set: Dataset, val_set: Dataset | None, say: Callable[[str], None], progress: bool
-    ) -> None:
+    def check_data(self, train_set: Dataset, val_set: Dataset | None, progress: bool) -> None:
         """Read every sample of the sets made of files; list all that cannot be read."""
         problems = []
         for dataset in (train_set, val_set):
@@ -155,7 +156,7 @@ class EdgeTask(TaskBase):
                 f"{len(problems)} sample(s) cannot be used:\n  " + "\n  ".join(problems), problems
             )
         val = len(val_set) if val_set is not None else 0
-        say(f"data: {len(train_set)} training and {val} validation images ({self.name})")
+        log.info(f"data: {len(train_set)} training and {val} validation images ({self.name})")
 
     def build_model(self, config: TrainConfig, train_set: Dataset) -> nn.Module:
         if config.arch != self.arch:

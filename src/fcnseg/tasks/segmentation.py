@@ -4,7 +4,7 @@ strides and crop offsets."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     from fcnseg.train.config import TrainConfig
 
 __all__ = ["PALETTE_SIZE", "SegmentationTask", "check_palette"]
+
+log = logging.getLogger(__name__)
 
 PALETTE_SIZE = 256
 """The most classes a palette PNG holds."""
@@ -94,9 +96,7 @@ class SegmentationTask(TaskBase):
             return train, None
         return train, open_dataset(name, config.data, config.val_split or splits[1], modality=config.modality)
 
-    def check_data(
-        self, train_set: Dataset, val_set: Dataset | None, say: Callable[[str], None], progress: bool
-    ) -> None:
+    def check_data(self, train_set: Dataset, val_set: Dataset | None, progress: bool) -> None:
         """Read every image/mask pair of the sets made of files, and say what the data is and which
         classes no mask holds."""
         folders = {id(d): d for d in map(files_of, (train_set, val_set)) if d is not None}
@@ -108,15 +108,15 @@ class SegmentationTask(TaskBase):
         val = f"{len(val_set)} validation images" if val_set is not None else "no validation images"
         if held_out:
             val += f" (held out of {source.root} at random; --val-data to give your own)"
-        say(f"data: {len(train_set)} training and {val}; {train_set.num_classes} classes")
+        log.info(f"data: {len(train_set)} training and {val}; {train_set.num_classes} classes")
         if getattr(source, "classes_from", None) == "masks":
-            say(
+            log.info(
                 f"classes: counted in the masks (ids 0..{source.num_classes - 1}); name them in "
                 f"{source.root / 'classes.txt'}, one per line"
             )
         empty = [source.class_names[c] for c in np.flatnonzero(sum(counts) == 0)] if source else []
         if empty:
-            say(f"warning: no pixel of class {', '.join(empty)} in any mask: it cannot be learned")
+            log.warning(f"no pixel of class {', '.join(empty)} in any mask: it cannot be learned")
 
     def build_model(self, config: TrainConfig, train_set: Dataset) -> FCN:
         model = build_model(

@@ -3,7 +3,7 @@ heads and one loss each, as the original siftflow-fcn* nets train."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,11 +15,12 @@ from tqdm import tqdm
 
 from fcnseg import distributed
 from fcnseg.data.datasets import IGNORE_INDEX, DataError
-from fcnseg.data.preprocess import get_preprocessing, preprocessing_of
+from fcnseg.data.preprocess import get_preprocessing, preprocess, preprocessing_of
 from fcnseg.data.registry import DEFAULT_SPLITS
 from fcnseg.data.siftflow import SIFTFLOW_HEAD_NAMES, SIFTFLOW_HEADS, SiftFlowSegmentation
 from fcnseg.data.transforms import NetPairs, pad_collate
 from fcnseg.errors import ConfigError
+from fcnseg.infer.overlay import figure
 from fcnseg.infer.predict import inference_forward, predict_batch
 from fcnseg.metrics.segmentation import confusion_matrix, format_metrics, scores
 from fcnseg.models.heads import MultiHeadFCN
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from fcnseg.train.config import TrainConfig
 
 __all__ = ["HEADS", "HeadsLoss", "SiftFlowTask", "head_suffix"]
+
+log = logging.getLogger(__name__)
 
 HEADS = SIFTFLOW_HEADS
 _METRICS = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")
@@ -92,9 +95,7 @@ class SiftFlowTask(SegmentationTask):
         """One split with both labelings (for ``fcnseg evaluate``, without the training split)."""
         return SiftFlowSegmentation(root, split, task="both")
 
-    def check_data(
-        self, train_set: Dataset, val_set: Dataset | None, say: Callable[[str], None], progress: bool
-    ) -> None:
+    def check_data(self, train_set: Dataset, val_set: Dataset | None, progress: bool) -> None:
         """Read every image and both label files once; one DataError lists all that cannot be used."""
         problems = []
         for dataset in (d for d in (train_set, val_set) if d is not None):
@@ -107,7 +108,7 @@ class SiftFlowTask(SegmentationTask):
             shown = "\n  ".join(problems[:20])
             raise DataError(f"{len(problems)} SIFT Flow samples cannot be used:\n  {shown}", problems)
         val = len(val_set) if val_set is not None else 0
-        say(
+        log.info(
             f"data: {len(train_set)} training and {val} validation images; heads of {train_set.num_classes} classes"
         )
 
@@ -147,6 +148,24 @@ class SiftFlowTask(SegmentationTask):
             sampling_cell=config.loss_sampling_cell,
         )
         return HeadsLoss(tuple(train_set.num_classes), loss)
+
+    def sample_figure(
+        self, model: nn.Module, image: np.ndarray, truth: np.ndarray, scale: int = 3
+    ) -> np.ndarray:
+        """Image | each head's ground truth and prediction (``truth``: (2, H, W)), by the plain net in
+        eval mode, over a legend of both heads' classes: a geometric id is drawn in the colour of
+        its place after the semantic classes."""
+        x = preprocess(image, preprocessing_of(model))[None].to(next(model.parameters()).device)
+        with torch.no_grad():
+            predictions = [part.argmax(1)[0].cpu().numpy() for part in model.split(model(x))]
+        panels, offset = [("image", image)], 0
+        for name, labels, predicted, classes in zip(
+            model.head_names, truth, predictions, model.heads, strict=True
+        ):
+            shown = np.where(labels == IGNORE_INDEX, labels, labels + offset)
+            panels += [(f"{name} truth", shown), (f"{name} prediction", predicted + offset)]
+            offset += classes
+        return figure(panels, self.class_names(model), scale=scale)
 
     def measure(
         self, model: nn.Module, dataset: Dataset, options: InferenceOptions, context: Context, progress: bool

@@ -4,10 +4,13 @@ is one in TOML), starting from a named recipe."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
+import sys
 import types
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fcnseg.data.preprocess import get_preprocessing
@@ -18,7 +21,12 @@ from fcnseg.models.registry import FUSION_STREAMS
 from fcnseg.tasks import get_task
 from fcnseg.tasks.losses import REDUCTIONS, SAMPLING_SCOPES
 
-__all__ = ["AUTO", "NO_SPLIT", "RECIPES", "TrainConfig", "parse_every"]
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, from PyPI
+    import tomli as tomllib
+
+__all__ = ["AUTO", "NO_SPLIT", "RECIPES", "TrainConfig", "load_recipe", "parse_every"]
 
 RECIPES: dict[str, dict[str, Any]] = {
     "fcnseg": {},
@@ -197,6 +205,11 @@ class TrainConfig:
     workers: int = 0
     device: str | None = None  # a torch device (cpu, cuda, cuda:1, mps, xpu); None or "auto": CUDA if there
     out: str = "runs/fcn"
+    # TensorBoard event files in out (the tensorboard extra): each step's loss and lr, each
+    # validation's metrics and pictures of a few predictions
+    tensorboard: bool = False
+    # progress bars (on a terminal only); how this invocation shows itself, not a setting of the
+    # run: config.toml leaves it out
     progress: bool = True
     notes: str = ""  # what the experiment is, kept with the run
 
@@ -349,3 +362,58 @@ class TrainConfig:
         """Plain values only, so that it can be stored in a ``weights_only`` checkpoint."""
         values = dataclasses.asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+    def to_toml(self) -> str:
+        """The settings as a recipe file that reads back (:func:`load_recipe`, then :meth:`from_dict`)
+        to an equal config, ``progress`` aside, which is the invocation's: None is a key left out
+        (every field that may be None defaults to it, but ``init``, which is written "none")."""
+        lines: list[str] = []
+        for field in dataclasses.fields(self):
+            if field.name in _SECTIONS:
+                lines += ["", f"[{_SECTIONS[field.name]}]"]
+            if field.name == "progress":
+                continue
+            value = getattr(self, field.name)
+            if value is None and field.default is None:
+                continue
+            lines.append(f"{field.name} = {_toml_value('none' if value is None else value)}")
+        return "\n".join(lines).lstrip("\n") + "\n"
+
+
+_SECTIONS = {"task": "model", "dataset": "data", "loss": "loss", "optimizer": "optim", "edge_output": "run"}
+"""The tables of :meth:`TrainConfig.to_toml`, each from the field named here to the next one's, as the
+recipe files group their settings (a reader's grouping: :func:`load_recipe` flattens it)."""
+
+
+def _toml_value(value: Any) -> str:
+    """A TOML value: a string, a boolean, a number (floats as repr, which reads back to the same
+    float), an array or an inline table of them."""
+    if isinstance(value, str):
+        # a JSON string is a TOML basic string, but for DEL, which TOML wants escaped
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(map(_toml_value, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_value(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"no TOML value for {type(value).__name__} {value!r}")
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """A recipe file's settings (or a run's ``config.toml``) as one flat dict; tables only group keys
+    for the reader."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"{path}: not valid TOML ({error})") from error
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        for name, item in value.items() if isinstance(value, dict) else [(key, value)]:
+            if name in flat:
+                raise ConfigError(f"{path}: setting {name!r} appears twice")
+            flat[name] = item
+    return flat

@@ -4,8 +4,7 @@ training), or He initialisation from scratch; and the preprocessing they expect.
 from __future__ import annotations
 
 import dataclasses
-import warnings
-from collections.abc import Callable
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +39,8 @@ __all__ = [
     "settle_preprocess",
 ]
 
+log = logging.getLogger(__name__)
+
 _CAFFE_ONLY = ("fcn-alexnet", "fcn32s-googlenet")
 IMAGENET = {arch: "imagenet" for arch in BUILDERS if arch not in (*_CAFFE_ONLY, "fcn32s-late-fusion")} | {
     arch: "imagenet-caffe" for arch in _CAFFE_ONLY
@@ -54,9 +55,7 @@ IMAGENET_DONORS = {"hed": "fcn32s", "fsds": "fcn32s"}
 of a published name, layer by layer (``backbone.conv1_1`` ...)."""
 
 
-def initial_weights(
-    config: TrainConfig, say: Callable[[str], None], progress: bool = False
-) -> dict[str, Any] | None:
+def initial_weights(config: TrainConfig, progress: bool = False) -> dict[str, Any] | None:
     """The checkpoint to start from (``config.init``), or None to train from scratch.
 
     "auto" takes the ImageNet classifier that fits the net when it can be had, and says so
@@ -74,13 +73,13 @@ def initial_weights(
             else None if name else f"no ImageNet weights for {config.arch}"
         )  # fmt: skip
         if reason:
-            say(f"training from scratch ({reason})")
+            log.info(f"training from scratch ({reason})")
             return None
         converted_for = _converted_for(name, config.arch)
         try:
             path = resolve(name, converted_for, config.widths, progress)
         except (OSError, ValueError) as error:
-            say(
+            log.warning(
                 f"training from scratch: ImageNet weights ({name}) cannot be had: {error}\n"
                 "  From scratch a full-width net needs far more images and time; with network access (or "
                 f"FCNSEG_MIRROR), `{get_command(name, converted_for)}` fetches them once for every later run."
@@ -185,9 +184,7 @@ def widen_first_conv(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> s
     return name
 
 
-def initialise(
-    model: nn.Module, config: TrainConfig, initial: dict[str, Any] | None, say: Callable[[str], None]
-) -> None:
+def initialise(model: nn.Module, config: TrainConfig, initial: dict[str, Any] | None) -> None:
     """Apply ``weight_init`` and ``dropout`` to a fresh ``model``, then copy in the layers of
     ``initial`` that fit (a wider first convolution too: :func:`widen_first_conv`), saying which
     layers are new; then, with ``reset_upsampling``, every upsampling starts bilinear again,
@@ -209,19 +206,18 @@ def initialise(
         and same_colour_coding(expected, config.preprocess)
     )
     if colour_run and expected != config.preprocess and not coded_alike:
-        warnings.warn(
+        log.warning(
             f"{initial['source']} was made for {expected!r} preprocessing but this run uses "
-            f"{config.preprocess!r}; pass --preprocess {expected} unless that is intended",
-            stacklevel=2,
+            f"{config.preprocess!r}; pass --preprocess {expected} unless that is intended"
         )
     copied = copy_matching_layers(model, initial["state_dict"])
     widened = widen_first_conv(model, initial["state_dict"])
     layers = {k.rsplit(".", 1)[0] for k in model.state_dict()}
     fresh = sorted(layers - {k.rsplit(".", 1)[0] for k in copied} - {widened})
-    say(f"initialised from {initial['source']}; new layers: {', '.join(fresh) or 'none'}")
+    log.info(f"initialised from {initial['source']}; new layers: {', '.join(fresh) or 'none'}")
     if widened:
-        say(f"{widened}: the extra input channels start at the mean of the given filters")
+        log.info(f"{widened}: the extra input channels start at the mean of the given filters")
     if config.reset_upsampling:
         reset = reset_upsampling(model)
         if reset:
-            say(f"upsampling reset to bilinear: {', '.join(reset)}")
+            log.info(f"upsampling reset to bilinear: {', '.join(reset)}")

@@ -1,6 +1,7 @@
-"""A run's folder: ``last.pt`` (everything needed to resume), ``best.pt`` (the best weights),
-``log.csv``, ``curves.png`` and ``test.json`` (the test split's scores), each written atomically,
-so that every file in it is whole at every instant, whenever the process is killed."""
+"""A run's folder: ``config.toml`` (the settings), ``last.pt`` (everything needed to resume),
+``best.pt`` (the best weights), ``log.csv``, ``curves.png`` and ``test.json`` (the test split's
+scores), each written atomically, so that every file in it is whole at every instant, whenever the
+process is killed; and ``steps.csv``, one row per step, appended as the run goes."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ import csv
 import dataclasses
 import io
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from fcnseg.files import atomic_write, temporary_files
+from fcnseg import __version__
+from fcnseg.files import WriteError, atomic_write, temporary_files
 from fcnseg.train.config import AUTO
 from fcnseg.train.plot import plot_curves
 from fcnseg.train.state import RunState, set_rng_state
@@ -24,11 +27,11 @@ from fcnseg.weights.checkpoint import CheckpointError, atomic_save, checkpoint_d
 if TYPE_CHECKING:
     from fcnseg.train.config import TrainConfig
 
-__all__ = ["RunFolder"]
+__all__ = ["STEP_COLUMNS", "RunFolder", "StepLog"]
 
 _RESUME_IGNORES = {
     "epochs", "out", "workers", "progress", "device", "init", "notes", "channels_last", "accel", "checkpoint_every",
-    "edge_output", "test_split", "test_data",
+    "edge_output", "test_split", "test_data", "tensorboard",
 }  # fmt: skip
 """Settings that do not change the trajectory: a run may resume with other values."""
 
@@ -38,9 +41,10 @@ class RunFolder:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.config = self.path / "config.toml"
         self.last, self.best = self.path / "last.pt", self.path / "best.pt"
         self.log, self.curves = self.path / "log.csv", self.path / "curves.png"
-        self.test = self.path / "test.json"
+        self.steps, self.test = self.path / "steps.csv", self.path / "test.json"
 
     def saved_run(self, config: TrainConfig, resume: bool) -> dict[str, Any] | None:
         """With ``resume``, ``last.pt``, which must hold a run of ``config``'s settings (but for
@@ -137,6 +141,20 @@ class RunFolder:
         if best:
             atomic_save({**weights, "train_config": config.to_dict(), "step": state.step}, self.best)
 
+    def write_config(self, config: TrainConfig) -> None:
+        """``config.toml``: the run's settings as they were resolved, which ``fcnseg train --config``
+        reads back to the same ones."""
+        text = (
+            f"# The settings of the run in this folder, as fcnseg {__version__} resolved them.\n"
+            "# fcnseg train --config <this file> --out <another folder>: the same run again;\n"
+            "# with --resume (and no --out): this run, continued. Flags override the settings.\n\n"
+        ) + config.to_toml()
+        atomic_write(self.config, lambda f: f.write(text.encode()))
+
+    def step_log(self, step: int) -> StepLog:
+        """``steps.csv``, open to append the steps after ``step`` (see :class:`StepLog`)."""
+        return StepLog(self.steps, step)
+
     def write_log(self, rows: Sequence[dict[str, float]], columns: Sequence[str]) -> None:
         """``log.csv``: ``columns`` of ``rows``."""
         text = io.StringIO()
@@ -153,6 +171,54 @@ class RunFolder:
     def draw_curves(self, rows: Sequence[dict[str, float]], metrics: dict[str, str]) -> None:
         """``curves.png``: the training loss and ``metrics`` (column -> label) of ``rows``."""
         plot_curves(rows, self.curves, metrics)
+
+
+STEP_COLUMNS = ("step", "epoch", "loss", "lr", "seconds")
+"""The columns of ``steps.csv``: the step, the epochs done after it, its loss (the mean over the
+processes), the learning rate it took and the run's clock after it."""
+
+
+class StepLog:
+    """``steps.csv``: one row per step, appended and flushed after each, so that a killed run keeps
+    every step it made, and synced to disk before each checkpoint (:meth:`sync`), so that it holds
+    every step of ``last.pt`` even after a power cut.
+
+    A run that starts at ``step`` (0, or where ``last.pt`` resumes it) keeps the rows up to it and
+    drops the later ones, which a run killed between checkpoints had written and the resumed run
+    makes again, and a line a kill cut short.
+    """
+
+    def __init__(self, path: Path, step: int):
+        self.path = path
+        kept = [",".join(STEP_COLUMNS).encode() + b"\n"]
+        if path.exists():
+            for line in path.read_bytes().splitlines(keepends=True)[1:]:
+                number = line.partition(b",")[0]
+                if not line.endswith(b"\n") or not number.isdigit() or int(number) > step:
+                    break
+                kept.append(line)
+        atomic_write(path, lambda f: f.write(b"".join(kept)))
+        self.file = self._do(lambda: path.open("ab"))
+
+    def add(self, row: dict[str, float]) -> None:
+        """Append ``row`` (:data:`STEP_COLUMNS`) and flush it to the system."""
+        line = ",".join(_format(row[k]) for k in STEP_COLUMNS).encode() + b"\n"
+        self._do(lambda: (self.file.write(line), self.file.flush()))
+
+    def sync(self) -> None:
+        """Flush the rows to disk."""
+        self._do(lambda: os.fsync(self.file.fileno()))
+
+    def close(self) -> None:
+        self.file.close()
+
+    def _do(self, call: Callable[[], Any]) -> Any:
+        """``call()``, a refusal of the system (a full disk) raised as the :class:`WriteError` that
+        names the file and the room left."""
+        try:
+            return call()
+        except OSError as error:
+            raise WriteError(self.path, error) from error
 
 
 def _plain(value: Any) -> Any:

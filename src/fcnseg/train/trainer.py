@@ -2,11 +2,12 @@
 
 :class:`Trainer` runs a :class:`~fcnseg.train.config.TrainConfig` with a
 :class:`~fcnseg.tasks.Task`, which brings the data, the net, the loss and the metrics.
-The loop brings the rest: steps, validation, the run folder (``last.pt``, ``best.pt``,
-``log.csv``, ``curves.png``, ``test.json``), DDP, mixed precision, time limits, and a checkpoint on
-Ctrl-C or SIGTERM. best.pt is picked on the validation split, never on the test split, which is
-scored once, after the last step (``test_split``); without validation best.pt is the final
-snapshot. Every source of randomness is either derived from (seed, epoch, index, step) or saved
+The loop brings the rest: steps, validation, the run folder (``config.toml``, ``last.pt``,
+``best.pt``, ``log.csv``, ``steps.csv``, ``curves.png``, ``test.json``, TensorBoard's events), DDP,
+mixed precision, time limits, and a checkpoint on Ctrl-C or SIGTERM. It says what it does through
+the logger ``fcnseg.train.trainer`` (from rank 0), and draws progress bars on a terminal only.
+best.pt is picked on the validation split, never on the test split, which is scored once, after
+the last step (``test_split``); without validation best.pt is the final snapshot. Every source of randomness is either derived from (seed, epoch, index, step) or saved
 in ``last.pt``, so a run killed at any moment, even by SIGKILL, and resumed from any checkpoint
 ends with the same weights as one that was never interrupted: ``last.pt`` holds the weights, the
 optimiser, the position in the epoch's data order, the global generators, the loss sums of the
@@ -20,15 +21,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import logging
 import math
 import signal
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -39,17 +40,24 @@ from tqdm import tqdm
 from fcnseg import distributed
 from fcnseg.accel import for_training
 from fcnseg.data.datasets import DataError
-from fcnseg.errors import FcnsegError
+from fcnseg.errors import ConfigError, FcnsegError
 from fcnseg.files import WriteError
+from fcnseg.infer.predict import has_native_bf16
+from fcnseg.logs import show_bars
 from fcnseg.tasks import Task, get_task
+from fcnseg.train.board import Board, pictures, require_tensorboard
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.initial import initial_weights, initialise, settle_preprocess
 from fcnseg.train.optim import make_optimizer, set_lr
-from fcnseg.train.run_folder import RunFolder
+from fcnseg.train.run_folder import RunFolder, StepLog
 from fcnseg.train.state import RunState, rng_state, seed_everything, step_generator
 from fcnseg.weights.checkpoint import model_from_checkpoint, read_checkpoint
 
 __all__ = ["TrainResult", "Trainer", "TrainingDiverged", "TrainingInterrupted", "log_columns", "train"]
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 class TrainingDiverged(FcnsegError):
@@ -89,6 +97,7 @@ class _Run:
     config: TrainConfig
     context: distributed.Context
     say: Callable[[str], None]
+    bars: bool  # whether this process draws progress bars
     model: nn.Module
     net: nn.Module  # the model, or its DDP wrapper
     optimizer: torch.optim.Optimizer
@@ -98,6 +107,8 @@ class _Run:
     started: float  # the time.perf_counter() at which the run's clock (state.seconds) read 0
     saved_at: float  # the time.perf_counter() of the last save of last.pt
     saved_step: int  # the step of the last save of last.pt
+    steps: StepLog | None = None  # steps.csv, on rank 0
+    board: Board | None = None  # TensorBoard's event files, on rank 0 with config.tensorboard
 
     def seconds(self) -> float:
         return time.perf_counter() - self.started
@@ -119,6 +130,8 @@ class Trainer:
 
     ``train_set``/``val_set`` (raw samples, as the task's ``datasets`` gives them) replace the
     config's data sets; ``val_set=None`` with a config data set means "the config's validation set".
+    ``config.progress`` draws progress bars (on a terminal); the status lines are log records
+    (INFO, loggers under "fcnseg"), which :func:`fcnseg.logs.log_to_stderr` shows as the command does.
     """
 
     def __init__(
@@ -145,15 +158,20 @@ class Trainer:
         loss, and :class:`TrainingInterrupted` after saving ``last.pt`` on Ctrl-C or SIGTERM.
         """
         context = self.context or distributed.init_from_env(self.config.device)
-        say = _speaker(self.config, context)
+        say = _speaker(context)
+        _check_amp(self.config.amp, context)
+        if self.config.tensorboard:
+            require_tensorboard()  # on every process, before any work
+        bars = show_bars(self.config.progress) and context.is_main
         saved = self.folder.saved_run(self.config, resume)
         if resume and saved is None:
             say(f"no {self.folder.last} yet (stopped before its first checkpoint): starting the run afresh")
         if context.is_main:
             self.folder.remove_unfinished()
-        train_set, val_set = self._data(context, say)
-        run = self._start(context, say, saved, train_set)
+        train_set, val_set = self._data(context, bars)
+        run = self._start(context, say, bars, saved, train_set)
         config, state = run.config, run.state
+        self._write(run, lambda: self.folder.write_config(config))
         self._write(run, lambda: self.folder.write_log(state.history, log_columns(self.task)))
         shard = DistributedSampler(
             train_set, num_replicas=context.world_size, rank=context.rank, shuffle=True, seed=config.seed
@@ -161,17 +179,23 @@ class Trainer:
         steps_per_epoch = math.ceil(math.ceil(len(shard) / config.batch_size) / config.iter_size)
         total_steps = min(config.epochs * steps_per_epoch, config.max_steps or math.inf)
         samples = self.task.train_samples(train_set, config)
-        with _Progress(run, steps_per_epoch, total_steps) as progress, _stop_on_signals(say) as stop:
+        with (
+            self._records(run),
+            _Progress(run, steps_per_epoch, total_steps) as progress,
+            _stop_on_signals(say) as stop,
+        ):
             for batches in self._batches(run, samples, shard, total_steps):
                 lr = set_lr(run.optimizer, config, max(state.step / total_steps, run.time_used()), state.step)
                 epoch = state.epoch
                 summed = self._step(run, batches)  # the loss, summed over processes
                 end_of_epoch = state.add_step(summed, context.world_size, steps_per_epoch)
+                loss = summed / context.world_size
+                self._record_step(run, loss, lr, steps_per_epoch)
                 images = sum(len(inputs) for inputs, _ in batches) * context.world_size
-                progress.step(epoch, summed / context.world_size, images)
+                progress.step(epoch, loss, images)
                 out_of_time = run.time_used() >= 1
-                if out_of_time and context.is_main and state.step < total_steps:
-                    tqdm.write(f"time limit of {config.time_limit:g} s reached at step {state.step}")
+                if out_of_time and state.step < total_steps:
+                    say(f"time limit of {config.time_limit:g} s reached at step {state.step}")
                 finished = state.step >= total_steps or out_of_time
                 if finished or (state.step % config.val_every == 0 if config.val_every else end_of_epoch):
                     row = self._validate(run, val_set, lr, steps_per_epoch, final=finished)
@@ -185,9 +209,7 @@ class Trainer:
             run.model.eval(), state.history, state.best_metrics, self.folder.path, state.step, test
         )
 
-    def _data(
-        self, context: distributed.Context, say: Callable[[str], None]
-    ) -> tuple[Dataset, Dataset | None]:
+    def _data(self, context: distributed.Context, bars: bool) -> tuple[Dataset, Dataset | None]:
         """The training and validation sets, checked before the first step: rank 0 reads them, and
         on a problem every process stops, with rank 0 listing all of them."""
         train_set, val_set = self.train_set, self.val_set
@@ -201,7 +223,7 @@ class Trainer:
         error: DataError | None = None
         if context.is_main:
             try:
-                self.task.check_data(train_set, val_set, say, self.config.progress)
+                self.task.check_data(train_set, val_set, bars)
             except DataError as found:
                 error = found
         if distributed.any_true(error is not None, context):
@@ -212,20 +234,18 @@ class Trainer:
         self,
         context: distributed.Context,
         say: Callable[[str], None],
+        bars: bool,
         saved: dict[str, Any] | None,
         train_set: Dataset,
     ) -> _Run:
         """The net, initialised or restored from ``saved``, its optimiser and the run's state."""
-        progress = self.config.progress and context.is_main
-        initial = initial_weights(self.config, say, progress) if saved is None else None
+        initial = initial_weights(self.config, bars) if saved is None else None
         config = settle_preprocess(self.config, saved, initial)
         seed_everything(config.seed)
         model = self.task.build_model(config, train_set)
-        initialise(model, config, initial, say)
+        initialise(model, config, initial)
         device = context.device
         model.to(device, memory_format=_memory_format(config))
-        if config.amp != "off" and device.type != "cuda":
-            warnings.warn(f"mixed precision ({config.amp}) needs CUDA; training in float32", stacklevel=2)
         net = for_training(model) if config.accel else model
         if context.enabled:
             net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
@@ -246,6 +266,7 @@ class Trainer:
             config=config,
             context=context,
             say=say,
+            bars=bars,
             model=model,
             net=net,
             optimizer=optimizer,
@@ -337,10 +358,8 @@ class Trainer:
         config, context, state, task = run.config, run.context, run.state, self.task
         metrics = None
         if val_set is not None and len(val_set):
-            with _autocast(context.device, config.amp):
-                metrics = task.evaluate(
-                    run.model, val_set, config, context, config.progress and context.is_main
-                )
+            with _autocast(context.device, _scoring_amp(context.device, config.amp)):
+                metrics = task.evaluate(run.model, val_set, config, context, run.bars)
         row = {
             "step": state.step,
             "epoch": round(state.step / steps_per_epoch, 4),
@@ -355,6 +374,9 @@ class Trainer:
             state.best_score = metrics[task.score]
             state.best_metrics = {**metrics, "step": state.step}
         run.model.meta["metrics"] = metrics
+        if run.board is not None:
+            figures = pictures(task, run.model, val_set)
+            run.board.add_validation(state.step, {k: row[k] for k in task.metrics}, figures)
         self._save(run, best=improved)
 
         def write_log() -> None:
@@ -376,10 +398,8 @@ class Trainer:
         distributed.barrier(context)  # best.pt is written by rank 0
         saved = read_checkpoint(self.folder.best, context.device)
         step, model = saved.get("step"), model_from_checkpoint(saved, str(self.folder.best)).eval()
-        with _autocast(context.device, config.amp):
-            metrics = self.task.evaluate(
-                model, test_set, test_config, context, config.progress and context.is_main
-            )
+        with _autocast(context.device, _scoring_amp(context.device, config.amp)):
+            metrics = self.task.evaluate(model, test_set, test_config, context, run.bars)
         record = {"split": config.test_split, "data": test_config.val_data or config.data, "step": step}
         self._write(run, lambda: self.folder.write_test({**record, "weights": "best.pt", "metrics": metrics}))
         score = self.task.score
@@ -392,20 +412,25 @@ class Trainer:
         """Write ``last.pt`` (and with ``best`` ``best.pt``) from rank 0, with every process's generators."""
         run.state.seconds = run.seconds()
         rng = distributed.all_gather_objects(rng_state(), run.context)
-        self._write(
-            run,
-            lambda: self.folder.save(run.model, run.optimizer, run.scaler, rng, run.config, run.state, best),
-        )
+
+        def save() -> None:
+            if run.steps is not None:
+                run.steps.sync()  # every step of last.pt in steps.csv, on disk before it
+            self.folder.save(run.model, run.optimizer, run.scaler, rng, run.config, run.state, best)
+
+        self._write(run, save)
         run.saved_at, run.saved_step = time.perf_counter(), run.state.step
 
-    def _write(self, run: _Run, write: Callable[[], None]) -> None:
-        """Call ``write`` (files of the run folder) on rank 0; if the system refuses a file (a full
-        disk), stop every process with a :class:`~fcnseg.files.WriteError` that names it, the room
-        left and how to go on. A failed write leaves the file that was there before."""
+    def _write(self, run: _Run, write: Callable[[], _T]) -> _T | None:
+        """Call ``write`` (files of the run folder) on rank 0 and return what it returns (None on the
+        other ranks); if the system refuses a file (a full disk), stop every process with a
+        :class:`~fcnseg.files.WriteError` that names it, the room left and how to go on. A failed
+        write leaves the file that was there before."""
         error: WriteError | None = None
+        written = None
         if run.context.is_main:
             try:
-                write()
+                written = write()
             except WriteError as refused:
                 error = refused
         if distributed.any_true(error is not None, run.context):
@@ -416,6 +441,35 @@ class Trainer:
                 "(a failed write leaves the one before): make room and continue with --resume"
             )
             raise error
+        return written
+
+    @contextlib.contextmanager
+    def _records(self, run: _Run) -> Iterator[None]:
+        """``steps.csv`` and TensorBoard's event files, open on rank 0 while the run steps, both from
+        the step the run starts at."""
+        step = run.state.step
+        try:
+            run.steps = self._write(run, lambda: self.folder.step_log(step))
+            if run.config.tensorboard and run.context.is_main:
+                run.board = Board(self.folder.path, step)
+            yield
+        finally:
+            for record in (run.steps, run.board):
+                if record is not None:
+                    record.close()
+
+    def _record_step(self, run: _Run, loss: float, lr: float, steps_per_epoch: int) -> None:
+        """The step just made, with its mean ``loss`` and its ``lr``, in ``steps.csv`` and TensorBoard's
+        events (by rank 0)."""
+        step = run.state.step
+        row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": loss, "lr": lr}
+
+        def record() -> None:
+            run.steps.add({**row, "seconds": round(run.seconds(), 2)})
+            if run.board is not None:
+                run.board.add_step(step, loss, lr)
+
+        self._write(run, record)
 
 
 def train(config: TrainConfig, resume: bool = False, **datasets: Dataset) -> TrainResult:
@@ -429,14 +483,27 @@ def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-def _speaker(config: TrainConfig, context: distributed.Context) -> Callable[[str], None]:
-    """Prints a line above the progress bar, from rank 0 only, unless the run is quiet."""
+def _speaker(context: distributed.Context) -> Callable[[str], None]:
+    """Logs a status line from rank 0 only: the processes of a run all say the same."""
 
     def say(line: str) -> None:
-        if config.progress and context.is_main:
-            tqdm.write(line)
+        if context.is_main:
+            log.info(line)
 
     return say
+
+
+def _check_amp(amp: str, context: distributed.Context) -> None:
+    """Refuse float16 off CUDA (where its loss scaling is); warn, from rank 0, where bfloat16 is
+    emulated, slower than float32."""
+    device = context.device
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError(f"amp fp16 trains on CUDA only, not on {device.type}; on the CPU use bf16 (or off)")
+    if amp == "bf16" and not has_native_bf16(device) and context.is_main:
+        log.warning(
+            f"amp bf16: this {device.type.upper()} has no native bfloat16 arithmetic; it is emulated, "
+            "and training will be slower than in float32"
+        )
 
 
 def _memory_format(config: TrainConfig) -> torch.memory_format:
@@ -444,9 +511,17 @@ def _memory_format(config: TrainConfig) -> torch.memory_format:
 
 
 def _autocast(device: torch.device, amp: str) -> torch.autocast:
-    if amp == "off" or device.type != "cuda":
+    """Mixed precision on ``device``: bfloat16 on CUDA or the CPU, float16 on CUDA (checked by
+    :func:`_check_amp`); float32 throughout with ``amp`` "off"."""
+    if amp == "off":
         return torch.autocast(device_type=device.type, enabled=False)
-    return torch.autocast(device_type="cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def _scoring_amp(device: torch.device, amp: str) -> str:
+    """The precision validation and the test split are scored in: float32 on the CPU, whose fast
+    inference path is float32's (checked against the plain net in float32), the run's elsewhere."""
+    return "off" if device.type == "cpu" else amp
 
 
 def _to_device(targets: Any, device: torch.device) -> Any:
@@ -522,7 +597,7 @@ class _Progress:
             initial=run.state.step,
             unit="step",
             dynamic_ncols=True,
-            disable=not (run.config.progress and run.context.is_main),
+            disable=not run.bars,
         )
 
     def __enter__(self) -> _Progress:
