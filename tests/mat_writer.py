@@ -30,6 +30,19 @@ class Sparse:
     array: np.ndarray
 
 
+def every_kind(seg: np.ndarray) -> dict[str, Any]:
+    """Variables of every kind the reader knows, around a label map ``seg``: a struct of labels and a
+    cell of sparse boundaries (SBD's layout), a double stored as uint8, complex numbers, a cell of
+    strings, a sparse matrix: the file the fuzz tests damage."""
+    return {
+        "GTcls": {"Segmentation": seg, "Boundaries": [Sparse(seg == 1), None], "Name": "cat"},
+        "S": Stored(np.array([[0.0, 1.0, 33.0], [2.0, 5.0, 0.0]]), "u1"),
+        "z": np.array([[1 + 2j, -3j]]),
+        "names": ["sky", "tree", None],
+        "weights": Sparse(np.array([[0.0, 2.5], [0.0, 0.0], [-1.0, 0.0]])),
+    }
+
+
 def write_mat(path: Path, variables: dict[str, Any], compress: bool = False, endian: str = "<"):
     head = b"MATLAB 5.0 MAT-file, written by the fcnseg tests".ljust(116, b" ") + b"\0" * 8
     head += struct.pack(endian + "H", 0x0100) + (b"IM" if endian == "<" else b"MI")

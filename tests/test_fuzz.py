@@ -21,7 +21,7 @@ import pytest
 import torch
 from caffe_reference import _varint
 from fuzzing import check_all, fuzz, mutants, scaled
-from mat_writer import Sparse, Stored, write_mat
+from mat_writer import every_kind, write_mat
 from PIL import Image
 from starlette.testclient import TestClient
 from tiny_nets import tiny_fcn
@@ -165,16 +165,8 @@ def test_mask_reader_and_folder_data_set(tmp_path):
 @pytest.mark.parametrize("compress", [False, True])
 @pytest.mark.parametrize("endian", ["<", ">"])
 def test_mat_reader(tmp_path, compress, endian):
-    seg = IDS[:5, :7]
-    variables = {
-        "GTcls": {"Segmentation": seg, "Boundaries": [Sparse(seg == 1), None], "Name": "cat"},
-        "S": Stored(np.array([[0.0, 1.0, 33.0], [2.0, 5.0, 0.0]]), "u1"),
-        "z": np.array([[1 + 2j, -3j]]),
-        "names": ["sky", "tree", None],
-        "weights": Sparse(np.array([[0.0, 2.5], [0.0, 0.0], [-1.0, 0.0]])),
-    }
     path = tmp_path / "good.mat"
-    write_mat(path, variables, compress=compress, endian=endian)
+    write_mat(path, every_kind(IDS[:5, :7]), compress=compress, endian=endian)
     data = path.read_bytes()
     hot = list(range(116, len(data)))  # past the descriptive text of the header
     assert fuzz(load_mat, tmp_path / "m.mat", data, 8, 150, hot) == []

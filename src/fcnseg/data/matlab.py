@@ -2,7 +2,7 @@
 PASCAL-Context, BSDS500 and the skeleton sets.
 
 Why not ``scipy.io.loadmat``: a damaged file must be refused with an error naming it, and scipy's
-reader (1.17.1) crashes the process instead (a segmentation fault) on 12 of the 600 mutated files
+reader (1.17.1) crashes the process instead (a segmentation fault) on 12 or 13 of the 600 mutated files
 of ``tests/test_fuzz.py``'s MAT-file cases, taking a training run with it; this reader loads or
 refuses every one of them (``benchmarks/mat_readers.py`` counts both readers' outcomes).
 """
