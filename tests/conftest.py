@@ -1,6 +1,7 @@
 """Shared pytest fixtures."""
 
 import logging
+import socket
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,34 @@ from caffe_reference import restore_all
 from tiny_nets import ARCHS, tiny_fcn
 
 import fcnseg
+
+LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_network():
+    """Tests never reach the network: a name other than the loopback's does not resolve and a
+    connection elsewhere is refused, as on a machine offline. Downloads are tested against the
+    local server of ``http_server.py``."""
+    resolve, connect = socket.getaddrinfo, socket.socket.connect
+
+    def local_only(host, *args, **kwargs):
+        name = host.decode() if isinstance(host, bytes) else host
+        if name is not None and name not in LOOPBACK:
+            raise socket.gaierror(
+                socket.EAI_NONAME, f"Name or service not known (tests stay offline: {host})"
+            )
+        return resolve(host, *args, **kwargs)
+
+    def loopback_only(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in LOOPBACK:
+            raise ConnectionRefusedError(f"tests stay offline: no connection to {address[0]}")
+        return connect(sock, address)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket, "getaddrinfo", local_only)
+        patch.setattr(socket.socket, "connect", loopback_only)
+        yield
 
 
 @pytest.fixture(autouse=True)

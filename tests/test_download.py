@@ -3,8 +3,11 @@
 import hashlib
 import io
 import logging
+import socket
 import tarfile
 import time
+import urllib.error
+import urllib.request
 import zipfile
 
 import pytest
@@ -288,3 +291,11 @@ def test_data_archives_download_through_the_mirror(archive, tmp_path, monkeypatc
         assert not (tmp_path / "again.tgz").exists()
     finally:
         server.close()
+
+
+def test_tests_stay_offline():
+    """conftest's guard: a download that a test did not point at the local server fails at once."""
+    with pytest.raises(urllib.error.URLError, match="tests stay offline"):
+        urllib.request.urlopen("https://download.pytorch.org/models/vgg16-397923af.pth", timeout=5)
+    with socket.socket() as sock, pytest.raises(ConnectionRefusedError, match="tests stay offline"):
+        sock.connect(("93.184.216.34", 80))
