@@ -79,7 +79,7 @@ def fcnseg_outcome(path: Path) -> str:
         load_mat(path)
     except FcnsegError:
         return "refused"
-    except Exception as error:  # noqa: BLE001 - what this script counts
+    except Exception as error:  # what this script counts
         return f"failed ({type(error).__name__})"
     return "loaded"
 

@@ -108,6 +108,29 @@ def test_sizes_beyond_the_fixed_ones_share_the_padded_graph():
     assert engines[FIXED_SIZES] is engines[FIXED_SIZES + 1] is run.padded
 
 
+def test_sizes_whose_graph_failed_are_not_built_again(monkeypatch):
+    """A runtime that refuses every graph: each size is tried once, and beyond the fixed sizes the
+    padded graph is tried once for all; never a build per image."""
+    pytest.importorskip("onnxruntime")
+    from fcnseg.accel import runtimes
+
+    builds = []
+
+    def refusing(*args):
+        builds.append(args)
+        raise RuntimeError("this runtime refuses the graph")
+
+    monkeypatch.setitem(runtimes._ENGINES, "onnxruntime", refusing)
+    model = seeded_net()
+    run = runtime_forward(model, "onnxruntime", "fp32")
+    sizes = [(20 + i, 24) for i in range(FIXED_SIZES + 3)]
+    for size in [*sizes, *sizes]:
+        x = torch.randn(1, 3, *size) * 50
+        with torch.no_grad():
+            assert relative(run(x), model(x)) < 1e-4  # torch's fast path stands in
+    assert len(builds) == FIXED_SIZES + 1 and run.padded is None
+
+
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_int8_backend_keeps_the_labels_of_fp32(backend):
     pytest.importorskip(backend)

@@ -8,6 +8,7 @@ with the same message, before any data or weights are read.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 
 from fcnseg.errors import ConfigError
 
-__all__ = ["ACCELERATORS", "AUTO", "available_devices", "default_threads", "resolve_device"]
+__all__ = ["ACCELERATORS", "AUTO", "available_devices", "cpu_flags", "default_threads", "resolve_device"]
 
 AUTO = "auto"
 """The device that means CUDA when it is available, else the CPU."""
@@ -136,3 +137,17 @@ def _cgroup_cpus() -> int | None:
     if quota in ("max", "-1"):
         return None
     return max(1, math.floor(int(quota) / int(period)))
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's instruction-set flags, from /proc/cpuinfo (empty where there is none: macOS,
+    Windows), which say whether bfloat16 and int8 run natively."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()

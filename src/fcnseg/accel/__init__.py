@@ -67,6 +67,8 @@ def plain_reason(model: nn.Module) -> str | None:
             f"a {type(model).__name__} is not one of fcnseg's own nets "
             f"({', '.join(k.__name__ for k in known)}): its forward may differ"
         )
+    if type(model) is TorchvisionFCN:
+        return "torchvision's FCN has no faster exact path: its residual blocks and its head run as written"
     hooked = [
         name or type(model).__name__
         for name, module in model.named_modules()
@@ -87,7 +89,7 @@ def for_training(model: nn.Module) -> nn.Module:
     """
     from fcnseg.accel.training import TrimmedFCN, TrimmedSides
 
-    reason = plain_reason(model) or _no_wrapper(model)
+    reason = plain_reason(model)
     if reason is None and isinstance(model, SSD) and not _channels_last_pays(model):
         return model  # nothing to gain, nothing to say
     if reason is None:
@@ -122,7 +124,7 @@ def for_inference(
     param = next(model.parameters(), None)
     if param is not None and param.device.type != "cpu":
         return _in_dtype(model, dtype)  # the twins' kernels are the CPU's
-    reason = plain_reason(model) or _no_wrapper(model)
+    reason = plain_reason(model)
     if reason is None and isinstance(model, SSD) and not _channels_last_pays(model):
         return _in_dtype(model, dtype)
     if reason is None:
@@ -139,13 +141,6 @@ def for_inference(
             return run
     _say(model, f"inference runs {type(model).__name__} as written: {reason}")
     return _in_dtype(model, dtype)
-
-
-def _no_wrapper(model: nn.Module) -> str | None:
-    """Why none of fcnseg's own nets that has no wrapper gets one."""
-    if isinstance(model, TorchvisionFCN):
-        return "torchvision's FCN has no faster exact path: its residual blocks and its head run as written"
-    return None
 
 
 def _inference_twin(model: nn.Module, dtype: torch.dtype) -> nn.Module:

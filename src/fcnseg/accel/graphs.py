@@ -122,6 +122,7 @@ def onnx_graph(module: nn.Module, example: torch.Tensor, dynamic_size: bool):
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
+        module(example)  # the head's cached constant matrices, computed before the trace records them
         torch.onnx.export(
             module, (example,), buffer, dynamo=False, opset_version=OPSET, input_names=["image"],
             output_names=["scores"], dynamic_axes={"image": axes, "scores": axes},

@@ -29,11 +29,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
-from fcnseg.data.images import read_image
+from fcnseg.accel import _weights_fingerprint
+from fcnseg.data.images import image_files, read_image
 from fcnseg.data.preprocess import preprocess, preprocessing_of
+from fcnseg.devices import cpu_flags
 
 __all__ = [
     "ACTIVATION_LEVELS",
@@ -62,14 +63,7 @@ def cpu_has_vnni() -> bool:
     Without one, x86 int8 kernels multiply uint8 by int8 with ``vpmaddubsw``, whose 16-bit pair
     sums saturate for large weights: weights then get 7 bits (:attr:`Calibration.weight_bits`).
     """
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("flags"):
-                    return bool(_VNNI_FLAGS & set(line.partition(":")[2].split()))
-    except OSError:
-        pass
-    return False
+    return bool(_VNNI_FLAGS & cpu_flags())
 
 
 @dataclass(frozen=True)
@@ -154,15 +148,13 @@ def calibrate(model: nn.Module, images: Iterable[np.ndarray], weight_bits: int |
 CALIBRATION_IMAGES = 32
 """The most images of a folder that calibration reads (in name order): ranges settle after a few."""
 
-_SUFFIXES = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
-
 
 def calibration_images(folder: str | os.PathLike, limit: int = CALIBRATION_IMAGES) -> list[np.ndarray]:
     """The first ``limit`` images of ``folder`` (by name; files PIL opens), as (H, W, 3) uint8 RGB."""
     root = Path(folder)
     if not root.is_dir():
         raise ValueError(f"calibration: {root} is no folder of images")
-    files = sorted(p for p in root.iterdir() if p.suffix.lower() in _SUFFIXES and not p.name.startswith("."))
+    files = image_files(root)
     if not files:
         raise ValueError(f"calibration: {root} holds no image files")
     return [read_image(p) for p in files[:limit]]
@@ -182,7 +174,7 @@ def calibration_of(
         return source
     if isinstance(source, str | os.PathLike):
         key = str(Path(source).resolve())
-        weights = tuple((t.data_ptr(), t._version) for t in model.parameters())
+        weights = _weights_fingerprint(model)
         known = _CALIBRATIONS.setdefault(model, {}).get(key)
         if known is None or known[0] != weights:
             known = (weights, calibrate(model, calibration_images(source)))
@@ -196,8 +188,7 @@ class Quantized(nn.Module):
 
     (N, C, H, W) -> the layer's output, computed as an int8 runtime computes it: a
     convolution on its quantized input with weights quantized per output channel
-    (symmetric, ``weight_bits``), the output quantized per tensor. ``padding``
-    overrides a convolution's (the canvas drops the first one's).
+    (symmetric, ``weight_bits``), the output quantized per tensor.
     """
 
     def __init__(
@@ -206,12 +197,10 @@ class Quantized(nn.Module):
         input: QParams | None,
         output: QParams | None,
         weight_bits: int = 8,
-        padding: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         self.layer = layer
         self.input, self.output = input, output
-        self.padding = padding
         if isinstance(layer, nn.Conv2d):
             # int8 storage either way (ONNX knows no int7): fewer bits is a larger scale
             weight = layer.weight.detach()
@@ -227,9 +216,8 @@ class Quantized(nn.Module):
             weight = torch.fake_quantize_per_channel_affine(
                 layer.weight, self.scales, self.zeros, 0, -128, 127
             )
-            padding = self.padding if self.padding is not None else layer.padding
             x = torch.nn.functional.conv2d(
-                x, weight, layer.bias, layer.stride, padding, layer.dilation, layer.groups
+                x, weight, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups
             )
         else:
             x = layer(x)

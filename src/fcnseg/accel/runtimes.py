@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -165,7 +164,6 @@ class RuntimeFCN:
         self.padded: Engine | None = None
         self.padded_reason: str | None = None
         """Why the padded graph may not be used, once it was tried and failed: it is not tried again."""
-        self.build_seconds: dict[tuple[int, int], float] = {}
         self.check_errors: dict[tuple[int, int], float] = {}
         """Per size: how far its graph strayed in its check (relative), for reports."""
 
@@ -178,43 +176,35 @@ class RuntimeFCN:
 
     def _build(self, size: tuple[int, int]) -> Engine | None:
         model = self.net()
-        trimmed = (
-            sum(1 for s, e in self.graphs.items() if e is not None and e is not self.padded) < FIXED_SIZES
-        )
-        start = time.perf_counter()
-        try:
-            if trimmed:
-                engine, reason = self._compiled(CanvasGraph(model, *size, self.calibration), size, False)
-            else:
-                if self.padded is None and self.padded_reason is None:
-                    self.padded, self.padded_reason = self._compiled(
-                        padded_graph(model, self.calibration), SELF_CHECK_SIZE, True
-                    )
-                    if self.padded_reason is not None:
-                        self.padded = None
-                engine, reason = self.padded, self.padded_reason
-        except Exception as error:  # an exporter or a runtime refusing the graph: said below, not hidden
-            engine, reason = (
-                None,
-                f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
-            )
-        self.build_seconds[size] = time.perf_counter() - start
+        if len(self.graphs) < FIXED_SIZES:  # sizes tried, failed ones included: each is built once
+            engine, reason = self._compiled(lambda: CanvasGraph(model, *size, self.calibration), size, False)
+        else:
+            if self.padded is None and self.padded_reason is None:  # tried once, for every later size
+                self.padded, self.padded_reason = self._compiled(
+                    lambda: padded_graph(model, self.calibration), SELF_CHECK_SIZE, True
+                )
+            engine, reason = self.padded, self.padded_reason
         if engine is None:
             _say(model, f"{self.backend} {self.precision} at {size[0]}x{size[1]} runs on torch: {reason}")
         self.graphs[size] = engine
         return engine
 
     def _compiled(
-        self, module: nn.Module, size: tuple[int, int], dynamic: bool
+        self, graph: Callable[[], nn.Module], size: tuple[int, int], dynamic: bool
     ) -> tuple[Engine | None, str | None]:
-        """The graph of ``module`` compiled, and why it may not be used (None: it may)."""
+        """The module that ``graph`` builds, compiled, and why it may not be used (None: it may):
+        an exporter or a runtime refusing it is said, not raised."""
         model = self.net()
         x = self._probe(model, size)
-        with evaluating(model), torch.no_grad():
-            expected = (module if self.precision == "int8" else model)(x)
-            proto = onnx_graph(module, x, dynamic)
-        engine = _ENGINES[self.backend](proto, self.precision, self.threads, dynamic)
-        got = torch.from_numpy(engine(x.numpy()))
+        try:
+            module = graph()
+            with evaluating(model), torch.no_grad():
+                expected = (module if self.precision == "int8" else model)(x)
+                proto = onnx_graph(module, x, dynamic)
+            engine = _ENGINES[self.backend](proto, self.precision, self.threads, dynamic)
+            got = torch.from_numpy(engine(x.numpy()))
+        except Exception as error:  # any refusal: torch stands in, and the reason is said
+            return None, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         if got.shape != expected.shape:
             return None, f"its output has shape {tuple(got.shape)}, the plain net's {tuple(expected.shape)}"
         error = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-6))

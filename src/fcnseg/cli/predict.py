@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
@@ -29,7 +28,7 @@ from fcnseg.cli.options import (
     positive,
     set_threads,
 )
-from fcnseg.data.images import read_image
+from fcnseg.data.images import image_files, read_image
 from fcnseg.devices import resolve_device
 from fcnseg.files import DISK_FULL, WriteError
 from fcnseg.infer import crf
@@ -39,9 +38,6 @@ from fcnseg.infer.tiling import parse_memory
 from fcnseg.tasks import Task, task_of
 from fcnseg.tasks.common import InferenceOptions
 from fcnseg.weights.load import load
-
-IMAGE_SUFFIXES = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
-"""Files a folder contributes: those whose suffix PIL can open."""
 
 MAX_PENDING_FACTOR = 2
 """Images waiting for a same-size batch are flushed beyond this many batches' worth."""
@@ -60,11 +56,7 @@ def collect_inputs(specs: Sequence[str]) -> tuple[list[Path], list[str]]:
         path = Path(spec)
         if path.is_dir():
             try:
-                found = sorted(
-                    p
-                    for p in path.iterdir()
-                    if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-                )
+                found = image_files(path)
             except OSError as error:
                 problems.append(f"{path}: cannot read folder ({error.strerror or error})")
                 continue

@@ -19,6 +19,7 @@ __all__ = [
     "ImageReadError",
     "ImageTooLarge",
     "check_pair",
+    "image_files",
     "image_size",
     "read_depth",
     "read_image",
@@ -41,6 +42,18 @@ MAX_PIXELS = 178_956_970
 """The largest image read by default: PIL's default decompression-bomb limit (about 179 MP)."""
 
 _PIL_GUARD = threading.Lock()
+
+_READABLE_SUFFIXES = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+"""Files a folder of images holds: those whose suffix PIL can open."""
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files of ``folder`` by name (by suffix, hidden files skipped, not recursive)."""
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() in _READABLE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
 
 
 @contextlib.contextmanager
@@ -98,12 +111,9 @@ def _open(path: str | Path, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
     An image over ``max_pixels`` (None: no limit) is refused from its header, before
     anything is decoded.
     """
-    with _header(path, max_pixels) as im:
-        try:
-            im.load()
-            return ImageOps.exif_transpose(im)
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise ImageReadError(f"cannot read image {path}: {exc}") from exc
+    with _header(path, max_pixels) as im:  # its decoding errors too become an ImageReadError
+        im.load()
+        return ImageOps.exif_transpose(im)
 
 
 def _sixteen_bit_values(im: Image.Image, path: str | Path) -> np.ndarray:

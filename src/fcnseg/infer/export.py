@@ -156,7 +156,7 @@ def export_runtime_onnx(
     if size is None:
         module, example, described = (
             padded_graph(model, calibration),
-            torch.zeros(1, model.in_channels, 64, 64),
+            torch.zeros(1, model.in_channels, EXAMPLE_SIZE, EXAMPLE_SIZE),
             "padded net, any input size",
         )
     else:
@@ -167,9 +167,7 @@ def export_runtime_onnx(
         meta["int8"] = json.dumps(calibration.to_dict())
 
     def write(tmp: Path) -> None:
-        with torch.no_grad():
-            module(example)  # the head's constant matrices, computed before the trace records them
-            graph = onnx_graph(module, example, dynamic_size=size is None)
+        graph = onnx_graph(module, example, dynamic_size=size is None)
         onnx.helper.set_model_props(graph, meta)
         onnx.save(graph, tmp)
 

@@ -20,10 +20,10 @@ from torch import nn
 
 from fcnseg.accel import evaluating, for_inference
 from fcnseg.accel.quantize import Calibration, calibration_of
-from fcnseg.accel.runtimes import runtime_forward
+from fcnseg.accel.runtimes import BACKENDS, runtime_forward
 from fcnseg.data.images import read_image
 from fcnseg.data.preprocess import preprocess, preprocessing_of
-from fcnseg.devices import resolve_device
+from fcnseg.devices import cpu_flags, resolve_device
 from fcnseg.errors import ConfigError
 from fcnseg.infer.crf import CRFSettings, refine
 from fcnseg.infer.tiling import (
@@ -51,9 +51,6 @@ PRECISIONS = ("fp32", "bf16", "auto", "int8")
 """fp32: exact. bf16: the backbone in bfloat16 (autocast on CUDA). auto: bf16 where the hardware has it.
 int8: the trunk in int8, calibrated on a few images (a runtime backend)."""
 
-BACKENDS = ("torch", "onnxruntime", "openvino")
-"""torch: fcnseg's own fast path. onnxruntime, openvino: the net's trimmed graph compiled by that
-runtime (its extra installed), on the CPU (:mod:`fcnseg.accel.runtimes`)."""
 
 _BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}
 
@@ -103,14 +100,7 @@ def cpu_has_native_bf16() -> bool:
     Elsewhere bfloat16 is emulated and slower than float32; where there is no
     /proc/cpuinfo (macOS, Windows) the answer is False.
     """
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("flags"):
-                    return bool(_BF16_CPU_FLAGS & set(line.partition(":")[2].split()))
-    except OSError:
-        pass
-    return False
+    return bool(_BF16_CPU_FLAGS & cpu_flags())
 
 
 def has_native_bf16(device: torch.device) -> bool:
