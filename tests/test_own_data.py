@@ -16,6 +16,7 @@ from fcnseg.cli import main
 from fcnseg.data.datasets import DataError
 from fcnseg.data.folder import FolderSegmentation
 from fcnseg.data.synthetic import write_synthetic_folder
+from fcnseg.tasks import get_task
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.initial import initial_weights
 from fcnseg.train.trainer import TrainingInterrupted, train
@@ -44,6 +45,15 @@ def test_classes_are_counted_in_the_masks_or_given(folder):
     assert FolderSegmentation(folder).classes_from == "classes.txt"
     with pytest.raises(ValueError, match="num_classes=9 but 2 class names"):
         FolderSegmentation(folder, num_classes=9)
+
+
+def test_without_validation_every_image_trains(tmp_path, folder):
+    """val_split "none" holds nothing out: the 10% that would validate train too."""
+    task = get_task("segmentation")
+    train_set, val_set = task.datasets(narrow(tmp_path, folder))
+    assert (len(train_set), len(val_set)) == (9, 1)
+    train_set, val_set = task.datasets(narrow(tmp_path, folder, val_split="none"))
+    assert (len(train_set), val_set) == (10, None)
 
 
 def test_every_bad_pair_is_listed_before_the_first_step(tmp_path, folder):

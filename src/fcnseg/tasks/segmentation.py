@@ -87,6 +87,8 @@ class SegmentationTask(TaskBase):
             from fcnseg.data.folder import FolderSegmentation
 
             train = FolderSegmentation(config.data, num_classes=config.num_classes)
+            if not config.validates:  # every image trains: none is held out for a validation not run
+                return train, None
             if config.val_data:
                 return train, FolderSegmentation(config.val_data, class_names=train.class_names)
             return holdout(train, config.val_fraction, seed=0)

@@ -109,6 +109,9 @@ class _Run:
     saved_step: int  # the step of the last save of last.pt
     steps: StepLog | None = None  # steps.csv, on rank 0
     board: Board | None = None  # TensorBoard's event files, on rank 0 with config.tensorboard
+    unwritten: WriteError | None = (
+        None  # a step's record that rank 0 could not write, raised at the next save
+    )
 
     def seconds(self) -> float:
         return time.perf_counter() - self.started
@@ -338,9 +341,9 @@ class Trainer:
             if steps
             else bool(seconds) and time.perf_counter() - run.saved_at >= seconds
         )
-        if not distributed.any_true(overdue or stop.number is not None, context):
+        if not distributed.any_true(overdue or stop.number is not None or run.unwritten is not None, context):
             return
-        self._save(run)  # no validation: a place to resume from
+        self._save(run)  # no validation: a place to resume from (and raises an unwritten step record)
         if distributed.any_true(stop.number is not None, context):
             number = stop.number if stop.number is not None else signal.SIGTERM  # another rank's
             raise TrainingInterrupted(
@@ -383,8 +386,7 @@ class Trainer:
             self.folder.write_log(state.history, log_columns(task))
             self.folder.draw_curves(state.history, task.curves)
 
-        self._write(run, write_log)
-        distributed.barrier(context)
+        self._write(run, write_log)  # its collective keeps the processes together
         return row
 
     def _test(self, run: _Run) -> dict[str, Any]:
@@ -426,9 +428,9 @@ class Trainer:
         other ranks); if the system refuses a file (a full disk), stop every process with a
         :class:`~fcnseg.files.WriteError` that names it, the room left and how to go on. A failed
         write leaves the file that was there before."""
-        error: WriteError | None = None
+        error, run.unwritten = run.unwritten, None
         written = None
-        if run.context.is_main:
+        if run.context.is_main and error is None:
             try:
                 written = write()
             except WriteError as refused:
@@ -460,16 +462,18 @@ class Trainer:
 
     def _record_step(self, run: _Run, loss: float, lr: float, steps_per_epoch: int) -> None:
         """The step just made, with its mean ``loss`` and its ``lr``, in ``steps.csv`` and TensorBoard's
-        events (by rank 0)."""
+        events, by rank 0 and without a collective: a file it cannot write stops every process at the
+        next save (:meth:`_save_between`, or the validation's), as :meth:`_write` does."""
+        if not run.context.is_main or run.unwritten is not None:
+            return
         step = run.state.step
         row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": loss, "lr": lr}
-
-        def record() -> None:
+        try:
             run.steps.add({**row, "seconds": round(run.seconds(), 2)})
             if run.board is not None:
                 run.board.add_step(step, loss, lr)
-
-        self._write(run, record)
+        except WriteError as refused:
+            run.unwritten = refused
 
 
 def train(config: TrainConfig, resume: bool = False, **datasets: Dataset) -> TrainResult:
