@@ -33,7 +33,7 @@ from fcnseg.tasks import get_task
 from fcnseg.tasks.segmentation import SegmentationTask
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.initial import initial_weights, initialise, kaiming_init
-from fcnseg.train.run_folder import RunFolder
+from fcnseg.train.run_folder import RunFolder, StepLog
 from fcnseg.train.state import seed_everything
 from fcnseg.train.trainer import Trainer, TrainingDiverged, log_columns, train
 from fcnseg.weights.checkpoint import CheckpointError
@@ -256,6 +256,25 @@ def test_a_full_disk_stops_the_run_naming_the_file_and_resuming_loses_nothing(tm
     assert resumed.steps == 6
     assert_same_state(straight.model.state_dict(), resumed.model.state_dict())
     assert steps_of(run) == steps_of(tmp_path / "straight")
+
+
+def test_a_step_record_that_cannot_be_written_stops_the_run_at_the_next_save(tmp_path, monkeypatch):
+    """steps.csv refused at step 3: the run stops at the next save (the validation that ends the
+    epoch, at step 3) with the file's error, and leaves last.pt of step 2 whole, to resume from."""
+    real_add = StepLog.add
+
+    def refuse_step_3(log, row):
+        if row["step"] == 3:
+            raise WriteError(log.path, OSError(errno.ENOSPC, "No space left on device"))
+        real_add(log, row)
+
+    monkeypatch.setattr(StepLog, "add", refuse_step_3)
+    config = tiny_config(tmp_path, val_every=0, checkpoint_every="2steps")
+    with pytest.raises(WriteError, match=r"steps.csv: No space left on device .*training stopped at step 3\."):
+        train(config)
+    monkeypatch.undo()
+    assert RunFolder(tmp_path / "run").read_last()["step"] == 2
+    assert train(config, resume=True).steps == 6
 
 
 def test_checkpoints_every_n_steps_resume_mid_epoch_to_the_same_weights(tmp_path, monkeypatch):
