@@ -7,7 +7,15 @@ from __future__ import annotations
 import argparse
 import json
 
-from fcnseg.cli.options import add_device, add_inference, add_threads, add_weights, positive, set_threads
+from fcnseg.cli.options import (
+    add_device,
+    add_inference,
+    add_threads,
+    add_weights,
+    inference_options,
+    positive,
+    set_threads,
+)
 from fcnseg.data.registry import DATASETS
 from fcnseg.devices import resolve_device
 from fcnseg.distributed import Context
@@ -15,7 +23,6 @@ from fcnseg.infer import crf
 from fcnseg.infer.edge_outputs import EDGE_OUTPUTS
 from fcnseg.logs import show_bars
 from fcnseg.tasks import task_of
-from fcnseg.tasks.common import InferenceOptions
 from fcnseg.weights.load import load
 
 
@@ -53,6 +60,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--edge-output",
         choices=EDGE_OUTPUTS,
+        default="fuse",
         help="HED: the map to score; fuse: the fused output (default); merge: the mean of the fused and "
         "side-mean maps, each thinned first, as the reference's merge_res.m (the paper's best)",
     )
@@ -67,14 +75,7 @@ def run(args: argparse.Namespace) -> int:
     dataset_name = args.dataset or ("synthetic" if args.data == "synthetic" else "folder")
     model = load(args.weights)
     task = task_of(model)
-    options = InferenceOptions(
-        crf=args.crf,
-        batch_size=args.batch_size,
-        edge_output=args.edge_output or "fuse",
-        precision=args.precision,
-        backend=args.backend,
-        calibration=args.calibration,
-    )
+    options = inference_options(args, crf=args.crf, batch_size=args.batch_size, edge_output=args.edge_output)
     task.check_options(model, options, args.weights)
     dataset = task.evaluation_set(model, dataset_name, args.data, args.split, args.images, args.weights)
     metrics = task.measure(

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from fcnseg.accel.quantize import calibrate, calibration_images
-from fcnseg.cli.options import add_threads, add_weights, set_threads
+from fcnseg.cli.options import add_threads, add_weights, parse_size, set_threads
 from fcnseg.infer.export import export_onnx, export_runtime_onnx, export_torchscript
 from fcnseg.weights.load import load, segmentation_only
 
@@ -69,21 +69,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--size",
-        type=_size,
+        type=parse_size,
         default=None,
         help="HxW, e.g. 500x500: the trimmed graph for inputs of that size only (faster: it skips "
         "the work the padded net spends on its padding); default: the padded net, any size",
     )
     add_threads(parser)
     parser.set_defaults(run=run)
-
-
-def _size(text: str) -> tuple[int, int]:
-    """``500x375`` -> (500, 375): height by width."""
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 500x500, got {text!r}") from None
-    if height < 1 or width < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
-    return height, width

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fcnseg.cli.options import integers
+from fcnseg.cli.options import integers, parse_size
 from fcnseg.errors import FcnsegError
 from fcnseg.models.flops import ComputeCost
 from fcnseg.models.registry import ARCHITECTURES, BUILDERS, build_model
@@ -43,18 +43,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--all-layers", action="store_true", help="also list ReLU and dropout layers")
     parser.set_defaults(run=run)
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``500x375`` -> (500, 375) as (H, W); a single number is a square."""
-    parts = text.lower().split("x")
-    try:
-        size = tuple(int(p) for p in parts) * (2 if len(parts) == 1 else 1)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 500x500, got {text!r}") from None
-    if len(size) != 2 or min(size) < 1:
-        raise argparse.ArgumentTypeError(f"size must be two positive numbers HxW, got {text!r}")
-    return size
 
 
 def run(args: argparse.Namespace) -> int:

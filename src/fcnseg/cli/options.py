@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import torch
 
 from fcnseg.data.images import MAX_PIXELS
 from fcnseg.devices import AUTO, default_threads, resolve_device
 from fcnseg.errors import ConfigError
+from fcnseg.tasks.common import InferenceOptions
 
 __all__ = [
     "DEVICE_HELP",
@@ -19,8 +21,10 @@ __all__ = [
     "add_weights",
     "device_name",
     "fraction",
+    "inference_options",
     "integers",
     "megapixels",
+    "parse_size",
     "positive",
     "positive_float",
     "set_threads",
@@ -114,6 +118,13 @@ def add_inference(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def inference_options(args: argparse.Namespace, **more: Any) -> InferenceOptions:
+    """The options :func:`add_inference`'s flags give, with ``more`` of a command's own."""
+    return InferenceOptions(
+        precision=args.precision, backend=args.backend, calibration=args.calibration, **more
+    )
+
+
 def add_max_megapixels(parser: argparse.ArgumentParser, refused: str) -> None:
     """``--max-megapixels``: the decompression-bomb guard of the commands that read images;
     ``refused`` says what happens to a larger one."""
@@ -160,3 +171,15 @@ def integers(text: str) -> tuple[int, ...]:
         return tuple(int(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``500x375`` -> (500, 375) as (H, W); a single number is a square."""
+    parts = text.lower().split("x")
+    try:
+        size = tuple(int(p) for p in parts) * (2 if len(parts) == 1 else 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 500x500, got {text!r}") from None
+    if len(size) != 2 or min(size) < 1:
+        raise argparse.ArgumentTypeError(f"size must be two positive numbers HxW, got {text!r}")
+    return size

@@ -25,6 +25,7 @@ from fcnseg.cli.options import (
     add_threads,
     add_weights,
     fraction,
+    inference_options,
     positive,
     set_threads,
 )
@@ -111,7 +112,8 @@ def output_stems(files: Sequence[Path], suffixes: Sequence[str]) -> list[str]:
 
 def _options(args: argparse.Namespace) -> InferenceOptions:
     """What the flags ask of the net and of the files written."""
-    return InferenceOptions(
+    return inference_options(
+        args,
         overlay=args.overlay,
         overlay_format=args.overlay_format,
         overlay_alpha=args.overlay_alpha,
@@ -121,12 +123,9 @@ def _options(args: argparse.Namespace) -> InferenceOptions:
         tta_flip=args.tta_flip,
         tta_scales=args.tta_scales,
         crf=args.crf,
-        precision=args.precision,
-        backend=args.backend,
-        calibration=args.calibration,
         max_memory=args.max_memory,
         batch_size=args.batch_size,
-        edge_output=args.edge_output or "fuse",
+        edge_output=args.edge_output,
     )
 
 
@@ -328,6 +327,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--edge-output",
         choices=EDGE_OUTPUTS,
+        default="fuse",
         help="HED: the map to write; fuse: the fused output (default); merge: (fuse + mean of the side "
         "outputs) / 2, the late merging HED's paper reports best",
     )

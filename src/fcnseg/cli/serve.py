@@ -13,13 +13,13 @@ from fcnseg.cli.options import (
     add_max_megapixels,
     add_threads,
     add_weights,
+    inference_options,
     positive,
     positive_float,
     set_threads,
 )
 from fcnseg.devices import resolve_device
 from fcnseg.serve import MAX_QUEUE, TIMEOUT
-from fcnseg.tasks.common import InferenceOptions
 from fcnseg.weights.load import load
 
 
@@ -38,11 +38,8 @@ def run(args: argparse.Namespace) -> int:
     # A taken port fails before a model is loaded (or downloaded).
     with web.listen(args.host, args.port) as sock:
         model = load(args.weights).to(device)
-        options = InferenceOptions(
-            precision=args.precision, backend=args.backend, calibration=args.calibration
-        )
         predictor = web.Predictor(
-            model, Path(args.weights).name, max_pixels=args.max_megapixels, options=options
+            model, Path(args.weights).name, max_pixels=args.max_megapixels, options=inference_options(args)
         )
         classes = f", {model.num_classes} classes" if predictor.info()["classes"] else ""
         print(
