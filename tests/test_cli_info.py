@@ -187,7 +187,10 @@ def test_names_that_build_no_net_say_what_to_describe(capsys, offline):
     assert main(["info", "vgg16-caffe"]) == 2
     err = capsys.readouterr().err
     assert "vgg16-caffe is an ImageNet classifier that starts a net, and builds none itself" in err
-    assert main(["info", "fcn8s"]) == 0  # the command it names
+    assert "`fcnseg info fcn32s` describes a net it starts" in err
+    assert main(["info", "fcn32s"]) == 0  # the command it names
+    assert main(["info", "googlenet-caffe"]) == 2  # each classifier names a net of its own family
+    assert "`fcnseg info fcn32s-googlenet` describes a net it starts" in capsys.readouterr().err
     assert main(["info", "vgg16-hed"]) == 2
     assert "`fcnseg info hed` describes a net it starts" in capsys.readouterr().err
     assert main(["info", "imagenet"]) == 2

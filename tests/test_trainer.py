@@ -270,7 +270,9 @@ def test_a_step_record_that_cannot_be_written_stops_the_run_at_the_next_save(tmp
 
     monkeypatch.setattr(StepLog, "add", refuse_step_3)
     config = tiny_config(tmp_path, val_every=0, checkpoint_every="2steps")
-    with pytest.raises(WriteError, match=r"steps.csv: No space left on device .*training stopped at step 3\."):
+    with pytest.raises(
+        WriteError, match=r"steps.csv: No space left on device .*training stopped at step 3\."
+    ):
         train(config)
     monkeypatch.undo()
     assert RunFolder(tmp_path / "run").read_last()["step"] == 2

@@ -91,12 +91,11 @@ def _published(name: str) -> dict:
             "`fcnseg info fcn8s` describes a net it starts"
         )
     weights = hub.get(name)
-    if weights.is_classifier or weights.is_trunk:
+    if weights.starts:
         kind = "an ImageNet classifier" if weights.is_classifier else "a trunk"
-        taker = hub.TRUNKS[weights.arch][0] if weights.is_trunk else "fcn8s"
         raise FcnsegError(
-            f"{name} is {kind} that starts a net, and builds none itself: `fcnseg info {taker}` describes "
-            "a net it starts"
+            f"{name} is {kind} that starts a net, and builds none itself: `fcnseg info {weights.starts}` "
+            "describes a net it starts"
         )
     return weights.model_args
 

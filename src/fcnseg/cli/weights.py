@@ -70,7 +70,7 @@ def run_get(args: argparse.Namespace) -> int:
     name = args.name
     if args.arch is not None:
         path = hub.resolve(name, arch=args.arch)
-    elif name in hub.WEIGHTS and (hub.get(name).is_classifier or hub.get(name).is_trunk):
+    elif name in hub.WEIGHTS and hub.get(name).starts:
         path = hub.fetch(name)
     else:
         path = hub.checkpoint(name)

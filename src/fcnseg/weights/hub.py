@@ -132,6 +132,14 @@ class Weights:
         return self.arch in TRUNKS
 
     @property
+    def starts(self) -> str | None:
+        """The net that a classifier or a published trunk starts (the first it names), else None:
+        weights that are a net's own."""
+        if self.is_classifier:
+            return _FAMILY_FCN[self.arch]
+        return TRUNKS[self.arch][0] if self.is_trunk else None
+
+    @property
     def family(self) -> str:
         return self.arch if self.is_classifier else trunk_family(self.arch)
 
@@ -559,8 +567,7 @@ def fetch(name: str, progress: bool = True) -> Path:
         record=dest.with_name(dest.name + ".sha256"),
         mirrors=file.mirrors,
         check=None if file.md5 or file.sha1 or file.sha256 else partial(check_layout, name),
-        then=f"run `{get_command(name)}`, which checks it"
-        + ("" if weights.is_classifier or weights.is_trunk else " and converts it"),
+        then=f"run `{get_command(name)}`, which checks it" + ("" if weights.starts else " and converts it"),
         progress=progress,
     )
 
@@ -610,14 +617,14 @@ def _held_layout(weights: Weights, path: Path) -> Layout:
     try:
         args = build_args(blobs, str(path))
     except WeightsMismatchError:  # a trunk without a net's head: a classifier's, or a published trunk
-        if not (weights.is_classifier or weights.is_trunk):
+        if weights.starts is None:
             raise
     else:
         heads = tuple(args.get("heads", ()))
         return Layout(
             args["arch"], _conv_widths(args["arch"], tuple(args["widths"])), args.get("num_classes"), heads
         )
-    taker = _FAMILY_FCN[weights.arch] if weights.is_classifier else TRUNKS[weights.arch][0]
+    taker = weights.starts
     args = infer_build_args(caffe_trunk_blobs(blobs), taker, str(path))
     return Layout(_expected_layout(weights).net, _conv_widths(taker, tuple(args["widths"])))
 
@@ -665,9 +672,9 @@ def checkpoint(name: str, progress: bool = True) -> Path:
             f"from it (in Python: fcnseg.weights.hub.resolve({name!r}, arch='fcn8s'))"
         )
     weights = get(name)
-    if weights.is_classifier or weights.is_trunk:
+    if weights.starts:
         kind = "an ImageNet classifier" if weights.is_classifier else "a trunk"
-        arch = _FAMILY_FCN[weights.arch] if weights.is_classifier else TRUNKS[weights.arch][0]
+        arch = weights.starts
         raise FcnsegError(
             f"{name} is {kind}, not a model that predicts: it starts a net. `{get_command(name, arch)}` "
             f"converts it for {arch}, `{_train_command(name, arch)}` trains from it (in Python: "
@@ -748,7 +755,7 @@ def cache_state(name: str) -> str:
     weights = get(name)
     original = _original(weights)
     verified = original.with_name(original.name + ".sha256").is_file()
-    if weights.is_classifier or weights.is_trunk:
+    if weights.starts:
         if original.is_file():
             return "yes" if verified else "unchecked"
         return "no"

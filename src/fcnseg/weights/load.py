@@ -70,7 +70,7 @@ def _check_published_arch(name: str, arch: str) -> None:
     """Refuse, before anything is downloaded, a published model that is not the ``arch`` asked for
     (``hubconf``'s ``fcn8s(weights="voc-fcn32s")``)."""
     weights = hub.WEIGHTS.get(name)
-    if weights is None or weights.is_classifier or weights.is_trunk or weights.arch == arch:
+    if weights is None or weights.starts or weights.arch == arch:
         return  # unknown names, and names that start a net, are refused by hub.checkpoint
     raise FcnsegError(
         f"{name} is an {weights.arch} model, not {arch}: load it as {weights.arch} "
