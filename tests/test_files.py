@@ -25,6 +25,9 @@ def test_the_file_and_then_its_folder_are_flushed(tmp_path, monkeypatch):
     atomic_write(tmp_path / "a.bin", lambda f: f.write(b"new"))
     assert flushed == [False, True]  # the data before the rename, the rename after it
     assert (tmp_path / "a.bin").read_bytes() == b"new"
+    flushed.clear()
+    atomic_write(tmp_path / "b.bin", lambda f: f.write(b"output"), durable=False)
+    assert flushed == [False]  # an output by the thousand: the data, not the folder's journal
 
 
 @pytest.mark.parametrize("stage", ["write", "fsync", "replace"])

@@ -94,12 +94,15 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_path(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+def atomic_write_path(
+    path: str | os.PathLike, write: Callable[[Path], None], *, durable: bool = True
+) -> Path:
     """Call ``write`` with a temporary file name beside ``path``, flush the file, rename it over ``path``,
-    flush the rename.
+    and with ``durable`` flush the rename.
 
     A crash, a kill or a full disk leaves either the old file or the new one, never a torn one;
-    once this returns, the new one survives a power cut too. A failure of the system (an ``OSError``
+    once this returns, a ``durable`` file survives a power cut too (the folder flush costs a journal
+    commit: outputs written by the thousand, which a rerun makes again, go without). A failure of the system (an ``OSError``
     with an errno: no room, no permission) raises :class:`WriteError`, which names the file and the
     room left. The file gets the permissions that ``open`` would give it (0666 less the umask), not
     ``mkstemp``'s 0600. For writers that take a file name; :func:`atomic_write` is for those that
@@ -118,7 +121,8 @@ def atomic_write_path(path: str | os.PathLike, write: Callable[[Path], None]) ->
             os.fsync(f.fileno())
         os.replace(tmp, path)
         tmp = None
-        _fsync_folder(path.parent)
+        if durable:
+            _fsync_folder(path.parent)
     except OSError as error:
         if error.errno is None or isinstance(error, WriteError):  # a writer's own error, not the system's
             raise
@@ -129,7 +133,7 @@ def atomic_write_path(path: str | os.PathLike, write: Callable[[Path], None]) ->
     return path
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], *, durable: bool = True) -> Path:
     """Call ``write`` on a temporary file beside ``path``, flush it to disk, then rename it over ``path``.
 
     A crash or a full disk leaves either the old file or the new one, never a torn one;
@@ -140,4 +144,4 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
         with tmp.open("wb") as f:
             write(f)
 
-    return atomic_write_path(path, write_file)
+    return atomic_write_path(path, write_file, durable=durable)

@@ -101,7 +101,7 @@ def augment_skeletons(
 
 
 def _write(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data), durable=False)
 
 
 def _stem(image_path: Path, scale: float, rotation: int, flip: str) -> str:

@@ -106,7 +106,7 @@ def class_legend(names: list[str]) -> list[dict[str, Any]]:
 def write_picture(path: str, picture: Image.Image) -> None:
     """Write ``picture`` atomically, as a JPEG if ``path`` ends in ``.jpg``, else as a PNG."""
     kind = "JPEG" if path.endswith(".jpg") else "PNG"
-    atomic_write(path, lambda f: picture.save(f, format=kind))
+    atomic_write(path, lambda f: picture.save(f, format=kind), durable=False)
 
 
 def augmentation(config: TrainConfig) -> Compose | None:

@@ -188,7 +188,7 @@ class DetectionTask(TaskBase):
         records = detection_records(prediction, self.class_names(model))
         rows = ",\n  ".join(json.dumps(d) for d in records)  # one detection per line
         text = f'{{"width": {width}, "height": {height}, "detections": [\n  {rows}\n]}}\n'
-        atomic_write(f"{stem}.json", lambda f: f.write(text.encode()))
+        atomic_write(f"{stem}.json", lambda f: f.write(text.encode()), durable=False)
         write_picture(
             f"{stem}_boxes.{options.overlay_format}", self.picture(model, image, prediction, options)
         )

@@ -238,7 +238,9 @@ class SegmentationTask(TaskBase):
             shown = Image.fromarray(overlay(image, labels, alpha=options.overlay_alpha))
             write_picture(f"{stem}_overlay.{options.overlay_format}", shown)
         if probs is not None:
-            atomic_write(f"{stem}_probs.npy", lambda f: np.save(f, probs.astype(options.probs_dtype)))
+            atomic_write(
+                f"{stem}_probs.npy", lambda f: np.save(f, probs.astype(options.probs_dtype)), durable=False
+            )
 
     def predicted(self, model: nn.Module) -> str:
         return "segmented"
