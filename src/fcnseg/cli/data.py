@@ -47,7 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
-    root = download.fetch(args.name, args.root, progress=show_bars(not args.quiet))
+    root = download.fetch(args.name, args.root, progress=not args.quiet)
     print(f"{args.name}: {root}")
     return 0
 

@@ -242,7 +242,9 @@ class Trainer:
         train_set: Dataset,
     ) -> _Run:
         """The net, initialised or restored from ``saved``, its optimiser and the run's state."""
-        initial = initial_weights(self.config, bars) if saved is None else None
+        initial = (
+            initial_weights(self.config, self.config.progress and context.is_main) if saved is None else None
+        )
         config = settle_preprocess(self.config, saved, initial)
         seed_everything(config.seed)
         model = self.task.build_model(config, train_set)
