@@ -22,6 +22,7 @@ from tqdm import tqdm
 from fcnseg.data.datasets import DataError, read_id_list, require_files
 from fcnseg.data.images import read_image
 from fcnseg.data.preprocess import preprocess
+from fcnseg.data.transforms import resize_image
 from fcnseg.data.voc import VOC_CLASSES, find_voc_dir
 from fcnseg.errors import FcnsegError
 
@@ -327,9 +328,7 @@ def resize_for_net(image: np.ndarray, size: int = 300) -> np.ndarray:
     ``cv::resize`` with INTER_LINEAR does it (half-pixel centres, no smoothing when shrinking; Pillow's
     bilinear smooths), to within OpenCV's fixed-point rounding of one grey level. Normalised boxes
     stay as they are."""
-    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
-    warped = torch.nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
-    return warped[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    return resize_image(image, (size, size), antialias=False)
 
 
 class DetectionSamples(Dataset):

@@ -107,10 +107,11 @@ class RandomScale:
         return f"RandomScale(scale_range={self.scale_range})"
 
 
-def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of an (H, W, C) uint8 image to ``size`` = (H', W')."""
+def resize_image(image: np.ndarray, size: tuple[int, int], *, antialias: bool = True) -> np.ndarray:
+    """Bilinear resize of an (H, W, C) uint8 image to ``size`` = (H', W'); ``antialias`` smooths
+    when shrinking, as Pillow does (without: as OpenCV's INTER_LINEAR)."""
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
-    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=antialias)
     return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
