@@ -59,9 +59,13 @@ def seeded_model(arch: str, seed: int = 0, widths: tuple[int, ...] | None = None
             if isinstance(module, nn.Conv2d):
                 fan_in = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
                 module.weight.normal_(0, (2 / fan_in) ** 0.5)
-                module.bias.normal_(0, 0.1)
+                if module.bias is not None:  # ResNet's convolutions have none
+                    module.bias.normal_(0, 0.1)
             elif isinstance(module, nn.ConvTranspose2d) and module.weight.requires_grad:
                 module.weight.add_(0.01 * torch.randn_like(module.weight))
+            elif isinstance(module, nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
     return model
 
 

@@ -22,15 +22,14 @@ import os
 import shlex
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _results import machine, write_section  # noqa: E402
+from bench_inference import seeded_model, time_cell  # noqa: E402
 
 import fcnseg  # noqa: E402
 from fcnseg.accel import for_inference  # noqa: E402
@@ -39,38 +38,6 @@ from fcnseg.models.registry import RESNET_FCNS, TORCHVISION_FCNS  # noqa: E402
 
 ARCHS = (*RESNET_FCNS, *TORCHVISION_FCNS, "fcn8s")
 SIZE = (500, 500)
-
-
-def seeded(arch: str, seed: int = 0) -> nn.Module:
-    """The full-width net with random weights that keep activations in range, in eval mode."""
-    torch.manual_seed(seed)
-    model = fcnseg.build_model(arch).eval()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.Conv2d):
-                module.weight.normal_(0, (2 / module.weight[0].numel()) ** 0.5)
-                if module.bias is not None:
-                    module.bias.normal_(0, 0.1)
-            elif isinstance(module, nn.BatchNorm2d):
-                module.running_mean.normal_(0, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-    return model
-
-
-def round_ms(runs: dict[str, callable], x: torch.Tensor, rounds: int) -> dict[str, list[float]]:
-    """Each run once to warm up, then ``rounds`` rounds of all of them in turn: each one's times, in ms.
-    Every net's rounds spread over the whole measurement, so a burst of other work on a shared
-    machine slows some rounds of each net, not all rounds of some."""
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    with torch.inference_mode():
-        for run in runs.values():
-            run(x)
-        for _ in range(rounds):
-            for name, run in runs.items():
-                start = time.perf_counter()
-                run(x)
-                times[name].append(1000 * (time.perf_counter() - start))
-    return times
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -92,13 +59,13 @@ def main(argv: list[str] | None = None) -> int:
         "`fcnseg predict`'s path ms, best (median) |",
         "|---|---|---|---|---|---|",
     ]
-    models = {arch: seeded(arch) for arch in args.archs}
+    models = {arch: seeded_model(arch) for arch in args.archs}
     runs = {
         (arch, way): net
         for arch, m in models.items()
         for way, net in (("plain", m), ("fast", for_inference(m)))
     }
-    times = round_ms(runs, x, args.rounds)
+    times = {key: [1000 * s for s in seconds] for key, seconds in time_cell(runs, x, args.rounds).items()}
     for arch, model in models.items():
         with torch.device("meta"):
             cost = compute_cost(fcnseg.build_model(arch), SIZE)

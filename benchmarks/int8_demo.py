@@ -28,29 +28,29 @@ from _results import cpu_flags, machine, write_section  # noqa: E402
 
 import fcnseg  # noqa: E402
 from fcnseg.accel.quantize import calibrate  # noqa: E402
+from fcnseg.cli.demo import FULL_DATA  # noqa: E402
 from fcnseg.data.datasets import InMemory  # noqa: E402
 from fcnseg.data.preprocess import preprocess, preprocessing_of  # noqa: E402
 from fcnseg.infer.predict import inference_forward  # noqa: E402
 from fcnseg.metrics.segmentation import evaluate_confusion, scores  # noqa: E402
 from fcnseg.tasks import get_task  # noqa: E402
 
-SIZE_RANGE = (64, 96)
-"""The demo's image sizes (``FULL_DATA["image_size"]`` in fcnseg.cli.demo)."""
-
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("weights", help="the demo's model.pt")
     parser.add_argument("--calibration-images", type=int, default=16)
-    parser.add_argument("--test-images", type=int, default=100)
+    parser.add_argument("--test-images", type=int, default=FULL_DATA["test_images"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = fcnseg.load(args.weights).eval()
     task = get_task("segmentation")
-    test = InMemory(task.synthetic(args.test_images, seed=2, size_range=SIZE_RANGE), "test set", False)
-    train = task.synthetic(args.calibration_images, seed=0, size_range=SIZE_RANGE)
+    test = InMemory(
+        task.synthetic(args.test_images, seed=2, size_range=FULL_DATA["image_size"]), "test set", False
+    )
+    train = task.synthetic(args.calibration_images, seed=0, size_range=FULL_DATA["image_size"])
     pictures = [train[i][0] for i in range(len(train))]
     inputs = [preprocess(image, preprocessing_of(model))[None] for image, _ in test]
     with torch.inference_mode():

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from _results import machine, write_section
 from PIL import Image
-from soak_training import RUN, same_run, step_on_disk
+from soak_training import same_run, step_on_disk, train
 
 import fcnseg
 from fcnseg.data.synthetic import make_sample
@@ -92,21 +92,15 @@ def fill(disk: Path, leave: int = 0) -> Path:
     return ballast
 
 
-def train(out: Path, steps: int, resume: bool) -> subprocess.Popen:
-    command = [sys.executable, "-m", "fcnseg", "train", *RUN, "--max-steps", str(steps), "--out", str(out)]
-    command += ["--checkpoint-every", "1step"] + (["--resume"] if resume else [])
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
 def training(
     root: Path, disk: Path, steps: int, fills: int, rng: random.Random
 ) -> tuple[list[Full], list[str]]:
-    straight = train(root / "straight", steps, resume=False)
+    straight = train(root / "straight", steps, "1step")
     if straight.wait() != 0:
         raise RuntimeError(straight.stderr.read())
     out, found = disk / "run", []
     while len(found) < fills:
-        process = train(out, steps, resume=True)
+        process = train(out, steps, "1step", resume=True)
         target = rng.randint(
             max(step_on_disk(out / "last.pt"), 0) + 2, steps * (len(found) + 1) // (fills + 1)
         )
@@ -124,7 +118,7 @@ def training(
         )
         print(f"full disk {len(found)}: {errors.strip().splitlines()[-1][:300]}", flush=True)
         ballast.unlink()
-    process = train(out, steps, resume=True)
+    process = train(out, steps, "1step", resume=True)
     if process.wait() != 0:
         raise RuntimeError(process.stderr.read())
     return found, same_run(root / "straight", out)
