@@ -227,11 +227,10 @@ class TrainConfig:
         self.image_size = tuple(int(s) for s in self.image_size)
         if self.scale_range is not None:
             self.scale_range = tuple(float(s) for s in self.scale_range)
-        self.checkpoint_every = parse_every(self.checkpoint_every)
         self.validate()
 
     def validate(self) -> None:
-        """Raise ConfigError naming the setting that is out of range."""
+        """Raise ConfigError naming the setting that is out of range; put checkpoint_every in its one form."""
         choices = {
             "dataset": DATASETS,
             "loss": REDUCTIONS,
@@ -279,7 +278,7 @@ class TrainConfig:
             raise ConfigError(f"edge_output merge is HED's (its fused and side outputs), not {self.arch}'s")
         if self.num_classes is not None and self.num_classes < 1:
             raise ConfigError(f"num_classes must be positive, got {self.num_classes}")
-        parse_every(self.checkpoint_every)
+        self.checkpoint_every = parse_every(self.checkpoint_every)  # in its one form, as the run reads it
         positive = (
             "lr",
             "lr_step_size",
@@ -323,13 +322,13 @@ class TrainConfig:
     @property
     def checkpoint_steps(self) -> int | None:
         """Steps between checkpoints, when ``checkpoint_every`` counts steps (0: none between validations)."""
-        every = parse_every(self.checkpoint_every)
+        every = self.checkpoint_every  # in parse_every's form since validate
         return int(every.removesuffix("s").removesuffix("step")) if isinstance(every, str) else None
 
     @property
     def checkpoint_seconds(self) -> float | None:
         """Seconds between checkpoints, when ``checkpoint_every`` is a time (0: none between validations)."""
-        every = parse_every(self.checkpoint_every)
+        every = self.checkpoint_every
         return None if isinstance(every, str) else every
 
     @classmethod
