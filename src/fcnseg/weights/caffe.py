@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from fcnseg.data.nyud import NYUD_CLASSES
 from fcnseg.data.siftflow import (
@@ -15,7 +16,6 @@ from fcnseg.data.siftflow import (
     SIFTFLOW_HEADS,
     SIFTFLOW_SEMANTIC_CLASSES,
 )
-from fcnseg.detection.priors import prior_spec
 from fcnseg.models.alexnet import ALEXNET_CONVS
 from fcnseg.models.fcn import FCN
 from fcnseg.models.fusion import LateFusionFCN
@@ -24,7 +24,7 @@ from fcnseg.models.heads import MultiHeadFCN
 from fcnseg.models.layers import bilinear_kernel
 from fcnseg.models.registry import DETECTORS, FUSION_STREAMS, SIDE_OUTPUT_ARCHS, build_model, trunk_family
 from fcnseg.models.sides import FSDS, HED
-from fcnseg.models.ssd import SSD, SSD300_EXTRAS, SSD512_EXTRAS, extra_widths
+from fcnseg.models.ssd import SSD
 from fcnseg.models.vgg import VGG16_CONVS, VGG16_LAYERS, compact_widths
 from fcnseg.weights.caffe_format import CaffeLayer, read_caffemodel
 from fcnseg.weights.transfer import Parts, WeightsMismatchError, caffe_name, copy_into
@@ -174,9 +174,6 @@ def load_caffe(path: str | os.PathLike, arch: str | None = None, **build_options
     return _fcn_from_blobs(blobs, path, arch, **build_options)
 
 
-_SSD_EXTRAS = {"ssd300": SSD300_EXTRAS, "ssd512": SSD512_EXTRAS}
-
-
 def load_caffe_ssd(path: str | os.PathLike, arch: str | None = None) -> SSD:
     """SSD300 or SSD512 with the weights of a Caffe SSD model (weiliu89/caffe's ssd_pascal.py layout,
     and ssd_pascal_512.py's with conv10_1, conv10_2 and a seventh source).
@@ -207,12 +204,10 @@ def _ssd_from_blobs(blobs: dict[str, list[np.ndarray]], path: Path, arch: str | 
 
 def _ssd_build_args(blobs: dict[str, list[np.ndarray]], source: str, found: str) -> dict:
     """Widths, classes and input channels of the SSD (``found``: ssd300, ssd512) the blobs were made for."""
-    extras = [name for name, *_ in _SSD_EXTRAS[found]]
-    heads = [
-        f"{'conv4_3_norm' if s == 'conv4_3' else s}_mbox_{kind}"
-        for s in _sources(found)
-        for kind in ("loc", "conf")
-    ]
+    with torch.device("meta"):  # the layer names, as the net has them
+        default = build_model(found)
+    extras = [name for name, layer in default.extras.named_children() if isinstance(layer, nn.Conv2d)]
+    heads = [f"{s}_mbox_{kind}" for s in default.head_inputs for kind in ("loc", "conf")]
     needed = [*VGG16_LAYERS, *extras, *heads]
     missing = [name for name in needed if name not in blobs]
     if missing:
@@ -226,7 +221,7 @@ def _ssd_build_args(blobs: dict[str, list[np.ndarray]], source: str, found: str)
             f"{', '.join(odd)}"
         )
     widths = list(compact_widths([int(blobs[name][0].shape[0]) for name in VGG16_LAYERS]))
-    per_location = prior_spec(found).per_location[0]
+    per_location = default.prior_spec.per_location[0]
     classes, rest = divmod(int(blobs["conv4_3_norm_mbox_conf"][0].shape[0]), per_location)
     if rest or classes < 2:
         raise WeightsMismatchError(
@@ -240,7 +235,9 @@ def _ssd_build_args(blobs: dict[str, list[np.ndarray]], source: str, found: str)
         "in_channels": int(blobs["conv1_1"][0].shape[1]),
     }
     extra = [int(blobs[name][0].shape[0]) for name in extras]
-    if tuple(extra) != extra_widths(int(blobs["fc7"][0].shape[0]), _SSD_EXTRAS[found]):
+    with torch.device("meta"):  # the extra layers' widths that these trunk widths give by default
+        expected = build_model(**args)
+    if extra != [getattr(expected.extras, name).out_channels for name in extras]:
         args["extra_widths"] = extra
     return args
 
@@ -259,10 +256,6 @@ def shape_stand_ins(shapes: dict[str, list[tuple[int, ...]]]) -> dict[str, list[
     blob shapes (:func:`build_args`) run on :func:`~fcnseg.weights.caffe_format.read_blob_shapes`."""
     zero = np.zeros((), np.float32)
     return {name: [np.broadcast_to(zero, shape) for shape in blobs] for name, blobs in shapes.items()}
-
-
-def _sources(arch: str) -> list[str]:
-    return [layer.source for layer in prior_spec(arch).layers]
 
 
 def load_caffe_fcn(
