@@ -83,6 +83,54 @@ def test_learned_upsampling_single_tower_alexnet_and_fc_as_matrix_product(monkey
         assert_same_training(model, x, torch.randint(0, 21, (3, 41, 30)))
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["default", "channels_last"])
+@pytest.mark.parametrize(
+    "kernel, padding, dilation, size, batch",
+    [
+        (3, 0, 1, (9, 7), 1),
+        (3, 1, 1, (5, 11), 3),
+        ((2, 3), (1, 0), 1, (6, 6), 2),
+        (1, 0, 1, (4, 3), 2),
+        (7, 0, 1, (7, 8), 1),
+        (3, 2, 2, (9, 10), 2),
+        (3, 1, 1, (1, 3), 1),
+    ],
+)
+def test_weight_gradient_as_products_equals_autograd(
+    kernel, padding, dilation, size, batch, channels_last: bool, monkeypatch
+) -> None:
+    """The product route's input, weight and bias gradients are autograd's, for every layout and shape."""
+    monkeypatch.setattr(kernels, "PRODUCT_GRADIENT_WIDTH", 1)
+    torch.manual_seed(0)
+    layer = nn.Conv2d(5, 4, kernel, padding=padding, dilation=dilation).double()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(batch, 5, *size, dtype=torch.float64).contiguous(memory_format=layout)
+    grad = {}
+    for route in ("products", "autograd"):
+        layer.zero_grad(set_to_none=True)
+        inputs = x.clone().requires_grad_()
+        if route == "products":
+            y = kernels.convolve(layer, inputs, layer.padding, cpu=True)
+            assert y.grad_fn is not None and "ProductGradient" in type(y.grad_fn).__name__
+        else:
+            y = layer(inputs)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        grad[route] = (inputs.grad, layer.weight.grad, layer.bias.grad)
+    for ours, theirs in zip(grad["products"], grad["autograd"], strict=True):
+        assert relative_error(ours, theirs) <= 1e-12
+
+
+@pytest.mark.parametrize("arch", ["fcn8s", "fcn-alexnet"])
+def test_training_with_product_weight_gradients_equals_the_padded_net(arch: str, monkeypatch) -> None:
+    """Every stride-1 convolution of the reach taking its weight gradient as matrix products."""
+    monkeypatch.setattr(kernels, "PRODUCT_GRADIENT_WIDTH", 1)
+    model = random_net(arch).double().train()
+    for layout in (torch.contiguous_format, torch.channels_last):
+        torch.manual_seed(3)
+        x = (60 * torch.randn(2, 3, 45, 38, dtype=torch.float64)).contiguous(memory_format=layout)
+        assert_same_training(model.to(memory_format=layout), x, torch.randint(0, 21, (2, 45, 38)))
+
+
 def test_float32_training_forward_matches() -> None:
     """The float32 kernels (channels-last convolutions, bilinear products): same scores and loss."""
     model = random_net("fcn8s").train().to(memory_format=torch.channels_last)
