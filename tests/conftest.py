@@ -12,12 +12,17 @@ from tiny_nets import ARCHS, tiny_fcn
 import fcnseg
 
 LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+NOWHERE = ("127.0.0.1", 9)
+"""The proxy that the commands tests run are given for every address but the loopback's: a port
+nothing listens on (discard), so that a download a test did not point at the local server fails
+at once in a subprocess too."""
 
 
 @pytest.fixture(autouse=True, scope="session")
 def no_network():
     """Tests never reach the network: a name other than the loopback's does not resolve and a
-    connection elsewhere is refused, as on a machine offline. Downloads are tested against the
+    connection elsewhere is refused, as on a machine offline; the commands tests run (subprocesses)
+    send every request but the loopback's to :data:`NOWHERE`. Downloads are tested against the
     local server of ``http_server.py``."""
     resolve, connect = socket.getaddrinfo, socket.socket.connect
 
@@ -30,13 +35,21 @@ def no_network():
         return resolve(host, *args, **kwargs)
 
     def loopback_only(sock, address):
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in LOOPBACK:
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and (
+            address[0] not in LOOPBACK or tuple(address[:2]) == NOWHERE
+        ):
             raise ConnectionRefusedError(f"tests stay offline: no connection to {address[0]}")
         return connect(sock, address)
 
+    proxy = "http://{}:{}".format(*NOWHERE)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(socket, "getaddrinfo", local_only)
         patch.setattr(socket.socket, "connect", loopback_only)
+        for name in ("http_proxy", "https_proxy", "ftp_proxy", "all_proxy"):
+            patch.setenv(name, proxy)
+            patch.setenv(name.upper(), proxy)
+        for name in ("no_proxy", "NO_PROXY"):
+            patch.setenv(name, ",".join(sorted(LOOPBACK)))
         yield
 
 

@@ -120,6 +120,18 @@ def test_weight_gradient_as_products_equals_autograd(
         assert relative_error(ours, theirs) <= 1e-12
 
 
+def test_weight_gradient_route_stays_out_of_autocast(monkeypatch) -> None:
+    """Under CPU autocast (``--amp bf16``) the convolution is autograd's, which autocast casts."""
+    monkeypatch.setattr(kernels, "PRODUCT_GRADIENT_WIDTH", 1)
+    layer = nn.Conv2d(4, 4, 3)
+    x = torch.randn(2, 4, 9, 9, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = kernels.convolve(layer, x, (0, 0), cpu=True)
+    assert y.dtype == torch.bfloat16 and "ProductGradient" not in type(y.grad_fn).__name__
+    y.float().sum().backward()
+    assert layer.weight.grad.dtype == torch.float32 and x.grad.shape == x.shape
+
+
 @pytest.mark.parametrize("arch", ["fcn8s", "fcn-alexnet"])
 def test_training_with_product_weight_gradients_equals_the_padded_net(arch: str, monkeypatch) -> None:
     """Every stride-1 convolution of the reach taking its weight gradient as matrix products."""

@@ -4,6 +4,8 @@ import hashlib
 import io
 import logging
 import socket
+import subprocess
+import sys
 import tarfile
 import time
 import urllib.error
@@ -299,3 +301,29 @@ def test_tests_stay_offline():
         urllib.request.urlopen("https://download.pytorch.org/models/vgg16-397923af.pth", timeout=5)
     with socket.socket() as sock, pytest.raises(ConnectionRefusedError, match="tests stay offline"):
         sock.connect(("93.184.216.34", 80))
+
+
+def test_commands_tests_run_stay_offline():
+    """A subprocess's download goes to a proxy nothing listens on, at once; the loopback's does not."""
+    server = FileServer()
+    server.files["/here.txt"] = b"local"
+    script = (
+        "import sys, urllib.error, urllib.request\n"
+        "print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())\n"
+        "try:\n"
+        "    urllib.request.urlopen('https://download.pytorch.org/models/vgg16-397923af.pth', timeout=5)\n"
+        "except urllib.error.URLError as error:\n"
+        "    print('refused', error.reason)\n"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script, f"{server.url}/here.txt"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+    finally:
+        server.close()
+    assert done.stdout.splitlines()[0] == "local"
+    assert done.stdout.splitlines()[1].startswith("refused [Errno 111]"), done.stdout

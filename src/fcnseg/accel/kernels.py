@@ -147,6 +147,7 @@ def convolve(layer: nn.Conv2d, x: torch.Tensor, padding: tuple[int, int], cpu: b
     x = x.contiguous(memory_format=torch.contiguous_format if wide else torch.channels_last)
     if (
         torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")  # autocast casts the forward's operands, not the products'
         and w.requires_grad
         and layer.stride == (1, 1)
         and layer.groups == 1

@@ -89,15 +89,21 @@ def seg11valid_ids(voc_dir: Path, sbd_dir: Path) -> list[str]:
     return [i for i in val if int(i[:4]) <= _SEG11_LAST_YEAR and i not in sbd_train]
 
 
+def _seg11valid(voc_dir: Path, sbd_root: Path) -> tuple[list[str], str | Path]:
+    """The seg11valid ids and where they come from: ``seg11valid.txt`` in ImageSets/Segmentation if
+    present, else :func:`seg11valid_ids` (SBD found under ``sbd_root``)."""
+    listed = voc_dir / "ImageSets" / "Segmentation" / "seg11valid.txt"
+    if listed.is_file():
+        return read_id_list(listed), listed
+    derived_from = f"seg11valid (from {listed.with_name('val.txt')} and SBD train.txt)"
+    return seg11valid_ids(voc_dir, find_sbd_dir(sbd_root)), derived_from
+
+
 def sbd_heldout_ids(voc_dir: Path, sbd_dir: Path) -> list[str]:
     """SBD val ids that are not in seg11valid, in SBD's order: images held out of SBD train (the
     paper's training set) and disjoint from seg11valid (where it reports), so that a model picked
     on them is not picked on the numbers it reports."""
-    lists = voc_dir / "ImageSets" / "Segmentation"
-    if (lists / "seg11valid.txt").is_file():
-        reported = set(read_id_list(lists / "seg11valid.txt"))
-    else:
-        reported = set(seg11valid_ids(voc_dir, sbd_dir))
+    reported = set(_seg11valid(voc_dir, sbd_dir)[0])
     return [i for i in read_id_list(sbd_dir / "val.txt") if i not in reported]
 
 
@@ -123,13 +129,11 @@ class VOCSegmentation(SegmentationDataset):
         sbd_root: str | Path | None = None,
     ):
         self.root = find_voc_dir(root, year)
-        lists = self.root / "ImageSets" / "Segmentation"
-        if split == "seg11valid" and not (lists / "seg11valid.txt").is_file():
-            ids = seg11valid_ids(self.root, find_sbd_dir(sbd_root or root))
-            listed_in = f"seg11valid (from {lists / 'val.txt'} and SBD train.txt)"
+        if split == "seg11valid":
+            ids, listed_in = _seg11valid(self.root, Path(sbd_root or root))
         else:
-            ids = read_id_list(lists / f"{split}.txt")
-            listed_in = lists / f"{split}.txt"
+            listed_in = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
+            ids = read_id_list(listed_in)
         files = [
             (self.root / "JPEGImages" / f"{i}.jpg", self.root / "SegmentationClass" / f"{i}.png") for i in ids
         ]
