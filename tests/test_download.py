@@ -273,19 +273,17 @@ def test_data_archives_download_through_the_mirror(archive, tmp_path, monkeypatc
         server.files["/pascal/VOC/tiny.tgz"] = path.read_bytes()
         monkeypatch.setenv("FCNSEG_MIRROR", server.url)
         monkeypatch.setitem(
-            dl.ARCHIVES, "tiny", RemoteFile("http://host.robots.ox.ac.uk/pascal/VOC/tiny.tgz", md5=md5)
+            dl.ARCHIVES, "tiny", RemoteFile("http://voc.invalid/pascal/VOC/tiny.tgz", md5=md5)
         )
         fetch("tiny", tmp_path / "data", progress=False)
         assert (tmp_path / "data/tiny/a.txt").read_bytes() == b"alpha"
         assert server.hits["/pascal/VOC/tiny.tgz"] == 1
         del server.files["/pascal/VOC/tiny.tgz"]
         with pytest.raises(DownloadError) as info:
-            download(
-                "http://host.robots.ox.ac.uk/pascal/VOC/tiny.tgz", tmp_path / "again.tgz", progress=False
-            )
+            download("http://voc.invalid/pascal/VOC/tiny.tgz", tmp_path / "again.tgz", progress=False)
         message = str(info.value)  # the original to fetch by hand, and where the mirror must hold it
         assert message.startswith(f"could not download again.tgz: {server.url}/pascal/VOC/tiny.tgz (")
-        assert "by hand from http://host.robots.ox.ac.uk/pascal/VOC/tiny.tgz and place it at" in message
+        assert "by hand from http://voc.invalid/pascal/VOC/tiny.tgz and place it at" in message
         assert (
             f"FCNSEG_MIRROR is {server.url}: the mirror must hold the file at {server.url}/pascal/VOC/tiny.tgz"
             in message
@@ -295,12 +293,19 @@ def test_data_archives_download_through_the_mirror(archive, tmp_path, monkeypatc
         server.close()
 
 
+# Addresses that reach nothing even without conftest's guard: a name under .invalid never resolves
+# (RFC 6761) and 192.0.2.0/24 is for documentation only (RFC 5737).
+NO_SUCH_HOST_URL = "http://fcnseg.invalid/models/vgg16.pth"
+DOCUMENTATION_ADDRESS = ("192.0.2.1", 80)
+
+
 def test_tests_stay_offline():
-    """conftest's guard: a download that a test did not point at the local server fails at once."""
+    """conftest's guard: a download that a test did not point at the local server fails at once,
+    before any name is looked up or any packet leaves."""
     with pytest.raises(urllib.error.URLError, match="tests stay offline"):
-        urllib.request.urlopen("https://download.pytorch.org/models/vgg16-397923af.pth", timeout=5)
+        urllib.request.urlopen(NO_SUCH_HOST_URL, timeout=5)
     with socket.socket() as sock, pytest.raises(ConnectionRefusedError, match="tests stay offline"):
-        sock.connect(("93.184.216.34", 80))
+        sock.connect(DOCUMENTATION_ADDRESS)
 
 
 def test_commands_tests_run_stay_offline():
@@ -311,13 +316,13 @@ def test_commands_tests_run_stay_offline():
         "import sys, urllib.error, urllib.request\n"
         "print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())\n"
         "try:\n"
-        "    urllib.request.urlopen('https://download.pytorch.org/models/vgg16-397923af.pth', timeout=5)\n"
+        "    urllib.request.urlopen(sys.argv[2], timeout=5)\n"
         "except urllib.error.URLError as error:\n"
         "    print('refused', error.reason)\n"
     )
     try:
         done = subprocess.run(
-            [sys.executable, "-c", script, f"{server.url}/here.txt"],
+            [sys.executable, "-c", script, f"{server.url}/here.txt", NO_SUCH_HOST_URL],
             capture_output=True,
             text=True,
             timeout=60,
