@@ -43,6 +43,10 @@ TINY = (4, 8, 8, 16, 16, 32)
 LOG_COLUMNS = log_columns(SegmentationTask())
 
 
+RUN_FILES = ["best.pt", "config.toml", "curves.png", "last.pt", "log.csv", "steps.csv"]
+"""What a run folder holds after training: checkpoints, settings, curves and logs, nothing half-written."""
+
+
 def tiny_config(tmp_path, name="run", **overrides):
     """6 synthetic training images of 32-48 px; 3 steps per epoch with batches of 2 padded images."""
     values = dict(
@@ -244,14 +248,7 @@ def test_a_full_disk_stops_the_run_naming_the_file_and_resuming_loses_nothing(tm
     assert f"free on the disk of {run}); training stopped at step 4. " in message
     assert message.endswith("make room and continue with --resume")
     assert RunFolder(run).read_last()["step"] == 2 and load_checkpoint(run / "best.pt")
-    assert sorted(p.name for p in run.iterdir()) == [
-        "best.pt",
-        "config.toml",
-        "curves.png",
-        "last.pt",
-        "log.csv",
-        "steps.csv",
-    ]
+    assert sorted(p.name for p in run.iterdir()) == RUN_FILES
     resumed = train(tiny_config(tmp_path), resume=True)
     assert resumed.steps == 6
     assert_same_state(straight.model.state_dict(), resumed.model.state_dict())
@@ -342,14 +339,7 @@ def test_resume_before_the_first_checkpoint_starts_afresh_from_the_flags(tmp_pat
     assert f"no {out / 'last.pt'} yet (stopped before its first checkpoint): starting the run afresh" in said
     saved = RunFolder(out).read_last()
     assert saved["step"] == 2 and saved["train_config"]["arch"] == "fcn32s"
-    assert sorted(p.name for p in out.iterdir()) == [
-        "best.pt",
-        "config.toml",
-        "curves.png",
-        "last.pt",
-        "log.csv",
-        "steps.csv",
-    ]
+    assert sorted(p.name for p in out.iterdir()) == RUN_FILES
 
 
 KILLED_RUN = [
@@ -421,14 +411,7 @@ def test_a_run_killed_by_sigkill_at_any_moment_resumes_to_the_same_bits(tmp_path
     assert [{k: v for k, v in row.items() if k != "seconds"} for row in killed["history"]] == [
         {k: v for k, v in row.items() if k != "seconds"} for row in straight["history"]
     ]
-    assert sorted(p.name for p in out.iterdir()) == [
-        "best.pt",
-        "config.toml",
-        "curves.png",
-        "last.pt",
-        "log.csv",
-        "steps.csv",
-    ]
+    assert sorted(p.name for p in out.iterdir()) == RUN_FILES
     assert steps_of(out) == steps_of(tmp_path / "straight")
     assert [row["step"] for row in steps_of(out)] == [str(s) for s in range(1, 31)]
 

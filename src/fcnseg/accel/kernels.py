@@ -17,6 +17,7 @@ __all__ = [
     "PRODUCT_GRADIENT_WIDTH",
     "convolve",
     "matrix_convolution",
+    "strictly_channels_last",
     "weight_gradient",
 ]
 
@@ -72,6 +73,11 @@ def matrix_convolution(
     return y.view(n, height, width, -1).permute(0, 3, 1, 2)
 
 
+def strictly_channels_last(t: torch.Tensor) -> bool:
+    """Whether ``t`` is laid out channels-last, and not also contiguous (one pixel, one channel)."""
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
 def weight_gradient(
     grad: torch.Tensor, x: torch.Tensor, kernel: tuple[int, int], dilation: tuple[int, int]
 ) -> torch.Tensor:
@@ -79,33 +85,24 @@ def weight_gradient(
     H', W') of its output, ``x`` (N, C_in, H, W) its input -> (C_out, C_in, kh, kw).
 
     Tap (i, j) of the kernel is one batched matrix product: ``grad``, its rows widened to W with
-    zeros, against ``x`` read from offset (i dh) W + j dw, both flattened over (H, W) in the blob's
-    own memory layout, so that every window is a view.
+    zeros, against ``x`` read from offset (i dh) W + j dw, both flattened over (H, W) as views in
+    their own memory layout (default or channels-last).
     """
     n, c_out, height_out, width_out = grad.shape
-    c_in, height, width = x.shape[1:]
+    width = x.shape[-1]
     length = (height_out - 1) * width + width_out  # from the first output position to the last
-    if x.is_contiguous():
-        rows = grad.new_zeros(n, c_out, height_out, width)
-        rows[..., :width_out] = grad
-        products = rows.view(n, c_out, -1)[:, :, :length]
-        flat = x.view(n, c_in, height * width)
-
-        def window(start: int) -> torch.Tensor:
-            return flat[:, :, start : start + length].transpose(1, 2)
-    else:
-        rows = grad.new_zeros(n, height_out, width, c_out)
-        rows[:, :, :width_out] = grad.permute(0, 2, 3, 1)
-        products = rows.view(n, -1, c_out)[:, :length].transpose(1, 2)
-        flat = x.permute(0, 2, 3, 1).reshape(n, height * width, c_in)
-
-        def window(start: int) -> torch.Tensor:
-            return flat[:, start : start + length]
-
-    out = grad.new_empty(c_out, c_in, *kernel)
+    layout = torch.channels_last if strictly_channels_last(grad) else torch.contiguous_format
+    rows = torch.empty(
+        n, c_out, height_out, width, dtype=grad.dtype, device=grad.device, memory_format=layout
+    )
+    rows[..., width_out:] = 0
+    rows[..., :width_out] = grad
+    products, flat = rows.flatten(2)[:, :, :length], x.flatten(2)  # views, in either layout
+    out = grad.new_empty(c_out, x.shape[1], *kernel)
     for i in range(kernel[0]):
         for j in range(kernel[1]):
-            out[:, :, i, j] = torch.bmm(products, window(dilation[0] * i * width + dilation[1] * j)).sum(0)
+            start = dilation[0] * i * width + dilation[1] * j
+            out[:, :, i, j] = torch.bmm(products, flat[:, :, start : start + length].transpose(1, 2)).sum(0)
     return out
 
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fcnseg.accel.canvas import AxisPlan, Window, gather, layer_windows, layers_reason, plan_canvas
-from fcnseg.accel.kernels import convolve
+from fcnseg.accel.kernels import convolve, strictly_channels_last
 from fcnseg.models.trunk import run_layers
 
 __all__ = [
@@ -297,10 +297,6 @@ def trunk_plan(
 # ----------------------------------------------------------------------------- running
 
 
-def _strictly_channels_last(t: torch.Tensor) -> bool:
-    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
-
-
 def run_trunk(
     backbone: nn.Sequential, x: torch.Tensor, taps: Sequence[str] = ()
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -324,7 +320,7 @@ def run_trunk(
     plan = trunk_plan(layers, x.shape, tuple(outputs), x.device)
     cpu = x.device.type == "cpu"
     frames = _frames(layers, plan, x.new_zeros(()), cpu)
-    natural = _strictly_channels_last(x)  # the padded net's layout, followed layer by layer
+    natural = strictly_channels_last(x)  # the padded net's layout, followed layer by layer
     h, found = x, {}
     for i, layer in enumerate(layers):
         if i in plan.bounds:
@@ -334,9 +330,7 @@ def run_trunk(
         if isinstance(layer, nn.Conv2d):
             # PyTorch's rule: channels-last out when the input or the weight is (one pixel fits both)
             area = x.shape[-2] * x.shape[-1] if i == 0 else plan.lengths[0][i] * plan.lengths[1][i]
-            natural = (natural and area > 1 and layer.in_channels > 1) or _strictly_channels_last(
-                layer.weight
-            )
+            natural = (natural and area > 1 and layer.in_channels > 1) or strictly_channels_last(layer.weight)
         h = _step(layer, h, i == 0 or i < plan.whole, cpu)
         if i + 1 in outputs or i + 1 == cut:
             full = _assemble(h, plan, i + 1, "whole", frames.get(i + 1), 0.0) if i + 1 <= plan.whole else h
@@ -366,7 +360,7 @@ def _frames(
     frames = {}
     for i, layer in enumerate(layers[: plan.depth]):
         if i in rows.reindex or i in cols.reindex:
-            h = gather(h, rows.reindex.get(i), cols.reindex.get(i), _strictly_channels_last(h))
+            h = gather(h, rows.reindex.get(i), cols.reindex.get(i), strictly_channels_last(h))
         h = (
             _blank_convolution(layer, rows.canvas[1], cols.canvas[1])
             if i == 0
@@ -404,7 +398,7 @@ def _assemble(
         inner = own[:, :, box[0] : box[1], box[2] : box[3]]
         return F.pad(inner, (left - ca, cb - right, top - ra, rb - bottom), value=fill)
     rows, cols = plan.frames[(j, what)]
-    frame = gather(F.pad(frame, (0, 1, 0, 1), value=fill), rows, cols, _strictly_channels_last(own))
+    frame = gather(F.pad(frame, (0, 1, 0, 1), value=fill), rows, cols, strictly_channels_last(own))
     return _Surround.apply(own, frame, box, (top - ra, left - ca))
 
 
@@ -418,7 +412,7 @@ class _Surround(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, own, frame, box, at):  # type: ignore[override]
-        layout = torch.channels_last if _strictly_channels_last(own) else torch.contiguous_format
+        layout = torch.channels_last if strictly_channels_last(own) else torch.contiguous_format
         (top, bottom, left, right), (row, col) = box, at
         whole = frame.expand(own.shape[0], -1, -1, -1).contiguous(memory_format=layout)
         whole[:, :, row : row + bottom - top, col : col + right - left] = own[:, :, top:bottom, left:right]
