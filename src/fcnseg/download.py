@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from fcnseg.errors import FcnsegError
 from fcnseg.files import atomic_write_path
+from fcnseg.logs import show_bars
 
 __all__ = [
     "ARCHIVES",
@@ -79,12 +80,17 @@ class RemoteFile:
     unverified: bool = False  # no checksum or size is published: said so, never assumed
 
     def __post_init__(self) -> None:
-        known = bool(self.md5 or self.sha1 or self.sha256) or self.size is not None
+        known = self.has_checksum or self.size is not None
         if known == self.unverified:
             raise ValueError(
                 f"{self.url}: give its published checksum or size, or say unverified=True "
                 f"({'not both' if known else 'one of them'})"
             )
+
+    @property
+    def has_checksum(self) -> bool:
+        """Whether a checksum of the file is published (md5, sha1 or sha256)."""
+        return bool(self.md5 or self.sha1 or self.sha256)
 
     @property
     def filename(self) -> str:
@@ -408,7 +414,7 @@ def _receive(
                 unit_scale=True,
                 unit_divisor=1024,
                 desc=dest.name,
-                disable=None if progress else True,
+                disable=not show_bars(progress),
             )
             with bar, tmp.open("wb") as out:
                 while True:

@@ -201,13 +201,14 @@ def evaluate_confusion(
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=context.device)
     was_training = model.training
     model.eval()
+    forward = forward or for_inference(model)
     with torch.no_grad():
         batches = [shard[i : i + batch_size] for i in range(0, len(shard), batch_size)]
         for (images, labels), indices in zip(
             tqdm(loader, desc="validate", leave=False, disable=not progress), batches, strict=True
         ):
             labels = labels.to(context.device)
-            scores = (forward or for_inference(model))(images.to(context.device))
+            scores = forward(images.to(context.device))
             pred = scores.argmax(1) if crf is None else _refined(scores, dataset, indices, crf)
             confusion += confusion_matrix(pred, labels, num_classes, IGNORE_INDEX)
     model.train(was_training)

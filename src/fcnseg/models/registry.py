@@ -4,6 +4,7 @@ SSD512), ``build_model``, the one way to make them, and ``register_model``, whic
 from __future__ import annotations
 
 from collections.abc import Callable, KeysView
+from functools import partial
 from typing import Any
 
 from torch import nn
@@ -89,13 +90,6 @@ RESNET_OPTIONS = ("output_stride", "frozen_batchnorm")
 """What ``build_model`` passes on to a ResNet trunk (:func:`fcnseg.models.resnet.resnet_trunk`)."""
 
 
-def _resnet(depth: int) -> Callable[..., Trunk]:
-    def make(widths, in_channels: int, output_stride: int = 32, frozen_batchnorm: bool = False) -> Trunk:
-        return resnet_trunk(depth, widths, in_channels, output_stride, frozen_batchnorm)
-
-    return make
-
-
 FUSION_STREAMS = ("color", "hha")
 """The streams of ``fcn32s-late-fusion``, in input channel order (nyud-fcn32s-color-hha)."""
 
@@ -130,7 +124,7 @@ def _torchvision_fcn(depth: int):
 
 
 RESNET_FCNS = {
-    f"{net}-resnet{depth}": _fcn(_resnet(depth), strides, trunk_options=RESNET_OPTIONS)
+    f"{net}-resnet{depth}": _fcn(partial(resnet_trunk, depth), strides, trunk_options=RESNET_OPTIONS)
     for depth in RESNET_DEPTHS
     for net, strides in SKIP_STRIDES.items()
 }

@@ -98,7 +98,7 @@ class Weights:
     )
 
     def __post_init__(self) -> None:
-        if not (self.is_caffe or self.file.md5 or self.file.sha1 or self.file.sha256):
+        if not (self.is_caffe or self.file.has_checksum):
             raise ValueError(
                 f"{self.file.url}: a file that is no Caffe model needs its published checksum: fcnseg reads "
                 "the layout of Caffe models only, to check one that has none"
@@ -529,6 +529,12 @@ def _original(weights: Weights) -> Path:
     return home() / "downloads" / weights.file.filename
 
 
+def _record(weights: Weights) -> Path:
+    """Where the SHA-256 of the verified original is recorded: its presence says it was checked."""
+    original = _original(weights)
+    return original.with_name(original.name + ".sha256")
+
+
 def _checkpoint_path(name: str, arch: str | None = None) -> Path:
     return home() / "checkpoints" / (f"{name}.{arch}.pt" if arch else f"{name}.pt")
 
@@ -564,9 +570,9 @@ def fetch(name: str, progress: bool = True) -> Path:
         sha256=file.sha256,
         sha1=file.sha1,
         size=file.size,
-        record=dest.with_name(dest.name + ".sha256"),
+        record=_record(weights),
         mirrors=file.mirrors,
-        check=None if file.md5 or file.sha1 or file.sha256 else partial(check_layout, name),
+        check=None if file.has_checksum else partial(check_layout, name),
         then=f"run `{get_command(name)}`, which checks it" + ("" if weights.starts else " and converts it"),
         progress=progress,
     )
@@ -754,7 +760,7 @@ def cache_state(name: str) -> str:
     (:func:`fetch`: ``fcnseg weights get NAME``), else ``"no"``."""
     weights = get(name)
     original = _original(weights)
-    verified = original.with_name(original.name + ".sha256").is_file()
+    verified = _record(weights).is_file()
     if weights.starts:
         if original.is_file():
             return "yes" if verified else "unchecked"
@@ -778,9 +784,9 @@ def download_size(name: str) -> tuple[int, bool]:
     options = dict(weights.options)
     with torch.device("meta"):  # shapes only: nothing is allocated
         if weights.is_trunk:
-            net, fc8 = build_model(TRUNKS[weights.arch][0], widths=weights.widths).backbone, 0
+            net, fc8 = build_model(weights.starts, widths=weights.widths).backbone, 0
         elif weights.is_classifier:
-            net = build_model(_FAMILY_FCN[weights.arch], widths=weights.widths, **options).backbone
+            net = build_model(weights.starts, widths=weights.widths, **options).backbone
             fc8 = weights.num_classes * (net.output.channels + 1)
         else:
             net, fc8 = build_model(**weights.model_args), 0
@@ -835,7 +841,7 @@ def resolve(
     if arch is None:
         raise FcnsegError(
             f"{name} is an ImageNet classifier: give the arch to convert it for "
-            f"(`{get_command(name, _FAMILY_FCN[weights.arch])}`)"
+            f"(`{get_command(name, weights.starts)}`)"
         )
     out = _checkpoint_path(name, arch)
     if not out.is_file():
