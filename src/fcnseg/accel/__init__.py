@@ -61,14 +61,14 @@ def plain_reason(model: nn.Module) -> str | None:
     nor a net of the user's, and not a net with hooks registered (they would not see the
     wrapper's computation).
     """
-    known = (*_FCNS, *_SIDES, LateFusionFCN, SSD, TorchvisionFCN)
+    if type(model) is TorchvisionFCN:
+        return "torchvision's FCN has no faster exact path: its residual blocks and its head run as written"
+    known = (*_FCNS, *_SIDES, LateFusionFCN, SSD)
     if type(model) not in known:
         return (
             f"a {type(model).__name__} is not one of fcnseg's own nets "
             f"({', '.join(k.__name__ for k in known)}): its forward may differ"
         )
-    if type(model) is TorchvisionFCN:
-        return "torchvision's FCN has no faster exact path: its residual blocks and its head run as written"
     hooked = [
         name or type(model).__name__
         for name, module in model.named_modules()

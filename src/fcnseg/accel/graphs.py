@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fcnseg.accel import Shared
-from fcnseg.accel.canvas import canvas_reason, layer_windows, plan_canvas
+from fcnseg.accel.canvas import canvas_reason, gather, layer_windows, plan_canvas
 from fcnseg.accel.head import Blob, fcn_head
 from fcnseg.accel.quantize import Calibration, quantized_layers, quantized_net
 from fcnseg.models.fcn import FCN
@@ -89,11 +89,7 @@ class CanvasGraph(nn.Module):
         h = F.pad(x, (*cols.pad, *rows.pad))
         kept: dict[int, Blob] = {}
         for i, step in enumerate(self.steps):
-            if i in rows.reindex:
-                h = h.index_select(2, rows.reindex[i])
-            if i in cols.reindex:
-                h = h.index_select(3, cols.reindex[i])
-            h = step(h)
+            h = step(gather(h, rows.reindex.get(i), cols.reindex.get(i), channels_last=False))
             if i in self.keep:
                 kept[i] = Blob(h, rows.expand[i], cols.expand[i])
         taps = {tap: kept[i] for i, tap in self.taps.items()}
