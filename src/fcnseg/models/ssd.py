@@ -22,26 +22,10 @@ from torch import nn
 
 from fcnseg.detection.priors import SSD300_PRIORS, PriorSpec, prior_boxes
 from fcnseg.models.dense import rarefy
-from fcnseg.models.geometry import WINDOWED, sliding_window, window_length
+from fcnseg.models.geometry import out_length
 from fcnseg.models.layers import check_input
 from fcnseg.models.trunk import as_trunk
 from fcnseg.models.vgg import VGG16_LAYERS, layer_widths, vgg16_backbone
-
-Windows = tuple[tuple[str, tuple[tuple[int, int, int, bool], ...]], ...]
-"""Per layer: the blob it writes, and its window (span, stride, padding, ceil mode) along each axis
-(none for a layer acting on each position alone)."""
-
-
-def source_sizes(
-    windows: Windows, sources: tuple[str, ...], image_size: tuple[int, int]
-) -> list[tuple[int, int]]:
-    """(H, W) of each source blob for an input of ``image_size`` (0 where a window no longer fits)."""
-    sizes, length = {}, list(image_size)
-    for blob, axes in windows:
-        if axes:
-            length = [window_length(n, *axis) for n, axis in zip(length, axes, strict=True)]
-        sizes[blob] = tuple(length)
-    return [sizes[s] for s in sources]  # type: ignore[misc]
 
 
 def check_sources(x: torch.Tensor, sizes: list[tuple[int, int]], sources: tuple[str, ...]) -> torch.Tensor:
@@ -299,23 +283,16 @@ class SSD(nn.Module):
         n = x.shape[0]
         return torch.cat(locs, 1).view(n, -1, 4), torch.cat(confs, 1).view(n, -1, self.num_classes)
 
-    def _windows(self) -> Windows:
-        return tuple(
-            (
-                blob,
-                tuple(sliding_window(layer, axis) for axis in (0, 1)) if isinstance(layer, WINDOWED) else (),
-            )
-            for blob, layer in self._layers()
-        )
-
     def map_sizes(self, image_size: tuple[int, int]) -> list[tuple[int, int]]:
         """(H, W) of each source map for an input of ``image_size``: 38, 19, 10, 5, 3, 1 at 300. The
         trunk's from its taps, the extra layers' from their windows."""
         blobs = self.backbone.blob_sizes(*image_size)
-        fc7 = blobs[self.backbone.output.name]
-        extras = [s for s in self.sources if s not in ("conv4_3", "fc7")]
-        sizes = dict(zip(extras, source_sizes(self._windows(), tuple(extras), fc7), strict=True))
-        sizes |= {"conv4_3": blobs[self.conv4_3_tap], "fc7": fc7}
+        height, width = fc7 = blobs[self.backbone.output.name]
+        sizes = {"conv4_3": blobs[self.conv4_3_tap], "fc7": fc7}
+        for blob, layer in self._layers():
+            height = out_length(layer, height, 0) if height else 0
+            width = out_length(layer, width, 1) if width else 0
+            sizes[blob] = (height, width)
         return [sizes[s] for s in self.sources]
 
     def priors(self, image_size: tuple[int, int] | None = None) -> torch.Tensor:
