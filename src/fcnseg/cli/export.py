@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fcnseg.accel.quantize import calibrate, calibration_images
+from fcnseg.accel.quantize import calibration_of
 from fcnseg.cli.options import add_threads, add_weights, parse_size, set_threads
 from fcnseg.infer.export import export_onnx, export_runtime_onnx, export_torchscript
 from fcnseg.weights.load import load, segmentation_only
@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     if args.calibration and not args.int8:
         raise ValueError("--calibration calibrates --int8: give both")
     if args.int8 or args.size:
-        calibration = calibrate(model, calibration_images(args.calibration)) if args.int8 else None
+        calibration = calibration_of(model, args.calibration)  # None without --int8 (refused above)
         export_runtime_onnx(model, out, size=args.size, calibration=calibration)
         what = f"onnx, {'int8' if args.int8 else 'fp32'}, " + (
             f"trimmed for {args.size[0]}x{args.size[1]}" if args.size else "any size"
